@@ -1,0 +1,165 @@
+"""Cell adapters and the registry that maps module types to them.
+
+Dispatch is a dictionary lookup, never an if/else chain. Two tables:
+
+* ``module type -> adapter`` decides how a module met during recording is handled; the
+  lookup walks the type's MRO so a subclass of ``nn.LSTM`` is handled as an LSTM.
+* ``kind -> adapter`` finds the adapter again when a saved trace is loaded.
+
+Built-in families register themselves when :mod:`gradscope.cells` is imported.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from gradscope.cells.base import CellAdapter, Params
+from gradscope.errors import GradscopeError, UnsupportedModuleError
+
+_BY_TYPE: dict[type[nn.Module], CellAdapter] = {}
+_BY_KIND: dict[str, CellAdapter] = {}
+#: Fused (multi-step, multi-layer) module types; everything else registered is a one-step cell.
+_FUSED: set[type[nn.Module]] = set()
+
+
+def register_cell(
+    module_type: type[nn.Module],
+    adapter: CellAdapter,
+    *,
+    overwrite: bool = False,
+    fused: bool = False,
+) -> None:
+    """Register ``adapter`` for every module of type ``module_type`` (and its subclasses).
+
+    Args:
+        module_type: The ``nn.Module`` subclass the adapter handles.
+        adapter: A :class:`~gradscope.cells.base.CellAdapter` instance with a unique ``kind``.
+        overwrite: Replace an existing registration instead of raising.
+        fused: The module runs whole sequences and layers in one call (like ``nn.LSTM``);
+            only built-in fused modules are supported for now.
+
+    Raises:
+        GradscopeError: ``module_type`` or ``adapter.kind`` is registered already and
+            ``overwrite`` is False, or the arguments have the wrong types.
+    """
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise GradscopeError(
+            f"register_cell: module_type must be an nn.Module subclass, got {module_type!r}"
+        )
+    if not isinstance(adapter, CellAdapter):
+        raise GradscopeError(
+            f"register_cell: adapter must be a gradscope.CellAdapter instance, got "
+            f"{type(adapter).__name__}; subclass gradscope.CellAdapter and implement "
+            "state_sizes, step, jacobian_state and jacobian_input"
+        )
+    if not adapter.kind:
+        raise GradscopeError(f"register_cell: {type(adapter).__name__}.kind must be set")
+    if not overwrite:
+        if module_type in _BY_TYPE:
+            raise GradscopeError(
+                f"{module_type.__name__} already has the adapter {_BY_TYPE[module_type]!r}; "
+                "pass overwrite=True to replace it"
+            )
+        known = _BY_KIND.get(adapter.kind)
+        if known is not None and known is not adapter:
+            raise GradscopeError(
+                f"cell kind {adapter.kind!r} is taken by {known!r}; choose another kind or "
+                "pass overwrite=True"
+            )
+    _BY_TYPE[module_type] = adapter
+    _BY_KIND[adapter.kind] = adapter
+    if fused:
+        _FUSED.add(module_type)
+    else:
+        _FUSED.discard(module_type)
+    lookup_type.cache_clear()
+
+
+def _lookup(module_type: type) -> type[nn.Module] | None:
+    for base in module_type.__mro__:
+        if base in _BY_TYPE:
+            return base
+    return None
+
+
+from functools import lru_cache  # noqa: E402
+
+
+@lru_cache(maxsize=256)
+def lookup_type(module_type: type) -> type[nn.Module] | None:
+    """The registered type that handles ``module_type`` (via its MRO), or None."""
+    return _lookup(module_type)
+
+
+def adapter_for(module: nn.Module) -> CellAdapter:
+    """The adapter for ``module``.
+
+    Raises:
+        UnsupportedModuleError: Nothing is registered for the module's type; the message
+            names the class and shows how to register it.
+    """
+    registered = lookup_type(type(module))
+    if registered is None:
+        name = type(module).__name__
+        raise UnsupportedModuleError(
+            f"gradscope has no cell adapter for {type(module).__module__}.{name}. "
+            f"Either name it in record(model, cells=[...]) (Jacobians via torch.func; its "
+            f"forward must be forward(x_t, state) -> state), or register closed forms with "
+            f"gradscope.register_cell({name}, MyAdapter()) where MyAdapter subclasses "
+            f"gradscope.CellAdapter."
+        )
+    adapter = _BY_TYPE[registered]
+    return adapter.for_module(module) if hasattr(adapter, "for_module") else adapter
+
+
+def is_fused(module: nn.Module) -> bool:
+    """Whether ``module`` is a registered fused (whole-sequence) recurrent module."""
+    registered = lookup_type(type(module))
+    return registered is not None and registered in _FUSED
+
+
+def is_registered(module: nn.Module) -> bool:
+    """Whether ``module``'s type (or a base type) has an adapter."""
+    return lookup_type(type(module)) is not None
+
+
+def adapter_for_kind(kind: str) -> CellAdapter:
+    """The adapter registered under ``kind`` (used when loading a saved trace).
+
+    Raises:
+        UnsupportedModuleError: No adapter has that kind (e.g. a custom cell whose module
+            was not registered in this process).
+    """
+    try:
+        return _BY_KIND[kind]
+    except KeyError:
+        raise UnsupportedModuleError(
+            f"no cell adapter of kind {kind!r} is registered in this process; call "
+            f"gradscope.register_cell(YourCell, YourAdapter()) before loading, where "
+            f"YourAdapter.kind == {kind!r}"
+        ) from None
+
+
+def _register_builtins() -> None:
+    from gradscope.cells import vanilla
+
+    vanilla.register()
+    for name in ("lstm", "gru"):
+        try:
+            module = __import__(f"gradscope.cells.{name}", fromlist=["register"])
+        except ModuleNotFoundError:  # pragma: no cover - during development only
+            continue
+        module.register()
+
+
+_register_builtins()
+
+__all__ = [
+    "CellAdapter",
+    "Params",
+    "adapter_for",
+    "adapter_for_kind",
+    "is_fused",
+    "is_registered",
+    "register_cell",
+]

@@ -1,0 +1,115 @@
+"""The cell adapter contract: one cell family's step function, state layout and Jacobians.
+
+A recurrent cell maps an input and the previous state to the next state,
+
+    s_t = f(x_t, s_{t-1}),
+
+where the state ``s`` is one flat vector per sequence that concatenates the cell's named
+parts in order (LSTM: ``h`` then ``c``; GRU and vanilla: ``h``). An adapter implements ``f``
+and its two Jacobians
+
+    J_t = ∂s_t/∂s_{t-1}   of shape (D, D),        K_t = ∂s_t/∂x_t   of shape (D, I),
+
+for a whole batch of (x, s) pairs at once. Batching is over an arbitrary leading dimension
+``N``: since ``J_t`` depends only on ``x_t`` and ``s_{t-1}``, all timesteps of all sequences can
+be stacked into one ``N = T·B`` batch.
+
+Adapters are stateless and pure: the weights come in as a ``params`` dict of tensors (names
+follow PyTorch's parameter names without the ``_l{k}`` / ``_reverse`` suffixes:
+``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``, ``weight_hr``). Biases are absent for
+``bias=False``. Everything an adapter needs must be derivable from ``params`` and the adapter
+instance, so that a trace saved to disk (states, inputs, params, kind) can be analysed later
+without the model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+Params = dict[str, Tensor]
+
+
+class CellAdapter(ABC):
+    """One family of recurrent cell: its step, its state layout and its Jacobians.
+
+    Subclasses set :attr:`kind` (a unique string, used to find the adapter again when a trace
+    is loaded) and :attr:`state_names`, and implement the abstract methods. Register an
+    adapter for a module type with :func:`gradscope.register_cell`.
+    """
+
+    #: Unique identifier of the cell family, e.g. ``"lstm"``; stored in saved traces.
+    kind: str = ""
+    #: Names of the state's parts, in the order they are concatenated.
+    state_names: tuple[str, ...] = ("h",)
+    #: Whether the Jacobians are closed forms (False: computed with ``torch.func``).
+    closed_form: bool = True
+
+    # ------------------------------------------------------------------ layout
+    @abstractmethod
+    def state_sizes(self, params: Params) -> tuple[int, ...]:
+        """Sizes of the state's parts, in the order of :attr:`state_names`."""
+
+    def input_size(self, params: Params) -> int:
+        """Size ``I`` of one input vector ``x_t``."""
+        return int(params["weight_ih"].shape[1])
+
+    def state_size(self, params: Params) -> int:
+        """Total state size ``D`` (the sum of :meth:`state_sizes`)."""
+        return int(sum(self.state_sizes(params)))
+
+    def pack_state(self, native: Tensor | Sequence[Tensor]) -> Tensor:
+        """Concatenate the module's native state (a Tensor or tuple) into ``(..., D)``."""
+        if isinstance(native, Tensor):
+            return native
+        return torch.cat(list(native), dim=-1)
+
+    def unpack_state(self, s: Tensor, params: Params) -> Tensor | tuple[Tensor, ...]:
+        """Split ``(..., D)`` back into the module's native state (Tensor or tuple)."""
+        parts = torch.split(s, list(self.state_sizes(params)), dim=-1)
+        return parts[0] if len(parts) == 1 else tuple(parts)
+
+    # ------------------------------------------------------------------ maths
+    @abstractmethod
+    def step(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """One step ``s_t = f(x_t, s_{t-1})``.
+
+        Args:
+            params: The cell's weights.
+            x: Inputs ``(N, I)``.
+            s: Previous states ``(N, D)``.
+
+        Returns:
+            Next states ``(N, D)``.
+        """
+
+    @abstractmethod
+    def jacobian_state(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """State Jacobians ``∂s_t/∂s_{t-1}``, shape ``(N, D, D)``; row = output component."""
+
+    @abstractmethod
+    def jacobian_input(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """Input Jacobians ``∂s_t/∂x_t``, shape ``(N, D, I)``."""
+
+    # ------------------------------------------------------------------ recording
+    def cell_params(self, module: nn.Module) -> Params:
+        """The weights of a single-step cell module (``nn.RNNCell`` etc.), detached."""
+        return {
+            name: p.detach() for name, p in module.named_parameters(recurse=False) if p is not None
+        }
+
+    def fused_params(self, module: nn.Module, layer: int, reverse: bool) -> Params:
+        """The weights of one layer and direction of a fused module (``nn.LSTM`` etc.)."""
+        suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+        out: Params = {}
+        for base in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"):
+            p = getattr(module, base + suffix, None)
+            if p is not None:
+                out[base] = p.detach()
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kind={self.kind!r})"

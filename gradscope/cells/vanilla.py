@@ -1,0 +1,79 @@
+r"""Vanilla (Elman) RNN cells: ``nn.RNN`` and ``nn.RNNCell`` with tanh or relu.
+
+Equations (PyTorch's, state ``s = h`` of size H)::
+
+    a_t = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh
+    h_t = φ(a_t),              φ = tanh or relu
+
+Jacobians::
+
+    ∂h_t/∂h_{t-1} = diag(φ'(a_t)) W_hh          (H, H)
+    ∂h_t/∂x_t     = diag(φ'(a_t)) W_ih          (H, I)
+
+with ``tanh'(a) = 1 - tanh(a)²`` and ``relu'(a) = 1[a > 0]`` (PyTorch's convention at 0).
+Every step multiplies the same ``W_hh`` into the backward pass, which is why these cells
+vanish (or explode) exponentially: Pascanu, Mikolov & Bengio (2013).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gradscope.cells.base import CellAdapter, Params
+
+
+class VanillaAdapter(CellAdapter):
+    """Adapter for ``nn.RNN`` / ``nn.RNNCell`` with ``nonlinearity`` tanh or relu."""
+
+    state_names = ("h",)
+
+    def __init__(self, nonlinearity: str = "tanh") -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        self.kind = f"rnn_{nonlinearity}"
+
+    def for_module(self, module: nn.Module) -> VanillaAdapter:
+        """The adapter matching the module's ``nonlinearity``."""
+        return _ADAPTERS[getattr(module, "nonlinearity", "tanh")]
+
+    def state_sizes(self, params: Params) -> tuple[int, ...]:  # noqa: D102
+        return (int(params["weight_hh"].shape[0]),)
+
+    def _preactivation(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        a = x @ params["weight_ih"].T + s @ params["weight_hh"].T
+        if "bias_ih" in params:
+            a = a + params["bias_ih"] + params["bias_hh"]
+        return a
+
+    def _phi(self, a: Tensor) -> Tensor:
+        return torch.tanh(a) if self.nonlinearity == "tanh" else torch.relu(a)
+
+    def _dphi(self, a: Tensor) -> Tensor:
+        if self.nonlinearity == "tanh":
+            return 1.0 - torch.tanh(a) ** 2
+        return (a > 0).to(a.dtype)
+
+    def step(self, params: Params, x: Tensor, s: Tensor) -> Tensor:  # noqa: D102
+        return self._phi(self._preactivation(params, x, s))
+
+    def jacobian_state(self, params: Params, x: Tensor, s: Tensor) -> Tensor:  # noqa: D102
+        d = self._dphi(self._preactivation(params, x, s))
+        return d.unsqueeze(-1) * params["weight_hh"]
+
+    def jacobian_input(self, params: Params, x: Tensor, s: Tensor) -> Tensor:  # noqa: D102
+        d = self._dphi(self._preactivation(params, x, s))
+        return d.unsqueeze(-1) * params["weight_ih"]
+
+
+_ADAPTERS = {name: VanillaAdapter(name) for name in ("tanh", "relu")}
+
+
+def register() -> None:
+    """Register the vanilla adapters for ``nn.RNN`` (fused) and ``nn.RNNCell``."""
+    from gradscope.cells import _BY_KIND, register_cell
+
+    register_cell(nn.RNN, _ADAPTERS["tanh"], fused=True, overwrite=True)
+    register_cell(nn.RNNCell, _ADAPTERS["tanh"], overwrite=True)
+    _BY_KIND["rnn_relu"] = _ADAPTERS["relu"]

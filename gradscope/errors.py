@@ -1,0 +1,56 @@
+"""One exception family for everything gradscope raises on purpose.
+
+Every message says what was wrong (module path, cell kind, shape, timestep where they
+apply) and what to do about it. Catch :class:`GradscopeError` to catch them all.
+"""
+
+from __future__ import annotations
+
+
+class GradscopeError(Exception):
+    """Base class of every error gradscope raises deliberately."""
+
+
+class NoRecurrentModuleError(GradscopeError, ValueError):
+    """The model (or the forward that ran) contains no recurrent module gradscope can record."""
+
+
+class UnsupportedModuleError(GradscopeError, TypeError):
+    """A module type has no cell adapter; the message shows how to register one."""
+
+
+class CellConventionError(GradscopeError, TypeError):
+    """A cell's forward does not follow ``forward(x_t, state) -> state``."""
+
+
+class ShapeError(GradscopeError, ValueError):
+    """Tensors of the wrong shape, dtype or size were given."""
+
+
+class ReplayMismatchError(GradscopeError, RuntimeError):
+    """The step-by-step replay of a fused module did not reproduce the module's own output."""
+
+
+class TraceFormatError(GradscopeError, ValueError):
+    """A file is not a gradscope trace/history, is corrupt, or has an unknown format version."""
+
+
+class MissingDataError(GradscopeError, LookupError):
+    """An analysis or report needs data the object does not hold (e.g. no loss gradients)."""
+
+
+class OptionalDependencyError(GradscopeError, ImportError):
+    """An optional extra (Lightning, TensorBoard, ...) is needed but not installed."""
+
+
+__all__ = [
+    "CellConventionError",
+    "GradscopeError",
+    "MissingDataError",
+    "NoRecurrentModuleError",
+    "OptionalDependencyError",
+    "ReplayMismatchError",
+    "ShapeError",
+    "TraceFormatError",
+    "UnsupportedModuleError",
+]

@@ -1,0 +1,416 @@
+"""What a recording holds: per recurrent layer and direction, every state at every step.
+
+A :class:`LayerTrace` is time-major and in processing order (a reverse direction's step 0 is
+the last valid input position of each sequence)::
+
+    states  (T+1, B, D)   s_0 (initial state) ... s_T
+    inputs  (T,   B, I)   x_1 ... x_T   (inputs[k] produced states[k+1])
+    lengths (B,) or None  valid steps per sequence; steps k >= lengths[b] are padding
+
+Padding is *marked*, not filled with plausible numbers: padded states and inputs are NaN
+and :attr:`LayerTrace.mask` says which steps are real. Jacobian ``k`` is
+``J_{k+1} = ∂s_{k+1}/∂s_k``, computed from ``inputs[k]`` and ``states[k]``.
+
+Saved as one ``.npz`` (``allow_pickle=False``) whose ``__meta__`` entry is UTF-8 JSON with a
+format version; loading never executes code from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gradscope.cells import adapter_for_kind
+from gradscope.cells.base import CellAdapter, Params
+from gradscope.errors import MissingDataError, ShapeError, TraceFormatError
+
+FORMAT = "gradscope.trace"
+FORMAT_VERSION = 1
+
+StepSelect = int | slice | Sequence[int] | np.ndarray | Tensor | None
+
+
+def _index(sel: StepSelect, n: int, what: str) -> Tensor:
+    """Normalise a step/batch selection to a LongTensor of indices in ``range(n)``."""
+    if sel is None:
+        return torch.arange(n)
+    if isinstance(sel, slice):
+        return torch.arange(n)[sel]
+    idx = torch.as_tensor(sel, dtype=torch.long).reshape(-1)
+    if idx.numel() and (idx.min() < -n or idx.max() >= n):
+        raise ShapeError(f"{what} index out of range for size {n}: {idx.tolist()[:8]}")
+    return torch.where(idx < 0, idx + n, idx)
+
+
+@dataclass
+class LayerTrace:
+    """One recurrent layer (and direction) of one forward call, step by step.
+
+    Attributes:
+        name: ``module.path`` plus ``.l{k}`` and ``_reverse`` for fused modules (PyTorch's
+            parameter suffixes), the plain module path for a cell called in a loop, and
+            ``@n`` for the n-th (n >= 1) further call of the same module in one recording.
+        kind: The cell family (adapter kind), e.g. ``"lstm"``.
+        states: ``(T+1, B, D)``, the initial state first; NaN at padded steps.
+        inputs: ``(T, B, I)``; NaN at padded steps.
+        lengths: ``(B,)`` int64 valid steps per sequence, or None when all are ``T``.
+        state_names: Names of the state's parts in order, e.g. ``("h", "c")``.
+        state_sizes: Their sizes; ``sum(state_sizes) == D``.
+        params: The cell's weights (detached), enough to recompute every Jacobian.
+        meta: JSON-serialisable facts: module path, layer, direction, call, source, notes.
+    """
+
+    name: str
+    kind: str
+    states: Tensor
+    inputs: Tensor
+    lengths: np.ndarray | None
+    state_names: tuple[str, ...]
+    state_sizes: tuple[int, ...]
+    params: Params
+    meta: dict[str, Any] = field(default_factory=dict)
+    adapter: CellAdapter | None = field(default=None, repr=False)
+    stored_jacobians: dict[str, Tensor] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.states.ndim != 3 or self.inputs.ndim != 3:
+            raise ShapeError(
+                f"{self.name}: states must be (T+1, B, D) and inputs (T, B, I), got "
+                f"{tuple(self.states.shape)} and {tuple(self.inputs.shape)}"
+            )
+        if self.states.shape[0] != self.inputs.shape[0] + 1 or (
+            self.states.shape[1] != self.inputs.shape[1]
+        ):
+            raise ShapeError(
+                f"{self.name}: states {tuple(self.states.shape)} and inputs "
+                f"{tuple(self.inputs.shape)} disagree (need T+1 states for T inputs, same B)"
+            )
+        if sum(self.state_sizes) != self.states.shape[2]:
+            raise ShapeError(
+                f"{self.name}: state parts {dict(zip(self.state_names, self.state_sizes))} "
+                f"do not add up to D={self.states.shape[2]}"
+            )
+        if self.lengths is not None:
+            self.lengths = np.asarray(self.lengths, dtype=np.int64).reshape(-1)
+            if self.lengths.shape[0] != self.B:
+                raise ShapeError(f"{self.name}: {self.lengths.shape[0]} lengths for B={self.B}")
+
+    # ----------------------------------------------------------------- shape
+    @property
+    def T(self) -> int:  # noqa: N802 - the conventional symbol
+        """Number of steps."""
+        return int(self.inputs.shape[0])
+
+    @property
+    def B(self) -> int:  # noqa: N802
+        """Number of sequences."""
+        return int(self.states.shape[1])
+
+    @property
+    def D(self) -> int:  # noqa: N802
+        """State size (all named parts together)."""
+        return int(self.states.shape[2])
+
+    @property
+    def I(self) -> int:  # noqa: N802, E743
+        """Input size."""
+        return int(self.inputs.shape[2])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the recorded states."""
+        return self.states.dtype
+
+    @property
+    def seq_lengths(self) -> np.ndarray:
+        """``(B,)`` valid steps per sequence (``T`` for all when :attr:`lengths` is None)."""
+        if self.lengths is None:
+            return np.full(self.B, self.T, dtype=np.int64)
+        return self.lengths
+
+    @property
+    def mask(self) -> np.ndarray:
+        """``(T, B)`` bool: True where step k of sequence b is a real (unpadded) step."""
+        return np.arange(self.T)[:, None] < self.seq_lengths[None, :]
+
+    def part(self, name: str) -> slice:
+        """The slice of the state vector that holds the named part (e.g. ``"c"``)."""
+        if name not in self.state_names:
+            raise KeyError(f"{self.name} has state parts {self.state_names}, not {name!r}")
+        i = self.state_names.index(name)
+        start = sum(self.state_sizes[:i])
+        return slice(start, start + self.state_sizes[i])
+
+    def nonfinite(self) -> np.ndarray:
+        """``(T+1, B)`` bool: real (unpadded) states holding NaN or inf."""
+        bad = ~torch.isfinite(self.states).all(dim=-1).cpu().numpy()
+        valid = np.concatenate([np.ones((1, self.B), bool), self.mask], axis=0)
+        return bad & valid
+
+    # ------------------------------------------------------------- jacobians
+    def _adapter(self) -> CellAdapter:
+        if self.adapter is None:
+            self.adapter = adapter_for_kind(self.kind)
+        return self.adapter
+
+    def _jac(self, wrt: str, steps: Tensor, batch: Tensor) -> Tensor:
+        if self.stored_jacobians is not None and wrt in self.stored_jacobians:
+            return self.stored_jacobians[wrt][steps][:, batch]
+        if self.adapter is None and self.kind.startswith("custom:"):
+            raise MissingDataError(
+                f"{self.name}: a custom cell's Jacobians need the cell module or stored "
+                "Jacobians; this trace has neither (save it from a live recording)"
+            )
+        adapter = self._adapter()
+        x = self.inputs[steps][:, batch]
+        s = self.states[steps][:, batch]
+        t, b = x.shape[:2]
+        fn = adapter.jacobian_state if wrt == "state" else adapter.jacobian_input
+        params = {k: v.to(x.device) for k, v in self.params.items()}
+        out = fn(params, x.reshape(t * b, -1), s.reshape(t * b, -1))
+        return out.reshape(t, b, *out.shape[1:])
+
+    def jacobians(
+        self, steps: StepSelect = None, batch: StepSelect = None, wrt: str = "state"
+    ) -> Tensor:
+        """Per-step Jacobians, ``(T', B', D, D)`` (``wrt="input"``: ``(T', B', D, I)``).
+
+        Entry ``[k, b]`` is ``∂s_{k+1}/∂s_k`` of sequence ``b`` (row = output component).
+        Padded steps give NaN. For long sequences prefer :meth:`iter_jacobians`.
+
+        Args:
+            steps: Which steps ``k`` in ``range(T)`` (int, slice, index list, or None = all).
+            batch: Which sequences (same forms).
+            wrt: ``"state"`` for ``∂s_t/∂s_{t-1}`` or ``"input"`` for ``∂s_t/∂x_t``.
+        """
+        if wrt not in ("state", "input"):
+            raise ValueError(f"wrt must be 'state' or 'input', got {wrt!r}")
+        return self._jac(wrt, _index(steps, self.T, "step"), _index(batch, self.B, "batch"))
+
+    def iter_jacobians(
+        self,
+        chunk: int = 64,
+        steps: StepSelect = None,
+        batch: StepSelect = None,
+        wrt: str = "state",
+        reverse: bool = False,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield ``(step_indices, jacobians)`` in chunks of at most ``chunk`` steps.
+
+        Memory is bounded by one chunk: ``chunk · B' · D · D`` numbers.
+
+        Args:
+            chunk: Steps per chunk.
+            steps: Which steps (as in :meth:`jacobians`), yielded in increasing order
+                unless ``reverse``.
+            batch: Which sequences.
+            wrt: ``"state"`` or ``"input"``.
+            reverse: Yield chunks from the last step backwards (each chunk's steps are
+                still in increasing order).
+        """
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        idx = _index(steps, self.T, "step")
+        b = _index(batch, self.B, "batch")
+        starts = range(0, len(idx), chunk)
+        for start in reversed(starts) if reverse else starts:
+            sel = idx[start : start + chunk]
+            yield sel, self._jac(wrt, sel, b)
+
+    # ------------------------------------------------------------------ misc
+    def to(self, dtype: torch.dtype | None = None, device: Any = None) -> LayerTrace:
+        """A copy with states, inputs and params moved/cast."""
+
+        def mv(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+
+        return LayerTrace(
+            self.name,
+            self.kind,
+            mv(self.states),
+            mv(self.inputs),
+            self.lengths,
+            self.state_names,
+            self.state_sizes,
+            {k: mv(v) for k, v in self.params.items()},
+            dict(self.meta),
+            self.adapter,
+            None
+            if self.stored_jacobians is None
+            else {k: mv(v) for k, v in self.stored_jacobians.items()},
+        )
+
+    def __repr__(self) -> str:
+        parts = "+".join(f"{n}{s}" for n, s in zip(self.state_names, self.state_sizes))
+        return (
+            f"LayerTrace({self.name!r}, kind={self.kind!r}, T={self.T}, B={self.B}, "
+            f"D={self.D} [{parts}], I={self.I}, dtype={self.dtype})"
+        )
+
+
+class Trace:
+    """Everything one recording saw: a list of :class:`LayerTrace` plus run metadata."""
+
+    def __init__(self, layers: Sequence[LayerTrace], meta: dict[str, Any] | None = None):
+        self.layers: list[LayerTrace] = list(layers)
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    @property
+    def names(self) -> list[str]:
+        """Layer names in recording order."""
+        return [layer.name for layer in self.layers]
+
+    def __getitem__(self, key: str | int) -> LayerTrace:
+        if isinstance(key, int):
+            return self.layers[key]
+        for layer in self.layers:
+            if layer.name == key:
+                return layer
+        raise KeyError(f"no layer named {key!r}; this trace has {self.names}")
+
+    def __iter__(self) -> Iterator[LayerTrace]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Trace([\n  {inner}\n])"
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the trace to ``path`` (``.npz``), atomically; returns the path written."""
+        return save(self, path)
+
+
+# --------------------------------------------------------------------------- I/O
+def _to_numpy(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def save(trace: Trace, path: str | os.PathLike) -> Path:
+    """Save ``trace`` as ``.npz`` + JSON metadata; no pickle. Returns the path written.
+
+    Custom cells whose Jacobians come from ``torch.func`` cannot be rebuilt without their
+    module, so their Jacobians (state and input) are stored in the file as well.
+    """
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+    arrays: dict[str, np.ndarray] = {}
+    layers_meta = []
+    for i, layer in enumerate(trace.layers):
+        key = f"l{i}"
+        arrays[f"{key}/states"] = _to_numpy(layer.states)
+        arrays[f"{key}/inputs"] = _to_numpy(layer.inputs)
+        if layer.lengths is not None:
+            arrays[f"{key}/lengths"] = np.asarray(layer.lengths, dtype=np.int64)
+        for pname, p in layer.params.items():
+            arrays[f"{key}/param/{pname}"] = _to_numpy(p)
+        stored = dict(layer.stored_jacobians or {})
+        if layer.adapter is not None and not layer.adapter.closed_form:
+            for wrt in ("state", "input"):
+                if wrt not in stored:
+                    stored[wrt] = layer.jacobians(wrt=wrt)
+        for wrt, jac in stored.items():
+            arrays[f"{key}/jac/{wrt}"] = _to_numpy(jac)
+        layers_meta.append(
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "state_names": list(layer.state_names),
+                "state_sizes": list(layer.state_sizes),
+                "params": sorted(layer.params),
+                "jacobians": sorted(stored),
+                "has_lengths": layer.lengths is not None,
+                "meta": layer.meta,
+            }
+        )
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "layers": layers_meta,
+        "trace": trace.meta,
+    }
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike) -> Trace:
+    """Load a trace written by :meth:`Trace.save`. Never unpickles anything.
+
+    Raises:
+        TraceFormatError: The file is missing, not an ``.npz``, not a gradscope trace, from
+            a newer format version, or incomplete.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TraceFormatError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise TraceFormatError(
+            f"{path}: not a readable .npz file ({exc}); was it written by Trace.save?"
+        ) from None
+    if "__meta__" not in data:
+        raise TraceFormatError(f"{path}: an .npz file but not a gradscope trace (no __meta__)")
+    try:
+        meta = json.loads(data["__meta__"].tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TraceFormatError(f"{path}: corrupt metadata ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise TraceFormatError(
+            f"{path}: format {meta.get('format') if isinstance(meta, dict) else None!r} is "
+            f"not {FORMAT!r}"
+        )
+    if not isinstance(meta.get("version"), int) or meta["version"] > FORMAT_VERSION:
+        raise TraceFormatError(
+            f"{path}: trace format version {meta.get('version')!r}; this gradscope reads "
+            f"versions <= {FORMAT_VERSION} (upgrade gradscope)"
+        )
+    layers = []
+    try:
+        for i, lm in enumerate(meta["layers"]):
+            key = f"l{i}"
+            states = torch.from_numpy(data[f"{key}/states"])
+            inputs = torch.from_numpy(data[f"{key}/inputs"])
+            lengths = data[f"{key}/lengths"] if lm["has_lengths"] else None
+            params = {p: torch.from_numpy(data[f"{key}/param/{p}"]) for p in lm["params"]}
+            stored = {w: torch.from_numpy(data[f"{key}/jac/{w}"]) for w in lm["jacobians"]}
+            layers.append(
+                LayerTrace(
+                    name=str(lm["name"]),
+                    kind=str(lm["kind"]),
+                    states=states,
+                    inputs=inputs,
+                    lengths=lengths,
+                    state_names=tuple(lm["state_names"]),
+                    state_sizes=tuple(int(s) for s in lm["state_sizes"]),
+                    params=params,
+                    meta=dict(lm.get("meta", {})),
+                    stored_jacobians=stored or None,
+                )
+            )
+    except (KeyError, TypeError, ShapeError) as exc:
+        raise TraceFormatError(f"{path}: incomplete or inconsistent trace ({exc})") from None
+    return Trace(layers, meta.get("trace", {}))
