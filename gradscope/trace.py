@@ -68,6 +68,8 @@ class LayerTrace:
         state_sizes: Their sizes; ``sum(state_sizes) == D``.
         params: The cell's weights (detached), enough to recompute every Jacobian.
         meta: JSON-serialisable facts: module path, layer, direction, call, source, notes.
+        grads: ``(T+1, B, D)`` exact loss gradients ``∂L/∂s_t`` (aligned with ``states``;
+            NaN at padded steps), or None when no loss was back-propagated.
     """
 
     name: str
@@ -81,6 +83,7 @@ class LayerTrace:
     meta: dict[str, Any] = field(default_factory=dict)
     adapter: CellAdapter | None = field(default=None, repr=False)
     stored_jacobians: dict[str, Tensor] | None = field(default=None, repr=False)
+    grads: Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.states.ndim != 3 or self.inputs.ndim != 3:
@@ -100,6 +103,11 @@ class LayerTrace:
                 f"{self.name}: state parts {dict(zip(self.state_names, self.state_sizes))} "
                 f"do not add up to D={self.states.shape[2]}"
             )
+        if self.grads is not None and self.grads.shape != self.states.shape:
+            raise ShapeError(
+                f"{self.name}: grads {tuple(self.grads.shape)} must match states "
+                f"{tuple(self.states.shape)}"
+            )
         if self.lengths is not None:
             self.lengths = np.asarray(self.lengths, dtype=np.int64).reshape(-1)
             if self.lengths.shape[0] != self.B:
@@ -107,22 +115,22 @@ class LayerTrace:
 
     # ----------------------------------------------------------------- shape
     @property
-    def T(self) -> int:  # noqa: N802 - the conventional symbol
+    def T(self) -> int:
         """Number of steps."""
         return int(self.inputs.shape[0])
 
     @property
-    def B(self) -> int:  # noqa: N802
+    def B(self) -> int:
         """Number of sequences."""
         return int(self.states.shape[1])
 
     @property
-    def D(self) -> int:  # noqa: N802
+    def D(self) -> int:
         """State size (all named parts together)."""
         return int(self.states.shape[2])
 
     @property
-    def I(self) -> int:  # noqa: N802, E743
+    def I(self) -> int:  # noqa: E743
         """Input size."""
         return int(self.inputs.shape[2])
 
@@ -248,6 +256,7 @@ class LayerTrace:
             None
             if self.stored_jacobians is None
             else {k: mv(v) for k, v in self.stored_jacobians.items()},
+            None if self.grads is None else mv(self.grads),
         )
 
     def __repr__(self) -> str:
@@ -313,6 +322,8 @@ def save(trace: Trace, path: str | os.PathLike) -> Path:
         key = f"l{i}"
         arrays[f"{key}/states"] = _to_numpy(layer.states)
         arrays[f"{key}/inputs"] = _to_numpy(layer.inputs)
+        if layer.grads is not None:
+            arrays[f"{key}/grads"] = _to_numpy(layer.grads)
         if layer.lengths is not None:
             arrays[f"{key}/lengths"] = np.asarray(layer.lengths, dtype=np.int64)
         for pname, p in layer.params.items():
@@ -333,6 +344,7 @@ def save(trace: Trace, path: str | os.PathLike) -> Path:
                 "params": sorted(layer.params),
                 "jacobians": sorted(stored),
                 "has_lengths": layer.lengths is not None,
+                "has_grads": layer.grads is not None,
                 "meta": layer.meta,
             }
         )
@@ -397,6 +409,7 @@ def load(path: str | os.PathLike) -> Trace:
             lengths = data[f"{key}/lengths"] if lm["has_lengths"] else None
             params = {p: torch.from_numpy(data[f"{key}/param/{p}"]) for p in lm["params"]}
             stored = {w: torch.from_numpy(data[f"{key}/jac/{w}"]) for w in lm["jacobians"]}
+            grads = torch.from_numpy(data[f"{key}/grads"]) if lm.get("has_grads") else None
             layers.append(
                 LayerTrace(
                     name=str(lm["name"]),
@@ -409,6 +422,7 @@ def load(path: str | os.PathLike) -> Trace:
                     params=params,
                     meta=dict(lm.get("meta", {})),
                     stored_jacobians=stored or None,
+                    grads=grads,
                 )
             )
     except (KeyError, TypeError, ShapeError) as exc:

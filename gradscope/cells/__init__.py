@@ -11,6 +11,8 @@ Built-in families register themselves when :mod:`gradscope.cells` is imported.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from torch import nn
 
 from gradscope.cells.base import CellAdapter, Params
@@ -80,9 +82,6 @@ def _lookup(module_type: type) -> type[nn.Module] | None:
         if base in _BY_TYPE:
             return base
     return None
-
-
-from functools import lru_cache  # noqa: E402
 
 
 @lru_cache(maxsize=256)
