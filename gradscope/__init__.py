@@ -87,3 +87,8 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+# ``record`` and ``trace`` are also submodule names: importing ``gradscope.record`` or
+# ``gradscope.trace`` sets these package attributes to the *modules*, shadowing the lazy
+# lookup above. Bind the functions eagerly instead.
+from gradscope.record import Recorder, record, trace  # noqa: E402, F401

@@ -1,0 +1,125 @@
+r"""GRU cells: ``nn.GRU`` (fused) and ``nn.GRUCell``.
+
+Equations (PyTorch's; gate rows of ``weight_ih`` / ``weight_hh`` in the order r, z, n;
+Cho et al. 2014, with the reset gate applied *after* the recurrent matrix product as in
+cuDNN and PyTorch)::
+
+    r   = σ(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+    z   = σ(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+    q   = W_hn h_{t-1} + b_hn
+    n   = tanh(W_in x_t + b_in + r ⊙ q)
+    h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+
+Biases are absent (zero) for ``bias=False``. With ``v = (1 - z)(1 - n²)``, the Jacobians are
+sums of row-scaled gate blocks of ``W_hh`` and ``W_ih``::
+
+    ∂h_t/∂h_{t-1} = diag(v q r(1-r)) W_hr + diag((h_{t-1} - n) z(1-z)) W_hz
+                    + diag(v r) W_hn + diag(z)
+    ∂h_t/∂x_t     = diag(v q r(1-r)) W_ir + diag((h_{t-1} - n) z(1-z)) W_iz + diag(v) W_in
+
+The ``diag(z)`` term is the GRU's leaky-integrator path: an update gate near 1 copies the
+state (and the gradient) through unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gradscope.cells.base import CellAdapter, Params
+from gradscope.cells.lstm import cache_block_size, new_output
+
+
+class GRUAdapter(CellAdapter):
+    """Adapter for ``nn.GRU`` / ``nn.GRUCell`` (with or without biases); state ``h``."""
+
+    kind = "gru"
+    state_names = ("h",)
+
+    def state_sizes(self, params: Params) -> tuple[int, ...]:  # noqa: D102
+        return (int(params["weight_hh"].shape[1]),)
+
+    @staticmethod
+    def _gates(params: Params, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``r, z, n, q`` (each ``(N, H)``) with ``q = W_hn h + b_hn``."""
+        gi = x @ params["weight_ih"].T
+        gh = h @ params["weight_hh"].T
+        if "bias_ih" in params:
+            gi = gi + params["bias_ih"]
+        if "bias_hh" in params:
+            gh = gh + params["bias_hh"]
+        i_r, i_z, i_n = gi.chunk(3, dim=-1)
+        h_r, h_z, q = gh.chunk(3, dim=-1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * q)
+        return r, z, n, q
+
+    def step(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """``h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}``."""
+        _, z, n, _ = self._gates(params, x, s)
+        return n + z * (s - n)
+
+    def _coefficients(
+        self, params: Params, x: Tensor, s: Tensor, wrt: str
+    ) -> tuple[Tensor, Tensor]:
+        """Row scalings ``coef (N, 3, H)`` of the r, z, n gate blocks, and ``z (N, H)``.
+
+        The n block is scaled by ``v r`` for ``wrt="state"`` (the reset gate multiplies
+        ``W_hn h``) and by ``v`` for ``wrt="input"``.
+        """
+        r, z, n, q = self._gates(params, x, s)
+        v = (1.0 - z) * (1.0 - n * n)
+        coef = x.new_empty((x.shape[0], 3, z.shape[-1]))
+        torch.mul(v * q, r * (1.0 - r), out=coef[:, 0])
+        torch.mul(s - n, z * (1.0 - z), out=coef[:, 1])
+        if wrt == "state":
+            torch.mul(v, r, out=coef[:, 2])
+        else:
+            coef[:, 2] = v
+        return coef, z
+
+    @staticmethod
+    def _combine(coef: Tensor, weight: Tensor, diag: Tensor | None = None) -> Tensor:
+        """``Σ_k diag(coef[:, k]) W_k (+ diag(diag))`` for the gate blocks of ``weight (3H, K)``.
+
+        Written in place, in cache-sized blocks of sequences on the CPU, as three
+        broadcast multiply-adds per element; no diagonal matrix is built.
+        """
+        n, _, hidden = coef.shape
+        w3 = weight.reshape(3, hidden, -1)
+        out = new_output((n, hidden, w3.shape[-1]), coef)
+        c = coef.unsqueeze(-1)
+        rows = cache_block_size(n, hidden * w3.shape[-1] * out.element_size(), out.device)
+        for start in range(0, n, rows):
+            sl = slice(start, start + rows)
+            blk = out[sl]
+            torch.mul(c[sl, 0], w3[0], out=blk)
+            blk.addcmul_(c[sl, 1], w3[1])
+            blk.addcmul_(c[sl, 2], w3[2])
+            if diag is not None:
+                blk.diagonal(dim1=-2, dim2=-1).add_(diag[sl])
+        return out
+
+    @torch.no_grad()
+    def jacobian_state(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """``∂h_t/∂h_{t-1}``, shape ``(N, H, H)`` (computed in place, not tracking gradients)."""
+        coef, z = self._coefficients(params, x, s, "state")
+        return self._combine(coef, params["weight_hh"], diag=z)
+
+    @torch.no_grad()
+    def jacobian_input(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """``∂h_t/∂x_t``, shape ``(N, H, I)`` (not tracking gradients)."""
+        coef, _ = self._coefficients(params, x, s, "input")
+        return self._combine(coef, params["weight_ih"])
+
+
+GRU_ADAPTER = GRUAdapter()
+
+
+def register() -> None:
+    """Register :data:`GRU_ADAPTER` for ``nn.GRU`` (fused) and ``nn.GRUCell``."""
+    from gradscope.cells import register_cell
+
+    register_cell(nn.GRU, GRU_ADAPTER, fused=True, overwrite=True)
+    register_cell(nn.GRUCell, GRU_ADAPTER, overwrite=True)

@@ -1,0 +1,225 @@
+r"""LSTM cells: ``nn.LSTM`` (fused, with or without ``proj_size``) and ``nn.LSTMCell``.
+
+Equations (PyTorch's; gate rows of ``weight_ih`` / ``weight_hh`` in the order i, f, g, o;
+Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al. 2000)::
+
+    a_t = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh          (4H,) = [a_i; a_f; a_g; a_o]
+    i = σ(a_i)   f = σ(a_f)   g = tanh(a_g)   o = σ(a_o)
+    c_t = f ⊙ c_{t-1} + i ⊙ g
+    m_t = o ⊙ tanh(c_t)
+    h_t = m_t                 (no projection, P = H)
+    h_t = W_hr m_t            (proj_size = P > 0; W_hr is (P, H), W_hh is (4H, P))
+
+The state is the joint vector ``s = (h, c)`` of size ``D = P + H``. Its Jacobian
+``∂s_t/∂s_{t-1}`` has four blocks. With ``u = 1 - tanh(c_t)²`` and the gate blocks
+``W_i, W_f, W_g, W_o`` of ``W_hh`` (each ``(H, P)``)::
+
+    ∂c_t/∂h_{t-1} = diag(c_{t-1} f(1-f)) W_f + diag(g i(1-i)) W_i + diag(i (1-g²)) W_g
+    ∂c_t/∂c_{t-1} = diag(f)
+    ∂m_t/∂h_{t-1} = diag(tanh(c_t) o(1-o)) W_o + diag(o u) ∂c_t/∂h_{t-1}
+    ∂m_t/∂c_{t-1} = diag(o u f)
+    ∂h_t/∂·       = W_hr ∂m_t/∂·   with a projection, ∂m_t/∂· otherwise
+
+and ``∂s_t/∂x_t`` is the same with the gate blocks of ``W_ih`` and no ``c`` column. The
+``diag(f)`` path is the "constant error carousel": when ``f ≈ 1`` the cell state carries the
+gradient back unchanged, which is why LSTMs avoid the vanishing gradient of vanilla RNNs.
+
+Every ``diag(v) W`` product is a broadcast multiply-add written in place into a
+preallocated ``(N, D, D)`` output (five multiply-adds per element of the dense blocks, using
+``∂m = diag(o u) ∂c + diag(tanh(c_t) o(1-o)) W_o``); no diagonal matrix is ever built. On the
+CPU the sequences are processed in cache-sized blocks (:func:`cache_block_size`), which makes
+the closed form about as fast as copying its result (``benchmarks/jacobians.py``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gradscope.cells.base import CellAdapter, Params
+
+
+def _gates(params: Params, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The activated gates ``i, f, g, o``, each ``(N, H)``."""
+    a = x @ params["weight_ih"].T + h @ params["weight_hh"].T
+    if "bias_ih" in params:
+        a = a + params["bias_ih"]
+    if "bias_hh" in params:
+        a = a + params["bias_hh"]
+    a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
+    return torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
+
+
+class _Local(NamedTuple):
+    """Per-unit factors of the LSTM Jacobians, each ``(N, H)`` (``alpha``: ``(N, 3, H)``)."""
+
+    alpha: Tensor  # scalings of W_i, W_f, W_g in ∂c_t: g i(1-i), c f(1-f), i (1-g²)
+    beta_o: Tensor  # scaling of W_o in ∂m_t: tanh(c_t) o(1-o)
+    ou: Tensor  # o (1 - tanh(c_t)²) = ∂m_t/∂c_t
+    f: Tensor  # forget gate = ∂c_t/∂c_{t-1}
+
+
+#: Bytes of output computed per block on the CPU: large enough to amortise the per-block
+#: Python overhead, small enough to stay in the last-level cache while the five
+#: multiply-add passes run over it (measured best at 4-16 MiB on a 32 MiB L3).
+CPU_BLOCK_BYTES = 8 * 2**20
+
+
+def cache_block_size(n: int, bytes_per_item: int, device: torch.device) -> int:
+    """How many of ``n`` per-sequence Jacobians to compute per block.
+
+    On the CPU the elementwise passes are memory bound, so blocks are sized to stay in
+    cache (:data:`CPU_BLOCK_BYTES`); on accelerators one block covers everything.
+    """
+    if device.type != "cpu":
+        return max(n, 1)
+    return max(1, min(n, CPU_BLOCK_BYTES // max(bytes_per_item, 1)))
+
+
+#: Outputs at least this large are allocated through NumPy on the CPU (see :func:`new_output`).
+HUGE_OUTPUT_BYTES = 4 * 2**20
+
+
+def new_output(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """An uninitialised tensor of ``shape`` with ``like``'s dtype and device, for a result.
+
+    A full Jacobian batch is large (2048 LSTM Jacobians of 256 x 256 are 512 MiB) and
+    written once, so on the CPU most of the time of producing it goes into the kernel's
+    first-touch page faults on fresh memory. NumPy's allocator marks large blocks for
+    transparent huge pages (``madvise(MADV_HUGEPAGE)`` on Linux), which cuts those faults by
+    a factor of up to 512; PyTorch's CPU allocator does so only when the environment sets
+    ``THP_MEM_ALLOC_ENABLE=1``. Large float32/float64 CPU outputs therefore come from NumPy
+    (wrapped with ``torch.from_numpy``, no copy); everything else from ``like.new_empty``.
+    """
+    nbytes = like.element_size()
+    for size in shape:
+        nbytes *= size
+    np_dtype = _NUMPY_DTYPES.get(like.dtype)
+    if like.device.type == "cpu" and np_dtype is not None and nbytes >= HUGE_OUTPUT_BYTES:
+        return torch.from_numpy(np.empty(shape, dtype=np_dtype))
+    return like.new_empty(shape)
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+class LSTMAdapter(CellAdapter):
+    """Adapter for ``nn.LSTM`` (any ``proj_size``) and ``nn.LSTMCell``; state ``(h, c)``."""
+
+    kind = "lstm"
+    state_names = ("h", "c")
+
+    def state_sizes(self, params: Params) -> tuple[int, ...]:
+        """``(P, H)`` with a projection ``weight_hr`` of shape ``(P, H)``, else ``(H, H)``."""
+        hidden = int(params["weight_hh"].shape[0]) // 4
+        if "weight_hr" in params:
+            return (int(params["weight_hr"].shape[0]), hidden)
+        return (hidden, hidden)
+
+    def _split(self, params: Params, s: Tensor) -> tuple[Tensor, Tensor]:
+        p = int(params["weight_hh"].shape[1])
+        return s[..., :p], s[..., p:]
+
+    def step(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """``s_t = (h_t, c_t)`` from ``x_t`` and ``s_{t-1} = (h_{t-1}, c_{t-1})``."""
+        h, c = self._split(params, s)
+        i, f, g, o = _gates(params, x, h)
+        c_new = f * c + i * g
+        h_new = o * torch.tanh(c_new)
+        if "weight_hr" in params:
+            h_new = h_new @ params["weight_hr"].T
+        return torch.cat([h_new, c_new], dim=-1)
+
+    def _local(self, params: Params, x: Tensor, s: Tensor) -> _Local:
+        """The per-unit factors of both Jacobians (see the module docstring)."""
+        h, c = self._split(params, s)
+        i, f, g, o = _gates(params, x, h)
+        tc = torch.tanh(f * c + i * g)
+        alpha = torch.stack([g * i * (1.0 - i), c * f * (1.0 - f), i * (1.0 - g * g)], dim=1)
+        return _Local(alpha, tc * o * (1.0 - o), o * (1.0 - tc * tc), f)
+
+    @staticmethod
+    def _fill_rows(dc: Tensor, dm: Tensor, loc: _Local, sl: slice, w4: Tensor) -> None:
+        """Write ``∂c_t/∂·`` into ``dc`` and ``∂m_t/∂·`` into ``dm`` (both ``(n, H, K)``).
+
+        ``w4`` is ``W_hh`` or ``W_ih`` seen as ``(4, H, K)``; ``sl`` selects the rows of
+        ``loc`` that this block covers. Uses ``∂m = diag(o u) ∂c + diag(tanh(c) o(1-o)) W_o``
+        so that every element costs five multiply-adds.
+        """
+        alpha = loc.alpha[sl].unsqueeze(-1)
+        torch.mul(alpha[:, 0], w4[0], out=dc)
+        dc.addcmul_(alpha[:, 1], w4[1])
+        dc.addcmul_(alpha[:, 2], w4[2])
+        torch.mul(dc, loc.ou[sl].unsqueeze(-1), out=dm)
+        dm.addcmul_(loc.beta_o[sl].unsqueeze(-1), w4[3])
+
+    @torch.no_grad()
+    def jacobian_state(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """``∂(h_t, c_t)/∂(h_{t-1}, c_{t-1})``, shape ``(N, P+H, P+H)``; blocks as above.
+
+        Computed in place, block by block, without building any diagonal matrix; the
+        result does not track gradients (differentiate :meth:`step` with ``torch.func`` for
+        second-order quantities).
+        """
+        loc = self._local(params, x, s)
+        w_hh, w_hr = params["weight_hh"], params.get("weight_hr")
+        n, hidden = loc.f.shape
+        p = int(w_hh.shape[1])
+        d = p + hidden
+        w4 = w_hh.reshape(4, hidden, p)
+        rows = cache_block_size(n, d * d * x.element_size(), x.device)
+        single = rows >= n
+        # One block: write straight into the zeroed output. Several: fill a cache-sized
+        # zeroed buffer (its structural zeros are never overwritten) and copy it out.
+        out = new_output((n, d, d), x)
+        if single:
+            out.zero_()
+        buf = out if single else x.new_zeros((rows, d, d))
+        dm_tmp = None if w_hr is None else x.new_empty((min(rows, n), hidden, p))
+        for start in range(0, n, rows):
+            sl = slice(start, min(n, start + rows))
+            blk = buf[: sl.stop - start]
+            dm = blk[:, :p, :p] if w_hr is None else dm_tmp[: sl.stop - start]
+            self._fill_rows(blk[:, p:, :p], dm, loc, sl, w4)
+            blk[:, p:, p:].diagonal(dim1=-2, dim2=-1).copy_(loc.f[sl])
+            ouf = loc.ou[sl] * loc.f[sl]
+            if w_hr is None:
+                blk[:, :p, p:].diagonal(dim1=-2, dim2=-1).copy_(ouf)
+            else:
+                blk[:, :p, :p] = torch.matmul(w_hr, dm)
+                torch.mul(w_hr, ouf.unsqueeze(1), out=blk[:, :p, p:])
+            if not single:
+                out[sl] = blk
+        return out
+
+    @torch.no_grad()
+    def jacobian_input(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """``∂(h_t, c_t)/∂x_t``, shape ``(N, P+H, I)`` (not tracking gradients)."""
+        loc = self._local(params, x, s)
+        w_ih, w_hr = params["weight_ih"], params.get("weight_hr")
+        n, hidden = loc.f.shape
+        p = hidden if w_hr is None else int(w_hr.shape[0])
+        w4 = w_ih.reshape(4, hidden, -1)
+        out = new_output((n, p + hidden, w4.shape[-1]), x)
+        every = slice(0, n)
+        if w_hr is None:
+            self._fill_rows(out[:, p:], out[:, :p], loc, every, w4)
+        else:
+            dm = x.new_empty((n, hidden, w4.shape[-1]))
+            self._fill_rows(out[:, p:], dm, loc, every, w4)
+            out[:, :p] = torch.matmul(w_hr, dm)
+        return out
+
+
+LSTM_ADAPTER = LSTMAdapter()
+
+
+def register() -> None:
+    """Register :data:`LSTM_ADAPTER` for ``nn.LSTM`` (fused) and ``nn.LSTMCell``."""
+    from gradscope.cells import register_cell
+
+    register_cell(nn.LSTM, LSTM_ADAPTER, fused=True, overwrite=True)
+    register_cell(nn.LSTMCell, LSTM_ADAPTER, overwrite=True)

@@ -1,0 +1,51 @@
+"""Fixtures shared by the whole test suite (keep this small: shared fixtures only)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def float64() -> Iterator[torch.dtype]:
+    """Make float64 the default dtype for one test, restoring the previous default after."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield torch.float64
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def seeded() -> Iterator[torch.Generator]:
+    """Seed torch's global RNG with 0 for one test and restore its state afterwards.
+
+    Yields a separate seeded ``torch.Generator`` for tests that prefer an explicit one.
+    """
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        yield torch.Generator().manual_seed(0)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+@pytest.fixture
+def clean_registry() -> Iterator[None]:
+    """Snapshot the cell registry and restore it after the test (for register_cell tests)."""
+    from gradscope import cells
+
+    by_type, by_kind, fused = dict(cells._BY_TYPE), dict(cells._BY_KIND), set(cells._FUSED)
+    try:
+        yield
+    finally:
+        cells._BY_TYPE.clear()
+        cells._BY_TYPE.update(by_type)
+        cells._BY_KIND.clear()
+        cells._BY_KIND.update(by_kind)
+        cells._FUSED.clear()
+        cells._FUSED.update(fused)
+        cells.lookup_type.cache_clear()
