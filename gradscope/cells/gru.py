@@ -26,8 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gradscope.cells.base import CellAdapter, Params
-from gradscope.cells.lstm import cache_block_size, new_output
+from gradscope.cells.base import CellAdapter, Params, cache_block_size, new_output
 
 
 class GRUAdapter(CellAdapter):
