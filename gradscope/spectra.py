@@ -1,0 +1,250 @@
+r"""Eigenvalue and singular-value spectra of the per-timestep state Jacobians.
+
+For every selected step ``k`` and sequence ``b`` the one-step Jacobian
+
+.. math:: J_{k+1} = \partial s_{k+1} / \partial s_k \in \mathbb{R}^{D \times D}
+
+is decomposed either into its eigenvalues (complex, sorted by modulus, descending) or its
+singular values (descending). The *spectral radius* :math:`\rho(J) = \max_i |\mu_i|` governs
+the long-run growth of a product of *identical* Jacobians (Gelfand:
+:math:`\lVert J^n\rVert^{1/n} \to \rho(J)`), while the *spectral norm*
+:math:`\sigma_{\max}(J) = \lVert J\rVert_2` bounds a single step: Pascanu, Mikolov & Bengio
+(2013), "On the difficulty of training recurrent neural networks", show that
+:math:`\sigma_{\max}(W_{hh}) < 1` is sufficient for vanishing gradients in a tanh RNN (since
+:math:`|\tanh'| \le 1`), and that :math:`\sigma_{\max} > 1` is necessary for exploding ones.
+Neither one-step number decides what a *long product of different* Jacobians does: that is
+the job of :mod:`gradscope.lyapunov` and :mod:`gradscope.decay`.
+
+Padded steps (``layer.mask`` False) and steps whose Jacobian is not finite never enter a
+spectrum: their rows are all-NaN and ``valid`` is False there.
+
+JSON convention (every ``to_dict`` of the analysis layer, see :func:`jsonable`): arrays become
+nested lists; finite floats stay floats; the non-finite floats become the *strings*
+``"nan"``, ``"inf"`` and ``"-inf"``; complex numbers become ``[real, imag]`` pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from gradscope._progress import analysis, progress_bar
+from gradscope.errors import ShapeError
+from gradscope.trace import LayerTrace, StepSelect, _index
+
+Which = Literal["eig", "svd"]
+
+
+# --------------------------------------------------------------------------- JSON
+def _json_float(x: float) -> float | str:
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return float(x)
+
+
+def jsonable(obj: Any) -> Any:
+    """Convert analysis results to JSON-serialisable data (``json.dumps`` works on it).
+
+    Convention: NaN, +inf and -inf become the strings ``"nan"``, ``"inf"``, ``"-inf"``;
+    numpy arrays become nested lists; complex numbers become ``[real, imag]``; dataclasses
+    with a ``to_dict`` method are converted by it; tuples become lists.
+
+    Args:
+        obj: Nested dicts / lists / numpy arrays / scalars / analysis dataclasses.
+
+    Returns:
+        The same structure made of dict, list, str, int, float, bool and None only.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return _json_float(float(obj))
+    if isinstance(obj, (complex, np.complexfloating)):
+        return [_json_float(float(obj.real)), _json_float(float(obj.imag))]
+    if isinstance(obj, np.ndarray):
+        return [jsonable(v) for v in obj.tolist()] if obj.ndim else jsonable(obj.item())
+    if isinstance(obj, torch.Tensor):
+        return jsonable(obj.detach().cpu().numpy())
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return obj.to_dict()
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, Sequence):
+        return [jsonable(v) for v in obj]
+    raise TypeError(f"cannot convert {type(obj).__name__} to JSON")
+
+
+def _dataclass_dict(obj: Any, skip: Sequence[str] = ()) -> dict[str, Any]:
+    return {f.name: jsonable(getattr(obj, f.name)) for f in fields(obj) if f.name not in skip}
+
+
+def _summary(x: np.ndarray) -> dict[str, float]:
+    """Distribution summary of the finite entries of ``x`` (NaN statistics when empty)."""
+    v = x[np.isfinite(x)]
+    n = int(v.size)
+    if n == 0:
+        nan = float("nan")
+        return dict(median=nan, mean=nan, p05=nan, p95=nan, min=nan, max=nan, frac_above_1=nan, n=0)
+    p05, med, p95 = np.percentile(v, [5, 50, 95])
+    return dict(
+        median=float(med),
+        mean=float(v.mean()),
+        p05=float(p05),
+        p95=float(p95),
+        min=float(v.min()),
+        max=float(v.max()),
+        frac_above_1=float((v > 1.0).mean()),
+        n=n,
+    )
+
+
+# --------------------------------------------------------------------------- result
+@dataclass(frozen=True)
+class Spectrum:
+    r"""Eigenvalues or singular values of every selected one-step Jacobian.
+
+    Attributes:
+        name: The layer's name.
+        which: ``"eig"`` (eigenvalues) or ``"svd"`` (singular values).
+        steps: ``(T',)`` int, the Jacobian step indices ``k`` (entry ``k`` is
+            :math:`\partial s_{k+1}/\partial s_k`).
+        batch: ``(B',)`` int, the sequence indices.
+        values: ``(T', B', D)``. ``eig``: complex128 sorted by modulus, descending; ``svd``:
+            float64, descending. All-NaN rows where the entry is invalid (padded step or a
+            non-finite Jacobian).
+        valid: ``(T', B')`` bool, True where ``values`` holds a real decomposition.
+    """
+
+    name: str
+    which: str
+    steps: np.ndarray
+    batch: np.ndarray
+    values: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def radius(self) -> np.ndarray:
+        r"""``(T', B')`` spectral radius :math:`\max_i|\mu_i|` (NaN where invalid); eig only."""
+        if self.which != "eig":
+            raise AttributeError(
+                f"{self.name}: radius needs eigenvalues; this spectrum is which='svd' "
+                "(use .norm, or gs.spectrum(layer, which='eig'))"
+            )
+        r = np.abs(self.values[..., 0]) if self.values.shape[-1] else np.zeros(self.valid.shape)
+        return np.where(self.valid, r, np.nan)
+
+    @property
+    def norm(self) -> np.ndarray:
+        r"""``(T', B')`` spectral norm :math:`\sigma_{\max}` (NaN where invalid); svd only."""
+        if self.which != "svd":
+            raise AttributeError(
+                f"{self.name}: norm needs singular values; this spectrum is which='eig' "
+                "(use .radius, or gs.spectrum(layer, which='svd'))"
+            )
+        r = self.values[..., 0].real if self.values.shape[-1] else np.zeros(self.valid.shape)
+        return np.where(self.valid, r, np.nan)
+
+    def summary(self) -> dict[str, float]:
+        """Statistics of :attr:`radius` (eig) or :attr:`norm` (svd) over valid entries.
+
+        Returns:
+            ``dict(median, mean, p05, p95, min, max, frac_above_1, n)``; ``frac_above_1`` is
+            the fraction of (step, sequence) entries above 1 and ``n`` their count. All NaN
+            (and ``n = 0``) when nothing is valid.
+        """
+        return _summary(self.radius if self.which == "eig" else self.norm)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (see the module docstring for the NaN/inf convention)."""
+        out = _dataclass_dict(self)
+        out["summary"] = jsonable(self.summary())
+        return out
+
+
+# --------------------------------------------------------------------------- compute
+def _decompose(jac: torch.Tensor, which: str) -> np.ndarray:
+    """Eigen/singular values of a ``(..., D, D)`` float64 batch with finite entries."""
+    if which == "svd":
+        return torch.linalg.svdvals(jac).numpy()
+    ev = torch.linalg.eigvals(jac).numpy()
+    order = np.argsort(-np.abs(ev), axis=-1, kind="stable")
+    return np.take_along_axis(ev, order, axis=-1)
+
+
+@analysis
+def spectrum(
+    layer: LayerTrace,
+    which: Which = "eig",
+    steps: StepSelect = None,
+    batch: StepSelect = None,
+    *,
+    chunk: int = 64,
+    progress: bool | str = "auto",
+) -> Spectrum:
+    """Eigenvalues (``which="eig"``) or singular values (``"svd"``) of each one-step Jacobian.
+
+    Streams over time with :meth:`LayerTrace.iter_jacobians`, so memory is one chunk of
+    Jacobians plus the ``(T', B', D)`` result. Computed in float64.
+
+    Args:
+        layer: The recorded layer.
+        which: ``"eig"`` for eigenvalues (complex, sorted by modulus) or ``"svd"``.
+        steps: Jacobian steps ``k`` to use (int, slice, index list, or None for all).
+        batch: Sequences to use (same forms).
+        chunk: Steps per chunk of Jacobians.
+        progress: Progress bar: True, False, or ``"auto"`` (only for long computations on a
+            terminal; ``GRADSCOPE_PROGRESS=0`` turns it off everywhere).
+
+    Returns:
+        A :class:`Spectrum`; padded steps and non-finite Jacobians are invalid (NaN rows).
+
+    Raises:
+        ValueError: ``which`` is not ``"eig"`` or ``"svd"``.
+        ShapeError: a step or batch index is out of range.
+    """
+    if which not in ("eig", "svd"):
+        raise ValueError(f"{layer.name}: which must be 'eig' or 'svd', got {which!r}")
+    step_idx = _index(steps, layer.T, "step")
+    b_idx = _index(batch, layer.B, "batch")
+    T_, B_, D = len(step_idx), len(b_idx), layer.D
+    dtype = np.complex128 if which == "eig" else np.float64
+    values = np.full((T_, B_, D), np.nan, dtype=dtype)
+    if which == "eig":
+        values.imag[:] = np.nan
+    valid = np.zeros((T_, B_), dtype=bool)
+    if T_ == 0 or B_ == 0:
+        return Spectrum(layer.name, which, step_idx.numpy(), b_idx.numpy(), values, valid)
+    mask = layer.mask[np.ix_(step_idx.numpy(), b_idx.numpy())]
+    pos = 0
+    work = T_ * B_ * D**3
+    with progress_bar(total=T_, desc=f"{which} {layer.name}", progress=progress, work=work) as bar:
+        for sel, jac in layer.iter_jacobians(chunk=chunk, steps=step_idx, batch=b_idx):
+            n = len(sel)
+            jac = jac.detach().to(device="cpu", dtype=torch.float64)
+            if jac.shape[-2:] != (D, D):
+                raise ShapeError(
+                    f"{layer.name} ({layer.kind}): state Jacobians must be (D, D) = ({D}, {D}),"
+                    f" got {tuple(jac.shape[-2:])}"
+                )
+            ok = torch.isfinite(jac).flatten(-2).all(-1).numpy() & mask[pos : pos + n]
+            if ok.any():
+                vals = _decompose(jac[torch.from_numpy(ok)], which)
+                values[pos : pos + n][ok] = vals
+                valid[pos : pos + n] = ok
+            pos += n
+            bar.update(n)
+    return Spectrum(layer.name, which, step_idx.numpy(), b_idx.numpy(), values, valid)
+
+
+__all__ = ["Spectrum", "jsonable", "spectrum"]
