@@ -1,0 +1,362 @@
+"""Reports a person reads at a glance: one self-contained HTML file, or a multi-page PDF.
+
+    import gradscope as gs
+    gs.report(prof, "run.html")                       # a Profile, Diagnosis, Monitor, ...
+    gs.report({"vanilla": p1, "LSTM": p2}, "cmp.pdf")  # several: a comparison
+
+The format follows the suffix (``.html``/``.htm`` or ``.pdf``). Reports read records, never
+live models: what goes in is normalised to :class:`~gradscope.report.sections.Run` objects
+(a diagnosis and/or a training history plus metadata), :func:`~gradscope.report.sections.\
+build_document` decides what is shown (every figure declares the data it needs and is shown
+as missing, with the reason, when that data is absent), and :mod:`~gradscope.report.html` /
+:mod:`~gradscope.report.pdf` lay it out. Figures live in :mod:`gradscope.report.figures`.
+
+Accepted inputs (``obj`` of :func:`report`):
+
+* a :class:`gradscope.diagnose.Diagnosis`;
+* a :class:`gradscope.diagnose.Profile` (its trace adds shapes and dtypes to the metadata);
+* a :class:`gradscope.trace.Trace` (analysed with :func:`gradscope.diagnose.diagnose`);
+* a path (``str`` / ``os.PathLike``) of a trace saved with ``Trace.save`` (``.npz``): it is
+  loaded with :func:`gradscope.trace.load` and analysed with :func:`gradscope.diagnose.\
+diagnose`;
+* a *monitor-like* object (see below), e.g. :class:`gradscope.Monitor`;
+* a *history-like* object on its own (training views only);
+* a mapping ``{name: one of the above}``: a comparison report, in the mapping's order.
+
+The Monitor protocol (duck-typed, so that reports never import the Monitor)::
+
+    monitor.history             history-like (below)
+    monitor.diagnosis           the latest full analysis, read first if present: a
+                                Diagnosis, or a Profile-like object with ``.trace`` and
+                                ``.diagnosis``, or None; else
+    monitor.latest              the same (gradscope.Monitor: a Snapshot of the latest sampled
+                                step, with ``.trace`` and ``.diagnosis``), or None before the
+                                first sampled step; either may be a method taking no arguments
+
+    history.steps               (n,) ints: the sampled training steps
+    history.names               layer names (or ``history.layers``: names or objects
+                                with a ``.name``)
+    history.grad_norms(name)    (n, T+1) batch-mean ‖∂L/∂s_t‖, columns t = 0..T
+                                (KeyError for an unknown name)
+    history.summaries(name)     optional: mapping with ``"rate"`` (n,) (NaN where not
+                                fitted), and optionally ``"regime"`` (n,) str ("" where
+                                not analysed), ``"rate_ci"`` (n, 2), ``"loss_rate"`` (n,),
+                                ``"steps"`` (n,)
+    history.meta                optional: a mapping shown with the run's metadata
+
+A saved history (``History.save``, ``.npz``) is accepted as a path too: a path is first read
+as a trace and, if it is not one, as a history.
+
+A history without ``summaries`` still gets its heatmap; the rate figure is then shown as
+missing with that reason.
+
+Writes are atomic: the report is written to a temporary file in the destination directory
+and moved into place with :func:`os.replace`, so an interrupted or failing render never
+leaves a partial report (and keeps any previous file at ``path`` intact).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from gradscope.errors import GradscopeError
+from gradscope.report.sections import Run, build_document
+
+#: Report formats by file suffix: the module that writes them.
+FORMATS: dict[str, str] = {
+    ".html": "gradscope.report.html",
+    ".htm": "gradscope.report.html",
+    ".pdf": "gradscope.report.pdf",
+}
+
+
+# --------------------------------------------------------------------------- inputs
+def _shape(t: Any) -> str:
+    return "×".join(str(int(s)) for s in getattr(t, "shape", ()))
+
+
+def _trace_meta(trace: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Run-level and per-layer metadata of a recorded trace."""
+    meta = dict(getattr(trace, "meta", {}) or {})
+    per_layer: dict[str, dict[str, Any]] = {}
+    for layer in getattr(trace, "layers", []):
+        lengths = getattr(layer, "lengths", None)
+        lens = (
+            f"all {layer.T}"
+            if lengths is None
+            else f"{int(min(lengths))}–{int(max(lengths))} (padded to {layer.T})"
+        )
+        params = ", ".join(f"{k} {_shape(v)}" for k, v in sorted(layer.params.items()))
+        per_layer[str(layer.name)] = {
+            "kind": layer.kind,
+            "states (T+1×B×D)": _shape(layer.states),
+            "inputs (T×B×I)": _shape(layer.inputs),
+            "state parts": " + ".join(
+                f"{n} ({s})" for n, s in zip(layer.state_names, layer.state_sizes)
+            ),
+            "dtype": str(layer.dtype).replace("torch.", ""),
+            "sequence lengths": lens,
+            "loss gradients": "recorded" if getattr(layer, "grads", None) is not None else "no",
+            "parameters": params,
+        }
+    return meta, per_layer
+
+
+def _from_profile(label: str | None, obj: Any) -> Run:
+    meta, per_layer = _trace_meta(obj.trace)
+    meta.update(dict(getattr(obj.diagnosis, "meta", {}) or {}))
+    if getattr(obj, "loss", None) is not None:
+        meta["loss"] = obj.loss
+    return Run(label, "Profile", obj.diagnosis, None, meta, per_layer)
+
+
+def _from_diagnosis(label: str | None, obj: Any) -> Run:
+    return Run(label, "Diagnosis", obj, None, dict(getattr(obj, "meta", {}) or {}))
+
+
+def _from_path(label: str | None, obj: Any) -> Run:
+    from gradscope.diagnose import diagnose
+    from gradscope.errors import TraceFormatError
+    from gradscope.trace import load
+
+    path = Path(obj)
+    try:
+        trace = load(path)
+    except TraceFormatError as exc:
+        history = _load_history(path)
+        if history is None:
+            raise exc from None
+        run = _from_history(label, history)
+        run.source = f"training history file {path.name}"
+        return run
+    run = _from_profile(label, _Loaded(trace, diagnose(trace, progress=False)))
+    run.source = f"trace file {path.name}"
+    run.meta["trace file"] = str(path)
+    return run
+
+
+def _load_history(path: Path) -> Any | None:
+    """A Monitor history saved at ``path``, or None if the file is not one."""
+    try:
+        from gradscope.monitor import load_history
+    except ImportError:
+        return None
+    from gradscope.errors import TraceFormatError
+
+    try:
+        return load_history(path)
+    except TraceFormatError:
+        return None
+
+
+class _Loaded:
+    """A (trace, diagnosis) pair with the attributes of a Profile."""
+
+    def __init__(self, trace: Any, diagnosis: Any) -> None:
+        self.trace = trace
+        self.diagnosis = diagnosis
+        self.loss = None
+
+
+def _latest(obj: Any) -> Any:
+    for attr in ("diagnosis", "latest"):
+        if hasattr(obj, attr):
+            value = getattr(obj, attr)
+            return value() if callable(value) else value
+    return None
+
+
+def _from_monitor(label: str | None, obj: Any) -> Run:
+    latest = _latest(obj)
+    if latest is not None and hasattr(latest, "trace") and hasattr(latest, "diagnosis"):
+        run = _from_profile(label, latest)
+    elif latest is not None:
+        run = _from_diagnosis(label, latest)
+    else:
+        run = Run(
+            label,
+            "",
+            None,
+            problem="the Monitor has not analysed a training step yet (call monitor.step() "
+            "after loss.backward(); the first sampled step is analysed)",
+        )
+    step = getattr(latest, "step", None)
+    at = f" {step}" if step is not None else ""
+    run.source = (
+        f"{type(obj).__name__} (training history + analysis of the latest sampled step{at})"
+    )
+    run.history = obj.history
+    hmeta = getattr(obj.history, "meta", None)
+    if isinstance(hmeta, Mapping):
+        run.meta.update({f"history.{k}": v for k, v in hmeta.items()})
+    return run
+
+
+def _from_history(label: str | None, obj: Any) -> Run:
+    hmeta = getattr(obj, "meta", None)
+    return Run(
+        label,
+        f"{type(obj).__name__} (training history only)",
+        None,
+        obj,
+        dict(hmeta) if isinstance(hmeta, Mapping) else {},
+        problem="a training history holds per-step summaries only; report the Monitor itself "
+        "(or a Profile of the trained model) for the full per-layer analysis",
+    )
+
+
+def _is_profile(obj: Any) -> bool:
+    return hasattr(obj, "trace") and hasattr(obj, "diagnosis") and not hasattr(obj, "history")
+
+
+def _is_diagnosis(obj: Any) -> bool:
+    from gradscope.diagnose import Diagnosis
+
+    return isinstance(obj, Diagnosis)
+
+
+def _is_trace(obj: Any) -> bool:
+    from gradscope.trace import Trace
+
+    return isinstance(obj, Trace)
+
+
+def _from_trace(label: str | None, obj: Any) -> Run:
+    from gradscope.diagnose import diagnose
+
+    run = _from_profile(label, _Loaded(obj, diagnose(obj, progress=False)))
+    run.source = "Trace"
+    return run
+
+
+#: How each kind of input becomes a Run, tried in order (first match wins).
+_SOURCES: list[tuple[Callable[[Any], bool], Callable[[str | None, Any], Run]]] = [
+    (lambda o: isinstance(o, (str, os.PathLike)), _from_path),
+    (_is_trace, _from_trace),
+    (_is_diagnosis, _from_diagnosis),
+    (_is_profile, _from_profile),
+    (lambda o: hasattr(o, "history"), _from_monitor),
+    (lambda o: hasattr(o, "grad_norms") and hasattr(o, "steps"), _from_history),
+]
+
+
+def _run(label: str | None, obj: Any) -> Run:
+    for test, convert in _SOURCES:
+        if test(obj):
+            return convert(label, obj)
+    where = f" (entry {label!r})" if label is not None else ""
+    raise GradscopeError(
+        f"gs.report cannot report a {type(obj).__name__}{where}: pass a Diagnosis, a Profile, "
+        "a Trace, a Monitor (or its history), the path of a saved trace (.npz), or a "
+        "{name: one of these} mapping for a comparison"
+    )
+
+
+def runs_of(obj: Any) -> list[Run]:
+    """Normalise what :func:`report` accepts into a list of :class:`Run` (a mapping: several)."""
+    if isinstance(obj, Mapping):
+        if not obj:
+            raise GradscopeError("gs.report got an empty mapping: nothing to compare")
+        out = []
+        for name, value in obj.items():
+            if isinstance(value, Mapping):
+                raise GradscopeError(
+                    f"gs.report: entry {name!r} is itself a mapping; a comparison takes "
+                    "{name: Diagnosis | Profile | Monitor | trace path}"
+                )
+            out.append(_run(str(name), value))
+        return out
+    return [_run(None, obj)]
+
+
+# --------------------------------------------------------------------------- metadata
+def _versions() -> dict[str, str]:
+    import matplotlib
+    import numpy
+    import torch
+
+    from gradscope._version import __version__
+
+    return {
+        "gradscope": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "matplotlib": matplotlib.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def _default_title(runs: list[Run]) -> str:
+    if len(runs) > 1:
+        return "gradscope comparison: " + " vs ".join(str(r.label) for r in runs)
+    run = runs[0]
+    model = run.meta.get("model_class") or run.meta.get("model") or run.source
+    model = str(model).splitlines()[0] if model else "recurrent model"
+    return f"gradscope report: {model[:80]}"
+
+
+# --------------------------------------------------------------------------- writing
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` for a temp file next to ``path``, then move it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def report(obj: Any, path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Write a report of ``obj`` to ``path``; the format follows the suffix.
+
+    Args:
+        obj: A Diagnosis, a Profile, a Monitor (or history), the path of a saved trace, or a
+            ``{name: one of those}`` mapping for a side-by-side comparison.
+        path: Destination ending in ``.html`` (one self-contained file: figures inline, no
+            network access when opened) or ``.pdf`` (multi-page, searchable text).
+        title: Report title (default: derived from the model / the compared names).
+
+    Returns:
+        The path written.
+
+    Raises:
+        GradscopeError: an unsupported suffix or input type (and the errors of loading or
+            analysing a saved trace, e.g. :class:`~gradscope.errors.TraceFormatError`).
+    """
+    path = Path(path)
+    module_name = FORMATS.get(path.suffix.lower())
+    if module_name is None:
+        raise GradscopeError(
+            f"gs.report: cannot tell the format of {str(path)!r} from its suffix "
+            f"{path.suffix or '(none)'!r}; use one of {', '.join(sorted(set(FORMATS)))}"
+        )
+    runs = runs_of(obj)
+    generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    doc = build_document(runs, title or _default_title(runs), generated, _versions())
+    import importlib
+
+    writer = importlib.import_module(module_name)
+    _atomic_write(path, lambda tmp: writer.write(doc, tmp))
+    return path
+
+
+__all__ = ["FORMATS", "report", "runs_of"]
