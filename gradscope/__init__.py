@@ -8,16 +8,20 @@ measure spectra, Lyapunov exponents and gradient-norm decay with a verdict per l
     print(prof.diagnosis)              # verdict table
     prof.report("report.html")         # figures, self-contained
 
-The public names are loaded on first use, so ``import gradscope`` stays light (matplotlib is
-imported only when a report is written).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from gradscope._version import __version__
+
+# Public names are bound eagerly, grouped by concept. Several functions share their name
+# with the submodule that defines them (``gradscope.trace``, ``gradscope.decay``,
+# ``gradscope.report`` ...); importing them here, once, after their submodules are loaded,
+# is what keeps ``gs.decay`` the function even when ``gradscope.decay`` is imported later.
+from gradscope.cells import register_cell
+from gradscope.cells.base import CellAdapter
+from gradscope.decay import Decay, decay
+from gradscope.diagnose import Diagnosis, LayerDiagnosis, Profile, diagnose, profile
 from gradscope.errors import (
     CellConventionError,
     GradscopeError,
@@ -29,39 +33,41 @@ from gradscope.errors import (
     TraceFormatError,
     UnsupportedModuleError,
 )
-
-# name -> module that defines it; grouped by concept.
-_LAZY: dict[str, str] = {
-    # recording
-    "trace": "gradscope.record",
-    "record": "gradscope.record",
-    "Recorder": "gradscope.record",
-    "Trace": "gradscope.trace",
-    "LayerTrace": "gradscope.trace",
-    "load": "gradscope.trace",
-    # cells
-    "CellAdapter": "gradscope.cells.base",
-    "register_cell": "gradscope.cells",
-    # analysis
-    "spectrum": "gradscope.spectra",
-    "Spectrum": "gradscope.spectra",
-    "lyapunov": "gradscope.lyapunov",
-    "Lyapunov": "gradscope.lyapunov",
-    "decay": "gradscope.decay",
-    "Decay": "gradscope.decay",
-    "diagnose": "gradscope.diagnose",
-    "Diagnosis": "gradscope.diagnose",
-    "LayerDiagnosis": "gradscope.diagnose",
-    "profile": "gradscope.diagnose",
-    "Profile": "gradscope.diagnose",
-    # reports
-    "report": "gradscope.report",
-    # training
-    "Monitor": "gradscope.monitor",
-    "History": "gradscope.monitor",
-}
+from gradscope.lyapunov import Lyapunov, lyapunov
+from gradscope.monitor import History, Monitor
+from gradscope.record import Recorder, record, trace
+from gradscope.report import report
+from gradscope.spectra import Spectrum, spectrum
+from gradscope.trace import LayerTrace, Trace, load
 
 __all__ = [
+    # recording
+    "LayerTrace",
+    "Recorder",
+    "Trace",
+    "load",
+    "record",
+    "trace",
+    # cells
+    "CellAdapter",
+    "register_cell",
+    # analysis
+    "Decay",
+    "Diagnosis",
+    "LayerDiagnosis",
+    "Lyapunov",
+    "Profile",
+    "Spectrum",
+    "decay",
+    "diagnose",
+    "lyapunov",
+    "profile",
+    "spectrum",
+    # reports and training
+    "History",
+    "Monitor",
+    "report",
+    # errors
     "CellConventionError",
     "GradscopeError",
     "MissingDataError",
@@ -72,23 +78,4 @@ __all__ = [
     "TraceFormatError",
     "UnsupportedModuleError",
     "__version__",
-    *_LAZY,
 ]
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gradscope' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-# ``record`` and ``trace`` are also submodule names: importing ``gradscope.record`` or
-# ``gradscope.trace`` sets these package attributes to the *modules*, shadowing the lazy
-# lookup above. Bind the functions eagerly instead.
-from gradscope.record import Recorder, record, trace  # noqa: E402, F401

@@ -1,0 +1,41 @@
+"""Integrations with training frameworks; each is an optional extra, imported lazily.
+
+=====================================  ===============================================
+``GradscopeCallback``                  Lightning ``Callback`` running a Monitor
+                                       (:mod:`gradscope.integrations.lightning`;
+                                       ``pip install "gradscope[lightning]"``)
+``TensorBoardCallback``                Monitor callback logging summaries and figures
+                                       (:mod:`gradscope.integrations.tensorboard`;
+                                       ``pip install "gradscope[tensorboard]"``)
+=====================================  ===============================================
+
+Importing :mod:`gradscope.integrations` imports none of the frameworks; a name is loaded
+on first use, and a missing framework raises
+:class:`~gradscope.errors.OptionalDependencyError` naming the extra to install. There is no
+Hugging Face ``TrainerCallback``: its ``on_step_end`` runs after the optimizer step, which
+the Monitor tolerates, but ``transformers`` is not a test dependency, so it would ship
+untested; call ``monitor.step()`` from a ``TrainerCallback`` of your own instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY: dict[str, str] = {
+    "GradscopeCallback": "gradscope.integrations.lightning",
+    "TensorBoardCallback": "gradscope.integrations.tensorboard",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradscope.integrations' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

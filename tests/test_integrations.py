@@ -1,0 +1,168 @@
+"""Integrations: optional-import errors, TensorBoard event files, a Lightning Trainer run."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gradscope.errors import OptionalDependencyError
+from gradscope.integrations import _imports
+from gradscope.monitor import REGIME_CODES, Monitor
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(
+        len(getattr(m, attr))
+        for m in model.modules()
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
+    )
+
+
+# --------------------------------------------------------------------------- optional imports
+def test_require_names_the_extra_to_install():
+    missing = _imports.Extra("gradscope_no_such_module", "no-such-package", "nothing")
+    assert not _imports.available("gradscope_no_such_module")
+    with pytest.raises(OptionalDependencyError, match=r'pip install "gradscope\[nothing\]"'):
+        _imports.require(missing, "a test")
+
+
+def test_importing_integrations_imports_no_framework():
+    code = (
+        "import sys, gradscope, gradscope.integrations, gradscope.monitor\n"
+        "bad = [m for m in ('lightning', 'pytorch_lightning', 'tensorboard', 'transformers')"
+        " if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_lightning_gives_a_helpful_error(monkeypatch):
+    monkeypatch.delitem(sys.modules, "gradscope.integrations.lightning", raising=False)
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning"):
+        monkeypatch.setitem(sys.modules, name, None)  # import of these now fails
+    with pytest.raises(OptionalDependencyError, match="lightning"):
+        importlib.import_module("gradscope.integrations.lightning")
+    import gradscope.integrations as gi
+
+    with pytest.raises(OptionalDependencyError, match="pip install"):
+        gi.GradscopeCallback  # noqa: B018  (the lazy attribute triggers the import)
+
+
+def test_missing_tensorboard_gives_a_helpful_error(monkeypatch, tmp_path):
+    from gradscope.integrations.tensorboard import TensorBoardCallback
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(OptionalDependencyError, match=r"gradscope\[tensorboard\]"):
+        TensorBoardCallback(tmp_path)
+
+
+# --------------------------------------------------------------------------- tensorboard
+class Seq(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(3, 6)
+        self.head = nn.Linear(6, 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[-1])
+
+
+def test_tensorboard_writes_the_summaries(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gradscope.integrations.tensorboard import SCALARS, TensorBoardCallback
+
+    torch.manual_seed(0)
+    model = Seq()
+    tb = TensorBoardCallback(tmp_path / "tb", figures_every=2)
+    with Monitor(model, every=2, callbacks=[tb]) as mon:
+        for _ in range(4):
+            model(torch.randn(10, 4, 3)).pow(2).mean().backward()
+            mon.step()
+    tb.close()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    entry = mon.history.summaries("rnn.l0")
+    for key, tag in SCALARS.items():
+        full = f"gradscope/rnn.l0/{tag}"
+        if key == "lyapunov":  # not requested: NaN values are not logged
+            assert full not in tags
+            continue
+        assert full in tags, full
+        events = acc.Scalars(full)
+        assert [e.step for e in events] == [0, 2]
+        want = entry[key] if key != "regime" else [REGIME_CODES[r] for r in entry[key]]
+        # event files store float32
+        np.testing.assert_allclose([e.value for e in events], want, rtol=1e-6)
+    assert not math.isnan(entry["grad_t0"][0])
+    images = set(acc.Tags()["images"])
+    assert {"gradscope/rnn.l0/heatmap", "gradscope/rnn.l0/rate"} <= images
+
+
+# --------------------------------------------------------------------------- lightning
+def test_lightning_trainer_runs_the_monitor(tmp_path):
+    pl = _imports.lightning()
+    from gradscope.integrations.lightning import GradscopeCallback
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(3, 5, batch_first=True)
+            self.head = nn.Linear(5, 1)
+
+        def forward(self, x):
+            out, _ = self.rnn(x)
+            return self.head(out[:, -1])
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return ((self(x) - y) ** 2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val", ((self(x) - y) ** 2).mean())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(24, 7, 3), torch.randn(24, 1))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    val = torch.utils.data.DataLoader(data, batch_size=8)
+    module = Module()
+    cb = GradscopeCallback(
+        every=2, report=tmp_path / "train.html", save=tmp_path / "hist.npz", analyze=False
+    )
+    trainer = pl.Trainer(
+        max_steps=6,
+        callbacks=[cb],
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        val_check_interval=3,  # validation in the middle of training: must not be recorded
+        num_sanity_val_steps=1,
+    )
+    trainer.fit(module, loader, val)
+    mon = cb.monitor
+    assert mon.closed and _hook_count(module) == 0
+    assert mon.history.steps.tolist() == [0, 2, 4]
+    assert mon.history.names == ["rnn.l0"]  # no "@1": validation forwards were not recorded
+    assert mon.history.scalar("rnn.l0", "T").tolist() == [7.0, 7.0, 7.0]
+    assert np.isfinite(mon.history.grad_norms("rnn.l0")).all()
+    assert (tmp_path / "hist.npz").is_file()
+    assert cb.report_path == tmp_path / "train.html" and cb.report_path.stat().st_size > 0
