@@ -64,7 +64,8 @@ def main() -> None:
             lines.append(f"| {label} | {step} | {ratio:.3g} | {rate:+.4f} | {regime} |")
         print(f"{label}: {len(history.steps)} samples; last ratio {ratio:.3g}, rate {rate:+.4f}")
     gs.report(monitors, args.out / "report.html", title="Training dynamics: RNN vs LSTM")
-    lines += ["", f"Measured in {time.perf_counter() - t0:.0f} s by `analyses/training_dynamics.py`."]
+    elapsed = time.perf_counter() - t0
+    lines += ["", f"Measured in {elapsed:.0f} s by `analyses/training_dynamics.py`."]
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
