@@ -24,6 +24,7 @@ from gradscope.decay import Decay, decay
 from gradscope.diagnose import Diagnosis, LayerDiagnosis, Profile, diagnose, profile
 from gradscope.errors import (
     CellConventionError,
+    ChaoticReplayWarning,
     GradscopeError,
     MissingDataError,
     NoRecurrentModuleError,
@@ -69,6 +70,7 @@ __all__ = [
     "report",
     # errors
     "CellConventionError",
+    "ChaoticReplayWarning",
     "GradscopeError",
     "MissingDataError",
     "NoRecurrentModuleError",

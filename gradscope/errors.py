@@ -31,6 +31,15 @@ class ReplayMismatchError(GradscopeError, RuntimeError):
     """The step-by-step replay of a fused module did not reproduce the module's own output."""
 
 
+class ChaoticReplayWarning(UserWarning):
+    """A fused module's replay was accepted as a *shadow trajectory* of a chaotic network.
+
+    The replay missed the fixed tolerance, but by no more than the rounding errors that the
+    measured amplification of the dynamics explains (see :mod:`gradscope.record`): every
+    step is exact to rounding, the trajectory as a whole differs from the kernel's.
+    """
+
+
 class TraceFormatError(GradscopeError, ValueError):
     """A file is not a gradscope trace/history, is corrupt, or has an unknown format version."""
 
@@ -45,6 +54,7 @@ class OptionalDependencyError(GradscopeError, ImportError):
 
 __all__ = [
     "CellConventionError",
+    "ChaoticReplayWarning",
     "GradscopeError",
     "MissingDataError",
     "NoRecurrentModuleError",

@@ -26,7 +26,42 @@ must reproduce the module's own top-layer output at every valid position and ``h
 (errors relative to ``max(1, max|output|)``; float32 on CUDA: ``1e-4``, or ``1e-2`` while
 ``torch.backends.cudnn.allow_tf32`` lets cuDNN round to TF32, PyTorch's default); otherwise,
 with ``check=True``, :class:`~gradscope.errors.ReplayMismatchError` names the module, layer,
-direction, error and dtype. The measured error is kept in ``meta["replay_error"]``.
+direction, error and dtype, unless the dynamics explain the difference (next paragraph). The
+measured error is kept in ``meta["replay_error"]``.
+
+**Chaotic networks: shadow trajectories.** The kernel and the replay round differently
+(different summation orders), and in a chaotic network (largest Lyapunov exponent
+``λ₁ > 0``) those per-step differences grow like ``e^{λ₁ t}``: a legitimate replay can then
+miss the fixed tolerance by orders of magnitude (an ``nn.RNN`` with recurrent gain 3 differs
+by ``1.8e-9`` in float64 after 60 steps, by ``O(1)`` in float32). The fixed tolerance is
+therefore the error allowed *per step*; only when a replayed quantity misses it is the
+amplification measured, along the replayed trajectory, to decide. Four random unit tangent
+vectors per sequence are propagated through the replay with forward-mode AD
+(``torch.func.jvp`` of the adapter's step), renormalised every step; their log growth
+``a_t = ln(‖v_t‖/‖v_{t-1}‖)`` gives the amplification ``G_{u→t} = exp(Σ_{u<w≤t} a_w)`` of a
+perturbation from step ``u`` to ``t``, and the error budget of the state at step ``t`` is
+``β_t = Σ_{u≤t} G_{u→t} (tol·σ + ‖∂f/∂x_u‖_F β^{below}_u)``: the tolerance injected at every
+step, plus, for a layer ``k > 0``, the budget of layer ``k - 1``'s outputs that it reads,
+so amplification inherited from the layers below is accounted for (``σ = max(1, max|s|)``;
+padded steps inject nothing; the largest of the four budgets counts). Every checked entry,
+``h_n``/``c_n`` per sequence and the top layer's output per sequence *and position*, must
+stay within its own budget, so the early positions, before the trajectories separate, keep
+the check strict even where the later ones cannot. For a contracting layer the budget stays
+``≈ tol/(1 - e^{λ})``, and a model that meets the fixed tolerance is treated exactly as before
+(the budget is never computed). Within the budget the replay is accepted as a *shadow
+trajectory*: each step is exact to rounding, but the trajectory differs from the kernel's by
+amplified rounding, which leaves spectra, Lyapunov exponents and decay statistics unaffected.
+The layer's meta then holds ``"replay": "shadow"``, ``"amplification"`` (the largest
+``G_{u→t}``), ``"growth_rate"`` (``λ̂``, the mean of ``a_t`` per step), ``"replay_budget"``
+(the largest budget, relative like the error) and ``"replay_horizon"`` (the first step whose
+budget reaches the states' own size: from there on the two trajectories are unrelated and
+the comparison verifies nothing, None if never), and one
+:class:`~gradscope.errors.ChaoticReplayWarning` per module says so. An error beyond the budget
+(a wrong adapter, a modified forward: errors far above rounding from the first steps) still
+raises :class:`~gradscope.errors.ReplayMismatchError`, with the budget and the amplification
+in the message; so does an adapter whose step ``torch.func.jvp`` cannot differentiate. Loss
+gradients of a shadow layer are back-propagated along the recorded (shadow) trajectory, with
+the cotangents that the kernel's outputs received.
 
 **Inter-layer dropout** (``num_layers > 1``, ``dropout > 0``, training mode). PyTorch's fused
 CPU kernels apply ``at::dropout(y, p, train=True)`` to each layer's output ``y`` except the
@@ -89,6 +124,7 @@ Recorded tensors stay on the module's device.
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -108,6 +144,7 @@ from gradscope.cells.base import CellAdapter, Params
 from gradscope.cells.generic import GenericAdapter
 from gradscope.errors import (
     CellConventionError,
+    ChaoticReplayWarning,
     GradscopeError,
     NoRecurrentModuleError,
     ReplayMismatchError,
@@ -163,6 +200,11 @@ def _mismatch(replayed: Tensor, reference: Tensor) -> float:
     diff = (a - b).abs()[fin].max()
     scale = torch.clamp(b.abs()[fin].max(), min=1.0)
     return float(diff / scale)
+
+
+def _exp(x: float) -> float:
+    """``e^x`` as a float, ``inf`` past float64's range (no overflow warning)."""
+    return math.inf if x > 709.0 else math.exp(x)
 
 
 def _describe(obj: Any) -> Any:
@@ -432,14 +474,236 @@ def _replay_fused(call: _FusedCall, *, track: bool) -> _Replay:
     return _Replay(states, inputs, outputs)
 
 
-def _check_fused(call: _FusedCall, rep: _Replay) -> dict[tuple[int, int], float]:
+#: Independent random tangents per sequence for the error budget. A single tangent aligns
+#: with the most expanding direction only at the rate e^{-(λ₁-λ₂)t}; with nearly degenerate
+#: top exponents a badly started one under-estimates the growth for tens of steps (measured on
+#: chaotic float32 RNN/LSTMs, H = 32, T = 60: errors up to 0.5x the one-tangent budget; with
+#: the largest of 4 budgets at most 0.04x, the growth rate of the budget rising by < 0.02).
+_TANGENTS = 4
+
+#: Exceptions that mean "this adapter cannot be differentiated forward" when the error budget
+#: is measured (an adapter written with in-place updates or non-differentiable operations).
+_JVP_FAILURES = (RuntimeError, NotImplementedError, TypeError, ValueError)
+
+
+class _BudgetUnavailable(Exception):
+    """The amplification of a layer could not be measured (the reason is the message)."""
+
+
+class _ErrorBudget:
+    r"""How far the kernel's trajectory may legitimately drift from the replay.
+
+    PyTorch's kernel and the replay evaluate the same map in different summation orders, so
+    at every step they differ by a local rounding error ``δ_t`` with ``‖δ_t‖ ≤ tol·σ``
+    (``tol`` the fixed per-step tolerance, thousands of units in the last place, and
+    ``σ = max(1, max|s|)`` over the layer's replayed states). To first order the difference of
+    the two trajectories obeys
+
+        e_t = J_t e_{t-1} + K_t ε_t + δ_t,      J_t = ∂f/∂s_{t-1},   K_t = ∂f/∂x_t,
+
+    with ``ε_t`` the difference of the layer's *inputs* (zero for layer 0, whose input is
+    the module's own; for layer ``k > 0`` the error of layer ``k - 1``'s outputs, times the
+    dropout mask). Hence ``e_t = Σ_{u≤t} Φ_{t,u} (δ_u + K_u ε_u)`` with ``Φ_{t,u} = J_t ⋯
+    J_{u+1}``, and the budget is the recursion
+
+        β_t = g_t β_{t-1} + tol·σ + ‖K_t‖_F · β^{below}_t,      β_0 = 0,
+
+    i.e. ``β_t = Σ_{u≤t} G_{u→t} (tol·σ + ‖K_u‖_F β^{below}_u)`` with ``G_{u→t} = g_{u+1} ⋯
+    g_t``. ``g_t = ‖J_t v_{t-1}‖`` is the growth of a unit tangent vector ``v`` propagated
+    along the *replayed* trajectory with forward-mode AD (``torch.func.jvp`` of the adapter's
+    step) and renormalised every step: ``v`` aligns with the most expanding direction, so
+    ``G_{u→t}`` measures how much the dynamics amplify a perturbation from step ``u`` to ``t``
+    (``~e^{λ₁(t-u)}``, ``λ₁`` the largest Lyapunov exponent). Alignment takes a while when
+    the top exponents are close, so :data:`_TANGENTS` independent tangents per sequence are
+    propagated (one batched call) and the largest of their budgets counts. The
+    input term uses the Frobenius norm of the adapter's input Jacobian, an upper bound of its
+    operator norm, and ``β^{below}_t`` is the budget of the layer below at the position read
+    at step ``t`` (both directions: ``sqrt(β_fwd² + β_rev²)``, times the largest dropout
+    multiplier there), so amplification inherited from lower layers is accounted for layer by
+    layer, in the replay's order, which also covers bidirectional stacks. All budgets are
+    absolute 2-norm bounds (≥ the max-abs errors compared against them) kept as natural logs in
+    float64, so they neither overflow nor underflow. Padded steps inject nothing and do not
+    move the tangent.
+
+    For a contracting layer ``G_{u→t} ≈ e^{λ(t-u)}`` with ``λ < 0`` and ``β_t ≈ tol·σ /
+    (1 - e^{λ})``: the check stays tight. Budgets are computed per layer on first use (only
+    when a replayed quantity misses the fixed tolerance) and cached.
+    """
+
+    def __init__(self, call: _FusedCall, rep: _Replay, tol: float) -> None:
+        self.call = call
+        self.rep = rep
+        self.tol = tol
+        self._log: dict[tuple[int, int], Tensor] = {}  # (T+1, B) ln β, max over tangents
+        self._growth: dict[tuple[int, int], Tensor] = {}  # (T, tangents, B) log growth a_t
+        self._sigma: dict[tuple[int, int], float] = {}
+
+    # ------------------------------------------------------------------ public
+    def log_budget(self, layer: int, d: int) -> Tensor:
+        """``(T+1, B)`` float64 ``ln β_t``: bound of ‖replayed s_t − kernel's s_t‖."""
+        if (layer, d) not in self._log:
+            self._compute(layer, d)
+        return self._log[(layer, d)]
+
+    def at_positions(self, layer: int, d: int) -> Tensor:
+        """``(T, B)`` ``ln β`` of the state whose ``h`` is the output at position ``p``."""
+        log_b = self.log_budget(layer, d)
+        if d == 0:
+            return log_b[1:]
+        return log_b.gather(0, self._reverse_index())
+
+    def growth_rate(self, layer: int, d: int) -> float:
+        """``λ̂``: mean log growth per valid step of the tangents (nat-log per step)."""
+        a = self._growth[(layer, d)]
+        ok = torch.isfinite(a)
+        if self.call.valid is not None:
+            ok &= self.call.valid.cpu().unsqueeze(1)
+        return float(a[ok].mean()) if bool(ok.any()) else float("nan")
+
+    def log_amplification(self, layer: int, d: int) -> float:
+        """``ln max G_{u→t}`` over windows, sequences and tangents (≥ 0)."""
+        a = torch.nan_to_num(self._growth[(layer, d)], nan=0.0, neginf=-1e300, posinf=1e300)
+        if not a.numel():
+            return 0.0
+        # max over windows (u, t] of Σ a = max_t (A_t - min_{u≤t} A_u), A the cumulative sum
+        cum = torch.cat([torch.zeros_like(a[:1]), torch.cumsum(a, 0)])
+        low = torch.cummin(cum, dim=0).values
+        return max(0.0, float((cum - low).max()))
+
+    def horizon(self, layer: int, d: int) -> int | None:
+        """The first step whose budget reaches the states' size ``σ`` (None: never)."""
+        log_b = self.log_budget(layer, d)
+        reached = (log_b >= np.log(self._sigma[(layer, d)])).any(dim=1)
+        if not bool(reached.any()):
+            return None
+        return int(reached.to(torch.int8).argmax())
+
+    # ------------------------------------------------------------------ internals
+    def _reverse_index(self) -> Tensor:
+        """``(T, B)`` state index ``L_b - p`` of a reverse direction at position ``p``."""
+        call = self.call
+        steps, batch = call.layout.T, call.layout.B
+        if call.layout.lengths is None:
+            lengths = torch.full((batch,), steps, dtype=torch.long)
+        else:
+            lengths = call.layout.lengths
+        p = torch.arange(steps).unsqueeze(1)
+        return torch.clamp(lengths.unsqueeze(0) - p, min=0, max=steps)
+
+    def _input_log_error(self, layer: int, d: int) -> Tensor:
+        """``(T, B)`` ``ln`` bound of layer ``layer``'s input error, processing order of ``d``."""
+        call = self.call
+        parts = torch.stack([self.at_positions(layer - 1, dd) for dd in range(call.dirs)])
+        log_eps = 0.5 * torch.logsumexp(2.0 * parts, dim=0)  # ‖(e_fwd, e_rev)‖₂
+        if call.dropout == MASK_REPRODUCED and call.masks is not None:
+            scale = call.masks[layer - 1].amax(dim=-1).to(torch.float64).cpu()
+            log_eps = log_eps + torch.log(scale)
+        pos = call.positions(reverse=d == 1).cpu()
+        return log_eps.gather(0, pos)
+
+    def _compute(self, layer: int, d: int) -> None:
+        call = self.call
+        adapter = call.adapter
+        params = call.params[(layer, d)]
+        seq = self.rep.states[layer][d]
+        x = self.rep.inputs[layer][d]
+        steps, batch = call.layout.T, call.layout.B
+        m = _TANGENTS
+        valid = None if call.valid is None else call.valid.cpu()
+        states = torch.stack(seq).detach().to(torch.float64)
+        if valid is not None:
+            states = states[torch.cat([torch.ones(1, batch, dtype=torch.bool), valid])]
+        finite = states[torch.isfinite(states)]
+        sigma = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
+        log_inject = float(np.log(self.tol * sigma))
+        log_in = None if layer == 0 else self._input_log_error(layer, d)
+        # m independent random unit tangents per sequence, rows ordered (tangent, sequence);
+        # a private generator: the global RNG is not touched
+        gen = torch.Generator(device="cpu").manual_seed(20 + 2 * layer + d)
+        v = torch.randn((m * batch, seq[0].shape[-1]), generator=gen, dtype=torch.float64)
+        v = (v / v.norm(dim=1, keepdim=True)).to(dtype=seq[0].dtype, device=seq[0].device)
+        growth = torch.zeros((steps, m, batch), dtype=torch.float64)
+        log_b = torch.full((steps + 1, m, batch), -float("inf"), dtype=torch.float64)
+        with torch.no_grad(), _rng_preserved(seq[0].device):
+            for t in range(steps):
+                x_t, s_t = x[t], seq[t]
+                x_m, s_m = x_t.repeat(m, 1), s_t.repeat(m, 1)
+                try:
+                    _, jv = torch.func.jvp(
+                        lambda s, x_m=x_m: adapter.step(params, x_m, s), (s_m,), (v,)
+                    )
+                    if log_in is not None:
+                        k_norm = adapter.jacobian_input(params, x_t, s_t).flatten(1).norm(dim=1)
+                except _JVP_FAILURES as exc:
+                    raise _BudgetUnavailable(
+                        f"torch.func.jvp / jacobian_input of the adapter's step failed ({exc})"
+                    ) from exc
+                norm = jv.norm(dim=1)
+                a_t = torch.log(norm.detach().to(torch.float64).cpu()).reshape(m, batch)
+                moved = (norm > 0) & torch.isfinite(norm)
+                if valid is not None:
+                    moved &= valid[t].to(moved.device).repeat(m)
+                v = torch.where(moved.unsqueeze(-1), jv / norm.clamp_min(1e-300).unsqueeze(-1), v)
+                inject = torch.full((batch,), log_inject, dtype=torch.float64)
+                if log_in is not None:
+                    log_k = torch.log(k_norm.detach().to(torch.float64).cpu())
+                    inject = torch.logaddexp(inject, log_k + log_in[t])
+                new = torch.logaddexp(a_t + log_b[t], inject)
+                if valid is not None:
+                    new = torch.where(valid[t], new, log_b[t])
+                    a_t = torch.where(valid[t], a_t, torch.zeros_like(a_t))
+                log_b[t + 1] = new
+                growth[t] = a_t
+        self._log[(layer, d)] = log_b.amax(dim=1)
+        self._growth[(layer, d)] = growth
+        self._sigma[(layer, d)] = sigma
+
+
+@dataclass
+class _Shadow:
+    """A (layer, direction) accepted as a shadow trajectory: the numbers for meta/warning."""
+
+    error: float  # max relative error of the checked quantities
+    budget: float  # max relative budget they were compared against
+    growth_rate: float  # λ̂, nat-log per step
+    amplification: float  # max G
+    horizon: int | None  # first step whose budget reaches the states' size
+    what: list[str]  # the quantities that needed the budget
+
+
+@dataclass
+class _FusedCheck:
+    """What the replay check of one fused call found."""
+
+    errors: dict[tuple[int, int], float] = field(default_factory=dict)
+    shadows: dict[tuple[int, int], _Shadow] = field(default_factory=dict)
+
+
+def _entry_errors(mine: Tensor, ref: Tensor) -> tuple[Tensor, float]:
+    """Per-entry max-abs error over the last dim (``inf`` where non-finite values disagree)."""
+    a = mine.detach().to(torch.float64).cpu()
+    b = ref.detach().to(torch.float64).cpu()
+    fin = torch.isfinite(a) & torch.isfinite(b)
+    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+    diff = torch.where(fin, (a - b).abs(), torch.where(same, 0.0, float("inf")))
+    scale = max(1.0, float(b.abs()[fin].max())) if bool(fin.any()) else 1.0
+    return diff.amax(dim=-1), scale
+
+
+def _check_fused(call: _FusedCall, rep: _Replay) -> _FusedCheck:
     """Raise ReplayMismatchError unless the replay reproduces the module's outputs.
 
+    Every checked quantity (``h_n``/``c_n`` of every layer and direction, the top layer's
+    output at every valid position) must match to the fixed tolerance, or else stay within
+    the error budget of :class:`_ErrorBudget` at every sequence and position (computed only
+    then); the latter marks the layer and direction as a shadow trajectory.
+
     Returns:
-        The largest relative error per checked ``(layer, direction)``.
+        The largest relative error per checked ``(layer, direction)``, and the shadows.
     """
     tol = _tolerance(call.x.dtype, call.x.device, fused=True)
-    errors: dict[tuple[int, int], float] = {}
+    result = _FusedCheck()
+    budget = _ErrorBudget(call, rep, tol)
     top = call.num_layers - 1
     valid = call.valid
     checked_layers = range(1) if call.dropout == NOT_REPRODUCIBLE else range(call.num_layers)
@@ -457,30 +721,80 @@ def _check_fused(call: _FusedCall, rep: _Replay) -> dict[tuple[int, int], float]
             if layer == top:
                 mine = rep.outputs[layer][..., d * p : (d + 1) * p]
                 ref = call.out[..., d * p : (d + 1) * p]
-                if valid is not None:
-                    mine, ref = mine[valid], ref[valid]
                 pairs.append(("output", mine, ref))
             for what, mine, ref in pairs:
-                err = _mismatch(mine, ref)
-                errors[(layer, d)] = max(err, errors.get((layer, d), 0.0))
-                if not err <= tol:
-                    raise ReplayMismatchError(
-                        f"{call.path or call.name} ({type(call.module).__name__}): the "
-                        f"step-by-step replay does not reproduce the module's {what} at layer "
-                        f"{layer}, {direction} direction: max error {err:.3g} relative to "
-                        f"max(1, |{what}|) exceeds {tol:g} for {call.x.dtype}. Does the module "
-                        "(a subclass?) compute something other than PyTorch's equations, or is "
-                        "a wrong adapter registered for it? Pass check=False to record anyway."
+                sel = valid if what == "output" and valid is not None else None
+                err = _mismatch(
+                    mine[sel] if sel is not None else mine, ref[sel] if sel is not None else ref
+                )
+                result.errors[(layer, d)] = max(err, result.errors.get((layer, d), 0.0))
+                if err <= tol:
+                    continue
+                where = f"{call.path or call.name} ({type(call.module).__name__})"
+                head = (
+                    f"{where}: the step-by-step replay does not reproduce the module's {what} "
+                    f"at layer {layer}, {direction} direction: max error {err:.3g} relative to "
+                    f"max(1, |{what}|) exceeds {tol:g} for {call.x.dtype}"
+                )
+                advice = (
+                    "Does the module (a subclass?) compute something other than PyTorch's "
+                    "equations, or is a wrong adapter registered for it? Pass check=False to "
+                    "record anyway."
+                )
+                try:
+                    log_b = (
+                        budget.at_positions(layer, d)
+                        if what == "output"
+                        else budget.log_budget(layer, d)[-1]
                     )
-    return errors
+                except _BudgetUnavailable as exc:
+                    raise ReplayMismatchError(
+                        f"{head}, and its amplification along the trajectory could not be "
+                        f"measured: {exc}. {advice}"
+                    ) from None
+                entry_err, scale = _entry_errors(mine, ref)
+                rel = entry_err / scale  # (T, B) for the output, (B,) for h_n / c_n
+                allowed = torch.fmax(torch.exp(log_b) / scale, torch.tensor(tol).double())
+                ok = (rel <= allowed) & torch.isfinite(rel)
+                if sel is not None:
+                    ok |= ~sel.cpu()
+                    allowed = torch.where(sel.cpu(), allowed, 0.0)
+                lam = budget.growth_rate(layer, d)
+                amp = _exp(budget.log_amplification(layer, d))
+                if not bool(ok.all()):
+                    ratio = torch.where(ok, 0.0, torch.nan_to_num(rel / allowed, nan=math.inf))
+                    worst = int(ratio.argmax())
+                    if what == "output":
+                        pos, seq = divmod(worst, rel.shape[1])
+                        at = f"position {pos} of sequence {seq}"
+                        e_w, b_w = float(rel[pos, seq]), float(allowed[pos, seq])
+                    else:
+                        at = f"sequence {worst}"
+                        e_w, b_w = float(rel[worst]), float(allowed[worst])
+                    raise ReplayMismatchError(
+                        f"{head}, and more than rounding errors amplified by the dynamics can "
+                        f"explain: at {at} the error is {e_w:.3g} but the error budget (the "
+                        f"tolerance per step, amplified along the replayed trajectory) is only "
+                        f"{b_w:.3g}; perturbations grow by λ̂ = {lam:+.3g} per step (up to "
+                        f"{amp:.3g}x). {advice}"
+                    )
+                prev = result.shadows.get((layer, d))
+                result.shadows[(layer, d)] = _Shadow(
+                    error=max(err, prev.error if prev else 0.0),
+                    budget=max(float(allowed.max()), prev.budget if prev else 0.0),
+                    growth_rate=lam,
+                    amplification=amp,
+                    horizon=budget.horizon(layer, d),
+                    what=[*(prev.what if prev else []), what],
+                )
+    return result
 
 
-def _fused_layer_traces(
-    call: _FusedCall, rep: _Replay, errors: dict[tuple[int, int], float]
-) -> list[LayerTrace]:
+def _fused_layer_traces(call: _FusedCall, rep: _Replay, check: _FusedCheck) -> list[LayerTrace]:
     """One LayerTrace per layer and direction, padding marked NaN.
 
-    ``errors`` holds the replay check's error per ``(layer, direction)`` (absent: unchecked).
+    ``check.errors`` holds the replay check's error per ``(layer, direction)`` (absent:
+    unchecked); ``check.shadows`` the ones accepted as shadow trajectories.
     """
     valid = call.valid
     lengths = None if call.layout.lengths is None else call.layout.lengths.numpy().copy()
@@ -507,8 +821,17 @@ def _fused_layer_traces(
                 "unbatched": call.layout.unbatched,
                 "dropout": dropout,
                 "dropout_p": call.dropout_p,
-                "replay_error": errors.get((layer, d)),
+                "replay_error": check.errors.get((layer, d)),
             }
+            shadow = check.shadows.get((layer, d))
+            if shadow is not None:
+                meta.update(
+                    replay="shadow",
+                    amplification=shadow.amplification,
+                    growth_rate=shadow.growth_rate,
+                    replay_budget=shadow.budget,
+                    replay_horizon=shadow.horizon,
+                )
             suffix = f".l{layer}" + ("_reverse" if d else "")
             out.append(
                 LayerTrace(
@@ -1125,8 +1448,10 @@ class Recorder:
         for entry in self._entries:
             if isinstance(entry, _FusedCall):
                 rep = _replay_fused(entry, track=False)
-                errors = _check_fused(entry, rep) if self.check else {}
-                entry.layers = _fused_layer_traces(entry, rep, errors)
+                check = _check_fused(entry, rep) if self.check else _FusedCheck()
+                entry.layers = _fused_layer_traces(entry, rep, check)
+                if check.shadows:
+                    self._warn_shadow(entry, check)
                 if entry.dropout == NOT_REPRODUCIBLE:
                     self._warn_dropout(entry)
                 layers.extend(entry.layers)
@@ -1146,6 +1471,48 @@ class Recorder:
             "skipped, and their meta['dropout'] is 'not reproducible'. Call model.eval() or "
             "record on CPU for exact traces.",
             RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def _warn_shadow(self, call: _FusedCall, check: _FusedCheck) -> None:
+        """One :class:`~gradscope.errors.ChaoticReplayWarning` per module and recording."""
+        key = "shadow:" + call.path
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        items = []
+        for (layer, d), sh in sorted(check.shadows.items()):
+            kind = "chaotic" if sh.growth_rate > 0 else "transiently amplifying"
+            text = (
+                f"layer {layer} {'reverse' if d else 'forward'} ({', '.join(sh.what)}): error "
+                f"{sh.error:.3g} within the budget {sh.budget:.3g}; perturbations grow by "
+                f"λ̂ = {sh.growth_rate:+.3g} per step (up to {sh.amplification:.3g}x): {kind}"
+            )
+            if sh.horizon is not None:
+                text += (
+                    f"; from step {sh.horizon} on the budget reaches the states' own size: "
+                    "there the two trajectories are unrelated, and the comparison verifies "
+                    "the replay only through earlier steps"
+                )
+            items.append(text)
+        tol = _tolerance(call.x.dtype, call.x.device, fused=True)
+        chaotic = any(sh.growth_rate > 0 for sh in check.shadows.values())
+        nature = (
+            "The dynamics are chaotic at this precision,"
+            if chaotic
+            else "The dynamics amplify perturbations transiently,"
+        )
+        warnings.warn(
+            f"gradscope: {call.path or call.name} ({type(call.module).__name__}): the "
+            f"step-by-step replay misses the fixed tolerance {tol:g} for {call.x.dtype}, by "
+            "no more than rounding errors amplified by the dynamics along the trajectory: "
+            + "; ".join(items)
+            + f". {nature} so the recorded states are a shadow trajectory: each step is "
+            "exact to rounding, but the trajectory differs "
+            "from the kernel's by amplified rounding (different summation orders), which "
+            "leaves spectra, Lyapunov exponents and decay statistics unaffected. These layers "
+            "have meta['replay'] == 'shadow'.",
+            ChaoticReplayWarning,
             stacklevel=3,
         )
 
@@ -1321,7 +1688,8 @@ def record(
             :class:`~gradscope.cells.generic.GenericAdapter`.
         grads: Capture exact loss gradients ``∂L/∂s_t`` from the next backward pass(es).
         check: Raise :class:`~gradscope.errors.ReplayMismatchError` if a replay does not
-            reproduce its module's outputs (float64: 1e-12, float32: 1e-5 relative).
+            reproduce its module's outputs (float64: 1e-12, float32: 1e-5 relative, per step;
+            in a chaotic network amplified along the trajectory, see the module docstring).
 
     Returns:
         A :class:`Recorder`; its :attr:`~Recorder.trace` is ready after the block.
@@ -1331,6 +1699,10 @@ def record(
         NoRecurrentModuleError: (on exit) no recorded module ran.
         ReplayMismatchError: (on exit) a replay did not match.
         CellConventionError: A cell's call does not follow ``forward(x_t, state) -> state``.
+
+    Warns:
+        ChaoticReplayWarning: (on exit) a fused module's replay was accepted as a shadow
+            trajectory of chaotic dynamics (see the module docstring).
     """
     return Recorder(model, cells, grads=grads, check=check)
 
