@@ -97,7 +97,7 @@ def train_adding(
                 monitor.step()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.update()
     return losses
 
