@@ -993,7 +993,9 @@ class Monitor:
             recording of every sampled step plus the analyses so far, plus the last
             analysis's cost again) stays within ``budget`` of the training time measured
             between ``step()`` calls; the first sampled step is analysed, paused blocks do
-            not count, and which later steps get analysed depends on timing. Or a schedule
+            not count, and which later steps get analysed depends on timing (under
+            ``torch.distributed`` each rank decides on its own clock; a rank's summaries are
+            NaN where it did not analyse). Or a schedule
             ``n -> bool`` over the index ``n = 0, 1, ...`` of the sampled step (e.g.
             ``Every(10)``: every 10th sampled step), or True (all) / False (none). Grad
             norms are recorded on every sampled step regardless.
@@ -1003,7 +1005,7 @@ class Monitor:
             after the first.
         spectra_steps: Jacobian steps (spread over the sequence) per spectral statistic.
         spectra_batch: Sequences per spectral statistic.
-        decay_batch: Sequences used for the state-decay fit (None: all).
+        decay_batch: Sequences used for the state-decay fit and Lyapunov (None: all).
         check: Let the recorder verify that each replay reproduces the module's output.
         callbacks: Called as ``callback(monitor)`` after every sampled step (on rank 0 only
             in a distributed run), e.g. a

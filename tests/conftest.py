@@ -49,3 +49,14 @@ def clean_registry() -> Iterator[None]:
         cells._FUSED.clear()
         cells._FUSED.update(fused)
         cells.lookup_type.cache_clear()
+
+
+@pytest.fixture()
+def one_thread():
+    """Run with one torch thread: tiny tensors gain nothing from threads, and on a busy
+    machine OpenMP's spin-waiting makes small ops 10x slower. Results do not depend on it
+    (bit-identity tests compare runs made under the same setting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,6 +24,9 @@ WORLD = 2
 STEPS = 3
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 class Seq(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -50,6 +53,7 @@ def _worker(rank: int, tmp: str) -> None:
         timeout=datetime.timedelta(seconds=120),
     )
     try:
+        torch.set_num_threads(1)  # two processes on a small machine
         torch.manual_seed(0)  # same initial weights on every rank
         model = Seq()
         ddp = nn.parallel.DistributedDataParallel(model)

@@ -15,6 +15,8 @@ from gradscope.errors import OptionalDependencyError
 from gradscope.integrations import _imports
 from gradscope.monitor import REGIME_CODES, Monitor
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _hook_count(model: nn.Module) -> int:
     return sum(

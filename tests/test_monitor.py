@@ -53,6 +53,9 @@ def _assert_grads_close(got: torch.Tensor, ref: torch.Tensor) -> None:
     )
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 # --------------------------------------------------------------------------- references
 def _cell_copy(rnn: nn.RNNBase, layer: int, reverse: bool) -> nn.Module:
     """An nn.LSTMCell / nn.GRUCell holding one layer and direction of a fused module."""
@@ -382,7 +385,7 @@ def _np_state() -> np.ndarray:
 def test_training_is_bit_identical(opt_name):
     base_model, base_opt, _ = _train(None, opt_name)
     base_rng = (torch.get_rng_state(), _np_state(), random.getstate())
-    kwargs = dict(every=2, lyapunov=True, spectra_steps=2, spectra_batch=2, check=True)
+    kwargs = dict(every=2, analyze=True, lyapunov=True, spectra_batch=2, check=True)
     model, opt, mon = _train(kwargs, opt_name)
     rng = (torch.get_rng_state(), _np_state(), random.getstate())
     assert mon.history.steps.tolist() == [0, 2, 4]
