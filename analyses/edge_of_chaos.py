@@ -71,7 +71,7 @@ def measure(n: int, gain: float, init: str, steps: int, batch: int, seed: int) -
         "rate": float(dec.rate),
         "rate_ci": [float(v) for v in dec.rate_ci],
         "regime": dec.regime,
-        "sigma_max_W": float(torch.linalg.matrix_norm(rnn.weight_hh_l0, ord=2)),
+        "sigma_max_W": float(torch.linalg.matrix_norm(rnn.weight_hh_l0.detach(), ord=2)),
         "mean_field_lambda1": mean_field_lambda1(gain),
         "layer": layer,
     }
