@@ -19,14 +19,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 from scipy import special
 
 
+@lru_cache(maxsize=8)
+def _hermgauss(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Hermite nodes and weights (an eigenvalue problem: computed once per ``n``)."""
+    return np.polynomial.hermite.hermgauss(n)
+
+
 def gauss_expect(f: Callable[[np.ndarray], np.ndarray], q: float, n: int = 120) -> float:
     """``E[f(√q z)]`` for ``z ~ N(0, 1)`` by Gauss–Hermite quadrature with ``n`` nodes."""
-    x, w = np.polynomial.hermite.hermgauss(n)
+    x, w = _hermgauss(n)
     return float((w * f(math.sqrt(2.0 * q) * x)).sum() / math.sqrt(math.pi))
 
 
