@@ -371,6 +371,8 @@ class _FusedCall:
     masks: list[Tensor] | None = None
     cot: dict[str, Tensor] = field(default_factory=dict)
     layers: list[LayerTrace] = field(default_factory=list)
+    #: A tracked replay made when the trace was built after the backward; used once for grads.
+    tracked: Any = None
 
     @property
     def valid(self) -> Tensor | None:
@@ -864,7 +866,7 @@ def _fused_grads(call: _FusedCall) -> list[Tensor]:
                     g[1:][~valid] = float("nan")
                 out.append(g)
         return out
-    rep = _replay_fused(call, track=True)
+    rep, call.tracked = call.tracked or _replay_fused(call, track=True), None
     outs: list[Tensor] = []
     cots: list[Tensor] = []
     if "output" in call.cot:
@@ -1447,7 +1449,9 @@ class Recorder:
         layers: list[LayerTrace] = []
         for entry in self._entries:
             if isinstance(entry, _FusedCall):
-                rep = _replay_fused(entry, track=False)
+                track = self.grads and bool(entry.cot)  # built after the backward
+                rep = _replay_fused(entry, track=track)
+                entry.tracked = rep if track else None
                 check = _check_fused(entry, rep) if self.check else _FusedCheck()
                 entry.layers = _fused_layer_traces(entry, rep, check)
                 if check.shadows:
