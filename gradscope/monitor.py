@@ -105,7 +105,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 import zipfile
 import zlib
@@ -124,7 +123,7 @@ from gradscope.errors import (
     NoRecurrentModuleError,
     TraceFormatError,
 )
-from gradscope.trace import LayerTrace, Trace
+from gradscope.trace import LayerTrace, Trace, write_npz
 
 #: A schedule: training step (0-based) -> whether to act on it.
 Schedule = Callable[[int], bool]
@@ -803,17 +802,7 @@ class History:
             "meta": self.meta,
             "notes": self.notes,
         }
-        arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_npz(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> History:

@@ -307,6 +307,25 @@ def _to_numpy(t: Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
+def write_npz(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+    """Write ``arrays`` plus ``meta`` (as UTF-8 JSON under ``__meta__``) atomically.
+
+    The file appears complete or not at all: it is written to a temporary file in the same
+    folder and renamed. No pickle: only numeric arrays are stored.
+    """
+    arrays = {**arrays, "__meta__": np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def save(trace: Trace, path: str | os.PathLike) -> Path:
     """Save ``trace`` as ``.npz`` + JSON metadata; no pickle. Returns the path written.
 
@@ -354,17 +373,7 @@ def save(trace: Trace, path: str | os.PathLike) -> Path:
         "layers": layers_meta,
         "trace": trace.meta,
     }
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_npz(path, arrays, meta)
 
 
 def load(path: str | os.PathLike) -> Trace:
