@@ -5,7 +5,8 @@ diag(f_t)``, so the forget gate ``f = σ(a_f + b_f)`` sets how fast it decays. C
 forget-gate bias ``b_f = 0`` (gates near 0.5: the cell path halves every step), ``1``
 (Gers et al. 2000; Jozefowicz et al. 2015), ``3``, and chrono initialisation (Tallec &
 Ollivier 2018: ``b_f ~ ln U(1, T_max − 1)``, ``b_i = −b_f``) on the same adding problem:
-memory horizon and decay rate at initialisation, and test MSE after the same training.
+memory horizon and decay rate at initialisation, and test MSE after the same training
+(three training seeds per initialisation: the spread says how much one run can be trusted).
 
 Writes ``reports/forget_gate_bias/``: ``report.html`` (gradscope's comparison of the four
 initialisations at init), ``summary.json`` and ``summary.md``.
@@ -16,8 +17,10 @@ Run: ``python analyses/forget_gate_bias.py`` (a few minutes on 2 CPU cores).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -28,6 +31,12 @@ import gradscope as gs
 from gradscope.demo import AddingModel, adding_problem, train_adding
 
 OUT = Path(__file__).resolve().parent.parent / "reports" / "forget_gate_bias"
+
+
+def forget_bias(lstm: nn.LSTM) -> torch.Tensor:
+    """The effective forget-gate bias ``b_ih[f] + b_hh[f]`` of layer 0."""
+    f = slice(lstm.hidden_size, 2 * lstm.hidden_size)
+    return (lstm.bias_ih_l0[f] + lstm.bias_hh_l0[f]).detach()
 
 
 def set_forget_bias(lstm: nn.LSTM, init: str, t_max: int, generator: torch.Generator) -> None:
@@ -53,6 +62,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=100)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=3, help="training runs per init")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -74,10 +84,20 @@ def main() -> None:
         state = d.decay["state"]
         label = f"b_f = {init}" if init != "chrono" else "chrono init"
         profiles[label] = prof
-        losses = train_adding(model, args.steps, args.seq_len, args.batch, gen)
-        with torch.no_grad():
-            test = float(mse(model(x_test), y_test))
-        forget = torch.sigmoid(model.rnn.bias_ih_l0.detach()[args.hidden : 2 * args.hidden])
+        tests, finals = [], []
+        for seed in range(args.seeds):  # the same initial weights, different data order
+            trained = copy.deepcopy(model)
+            losses = train_adding(
+                trained,
+                args.steps,
+                args.seq_len,
+                args.batch,
+                torch.Generator().manual_seed(100 + seed),
+            )
+            with torch.no_grad():
+                tests.append(float(mse(trained(x_test), y_test)))
+            finals.append(sum(losses[-50:]) / 50)
+        test = statistics.median(tests)
         rows.append(
             {
                 "init": label,
@@ -89,15 +109,16 @@ def main() -> None:
                 "lambda1": d.lambda1,
                 "loss_rate": d.decay["loss"].rate if "loss" in d.decay else math.nan,
                 "test_mse_after": test,
+                "test_mse_after_each_seed": tests,
                 "baseline_mse": baseline,
-                "final_train_loss": sum(losses[-50:]) / 50,
-                "median_forget_gate_bias_only": float(forget.median()),
+                "final_train_loss_each_seed": finals,
+                "median_sigma_b_f_at_init": float(torch.sigmoid(forget_bias(model.rnn)).median()),
             }
         )
         print(
             f"{label:12s} rate {state.rate:+.4f}/step  half-life {state.half_life:.1f}  "
-            f"horizon {state.horizon:.0f}  {state.regime:9s}  test MSE {test:.4f} "
-            f"(baseline {baseline:.4f})"
+            f"horizon {state.horizon:.0f}  {state.regime:9s}  test MSE "
+            f"{' '.join(f'{v:.4f}' for v in tests)} (baseline {baseline:.4f})"
         )
     gs.report(profiles, args.out / "report.html", title="LSTM forget-gate bias at init")
     (args.out / "summary.json").write_text(json.dumps(rows, indent=2, default=str))
@@ -105,16 +126,18 @@ def main() -> None:
         f"# LSTM forget-gate bias: adding problem, T = {args.seq_len}, hidden {args.hidden}, "
         f"{args.steps} training steps",
         "",
-        "| init | state decay rate /step (95% CI) | half-life | horizon | regime | λ₁ "
-        "| test MSE after training |",
-        "|---|---|---|---|---|---|---|",
+        "| init | median σ(b_f) | state decay rate /step (95% CI) | half-life | horizon "
+        "| regime | λ₁ | test MSE after training, median (each seed) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lo, hi = r["rate_ci"]
+        each = ", ".join(f"{v:.4f}" for v in r["test_mse_after_each_seed"])
         lines.append(
-            f"| {r['init']} | {r['rate']:+.4f} ({lo:+.4f}, {hi:+.4f}) | {r['half_life']:.1f} "
+            f"| {r['init']} | {r['median_sigma_b_f_at_init']:.3f} "
+            f"| {r['rate']:+.4f} ({lo:+.4f}, {hi:+.4f}) | {r['half_life']:.1f} "
             f"| {r['horizon']:.0f} | {r['regime']} | {r['lambda1']:+.4f} "
-            f"| {r['test_mse_after']:.4f} |"
+            f"| {r['test_mse_after']:.4f} ({each}) |"
         )
     lines += [
         "",

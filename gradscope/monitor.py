@@ -383,10 +383,10 @@ def summarize(
 
     Always (cheap): ``T``, ``B``, ``nonfinite`` (real states holding NaN/inf) and, when the
     layer holds loss gradients, ``grad_t0`` / ``grad_tT`` (:func:`grad_norms` at ``t = 0``
-    and ``t = T``). With ``analyze`` also:
+    and ``t = T``) and ``loss_rate``, ``loss_rate_lo``/``loss_rate_hi``, ``loss_regime``:
+    :func:`gradscope.decay` ``(layer, of="loss")``, the fit of the real ``‖∂L/∂s_t‖``.
+    With ``analyze`` also:
 
-    * ``loss_rate``, ``loss_rate_lo``/``loss_rate_hi``, ``loss_regime``:
-      :func:`gradscope.decay` ``(layer, of="loss")``, the fit of the real ``‖∂L/∂s_t‖``;
     * ``rate``, ``rate_lo``/``rate_hi`` (95% CI), ``r2``, ``half_life``, ``regime``:
       :func:`gradscope.decay` ``(layer, of="state")`` on ``decay_batch`` sequences spread
       over the batch;
@@ -424,8 +424,6 @@ def summarize(
     if layer.grads is not None:
         g = grad_norms(layer) if norms is None else norms
         out["grad_t0"], out["grad_tT"] = float(g[0]), float(g[-1])
-    if not analyze:
-        return out, notes
 
     def attempt(what: str, fn: Callable[[], None]) -> None:
         try:
@@ -441,9 +439,11 @@ def summarize(
         if not prefix:
             out["r2"], out["half_life"] = float(d.r2), float(d.half_life)
 
-    seqs = None if decay_batch is None else _subsample(layer.B, decay_batch)
-    if layer.grads is not None:
+    if layer.grads is not None:  # a fit of T + 1 numbers per sequence: cheap, always
         attempt("the loss-gradient decay fit", lambda: fit("loss_", "loss", None))
+    if not analyze:
+        return out, notes
+    seqs = None if decay_batch is None else _subsample(layer.B, decay_batch)
     attempt("the state-gradient decay fit", lambda: fit("", "state", seqs))
 
     steps, batch = _subsample(layer.T, spectra_steps), _subsample(layer.B, spectra_batch)
@@ -458,27 +458,6 @@ def summarize(
 
     def lyap() -> None:
         ly = lyapunov_fn(select_batch(layer, seqs), k=1)
-        out["lyapunov"], out["lyapunov_stderr"] = float(ly.exponents[0]), float(ly.stderr[0])
-
-    if lyapunov:
-        attempt("the leading Lyapunov exponent", lyap)
-    return out, notes
-
-    seqs = None if decay_batch is None else _subsample(layer.B, decay_batch)
-    attempt("the state-gradient decay fit", lambda: fit("", "state", seqs))
-
-    steps, batch = _subsample(layer.T, spectra_steps), _subsample(layer.B, spectra_batch)
-
-    def spectra() -> None:
-        for which, prefix in (("eig", "radius_"), ("svd", "norm_")):
-            stats = spectrum(layer, which, steps=steps, batch=batch, progress=False).summary()
-            for key in _STAT_KEYS:
-                out[prefix + key] = float(stats[key])
-
-    attempt("the Jacobian spectra", spectra)
-
-    def lyap() -> None:
-        ly = lyapunov_fn(layer, k=1)
         out["lyapunov"], out["lyapunov_stderr"] = float(ly.exponents[0]), float(ly.stderr[0])
 
     if lyapunov:
@@ -1073,6 +1052,7 @@ class Monitor:
         self._train_s = 0.0  # training time between step() calls
         self._monitor_s = 0.0  # time spent inside step(): recording and analyses
         self._analysis_last = 0.0  # cost of the latest analysis
+        self._analysed = 0  # sampled steps analysed so far
         self._arm()
 
     # ----------------------------------------------------------------- context
@@ -1192,6 +1172,8 @@ class Monitor:
         """Whether this sampled step gets the loss-independent summaries."""
         if self.analyze is not None:
             return bool(self.analyze(len(self.history)))  # the n-th sampled step
+        if not self._analysed:  # the first sampled step: the latest full analysis exists
+            return True  # from the start, and its cost is known for the budget from then on
         spent = self._monitor_s + (time.perf_counter() - entered)  # this step's recording too
         return spent + self._analysis_last <= self.budget * self._train_s
 
@@ -1218,6 +1200,7 @@ class Monitor:
                     notes.extend(msgs)
             if analyze:
                 self._analysis_last = time.perf_counter() - start
+                self._analysed += 1
         if self._distributed:
             gathered = _all_gather(entries, self.process_group)
         else:

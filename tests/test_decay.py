@@ -260,3 +260,43 @@ def test_max_lag_fetches_only_the_steps_it_needs(monkeypatch):
     d = decay(tr, max_lag=10, chunk=4)
     assert min(seen) >= 200 - 11  # lags 0..10 need the last 11 steps (input: x_{T−10})
     assert d.log_norms.shape == (11, 1)
+
+
+def test_per_sequence_slopes_equal_scipy_linregress_with_gaps():
+    from scipy import stats
+
+    from gradscope.decay import _slopes
+
+    rng = np.random.default_rng(0)
+    x = np.arange(40.0)
+    y = rng.normal(size=(40, 6)) * 0.3 - 0.05 * x[:, None]
+    y[5:9, 1] = np.nan  # a gap
+    y[:, 2] = np.nan  # no data
+    y[:38, 3] = np.nan  # two points: too few
+    y[10, 4] = -np.inf  # an exact zero norm is left out
+    got = _slopes(x, y)
+    for b in range(y.shape[1]):
+        ok = np.isfinite(y[:, b])
+        if ok.sum() < 3:
+            assert np.isnan(got[b])
+        else:
+            ref = stats.linregress(x[ok], y[ok, b]).slope
+            assert got[b] == pytest.approx(ref, rel=1e-12, abs=1e-15)
+    assert np.isnan(_slopes(np.ones(5), rng.normal(size=(5, 1))))[0]  # constant x
+
+
+def test_median_and_band_without_nan_equal_numpy_nan_functions():
+    from gradscope.decay import _nanstats
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 9))
+    x[3, 2] = -np.inf  # an exact zero norm
+    med, band = _nanstats(x)
+    np.testing.assert_array_equal(med, np.nanmedian(x, axis=1))
+    with np.errstate(invalid="ignore"):  # -inf - -inf in NumPy's interpolation
+        np.testing.assert_array_equal(band, np.nanpercentile(x, [10, 90], axis=1))
+    x[4, :] = np.nan
+    x[5, :4] = np.nan
+    med, band = _nanstats(x)
+    assert np.isnan(med[4]) and np.isnan(band[:, 4]).all()
+    assert med[5] == np.median(x[5, 4:])
