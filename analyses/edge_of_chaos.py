@@ -72,6 +72,11 @@ def measure(n: int, gain: float, init: str, steps: int, batch: int, seed: int) -
         "rate_ci": [float(v) for v in dec.rate_ci],
         "regime": dec.regime,
         "sigma_max_W": float(torch.linalg.matrix_norm(rnn.weight_hh_l0.detach(), ord=2)),
+        # below the transition the state decays to the fixed point 0, where J_t -> gW, so
+        # λ₁ = ln ρ(gW) exactly (the finite-N spectral radius, not the N -> inf value 1)
+        "ln_radius_gW": float(
+            torch.log(torch.linalg.eigvals(rnn.weight_hh_l0.detach()).abs().max())
+        ),
         "mean_field_lambda1": mean_field_lambda1(gain),
         "layer": layer,
     }
@@ -86,7 +91,11 @@ def plot(rows: list[dict], path: Path) -> None:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
         for ax, key, ylabel in (
             (axes[0], "lambda1", "leading Lyapunov exponent λ₁ (per step)"),
-            (axes[1], "rate", "fitted decay rate of ‖∂h_T/∂h_{T−k}‖ (per step)"),
+            (
+                axes[1],
+                "rate",
+                r"fitted decay rate of $\|\partial h_T/\partial h_{T-k}\|$ (per step)",
+            ),
         ):
             ax.plot(g_fine, mf, color="black", lw=1.5, label="mean field ½ ln(g² E[sech⁴])")
             for init, colour in colours.items():
@@ -114,6 +123,57 @@ def plot(rows: list[dict], path: Path) -> None:
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
+
+
+def findings(table: list[dict], n: int) -> list[str]:
+    """What the sweep shows, each sentence computed from the table."""
+    out = ["## What the sweep shows", ""]
+    ordered = [r for r in table if r["gain"] < 1.0]
+    worst = max(abs(r["lambda1"] - r["ln_radius_gW"]) for r in ordered)
+    out.append(
+        f"- **Ordered side (g < 1)**: the state decays to the fixed point 0, where "
+        f"`J_t → gW`, so λ₁ must equal ln ρ(gW) exactly. Measured: largest deviation "
+        f"{worst:.1e} over {len(ordered)} networks. For Gaussian W the mean-field curve sits "
+        "below the points because at N = "
+        f"{n} ρ(W) is not 1: ln ρ(W) = "
+        + ", ".join(
+            f"{r['ln_radius_gW'] - np.log(r['gain']):+.4f}" for r in ordered if r["gain"] == 0.5
+        )
+        + " (Gaussian, orthogonal)."
+    )
+    for init in ("gaussian", "orthogonal"):
+        sel = [r for r in table if r["init"] == init and r["gain"] > 1.0]
+        first_chaos = next(
+            (r["gain"] for r in sel if r["lambda1"] > 3 * r["lambda1_stderr"] + 1e-3), None
+        )
+        err = max(abs(r["lambda1"] - r["mean_field_lambda1"]) for r in sel if r["gain"] >= 2.0)
+        out.append(
+            f"- **{init.capitalize()} W, g > 1**: mean field (N → ∞) predicts chaos for every "
+            f"g > 1; measured λ₁ is first clearly positive at g = {first_chaos} "
+            f"(λ₁ > 3 standard errors + 0.001); for g ≥ 2 measured and mean-field λ₁ differ "
+            f"by at most {err:.3f} per step."
+        )
+    agree = max(abs(r["rate"] - r["lambda1"]) for r in table)
+    out.append(
+        f"- **Decay rate vs λ₁**: the fitted long-run decay rate of the state gradient "
+        f"agrees with λ₁ to within {agree:.4f} per step at every gain: the gradient vanishes "
+        "where the dynamics are ordered and grows where they are chaotic."
+    )
+    sigma = {r["init"]: r["sigma_max_W"] / r["gain"] for r in table if r["gain"] == 1.0}
+    vanish = {
+        init: max(r["gain"] for r in table if r["init"] == init and r["regime"] == "vanishing")
+        for init in sigma
+    }
+    out.append(
+        "- **Pascanu bound**: σ_max(gW) < 1 is sufficient for vanishing. For Gaussian W "
+        f"(σ_max(W) = {sigma['gaussian']:.2f}) it holds only for g < "
+        f"{1 / sigma['gaussian']:.2f}, yet the measured verdict is *vanishing* up to g = "
+        f"{vanish['gaussian']}: far from tight for a non-normal W. For orthogonal W "
+        f"(σ_max(W) = {sigma['orthogonal']:.2f}) it holds for g < "
+        f"{1 / sigma['orthogonal']:.2f} and the verdict is *vanishing* up to g = "
+        f"{vanish['orthogonal']}: tight."
+    )
+    return out
 
 
 def main() -> None:
@@ -159,6 +219,7 @@ def main() -> None:
             f"| {r['mean_field_lambda1']:+.4f} | {r['rate']:+.4f} ({lo:+.4f}, {hi:+.4f}) "
             f"| {r['regime']} |"
         )
+    lines += ["", *findings(table, args.n)]
     lines += ["", f"Measured in {time.perf_counter() - t0:.0f} s by `analyses/edge_of_chaos.py`."]
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

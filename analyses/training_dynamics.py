@@ -18,6 +18,7 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import gradscope as gs
@@ -37,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    monitors = {}
+    monitors, losses_of = {}, {}
     lines = [
         f"# Training dynamics: adding problem, T = {args.seq_len}, hidden {args.hidden}, "
         f"{args.steps} steps, sampled every {args.every}",
@@ -55,6 +56,7 @@ def main() -> None:
         with gs.Monitor(model, every=args.every, analyze=True) as monitor:
             losses = train_adding(model, args.steps, args.seq_len, args.batch, gen, monitor=monitor)
         label = MODELS[key]
+        losses_of[label] = losses
         monitors[label] = monitor
         history = monitor.history
         history.save(args.out / f"{key}_history.npz")
@@ -72,6 +74,22 @@ def main() -> None:
             f"{label}: {len(history.steps)} samples; last ‖∂L/∂s_0‖/‖∂L/∂s_T‖ {ratio:.3g}, "
             f"state decay rate {rate:+.4f}/step, final train loss "
             f"{sum(losses[-50:]) / 50:.4f}"
+        )
+    lines += ["", "## What changed over training", ""]
+    for label, monitor in monitors.items():
+        summ = monitor.history.summaries("rnn.l0")
+        rate, radius = summ["rate"], summ["radius_median"]
+        steps = monitor.history.steps
+        lo, hi = int(np.nanargmin(rate)), int(np.nanargmax(rate))
+        regimes = sorted(set(summ["regime"]))
+        lines.append(
+            f"- **{label}**: state decay rate {rate[0]:+.3f} → {rate[-1]:+.3f} per step from "
+            f"step {steps[0]} to {steps[-1]} (range {rate[lo]:+.3f} at step {steps[lo]} to "
+            f"{rate[hi]:+.3f} at step {steps[hi]}); median spectral radius {radius[0]:.3f} → "
+            f"{radius[-1]:.3f}; regime at the sampled steps: {', '.join(regimes)}. Train loss "
+            f"(mean of the first / last 50 steps) {np.mean(losses_of[label][:50]):.4f} → "
+            f"{np.mean(losses_of[label][-50:]):.4f}; predicting the mean of the target "
+            "(the sum of two U(0, 1)) gives 1/6 = 0.1667."
         )
     title = "Training dynamics: vanilla RNN vs LSTM"
     gs.report(monitors, args.out / "report.html", title=title)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gradscope._files import atomic_write
 from gradscope.cells import adapter_for_kind
 from gradscope.cells.base import CellAdapter, Params
 from gradscope.errors import MissingDataError, ShapeError, TraceFormatError
@@ -314,16 +314,12 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -
     folder and renamed. No pickle: only numeric arrays are stored.
     """
     arrays = {**arrays, "__meta__": np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: savez would append ".npz" to a name
             np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def save(trace: Trace, path: str | os.PathLike) -> Path:

@@ -12,6 +12,7 @@ import copy
 import gc
 import json
 import math
+import os
 import random
 import weakref
 from types import SimpleNamespace
@@ -576,6 +577,10 @@ def test_history_save_load_round_trip(tmp_path):
     hist.note(1, "a remark")
     path = mon.save(tmp_path / "hist")
     assert path.name == "hist.npz"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hist.npz"]  # no temporary left
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # an ordinary file, not mkstemp's 0600
     with np.load(path, allow_pickle=False) as npz:  # plain arrays only
         meta = json.loads(npz["__meta__"].tobytes().decode())
     assert meta["format"] == "gradscope.history" and meta["version"] == 1

@@ -61,11 +61,11 @@ import datetime as _dt
 import os
 import platform
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gradscope._files import atomic_write
 from gradscope.errors import GradscopeError
 from gradscope.report.sections import Run, build_document
 
@@ -304,27 +304,6 @@ def _default_title(runs: list[Run]) -> str:
 
 
 # --------------------------------------------------------------------------- writing
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` for a temp file next to ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def report(obj: Any, path: str | os.PathLike, *, title: str | None = None) -> Path:
     """Write a report of ``obj`` to ``path``; the format follows the suffix.
 
@@ -355,7 +334,7 @@ def report(obj: Any, path: str | os.PathLike, *, title: str | None = None) -> Pa
     import importlib
 
     writer = importlib.import_module(module_name)
-    _atomic_write(path, lambda tmp: writer.write(doc, tmp))
+    atomic_write(path, lambda tmp: writer.write(doc, tmp))
     return path
 
 
