@@ -168,3 +168,73 @@ def test_lightning_trainer_runs_the_monitor(tmp_path):
     assert np.isfinite(mon.history.grad_norms("rnn.l0")).all()
     assert (tmp_path / "hist.npz").is_file()
     assert cb.report_path == tmp_path / "train.html" and cb.report_path.stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- hugging face
+def test_missing_transformers_gives_a_helpful_error(monkeypatch):
+    monkeypatch.delitem(sys.modules, "gradscope.integrations.huggingface", raising=False)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import of it now fails
+    with pytest.raises(OptionalDependencyError, match=r"gradscope\[huggingface\]"):
+        importlib.import_module("gradscope.integrations.huggingface")
+
+
+def test_hugging_face_trainer_runs_the_monitor(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from gradscope.integrations.huggingface import GradscopeTrainerCallback
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(3, 5, batch_first=True)
+            self.head = nn.Linear(5, 1)
+
+        def forward(self, x, labels=None):
+            out, _ = self.rnn(x)
+            pred = self.head(out[:, -1])
+            return {"loss": ((pred - labels) ** 2).mean(), "logits": pred}
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self, n: int) -> None:
+            gen = torch.Generator().manual_seed(0)
+            self.x, self.y = torch.randn(n, 7, 3, generator=gen), torch.randn(n, 1, generator=gen)
+
+        def __len__(self) -> int:
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return {"x": self.x[i], "labels": self.y[i]}
+
+    torch.manual_seed(0)
+    model = Model()
+    cb = GradscopeTrainerCallback(
+        every=1, report=tmp_path / "train.html", save=tmp_path / "hist.npz", analyze=False
+    )
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,  # two backward passes per optimizer step
+        per_device_eval_batch_size=8,
+        eval_strategy="steps",
+        eval_steps=1,  # evaluation after every step: must not be recorded
+        eval_on_start=True,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Data(24), eval_dataset=Data(8), callbacks=[cb]
+    )
+    trainer.train()
+    mon = cb.monitor
+    assert mon.closed and _hook_count(model) == 0
+    assert mon.history.steps.tolist() == list(range(6))  # one Monitor step per backward
+    assert mon.history.names == ["rnn.l0"]  # no "@1": evaluation forwards were not recorded
+    assert mon.history.scalar("rnn.l0", "T").tolist() == [7.0] * 6
+    assert mon.history.scalar("rnn.l0", "B").tolist() == [4.0] * 6
+    assert np.isfinite(mon.history.grad_norms("rnn.l0")).all()
+    assert (tmp_path / "hist.npz").is_file()
+    assert cb.report_path == tmp_path / "train.html" and cb.report_path.stat().st_size > 0

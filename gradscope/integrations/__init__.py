@@ -7,14 +7,14 @@
 ``TensorBoardCallback``                Monitor callback logging summaries and figures
                                        (:mod:`gradscope.integrations.tensorboard`;
                                        ``pip install "gradscope[tensorboard]"``)
+``GradscopeTrainerCallback``           Hugging Face ``TrainerCallback`` running a Monitor
+                                       (:mod:`gradscope.integrations.huggingface`;
+                                       ``pip install "gradscope[huggingface]"``)
 =====================================  ===============================================
 
 Importing :mod:`gradscope.integrations` imports none of the frameworks; a name is loaded
 on first use, and a missing framework raises
-:class:`~gradscope.errors.OptionalDependencyError` naming the extra to install. There is no
-Hugging Face ``TrainerCallback``: its ``on_step_end`` runs after the optimizer step, which
-the Monitor tolerates, but ``transformers`` is not a test dependency, so it would ship
-untested; call ``monitor.step()`` from a ``TrainerCallback`` of your own instead.
+:class:`~gradscope.errors.OptionalDependencyError` naming the extra to install.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 _LAZY: dict[str, str] = {
     "GradscopeCallback": "gradscope.integrations.lightning",
     "TensorBoardCallback": "gradscope.integrations.tensorboard",
+    "GradscopeTrainerCallback": "gradscope.integrations.huggingface",
 }
 
 __all__ = list(_LAZY)

@@ -35,6 +35,7 @@ class Extra:
 LIGHTNING = Extra("lightning.pytorch", "lightning", "lightning")
 PYTORCH_LIGHTNING = Extra("pytorch_lightning", "pytorch-lightning", "lightning")
 TENSORBOARD = Extra("tensorboard", "tensorboard", "tensorboard")
+TRANSFORMERS = Extra("transformers", "transformers", "huggingface")
 
 
 @cache
@@ -96,6 +97,7 @@ __all__ = [
     "LIGHTNING",
     "PYTORCH_LIGHTNING",
     "TENSORBOARD",
+    "TRANSFORMERS",
     "Extra",
     "available",
     "lightning",
