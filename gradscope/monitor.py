@@ -101,12 +101,10 @@ A :class:`History` on its own (e.g. loaded with :func:`load_history`) is report-
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
 import time
-import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -123,7 +121,7 @@ from gradscope.errors import (
     NoRecurrentModuleError,
     TraceFormatError,
 )
-from gradscope.trace import LayerTrace, Trace, write_npz
+from gradscope.trace import LayerTrace, Trace, read_npz, write_npz
 
 #: A schedule: training step (0-based) -> whether to act on it.
 Schedule = Callable[[int], bool]
@@ -792,24 +790,11 @@ class History:
                 format version, or inconsistent contents.
         """
         path = Path(path)
-        if not path.is_file():
-            raise TraceFormatError(f"{path}: no such file")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in npz.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        data, meta = read_npz(path, "a gradscope training history", "History.save")
+        if meta.get("format") != HISTORY_FORMAT:
             raise TraceFormatError(
-                f"{path}: not a readable .npz file ({exc}); was it written by History.save?"
-            ) from None
-        try:
-            meta = json.loads(data["__meta__"].tobytes().decode("utf-8"))
-        except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise TraceFormatError(f"{path}: no readable gradscope metadata ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != HISTORY_FORMAT:
-            raise TraceFormatError(
-                f"{path}: not a gradscope training history (format "
-                f"{meta.get('format') if isinstance(meta, dict) else None!r}); traces load "
-                "with gs.load"
+                f"{path}: not a gradscope training history (format {meta.get('format')!r}); "
+                "traces load with gs.load"
             )
         version = meta.get("version")
         if not isinstance(version, int) or version > HISTORY_FORMAT_VERSION:

@@ -322,6 +322,36 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -
     return atomic_write(path, write)
 
 
+def read_npz(path: Path, what: str, writer: str) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a file written by :func:`write_npz`: its arrays and its JSON metadata (a dict).
+
+    Never unpickles anything. ``what`` names the expected content and ``writer`` the method
+    that writes it, for the error messages.
+
+    Raises:
+        TraceFormatError: the file is missing, not a readable ``.npz``, or has no readable
+            metadata object.
+    """
+    if not path.is_file():
+        raise TraceFormatError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise TraceFormatError(
+            f"{path}: not a readable .npz file ({exc}); was it written by {writer}?"
+        ) from None
+    if "__meta__" not in data:
+        raise TraceFormatError(f"{path}: an .npz file but not {what} (no __meta__)")
+    try:
+        meta = json.loads(data["__meta__"].tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TraceFormatError(f"{path}: corrupt metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise TraceFormatError(f"{path}: corrupt metadata (not a JSON object)")
+    return data, meta
+
+
 def save(trace: Trace, path: str | os.PathLike) -> Path:
     """Save ``trace`` as ``.npz`` + JSON metadata; no pickle. Returns the path written.
 
@@ -380,26 +410,9 @@ def load(path: str | os.PathLike) -> Trace:
             a newer format version, or incomplete.
     """
     path = Path(path)
-    if not path.is_file():
-        raise TraceFormatError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise TraceFormatError(
-            f"{path}: not a readable .npz file ({exc}); was it written by Trace.save?"
-        ) from None
-    if "__meta__" not in data:
-        raise TraceFormatError(f"{path}: an .npz file but not a gradscope trace (no __meta__)")
-    try:
-        meta = json.loads(data["__meta__"].tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TraceFormatError(f"{path}: corrupt metadata ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise TraceFormatError(
-            f"{path}: format {meta.get('format') if isinstance(meta, dict) else None!r} is "
-            f"not {FORMAT!r}"
-        )
+    data, meta = read_npz(path, "a gradscope trace", "Trace.save")
+    if meta.get("format") != FORMAT:
+        raise TraceFormatError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
     if not isinstance(meta.get("version"), int) or meta["version"] > FORMAT_VERSION:
         raise TraceFormatError(
             f"{path}: trace format version {meta.get('version')!r}; this gradscope reads "
