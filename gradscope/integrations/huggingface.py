@@ -33,18 +33,15 @@ imported (``pip install "gradscope[huggingface]"``); ``import gradscope`` never 
 
 from __future__ import annotations
 
-import contextlib
-import os
-from pathlib import Path
 from typing import Any
 
 from gradscope.integrations._imports import TRANSFORMERS, require
-from gradscope.monitor import Monitor, Schedule
+from gradscope.integrations._session import MonitorSession
 
 _transformers = require(TRANSFORMERS, "gradscope.integrations.huggingface")
 
 
-class GradscopeTrainerCallback(_transformers.TrainerCallback):
+class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
     """Monitor every recurrent layer of the model that a ``transformers.Trainer`` trains.
 
     Args:
@@ -60,51 +57,14 @@ class GradscopeTrainerCallback(_transformers.TrainerCallback):
         monitor: The :class:`gradscope.Monitor` (None before the first training step); it
             stays readable after training.
         report_path: The report written at the end of training (None if none was).
+
+    ``Trainer`` has no event for a failed run: call :meth:`close` in a ``finally`` if
+    ``trainer.train()`` may raise.
     """
 
-    def __init__(
-        self,
-        every: int = 50,
-        *,
-        schedule: Schedule | None = None,
-        report: str | os.PathLike | None = None,
-        save: str | os.PathLike | None = None,
-        **monitor_kwargs: Any,
-    ) -> None:
-        self.every = every
-        self.schedule = schedule
-        self.report_file = None if report is None else Path(report)
-        self.save_file = None if save is None else Path(save)
-        self.monitor_kwargs = monitor_kwargs
-        self.monitor: Monitor | None = None
-        self.report_path: Path | None = None
-        self._pause: contextlib.ExitStack | None = None
-
-    # ----------------------------------------------------------------- helpers
-    def _live(self) -> bool:
-        return self.monitor is not None and not self.monitor.closed
-
-    def _resume(self) -> None:
-        pause, self._pause = self._pause, None
-        if pause is not None:
-            pause.close()
-
-    def _pause_for_evaluation(self, control: Any) -> None:
-        if self._live() and self._pause is None and getattr(control, "should_evaluate", False):
-            stack = contextlib.ExitStack()
-            stack.enter_context(self.monitor.paused())  # type: ignore[union-attr]
-            self._pause = stack
-
-    def _step(self) -> None:
-        if self._live():
-            self.monitor.step()  # type: ignore[union-attr]
-
-    # ----------------------------------------------------------------- events
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Forget a Monitor left from an earlier ``train()`` call (a new one starts lazily)."""
-        if self._live():
-            self.monitor.close()  # type: ignore[union-attr]
-        self._resume()
+        self.close()
         self.monitor = None
         self.report_path = None
 
@@ -119,7 +79,7 @@ class GradscopeTrainerCallback(_transformers.TrainerCallback):
                     "create gradscope.Monitor(model) yourself and call monitor.step() after "
                     "each backward pass"
                 )
-            self.monitor = Monitor(model, self.every, schedule=self.schedule, **self.monitor_kwargs)
+            self.monitor = self._new_monitor(model, **self.monitor_kwargs)
 
     def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """A micro-batch's backward pass ended without an optimizer step: end the step."""
@@ -131,33 +91,17 @@ class GradscopeTrainerCallback(_transformers.TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Pause the Monitor if ``Trainer`` evaluates now."""
-        self._pause_for_evaluation(control)
+        if getattr(control, "should_evaluate", False):
+            self._pause_monitor()
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Pause the Monitor if ``Trainer`` evaluates at the end of the epoch."""
-        self._pause_for_evaluation(control)
-
-    def close(self) -> None:
-        """Remove every hook (idempotent).
-
-        ``Trainer`` has no event for a failed run: call this in a ``finally`` if
-        ``trainer.train()`` may raise.
-        """
-        if self.monitor is not None:
-            self.monitor.close()
-        self._resume()
+        if getattr(control, "should_evaluate", False):
+            self._pause_monitor()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Remove the hooks; in the main process write the report and history if asked."""
-        if self.monitor is None:
-            return
-        self.close()  # the Monitor first, so that leaving the pause re-attaches nothing
-        if not getattr(state, "is_world_process_zero", True):
-            return
-        if self.save_file is not None:
-            self.monitor.save(self.save_file)
-        if self.report_file is not None:
-            self.report_path = self.monitor.report(self.report_file)
+        self._finish(getattr(state, "is_world_process_zero", True))
 
 
 __all__ = ["GradscopeTrainerCallback"]

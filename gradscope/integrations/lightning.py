@@ -30,18 +30,17 @@ collectives; only rank 0 writes files. Lightning is imported when this module is
 
 from __future__ import annotations
 
-import contextlib
 import os
-from pathlib import Path
 from typing import Any
 
 from gradscope.integrations._imports import lightning
-from gradscope.monitor import Monitor, Schedule
+from gradscope.integrations._session import MonitorSession
+from gradscope.monitor import Schedule
 
 _pl = lightning()
 
 
-class GradscopeCallback(_pl.Callback):
+class GradscopeCallback(MonitorSession, _pl.Callback):
     """Monitor every recurrent layer of the ``LightningModule`` while it trains.
 
     Args:
@@ -72,17 +71,9 @@ class GradscopeCallback(_pl.Callback):
         tensorboard: str | os.PathLike | bool | None = None,
         **monitor_kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.every = every
-        self.schedule = schedule
-        self.report_file = None if report is None else Path(report)
-        self.save_file = None if save is None else Path(save)
+        super().__init__(every, schedule=schedule, report=report, save=save, **monitor_kwargs)
         self.tensorboard = tensorboard
-        self.monitor_kwargs = monitor_kwargs
-        self.monitor: Monitor | None = None
-        self.report_path: Path | None = None
         self._tb: Any = None
-        self._pause: contextlib.ExitStack | None = None
 
     # ----------------------------------------------------------------- helpers
     def _tensorboard(self, trainer: Any) -> Any:
@@ -97,15 +88,9 @@ class GradscopeCallback(_pl.Callback):
             return TensorBoardCallback()
         return TensorBoardCallback(self.tensorboard)
 
-    def _resume(self) -> None:
-        pause, self._pause = self._pause, None
-        if pause is not None:
-            pause.close()
-
-    def _close(self) -> None:
-        if self.monitor is not None:
-            self.monitor.close()  # first, so that leaving the pause re-attaches nothing
-        self._resume()
+    def close(self) -> None:
+        """Remove every hook and close the TensorBoard writer (idempotent)."""
+        super().close()
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -113,32 +98,22 @@ class GradscopeCallback(_pl.Callback):
     # ----------------------------------------------------------------- hooks
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         """Create the Monitor on the module being trained."""
-        self._close()
+        self.close()
         kwargs = dict(self.monitor_kwargs)
         callbacks = list(kwargs.pop("callbacks", ()))
         if trainer.is_global_zero:
             self._tb = self._tensorboard(trainer)
             if self._tb is not None:
                 callbacks.append(self._tb)
-        self.monitor = Monitor(
-            pl_module,
-            self.every,
-            schedule=self.schedule,
-            callbacks=callbacks,
-            **kwargs,
-        )
+        self.monitor = self._new_monitor(pl_module, callbacks=callbacks, **kwargs)
 
     def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
         """End the Monitor's step: the backward pass has run, the optimizer has not."""
-        if self.monitor is not None and not self.monitor.closed:
-            self.monitor.step()
+        self._step()
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         """Pause the Monitor so validation forwards are not recorded."""
-        if self.monitor is not None and not self.monitor.closed and self._pause is None:
-            stack = contextlib.ExitStack()
-            stack.enter_context(self.monitor.paused())
-            self._pause = stack
+        self._pause_monitor()
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         """Resume the Monitor after validation."""
@@ -146,21 +121,15 @@ class GradscopeCallback(_pl.Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         """Remove the hooks; on rank 0 write the report and history if paths were given."""
-        self._close()
-        if self.monitor is None or not trainer.is_global_zero:
-            return
-        if self.save_file is not None:
-            self.monitor.save(self.save_file)
-        if self.report_file is not None:
-            self.report_path = self.monitor.report(self.report_file)
+        self._finish(trainer.is_global_zero)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """Remove every hook; nothing is analysed or written while training fails."""
-        self._close()
+        self.close()
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Remove every hook (idempotent)."""
-        self._close()
+        self.close()
 
 
 __all__ = ["GradscopeCallback"]

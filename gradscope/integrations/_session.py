@@ -1,0 +1,96 @@
+"""What the framework callbacks share: their options, pausing, and the files written at the end.
+
+A framework callback (Lightning, Hugging Face) mixes :class:`MonitorSession` in and maps the
+framework's events onto it: :meth:`_new_monitor` when training starts, :meth:`_step` after
+each backward pass, :meth:`_pause_monitor` / :meth:`_resume` around evaluation, and
+:meth:`_finish` when training ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from gradscope.monitor import Monitor, Schedule
+
+
+class MonitorSession:
+    """The Monitor of one training run, with the report and history to write at its end.
+
+    Args:
+        every: Sample every ``every``-th backward pass (see :class:`gradscope.Monitor`).
+        schedule: A callable ``step -> bool`` instead of ``every``.
+        report: Write the training report here (HTML or PDF by suffix) at the end of
+            training, in the main process. None: no report.
+        save: Save the history here (``.npz``) at the end of training, in the main process.
+        **monitor_kwargs: Passed to :class:`gradscope.Monitor`.
+
+    Attributes:
+        monitor: The :class:`gradscope.Monitor` (None before training starts); it stays
+            readable after training.
+        report_path: The report written at the end of training (None if none was).
+    """
+
+    def __init__(
+        self,
+        every: int = 50,
+        *,
+        schedule: Schedule | None = None,
+        report: str | os.PathLike | None = None,
+        save: str | os.PathLike | None = None,
+        **monitor_kwargs: Any,
+    ) -> None:
+        super().__init__()  # the framework's callback base class, next in the MRO
+        self.every = every
+        self.schedule = schedule
+        self.report_file = None if report is None else Path(report)
+        self.save_file = None if save is None else Path(save)
+        self.monitor_kwargs = monitor_kwargs
+        self.monitor: Monitor | None = None
+        self.report_path: Path | None = None
+        self._pause: contextlib.ExitStack | None = None
+
+    def _live(self) -> bool:
+        return self.monitor is not None and not self.monitor.closed
+
+    def _new_monitor(self, model: Any, **kwargs: Any) -> Monitor:
+        return Monitor(model, self.every, schedule=self.schedule, **kwargs)
+
+    def _step(self) -> None:
+        """``monitor.step()``, if a Monitor is running."""
+        if self._live():
+            self.monitor.step()  # type: ignore[union-attr]
+
+    def _pause_monitor(self) -> None:
+        """Detach the Monitor's hooks until :meth:`_resume` (no-op if paused or not running)."""
+        if self._live() and self._pause is None:
+            stack = contextlib.ExitStack()
+            stack.enter_context(self.monitor.paused())  # type: ignore[union-attr]
+            self._pause = stack
+
+    def _resume(self) -> None:
+        """Leave the pause of :meth:`_pause_monitor`, if any."""
+        pause, self._pause = self._pause, None
+        if pause is not None:
+            pause.close()
+
+    def close(self) -> None:
+        """Remove every hook (idempotent)."""
+        if self.monitor is not None:
+            self.monitor.close()  # first, so that leaving the pause re-attaches nothing
+        self._resume()
+
+    def _finish(self, main_process: bool) -> None:
+        """Remove the hooks; in the main process write the history and report if asked."""
+        self.close()
+        if self.monitor is None or not main_process:
+            return
+        if self.save_file is not None:
+            self.monitor.save(self.save_file)
+        if self.report_file is not None:
+            self.report_path = self.monitor.report(self.report_file)
+
+
+__all__ = ["MonitorSession"]
