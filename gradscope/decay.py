@@ -377,6 +377,13 @@ def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return slope
 
 
+def _replicate_interval(rate: float, slopes: np.ndarray) -> tuple[float, float]:
+    """95% Student-t interval around ``rate`` from independent replicate slopes (n >= 2)."""
+    se = float(slopes.std(ddof=1) / math.sqrt(slopes.size))
+    tq = float(stats.t.ppf(0.975, slopes.size - 1))
+    return (rate - tq * se, rate + tq * se)
+
+
 def fit_decay(
     name: str,
     of: str,
@@ -433,10 +440,7 @@ def fit_decay(
         seq_slopes = _slopes(x, log_norms[lo : hi + 1])
         seq_slopes = seq_slopes[np.isfinite(seq_slopes)]
         if seq_slopes.size >= 2:
-            se = float(seq_slopes.std(ddof=1) / math.sqrt(seq_slopes.size))
-            tq = float(stats.t.ppf(0.975, seq_slopes.size - 1))
-            ci = (rate - tq * se, rate + tq * se)
-            method = "sequences"
+            ci, method = _replicate_interval(rate, seq_slopes), "sequences"
         else:
             xs, ys = lags[sel].astype(float), median[sel]
             nb = min(10, n_fit // 3)
@@ -447,10 +451,7 @@ def fit_decay(
             else:
                 bs = np.zeros(0)
             if bs.size >= 2:
-                se = float(bs.std(ddof=1) / math.sqrt(bs.size))
-                tq = float(stats.t.ppf(0.975, bs.size - 1))
-                ci = (rate - tq * se, rate + tq * se)
-                method = "blocks"
+                ci, method = _replicate_interval(rate, bs), "blocks"
             else:
                 tq = float(stats.t.ppf(0.975, max(n_fit - 2, 1)))
                 ci = (rate - tq * float(res.stderr), rate + tq * float(res.stderr))
