@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 import gradscope as gs
-from gradscope.report.figures import palette, style
+from gradscope.reporting.figures import palette, style
 from gradscope.theory import mean_field_lambda1, pascanu_gain
 
 OUT = Path(__file__).resolve().parent.parent / "reports" / "edge_of_chaos"

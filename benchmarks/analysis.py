@@ -48,7 +48,7 @@ def _maxrss_mb() -> float:
 def build_lstm_trace(path: Path, steps: int, hidden: int = 256, batch: int = 4) -> None:
     """Run an LSTM (PyTorch default init, float32) through the LSTM adapter; save the trace."""
     from gradscope.cells.lstm import LSTMAdapter
-    from gradscope.trace import LayerTrace, Trace
+    from gradscope.traces import LayerTrace, Trace
 
     torch.manual_seed(0)
     module = torch.nn.LSTM(32, hidden)
@@ -77,9 +77,9 @@ def build_lstm_trace(path: Path, steps: int, hidden: int = 256, batch: int = 4) 
 def child(what: str, path: str) -> None:
     """One measurement in this (fresh) process; prints one JSON line."""
     import gradscope  # noqa: F401
-    from gradscope.decay import decay
-    from gradscope.lyapunov import lyapunov
-    from gradscope.trace import load
+    from gradscope.analysis.decay import decay
+    from gradscope.analysis.lyapunov import lyapunov
+    from gradscope.traces import load
 
     layer = load(path)[0]
     base = _maxrss_mb()
@@ -168,9 +168,9 @@ def _best(fn, reps: int = 3) -> tuple[float, object]:
 
 def part_b() -> None:
     from gradscope._progress import compute_threads
+    from gradscope.analysis.lyapunov import lyapunov
     from gradscope.cells.vanilla import VanillaAdapter
-    from gradscope.lyapunov import lyapunov
-    from gradscope.trace import LayerTrace
+    from gradscope.traces import LayerTrace
 
     N, T = 64, 2000
     print(

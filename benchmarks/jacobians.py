@@ -38,7 +38,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from gradscope.cells import adapter_for
 from gradscope.cells.lstm import new_output
-from gradscope.trace import LayerTrace
+from gradscope.traces import LayerTrace
 
 INPUT, HIDDEN, BATCH, STEPS = 32, 128, 16, 128
 LOOP_BUDGET_S = 60.0

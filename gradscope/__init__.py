@@ -8,38 +8,99 @@ measure spectra, Lyapunov exponents and gradient-norm decay with a verdict per l
     print(prof.diagnosis)              # verdict table
     prof.report("report.html")         # figures, self-contained
 
+Public names are resolved lazily (PEP 562): ``import gradscope`` loads no torch, SciPy or
+matplotlib, so the command line answers ``--help`` at once; the first use of a name imports
+its home module. No module of the package shares its name with a public function, so
+``gs.decay`` is always the function, whatever was imported before.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from gradscope._version import __version__
 
-# Public names are bound eagerly, grouped by concept. Several functions share their name
-# with the submodule that defines them (``gradscope.trace``, ``gradscope.decay``,
-# ``gradscope.report`` ...); importing them here, once, after their submodules are loaded,
-# is what keeps ``gs.decay`` the function even when ``gradscope.decay`` is imported later.
-from gradscope.cells import register_cell
-from gradscope.cells.base import CellAdapter
-from gradscope.decay import Decay, decay
-from gradscope.diagnose import Diagnosis, LayerDiagnosis, Profile, diagnose, profile
-from gradscope.errors import (
-    CellConventionError,
-    ChaoticReplayWarning,
-    GradscopeError,
-    MissingDataError,
-    NoRecurrentModuleError,
-    OptionalDependencyError,
-    ReplayMismatchError,
-    ShapeError,
-    TraceFormatError,
-    UnsupportedModuleError,
-)
-from gradscope.lyapunov import Lyapunov, lyapunov
-from gradscope.monitor import History, Monitor
-from gradscope.record import Recorder, record, trace
-from gradscope.report import report
-from gradscope.spectra import Spectrum, spectrum
-from gradscope.trace import LayerTrace, Trace, load
+#: Where each public name lives, grouped by concept.
+_HOMES: dict[str, str] = {
+    # recording
+    "LayerTrace": "gradscope.traces",
+    "Trace": "gradscope.traces",
+    "load": "gradscope.traces",
+    "Recorder": "gradscope.recording",
+    "record": "gradscope.recording",
+    "trace": "gradscope.recording",
+    # cells
+    "CellAdapter": "gradscope.cells.base",
+    "register_cell": "gradscope.cells",
+    # analysis
+    "Decay": "gradscope.analysis.decay",
+    "decay": "gradscope.analysis.decay",
+    "Lyapunov": "gradscope.analysis.lyapunov",
+    "lyapunov": "gradscope.analysis.lyapunov",
+    "Spectrum": "gradscope.analysis.spectra",
+    "spectrum": "gradscope.analysis.spectra",
+    "Diagnosis": "gradscope.analysis.diagnosis",
+    "LayerDiagnosis": "gradscope.analysis.diagnosis",
+    "diagnose": "gradscope.analysis.diagnosis",
+    "Profile": "gradscope.analysis.diagnosis",
+    "profile": "gradscope.analysis.diagnosis",
+    # reports and training
+    "History": "gradscope.monitor",
+    "Monitor": "gradscope.monitor",
+    "report": "gradscope.reporting",
+    # errors
+    "CellConventionError": "gradscope.errors",
+    "ChaoticReplayWarning": "gradscope.errors",
+    "GradscopeError": "gradscope.errors",
+    "MissingDataError": "gradscope.errors",
+    "NoRecurrentModuleError": "gradscope.errors",
+    "OptionalDependencyError": "gradscope.errors",
+    "ReplayMismatchError": "gradscope.errors",
+    "ShapeError": "gradscope.errors",
+    "TraceFormatError": "gradscope.errors",
+    "UnsupportedModuleError": "gradscope.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'gradscope' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # cache: later lookups do not come here again
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from gradscope.analysis.decay import Decay, decay
+    from gradscope.analysis.diagnosis import Diagnosis, LayerDiagnosis, diagnose
+    from gradscope.analysis.lyapunov import Lyapunov, lyapunov
+    from gradscope.analysis.profiling import Profile, profile
+    from gradscope.analysis.spectra import Spectrum, spectrum
+    from gradscope.cells import register_cell
+    from gradscope.cells.base import CellAdapter
+    from gradscope.errors import (
+        CellConventionError,
+        ChaoticReplayWarning,
+        GradscopeError,
+        MissingDataError,
+        NoRecurrentModuleError,
+        OptionalDependencyError,
+        ReplayMismatchError,
+        ShapeError,
+        TraceFormatError,
+        UnsupportedModuleError,
+    )
+    from gradscope.history import History
+    from gradscope.monitor import Monitor
+    from gradscope.recording import Recorder, record, trace
+    from gradscope.reporting import report
+    from gradscope.traces import LayerTrace, Trace, load
 
 __all__ = [
     # recording

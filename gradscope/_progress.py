@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 if TYPE_CHECKING:
-    from gradscope.trace import LayerTrace
+    from gradscope.traces import LayerTrace
 
 #: Estimated floating-point work above which ``progress="auto"`` shows a bar (about a
 #: second or more of dense linear algebra on one core).

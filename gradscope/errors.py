@@ -35,9 +35,27 @@ class ChaoticReplayWarning(UserWarning):
     """A fused module's replay was accepted as a *shadow trajectory* of a chaotic network.
 
     The replay missed the fixed tolerance, but by no more than the rounding errors that the
-    measured amplification of the dynamics explains (see :mod:`gradscope.record`): every
+    measured amplification of the dynamics explains (see :mod:`gradscope.recording`): every
     step is exact to rounding, the trajectory as a whole differs from the kernel's.
     """
+
+
+class ArgumentError(GradscopeError, ValueError):
+    """An argument has a value outside what the function accepts (the message says the range)."""
+
+
+class ArgumentTypeError(GradscopeError, TypeError):
+    """An argument has the wrong type (the message names the expected type)."""
+
+
+class UnknownNameError(GradscopeError, KeyError):
+    """A layer, run or quantity was asked for by a name that does not exist.
+
+    The message lists the names that do exist.
+    """
+
+    def __str__(self) -> str:  # KeyError would show the repr of the message
+        return str(self.args[0]) if self.args else ""
 
 
 class TraceFormatError(GradscopeError, ValueError):
@@ -53,6 +71,8 @@ class OptionalDependencyError(GradscopeError, ImportError):
 
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "CellConventionError",
     "ChaoticReplayWarning",
     "GradscopeError",
@@ -62,5 +82,6 @@ __all__ = [
     "ReplayMismatchError",
     "ShapeError",
     "TraceFormatError",
+    "UnknownNameError",
     "UnsupportedModuleError",
 ]

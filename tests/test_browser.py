@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 
 import gradscope as gs
-from gradscope.report import figures as F
+from gradscope.reporting import figures as F
 
 pytestmark = pytest.mark.browser
 

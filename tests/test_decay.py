@@ -11,7 +11,7 @@ import torch
 from scipy import special
 from theory import linear_trace, stored_trace, tanh_rnn_trace
 
-from gradscope.decay import Decay, decay
+from gradscope.analysis.decay import Decay, decay
 from gradscope.errors import MissingDataError
 
 
@@ -246,7 +246,7 @@ def test_bad_arguments():
 
 
 def test_max_lag_fetches_only_the_steps_it_needs(monkeypatch):
-    from gradscope.trace import LayerTrace
+    from gradscope.traces import LayerTrace
 
     seen = []
     orig = LayerTrace._jac
@@ -265,7 +265,7 @@ def test_max_lag_fetches_only_the_steps_it_needs(monkeypatch):
 def test_per_sequence_slopes_equal_scipy_linregress_with_gaps():
     from scipy import stats
 
-    from gradscope.decay import _slopes
+    from gradscope.analysis.decay import _slopes
 
     rng = np.random.default_rng(0)
     x = np.arange(40.0)
@@ -286,7 +286,7 @@ def test_per_sequence_slopes_equal_scipy_linregress_with_gaps():
 
 
 def test_median_and_band_without_nan_equal_numpy_nan_functions():
-    from gradscope.decay import _nanstats
+    from gradscope.analysis.decay import _nanstats
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(30, 9))

@@ -14,9 +14,9 @@ from theory import linear_trace, lstm_trace, saturated_lstm_params, tanh_rnn_tra
 from torch import nn
 
 from gradscope import _progress
-from gradscope.diagnose import Diagnosis, LayerDiagnosis, Profile, diagnose, profile
-from gradscope.lyapunov import lyapunov
-from gradscope.trace import Trace
+from gradscope.analysis.diagnosis import Diagnosis, LayerDiagnosis, Profile, diagnose, profile
+from gradscope.analysis.lyapunov import lyapunov
+from gradscope.traces import Trace
 
 
 def _orthogonal(d, seed=0):

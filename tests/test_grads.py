@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from gradscope.record import record
-from gradscope.trace import load
+from gradscope.recording import record
+from gradscope.traces import load
 
 RTOL, ATOL = 1e-8, 1e-12
 F64 = torch.float64

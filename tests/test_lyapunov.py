@@ -11,9 +11,9 @@ import torch
 from theory import linear_trace, qr_loop, stored_trace, tanh_rnn_trace
 
 import gradscope as gs
-from gradscope.lyapunov import kaplan_yorke, lyapunov
+from gradscope.analysis.lyapunov import kaplan_yorke, lyapunov
 from gradscope.theory import mean_field_lambda1, newman_spectrum, newman_step_variance
-from gradscope.trace import LayerTrace
+from gradscope.traces import LayerTrace
 
 
 def _matrix_with_moduli(moduli, seed=0, rotation=None):

@@ -35,7 +35,7 @@ from gradscope.monitor import (
     grad_norms,
     load_history,
 )
-from gradscope.trace import LayerTrace
+from gradscope.traces import LayerTrace
 
 # float64 throughout the gradient comparisons: the replay and the unrolled reference sum
 # the same products in different orders, so they agree to a few ulps (~1e-15 relative) per
@@ -678,7 +678,7 @@ def test_auto_analysis_keeps_within_the_time_budget(monkeypatch):
 
 def test_a_layer_without_loss_gradients_is_reported_not_fatal():
     from gradscope.monitor import trace_grad_norms
-    from gradscope.trace import Trace
+    from gradscope.traces import Trace
 
     def layer(name, grads, meta=None):
         return LayerTrace(

@@ -44,8 +44,8 @@ from gradscope.errors import (
     ReplayMismatchError,
     ShapeError,
 )
-from gradscope.record import Recorder, record, trace
-from gradscope.trace import load
+from gradscope.recording import Recorder, record, trace
+from gradscope.traces import load
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 

@@ -28,7 +28,7 @@ from torch import nn
 
 import gradscope as gs
 from gradscope.errors import GradscopeError
-from gradscope.report import figures as F
+from gradscope.reporting import figures as F
 
 #: Every figure a layer section must show (or show as missing, with the reason).
 LAYER_FIGURES = (
@@ -403,8 +403,8 @@ def test_atomic_write_success_and_failure(
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
 
     out.write_text("previous report")
-    from gradscope.report import html as html_mod
-    from gradscope.report import pdf as pdf_mod
+    from gradscope.reporting import html as html_mod
+    from gradscope.reporting import pdf as pdf_mod
 
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("render failed")

@@ -10,7 +10,8 @@ import torch
 from theory import stored_trace, tanh_rnn_trace
 from torch.func import jacrev
 
-from gradscope.spectra import Spectrum, jsonable, spectrum
+from gradscope._json import jsonable
+from gradscope.analysis.spectra import Spectrum, spectrum
 
 
 def _autograd_jacobians(tr):

@@ -15,7 +15,7 @@ import torch
 from gradscope.cells.base import CellAdapter, Params
 from gradscope.cells.lstm import LSTMAdapter
 from gradscope.cells.vanilla import VanillaAdapter
-from gradscope.trace import LayerTrace
+from gradscope.traces import LayerTrace
 
 
 # --------------------------------------------------------------------------- adapters

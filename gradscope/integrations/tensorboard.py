@@ -16,7 +16,7 @@ analysed at that step, are skipped). ``grad_norm_t0`` and ``grad_norm_tT`` are t
 ``‖∂L/∂s_t‖`` at the initial state and at the last state; ``regime_code`` is -1 / 0 / +1 for
 vanishing / neutral / exploding. Every ``figures_every``-th sampled step it also adds the
 training heatmap and the decay-rate figure of each layer (drawn by
-:mod:`gradscope.report.figures`, the same figures as in the reports).
+:mod:`gradscope.reporting.figures`, the same figures as in the reports).
 
 Uses ``torch.utils.tensorboard`` (needs the ``tensorboard`` package: ``pip install
 "gradscope[tensorboard]"``); imported only when a :class:`TensorBoardCallback` is made.
@@ -80,7 +80,7 @@ def log_figures(writer: Any, history: Any, prefix: str = "gradscope") -> int:
     Returns:
         The number of figures written.
     """
-    from gradscope.report.figures import training_heatmap_figure, training_rate_figure
+    from gradscope.reporting.figures import training_heatmap_figure, training_rate_figure
 
     if not len(history):
         return 0

@@ -29,7 +29,7 @@ precision, with an SVD fallback.
 exact :math:`\lVert P_k\rVert_2` at a cost of :math:`2D^3` per lag. For large states that is
 too slow, so ``U`` has ``p < D`` orthonormal columns spanning the ``p`` leading *forward*
 Lyapunov vectors at the final step (a QR iteration over the last 500 steps of the sequence,
-as in :mod:`gradscope.lyapunov`; :func:`gradscope.diagnose` reuses its Lyapunov run over the
+as in :func:`gradscope.lyapunov`; :func:`gradscope.diagnose` reuses its Lyapunov run over the
 whole sequence instead), at :math:`2pD^2` per lag. Then
 :math:`\lVert U^\top P_k\rVert_2 \le \lVert P_k\rVert_2`, with equality at lag 0 and, as ``k``
 grows, whenever the leading left singular vector of :math:`P_k` (which converges to the
@@ -76,11 +76,11 @@ import numpy as np
 import torch
 from scipy import stats
 
+from gradscope._json import dataclass_dict
 from gradscope._progress import analysis, progress_bar
+from gradscope.analysis.lyapunov import _finite_steps, _prep_chunk, _run, auto_chunk, iter_chunks
 from gradscope.errors import MissingDataError
-from gradscope.lyapunov import _finite_steps, _prep_chunk, _run, auto_chunk, iter_chunks
-from gradscope.spectra import _dataclass_dict
-from gradscope.trace import LayerTrace
+from gradscope.traces import LayerTrace
 
 Of = Literal["state", "input", "loss"]
 
@@ -153,8 +153,8 @@ class Decay:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope.spectra.jsonable`)."""
-        return _dataclass_dict(self)
+        """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope._json.jsonable`)."""
+        return dataclass_dict(self)
 
 
 # --------------------------------------------------------------------------- norms

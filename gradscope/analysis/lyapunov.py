@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from scipy.linalg import lapack
 
+from gradscope._json import dataclass_dict
 from gradscope._progress import analysis, progress_bar
 from gradscope.errors import ShapeError
-from gradscope.spectra import _dataclass_dict
-from gradscope.trace import LayerTrace
+from gradscope.traces import LayerTrace
 
 #: ln of the smallest positive normal float64; floor of ``ln|R_ii|`` for singular steps.
 LOG_TINY = math.log(np.finfo(np.float64).tiny)
@@ -104,8 +104,8 @@ class Lyapunov:
         return int(self.exponents.shape[0])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope.spectra.jsonable`)."""
-        out = _dataclass_dict(self)
+        """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope._json.jsonable`)."""
+        out = dataclass_dict(self)
         out["k"] = self.k
         return out
 

@@ -13,7 +13,7 @@ the long-run growth of a product of *identical* Jacobians (Gelfand:
 :math:`\sigma_{\max}(W_{hh}) < 1` is sufficient for vanishing gradients in a tanh RNN (since
 :math:`|\tanh'| \le 1`), and that :math:`\sigma_{\max} > 1` is necessary for exploding ones.
 Neither one-step number decides what a *long product of different* Jacobians does: that is
-the job of :mod:`gradscope.lyapunov` and :mod:`gradscope.decay`.
+the job of :mod:`gradscope.analysis.lyapunov` and :mod:`gradscope.analysis.decay`.
 
 Padded steps (``layer.mask`` False) and steps whose Jacobian is not finite never enter a
 spectrum: their rows are all-NaN and ``valid`` is False there.
@@ -25,68 +25,18 @@ nested lists; finite floats stay floats; the non-finite floats become the *strin
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from gradscope._json import dataclass_dict, jsonable
 from gradscope._progress import analysis, progress_bar
 from gradscope.errors import ShapeError
-from gradscope.trace import LayerTrace, StepSelect, _index
+from gradscope.traces import LayerTrace, StepSelect, _index
 
 Which = Literal["eig", "svd"]
-
-
-# --------------------------------------------------------------------------- JSON
-def _json_float(x: float) -> float | str:
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return float(x)
-
-
-def jsonable(obj: Any) -> Any:
-    """Convert analysis results to JSON-serialisable data (``json.dumps`` works on it).
-
-    Convention: NaN, +inf and -inf become the strings ``"nan"``, ``"inf"``, ``"-inf"``;
-    numpy arrays become nested lists; complex numbers become ``[real, imag]``; dataclasses
-    with a ``to_dict`` method are converted by it; tuples become lists.
-
-    Args:
-        obj: Nested dicts / lists / numpy arrays / scalars / analysis dataclasses.
-
-    Returns:
-        The same structure made of dict, list, str, int, float, bool and None only.
-    """
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _json_float(float(obj))
-    if isinstance(obj, (complex, np.complexfloating)):
-        return [_json_float(float(obj.real)), _json_float(float(obj.imag))]
-    if isinstance(obj, np.ndarray):
-        return [jsonable(v) for v in obj.tolist()] if obj.ndim else jsonable(obj.item())
-    if isinstance(obj, torch.Tensor):
-        return jsonable(obj.detach().cpu().numpy())
-    if hasattr(obj, "to_dict") and callable(obj.to_dict):
-        return obj.to_dict()
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, Sequence):
-        return [jsonable(v) for v in obj]
-    raise TypeError(f"cannot convert {type(obj).__name__} to JSON")
-
-
-def _dataclass_dict(obj: Any, skip: Sequence[str] = ()) -> dict[str, Any]:
-    return {f.name: jsonable(getattr(obj, f.name)) for f in fields(obj) if f.name not in skip}
 
 
 def _summary(x: np.ndarray) -> dict[str, float]:
@@ -167,7 +117,7 @@ class Spectrum:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (see the module docstring for the NaN/inf convention)."""
-        out = _dataclass_dict(self)
+        out = dataclass_dict(self)
         out["summary"] = jsonable(self.summary())
         return out
 
@@ -247,4 +197,4 @@ def spectrum(
     return Spectrum(layer.name, which, step_idx.numpy(), b_idx.numpy(), values, valid)
 
 
-__all__ = ["Spectrum", "jsonable", "spectrum"]
+__all__ = ["Spectrum", "spectrum"]

@@ -5,19 +5,19 @@
     gs.report({"vanilla": p1, "LSTM": p2}, "cmp.pdf")  # several: a comparison
 
 The format follows the suffix (``.html``/``.htm`` or ``.pdf``). Reports read records, never
-live models: what goes in is normalised to :class:`~gradscope.report.sections.Run` objects
-(a diagnosis and/or a training history plus metadata), :func:`~gradscope.report.sections.\
+live models: what goes in is normalised to :class:`~gradscope.reporting.sections.Run` objects
+(a diagnosis and/or a training history plus metadata), :func:`~gradscope.reporting.sections.\
 build_document` decides what is shown (every figure declares the data it needs and is shown
-as missing, with the reason, when that data is absent), and :mod:`~gradscope.report.html` /
-:mod:`~gradscope.report.pdf` lay it out. Figures live in :mod:`gradscope.report.figures`.
+as missing, with the reason, when that data is absent), and :mod:`~gradscope.reporting.html` /
+:mod:`~gradscope.reporting.pdf` lay it out. Figures live in :mod:`gradscope.reporting.figures`.
 
 Accepted inputs (``obj`` of :func:`report`):
 
-* a :class:`gradscope.diagnose.Diagnosis`;
-* a :class:`gradscope.diagnose.Profile` (its trace adds shapes and dtypes to the metadata);
-* a :class:`gradscope.trace.Trace` (analysed with :func:`gradscope.diagnose.diagnose`);
+* a :class:`gradscope.analysis.diagnosis.Diagnosis`;
+* a :class:`gradscope.Profile` (its trace adds shapes and dtypes to the metadata);
+* a :class:`gradscope.traces.Trace` (analysed with :func:`gradscope.analysis.diagnosis.diagnose`);
 * a path (``str`` / ``os.PathLike``) of a trace saved with ``Trace.save`` (``.npz``): it is
-  loaded with :func:`gradscope.trace.load` and analysed with :func:`gradscope.diagnose.\
+  loaded with :func:`gradscope.traces.load` and analysed with :func:`gradscope.analysis.diagnosis.\
 diagnose`;
 * a *monitor-like* object (see below), e.g. :class:`gradscope.Monitor`;
 * a *history-like* object on its own (training views only);
@@ -67,13 +67,13 @@ from typing import Any
 
 from gradscope._files import atomic_write
 from gradscope.errors import GradscopeError
-from gradscope.report.sections import Run, build_document
+from gradscope.reporting.sections import Run, build_document
 
 #: Report formats by file suffix: the module that writes them.
 FORMATS: dict[str, str] = {
-    ".html": "gradscope.report.html",
-    ".htm": "gradscope.report.html",
-    ".pdf": "gradscope.report.pdf",
+    ".html": "gradscope.reporting.html",
+    ".htm": "gradscope.reporting.html",
+    ".pdf": "gradscope.reporting.pdf",
 }
 
 
@@ -122,9 +122,9 @@ def _from_diagnosis(label: str | None, obj: Any) -> Run:
 
 
 def _from_path(label: str | None, obj: Any) -> Run:
-    from gradscope.diagnose import diagnose
+    from gradscope.analysis.diagnosis import diagnose
     from gradscope.errors import TraceFormatError
-    from gradscope.trace import load
+    from gradscope.traces import load
 
     path = Path(obj)
     try:
@@ -217,19 +217,19 @@ def _is_profile(obj: Any) -> bool:
 
 
 def _is_diagnosis(obj: Any) -> bool:
-    from gradscope.diagnose import Diagnosis
+    from gradscope.analysis.diagnosis import Diagnosis
 
     return isinstance(obj, Diagnosis)
 
 
 def _is_trace(obj: Any) -> bool:
-    from gradscope.trace import Trace
+    from gradscope.traces import Trace
 
     return isinstance(obj, Trace)
 
 
 def _from_trace(label: str | None, obj: Any) -> Run:
-    from gradscope.diagnose import diagnose
+    from gradscope.analysis.diagnosis import diagnose
 
     run = _from_profile(label, _Loaded(obj, diagnose(obj, progress=False)))
     run.source = "Trace"

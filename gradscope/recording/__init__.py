@@ -2,7 +2,7 @@ r"""Recording: forward hooks that capture every recurrent step of an arbitrary m
 
 ``gs.record(model)`` hooks every submodule of ``model`` whose type has a cell adapter
 (:func:`gradscope.cells.is_registered`), plus the modules named in ``cells=[...]``, runs
-nothing itself, and turns what the hooks saw into a :class:`~gradscope.trace.Trace` when the
+nothing itself, and turns what the hooks saw into a :class:`~gradscope.traces.Trace` when the
 block exits::
 
     with gs.record(model, grads=True) as rec:
@@ -86,7 +86,7 @@ which then uses :class:`~gradscope.cells.generic.GenericAdapter`) are recorded c
 from the hook's ``(x_t, state)`` and output. Consecutive calls form one sequence while each
 call's input state equals the previous call's output (the same, unmodified tensor, or equal
 values) with the same shapes; a ``None`` state or any other state starts a new sequence,
-recorded as a new :class:`~gradscope.trace.LayerTrace` with the suffix ``@1``, ``@2``, ....
+recorded as a new :class:`~gradscope.traces.LayerTrace` with the suffix ``@1``, ``@2``, ....
 With ``check=True`` the adapter's step must reproduce every recorded output (same
 tolerances), which catches a mis-registered adapter.
 
@@ -150,7 +150,7 @@ from gradscope.errors import (
     ReplayMismatchError,
     ShapeError,
 )
-from gradscope.trace import LayerTrace, Trace
+from gradscope.traces import LayerTrace, Trace
 
 #: Replay tolerances, relative to ``max(1, max|reference|)``: thousands of units in the
 #: last place of float64 (eps 2.2e-16) and ~80 of float32 (eps 1.2e-7), enough for
@@ -1004,7 +1004,7 @@ class Recorder:
     """Hooks a model's recurrent modules for the duration of a ``with`` block.
 
     Use :func:`record` to make one. After the block, :attr:`trace` holds the
-    :class:`~gradscope.trace.Trace`; with ``grads=True`` it also holds the loss gradients of
+    :class:`~gradscope.traces.Trace`; with ``grads=True`` it also holds the loss gradients of
     the backward passes that went through the recorded modules (accumulated over several
     passes, like ``.grad``; computed lazily when :attr:`trace` is read after a new pass).
 

@@ -28,7 +28,7 @@ must be in place *before* a step's forward, so the decision for step ``n`` is ta
 :func:`gradscope.record` recorder (``grads=True``) is opened; otherwise no hook is attached at
 all and the step costs nothing. On a sampled step, ``step()``
 
-1. stops the recorder (module hooks removed) and reads its :class:`~gradscope.trace.Trace`,
+1. stops the recorder (module hooks removed) and reads its :class:`~gradscope.traces.Trace`,
    whose layers carry the exact loss gradients ``∂L/∂s_t``: for cells called in a loop from
    tensor hooks in the real backward pass, for fused ``nn.RNN/LSTM/GRU`` by back-propagating
    the cotangents captured in the real backward pass through the step-by-step replay; then
@@ -81,7 +81,7 @@ A non-finite gradient of a real step makes its entry NaN or inf (reported, not h
 
 The report protocol
 -------------------
-:func:`gradscope.report.report` accepts a Monitor (duck-typed; reports never import it) and
+:func:`gradscope.reporting.report` accepts a Monitor (duck-typed; reports never import it) and
 reads only:
 
 * ``monitor.history``: a :class:`History` with ``steps`` ``(n,)`` int, ``names`` (layer
@@ -90,7 +90,7 @@ reads only:
   ``(n, 2)``, ``"regime"`` (str, ``""`` where not analysed), and every key of
   :data:`SUMMARY_KEYS`) and ``meta`` (a JSON-able dict);
 * ``monitor.latest``: ``None`` before the first sampled step, else a :class:`Snapshot` of
-  the latest sampled step with ``.trace`` (its :class:`~gradscope.trace.Trace`, loss
+  the latest sampled step with ``.trace`` (its :class:`~gradscope.traces.Trace`, loss
   gradients included) and ``.diagnosis`` (:func:`gradscope.diagnose` of that trace, computed
   on first access and cached).
 
@@ -121,7 +121,7 @@ from gradscope.errors import (
     NoRecurrentModuleError,
     TraceFormatError,
 )
-from gradscope.trace import LayerTrace, Trace, read_npz, write_npz
+from gradscope.traces import LayerTrace, Trace, read_npz, write_npz
 
 #: A schedule: training step (0-based) -> whether to act on it.
 Schedule = Callable[[int], bool]
@@ -136,7 +136,7 @@ HISTORY_FORMAT_VERSION = 1
 #: (:func:`gradscope.decay` ``of="state"``); ``loss_rate*`` and ``loss_regime``: the same fit
 #: of the real loss gradient (``of="loss"``); ``radius_*``: spectral radius statistics and
 #: ``norm_*``: spectral norm (σ_max) statistics of the one-step Jacobians
-#: (:meth:`gradscope.spectra.Spectrum.summary` on a subsample); ``lyapunov`` and
+#: (:meth:`gradscope.analysis.spectra.Spectrum.summary` on a subsample); ``lyapunov`` and
 #: ``lyapunov_stderr``: the leading Lyapunov exponent (NaN unless ``lyapunov=True``).
 SUMMARY_KEYS: tuple[str, ...] = (
     "T",
@@ -309,7 +309,7 @@ def trace_grad_norms(trace: Trace) -> tuple[dict[str, np.ndarray], list[str]]:
 
     A layer whose loss gradients the recorder marks unavailable (``layer.meta["grads"]``
     starting with ``"unavailable"``, e.g. a fused module with inter-layer dropout on CUDA,
-    whose mask cannot be replayed; see :mod:`gradscope.record`) gets all-NaN norms and a
+    whose mask cannot be replayed; see :mod:`gradscope.recording`) gets all-NaN norms and a
     note, so that training goes on.
 
     Returns:
@@ -388,7 +388,7 @@ def summarize(
     * ``rate``, ``rate_lo``/``rate_hi`` (95% CI), ``r2``, ``half_life``, ``regime``:
       :func:`gradscope.decay` ``(layer, of="state")`` on ``decay_batch`` sequences spread
       over the batch;
-    * ``radius_*`` / ``norm_*``: :meth:`~gradscope.spectra.Spectrum.summary` of
+    * ``radius_*`` / ``norm_*``: :meth:`~gradscope.analysis.spectra.Spectrum.summary` of
       :func:`gradscope.spectrum` ``"eig"`` / ``"svd"`` on ``spectra_steps`` steps spread evenly
       over ``0 … T-1`` and ``spectra_batch`` sequences (each entry is a dense ``D × D``
       decomposition, ``O(D³)``: this is what an analysed step's cost is made of);
@@ -411,9 +411,9 @@ def summarize(
         ``(values, notes)``: a dict over :data:`SUMMARY_KEYS` (NaN where not computed) and
         plain-language notes about what could not be computed.
     """
-    from gradscope.decay import decay
-    from gradscope.lyapunov import lyapunov as lyapunov_fn
-    from gradscope.spectra import spectrum
+    from gradscope.analysis.decay import decay
+    from gradscope.analysis.lyapunov import lyapunov as lyapunov_fn
+    from gradscope.analysis.spectra import spectrum
 
     out = dict.fromkeys(SUMMARY_KEYS, math.nan)
     notes: list[str] = []
@@ -734,8 +734,8 @@ class History:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope.spectra.jsonable`)."""
-        from gradscope.spectra import jsonable
+        """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope._json.jsonable`)."""
+        from gradscope._json import jsonable
 
         return jsonable(
             {
@@ -856,15 +856,15 @@ class Snapshot:
     def diagnosis(self) -> Any:
         """:func:`gradscope.diagnose` of :attr:`trace`, computed on first access (cached)."""
         if self._diagnosis is None:
-            from gradscope.diagnose import diagnose
+            from gradscope.analysis.diagnosis import diagnose
 
             with _rng_preserved(), torch.no_grad():
                 self._diagnosis = diagnose(self.trace, progress=False)
         return self._diagnosis
 
     def report(self, path: str | os.PathLike) -> Path:
-        """Write this step's full report (see :func:`gradscope.report.report`)."""
-        from gradscope.report import report
+        """Write this step's full report (see :func:`gradscope.reporting.report`)."""
+        from gradscope.reporting import report
 
         return report(self, path)
 
@@ -1098,7 +1098,7 @@ class Monitor:
             return
         if not self.schedule(self.global_step):
             return
-        from gradscope.record import record
+        from gradscope.recording import record
 
         recorder = record(self.model, self.cells, grads=True, check=self.check)
         recorder.start()  # removes what it registered itself if registering fails
@@ -1208,7 +1208,7 @@ class Monitor:
         """
         if self.rank != 0:
             return None
-        from gradscope.report import report
+        from gradscope.reporting import report
 
         with _rng_preserved():
             return report(self, path)

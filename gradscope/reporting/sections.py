@@ -3,8 +3,8 @@
 A report is built in two steps. :func:`build_document` turns the records (diagnoses and
 Monitor histories, already normalised to :class:`Run` objects) into a :class:`Document`: a
 summary table, an optional comparison, and per run and layer the verdict, the numbers behind
-it and a list of :class:`Panel` objects. The renderers (:mod:`gradscope.report.html`,
-:mod:`gradscope.report.pdf`) only lay the document out.
+it and a list of :class:`Panel` objects. The renderers (:mod:`gradscope.reporting.html`,
+:mod:`gradscope.reporting.pdf`) only lay the document out.
 
 Each figure a section can show is declared once, as a :class:`PanelSpec` in
 :data:`LAYER_PANELS` / :data:`TRAINING_PANELS`: its title, its two-line "how to read this"
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gradscope.report import figures as F
+from gradscope.reporting import figures as F
 
 
 class Missing(Exception):
@@ -37,8 +37,8 @@ class Run:
     Attributes:
         label: Name in a comparison (None for a single-run report).
         source: What it came from, in words (``"Profile"``, ``"trace file run.npz"``, ...).
-        diagnosis: A :class:`gradscope.diagnose.Diagnosis`, or None (a history alone).
-        history: A Monitor history (see :mod:`gradscope.report` for the protocol) or None.
+        diagnosis: A :class:`gradscope.analysis.diagnosis.Diagnosis`, or None (a history alone).
+        history: A Monitor history (see :mod:`gradscope.reporting` for the protocol) or None.
         meta: Run metadata to show (model, shapes, dtype, versions, time, ...).
         layer_meta: Per layer name, facts about the recording (input size, dtype, lengths).
         problem: Why there is no diagnosis, when there is none.
@@ -63,7 +63,7 @@ class PanelSpec:
         caption: Two sentences: what is plotted, then how to read it.
         needs: The data the panel needs, in words (shown with the reason when missing).
         extract: ``record -> kwargs`` for ``draw``; raises :class:`Missing` with the reason.
-        draw: A function of :mod:`gradscope.report.figures`.
+        draw: A function of :mod:`gradscope.reporting.figures`.
     """
 
     key: str

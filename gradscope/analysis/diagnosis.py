@@ -40,12 +40,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from gradscope._json import jsonable
 from gradscope._progress import analysis
-from gradscope.decay import Decay, _loss_log_norms, _walk, fit_decay
+from gradscope.analysis.decay import Decay, _loss_log_norms, _walk, fit_decay
+from gradscope.analysis.lyapunov import Lyapunov, _run
+from gradscope.analysis.spectra import Spectrum, spectrum
 from gradscope.errors import GradscopeError
-from gradscope.lyapunov import Lyapunov, _run
-from gradscope.spectra import Spectrum, jsonable, spectrum
-from gradscope.trace import LayerTrace, Trace
+from gradscope.traces import LayerTrace, Trace
 
 #: Flop budget of the one-step spectra of one layer (eig ~25 D³, svd ~10 D³ per matrix).
 SPECTRUM_FLOPS = 2e10
@@ -107,7 +108,7 @@ class LayerDiagnosis:
         return float(self.lyapunov.exponents[0])
 
     def to_dict(self, arrays: bool = True) -> dict[str, Any]:
-        """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope.spectra.jsonable`).
+        """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope._json.jsonable`).
 
         Args:
             arrays: Include the spectra and per-lag/per-sequence arrays; False keeps only
@@ -249,7 +250,7 @@ class Diagnosis:
         return f"Diagnosis({len(self.layers)} layers: {', '.join(self.names)})"
 
     def to_dict(self, arrays: bool = True) -> dict[str, Any]:
-        """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope.spectra.jsonable`).
+        """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope._json.jsonable`).
 
         Args:
             arrays: Include spectra and per-lag arrays (False: summaries and scalars only).
@@ -277,8 +278,8 @@ class Profile:
     loss: float | None = None
 
     def report(self, path: str | Path) -> Path:
-        """Write an HTML or PDF report (by suffix) with :func:`gradscope.report.report`."""
-        from gradscope.report import report
+        """Write an HTML or PDF report (by suffix) with :func:`gradscope.reporting.report`."""
+        from gradscope.reporting import report
 
         return report(self, path)
 
@@ -621,14 +622,14 @@ def diagnose(
     """Diagnose every layer of a trace: spectra, Lyapunov exponents, decay, regime, advice.
 
     Args:
-        trace: A :class:`~gradscope.trace.Trace`, one :class:`~gradscope.trace.LayerTrace`,
+        trace: A :class:`~gradscope.traces.Trace`, one :class:`~gradscope.traces.LayerTrace`,
             or a list of them.
         k: Lyapunov exponents per layer (default ``min(D, 16)``).
         discard: Transient steps left out of the Lyapunov sums (default: 10% of the median
             sequence length, at most 100).
         max_lag: Largest lag of the decay curves (default: whole sequences).
         probes: Probe directions of the decay walk (default: exact for ``D <= 128``, else
-            ``k``; see :mod:`gradscope.decay`).
+            ``k``; see :mod:`gradscope.analysis.decay`).
         spectrum_steps: Steps whose one-step spectra are computed (default: as many as a
             fixed flop budget allows, evenly spaced, on up to 4 sequences).
         seed: Seed of the random starting bases.
@@ -686,7 +687,7 @@ def profile(
     """Record ``model(*args, **kwargs)`` and diagnose it in one call.
 
     Without ``loss_fn`` only the forward runs. With ``loss_fn``, the forward runs under
-    :func:`gradscope.record.record` with ``grads=True``, then ``loss = loss_fn(output)`` and
+    :func:`gradscope.recording.record` with ``grads=True``, then ``loss = loss_fn(output)`` and
     ``loss.backward()`` so the exact loss gradients ``∂L/∂s_t`` join the diagnosis (a
     ``"loss"`` decay per layer). Profiling leaves no trace on the model: the ``.grad`` of
     every parameter (and of every leaf tensor argument that requires grad) is restored
@@ -696,7 +697,7 @@ def profile(
         model: The model.
         *args: Positional arguments of its forward.
         loss_fn: ``output -> scalar loss`` (e.g. ``lambda out: crit(out[0], y)``), optional.
-        cells: Extra modules to record call by call (see :func:`gradscope.record.record`).
+        cells: Extra modules to record call by call (see :func:`gradscope.recording.record`).
         check: Check that replays reproduce the modules' outputs.
         analysis: Keyword arguments for :func:`diagnose` (``k``, ``max_lag``, ``progress``...).
         **kwargs: Keyword arguments of the model's forward.
@@ -707,7 +708,7 @@ def profile(
     Raises:
         GradscopeError: ``loss_fn`` did not return a scalar tensor, or any recording error.
     """
-    from gradscope.record import record
+    from gradscope.recording import record
 
     opts = {"progress": "auto", **(analysis or {})}
     if loss_fn is None:

@@ -16,7 +16,7 @@ Conventions shared by all figures:
   routinely leave the float range (``e^{-800}``) yet their logarithm is exact, so the axis
   never clips to 0 or inf;
 * natural logarithms come in (every ``log_norms``/``median``/``band`` of
-  :class:`gradscope.decay.Decay`), base-10 goes on the axis: :math:`\log_{10} x = \ln x/\ln 10`;
+  :class:`gradscope.Decay`), base-10 goes on the axis: :math:`\log_{10} x = \ln x/\ln 10`;
 * a panel without data is never left blank: it says why (:func:`no_data`).
 """
 
@@ -861,7 +861,7 @@ def lyapunov_convergence_figure(
 
 # --------------------------------------------------------------------------- comparison
 class Curve(NamedTuple):
-    """One decay curve of a comparison (fields as in :class:`gradscope.decay.Decay`)."""
+    """One decay curve of a comparison (fields as in :class:`gradscope.analysis.decay.Decay`)."""
 
     lags: np.ndarray
     median: np.ndarray
