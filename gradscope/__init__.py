@@ -43,8 +43,8 @@ _HOMES: dict[str, str] = {
     "Diagnosis": "gradscope.analysis.diagnosis",
     "LayerDiagnosis": "gradscope.analysis.diagnosis",
     "diagnose": "gradscope.analysis.diagnosis",
-    "Profile": "gradscope.analysis.diagnosis",
-    "profile": "gradscope.analysis.diagnosis",
+    "Profile": "gradscope.analysis.profiling",
+    "profile": "gradscope.analysis.profiling",
     # reports and training
     "History": "gradscope.monitor",
     "Monitor": "gradscope.monitor",

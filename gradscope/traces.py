@@ -32,7 +32,13 @@ from torch import Tensor
 from gradscope._files import atomic_write
 from gradscope.cells import adapter_for_kind
 from gradscope.cells.base import CellAdapter, Params
-from gradscope.errors import MissingDataError, ShapeError, TraceFormatError
+from gradscope.errors import (
+    ArgumentError,
+    MissingDataError,
+    ShapeError,
+    TraceFormatError,
+    UnknownNameError,
+)
 
 FORMAT = "gradscope.trace"
 FORMAT_VERSION = 1
@@ -50,6 +56,13 @@ def _index(sel: StepSelect, n: int, what: str) -> Tensor:
     if idx.numel() and (idx.min() < -n or idx.max() >= n):
         raise ShapeError(f"{what} index out of range for size {n}: {idx.tolist()[:8]}")
     return torch.where(idx < 0, idx + n, idx)
+
+
+def product_fn(adapter: CellAdapter, wrt: str, transpose: bool):
+    """The adapter method for (wrt, transpose): ``jvp_state``, ``vjp_state``, ``jvp_input``..."""
+    if wrt == "state":
+        return adapter.vjp_state if transpose else adapter.jvp_state
+    return adapter.vjp_input if transpose else adapter.jvp_input
 
 
 @dataclass
@@ -154,7 +167,7 @@ class LayerTrace:
     def part(self, name: str) -> slice:
         """The slice of the state vector that holds the named part (e.g. ``"c"``)."""
         if name not in self.state_names:
-            raise KeyError(f"{self.name} has state parts {self.state_names}, not {name!r}")
+            raise UnknownNameError(f"{self.name} has state parts {self.state_names}, not {name!r}")
         i = self.state_names.index(name)
         start = sum(self.state_sizes[:i])
         return slice(start, start + self.state_sizes[i])
@@ -165,8 +178,32 @@ class LayerTrace:
         valid = np.concatenate([np.ones((1, self.B), bool), self.mask], axis=0)
         return bad & valid
 
+    def grad_norms(self) -> np.ndarray:
+        """``(T+1, B)`` float64 ``‖∂L/∂s_t‖₂`` of every sequence; NaN at padded states.
+
+        Computed in float64 (no overflow of the squares for any float32 gradient); a
+        non-finite gradient of a real step stays non-finite so that it is seen.
+
+        Raises:
+            MissingDataError: the trace holds no loss gradients.
+        """
+        if self.grads is None:
+            raise MissingDataError(
+                f"{self.name} ({self.kind}): this recording holds no loss gradients ∂L/∂s_t. "
+                "Record them with `with gradscope.record(model, grads=True) as rec:` around "
+                "the forward and loss.backward(), with gradscope.profile(model, x, "
+                "loss_fn=...), or with a gradscope.Monitor (call monitor.step() after "
+                "loss.backward(), and run evaluation forwards under torch.no_grad() inside "
+                "`with monitor.paused():`)"
+            )
+        g = self.grads.detach().to(device="cpu", dtype=torch.float64)
+        norms = torch.linalg.vector_norm(g, dim=-1).numpy()
+        valid = np.concatenate([np.ones((1, self.B), bool), self.mask], axis=0)
+        return np.where(valid, norms, np.nan)
+
     # ------------------------------------------------------------- jacobians
-    def _adapter(self) -> CellAdapter:
+    def cell_adapter(self) -> CellAdapter:
+        """The cell adapter (the recording's, or the one registered for :attr:`kind`)."""
         if self.adapter is None:
             self.adapter = adapter_for_kind(self.kind)
         return self.adapter
@@ -179,7 +216,7 @@ class LayerTrace:
                 f"{self.name}: a custom cell's Jacobians need the cell module or stored "
                 "Jacobians; this trace has neither (save it from a live recording)"
             )
-        adapter = self._adapter()
+        adapter = self.cell_adapter()
         x = self.inputs[steps][:, batch]
         s = self.states[steps][:, batch]
         t, b = x.shape[:2]
@@ -202,7 +239,7 @@ class LayerTrace:
             wrt: ``"state"`` for ``∂s_t/∂s_{t-1}`` or ``"input"`` for ``∂s_t/∂x_t``.
         """
         if wrt not in ("state", "input"):
-            raise ValueError(f"wrt must be 'state' or 'input', got {wrt!r}")
+            raise ArgumentError(f"wrt must be 'state' or 'input', got {wrt!r}")
         return self._jac(wrt, _index(steps, self.T, "step"), _index(batch, self.B, "batch"))
 
     def iter_jacobians(
@@ -227,13 +264,99 @@ class LayerTrace:
                 still in increasing order).
         """
         if chunk < 1:
-            raise ValueError(f"chunk must be >= 1, got {chunk}")
+            raise ArgumentError(f"chunk must be >= 1, got {chunk}")
         idx = _index(steps, self.T, "step")
         b = _index(batch, self.B, "batch")
         starts = range(0, len(idx), chunk)
         for start in reversed(starts) if reverse else starts:
             sel = idx[start : start + chunk]
             yield sel, self._jac(wrt, sel, b)
+
+    # ------------------------------------------------------------- operators
+    def _product(self, wrt: str, transpose: bool, M: Tensor, steps: StepSelect, batch: StepSelect):
+        if wrt not in ("state", "input"):
+            raise ArgumentError(f"{self.name}: wrt must be 'state' or 'input', got {wrt!r}")
+        t_idx = _index(steps, self.T, "step")
+        b_idx = _index(batch, self.B, "batch")
+        rows = self.D if (wrt == "state" or transpose) else self.I
+        verb = "vjp" if transpose else "jvp"
+        want = (len(t_idx), len(b_idx), rows)
+        if not isinstance(M, Tensor) or M.ndim != 4 or tuple(M.shape[:3]) != want:
+            got = tuple(M.shape) if isinstance(M, Tensor) else type(M).__name__
+            raise ShapeError(
+                f"{self.name} ({self.kind}): {verb}(wrt={wrt!r}) takes (T', B', {rows}, k) = "
+                f"({want[0]}, {want[1]}, {rows}, k) for the selected steps and sequences, "
+                f"got {got}"
+            )
+        t, b, k = want[0], want[1], int(M.shape[-1])
+        stored = self.stored_jacobians
+        if stored is not None and wrt in stored:
+            jac = stored[wrt][t_idx][:, b_idx].to(M.dtype)
+            return (jac.transpose(-1, -2) if transpose else jac) @ M
+        if self.adapter is None and self.kind.startswith("custom:"):
+            raise MissingDataError(
+                f"{self.name}: a custom cell's Jacobian products need the cell module or "
+                "stored Jacobians; this trace has neither (save it from a live recording)"
+            )
+        adapter = self.cell_adapter()
+        x = self.inputs[t_idx][:, b_idx]
+        s = self.states[t_idx][:, b_idx]
+        params = {key: v.to(x.device) for key, v in self.params.items()}
+        out = product_fn(adapter, wrt, transpose)(
+            params,
+            x.reshape(t * b, -1),
+            s.reshape(t * b, -1),
+            M.to(x.dtype).reshape(t * b, rows, k),
+        )
+        return out.reshape(t, b, *out.shape[1:])
+
+    def jvp(
+        self, V: Tensor, steps: StepSelect = None, batch: StepSelect = None, wrt: str = "state"
+    ) -> Tensor:
+        """Jacobian-vector products ``J_t @ V`` per step, never forming ``J_t``.
+
+        Entry ``[k, b]`` is ``∂s_{k+1}/∂s_k @ V[k, b]`` of sequence ``b`` (``wrt="input"``:
+        ``∂s_{k+1}/∂x_k @ V[k, b]``), computed by the cell adapter's closed form
+        (:meth:`~gradscope.cells.base.CellAdapter.jvp_state`), or by ``torch.func.jvp``
+        for a custom cell. Cost per step and sequence: ``O(k · w)`` with ``w`` the number of
+        recurrent weights (``O(k · D)`` for diagonal recurrences), against ``O(D²)`` memory
+        and ``O(D² k)`` time for forming the Jacobian and multiplying.
+
+        Args:
+            V: ``(T', B', D, k)`` (``wrt="input"``: ``(T', B', I, k)``), in the trace's
+                dtype (cast otherwise).
+            steps: Which steps ``k`` in ``range(T)`` (int, slice, index list, or None = all).
+            batch: Which sequences (same forms).
+            wrt: ``"state"`` for ``∂s_t/∂s_{t-1}`` or ``"input"`` for ``∂s_t/∂x_t``.
+
+        Returns:
+            ``(T', B', D, k)``; NaN at padded steps.
+
+        Raises:
+            ShapeError: ``V`` does not match the selection.
+            MissingDataError: a loaded custom-cell trace without its module or Jacobians.
+        """
+        return self._product(wrt, False, V, steps, batch)
+
+    def vjp(
+        self, U: Tensor, steps: StepSelect = None, batch: StepSelect = None, wrt: str = "state"
+    ) -> Tensor:
+        """Vector-Jacobian products ``J_tᵀ @ U`` per step, never forming ``J_t``.
+
+        The transpose of :meth:`jvp` (same arguments and cost): entry ``[k, b]`` is
+        ``(∂s_{k+1}/∂s_k)ᵀ @ U[k, b]``, what back-propagation through one step does to the
+        cotangents ``U``.
+
+        Args:
+            U: ``(T', B', D, k)``.
+            steps: Which steps (as in :meth:`jvp`).
+            batch: Which sequences.
+            wrt: ``"state"`` or ``"input"`` (then the result is ``(T', B', I, k)``).
+
+        Returns:
+            ``(T', B', D, k)`` (``wrt="input"``: ``(T', B', I, k)``).
+        """
+        return self._product(wrt, True, U, steps, batch)
 
     # ------------------------------------------------------------------ misc
     def to(self, dtype: torch.dtype | None = None, device: Any = None) -> LayerTrace:
@@ -285,7 +408,7 @@ class Trace:
         for layer in self.layers:
             if layer.name == key:
                 return layer
-        raise KeyError(f"no layer named {key!r}; this trace has {self.names}")
+        raise UnknownNameError(f"no layer named {key!r}; this trace has {self.names}")
 
     def __iter__(self) -> Iterator[LayerTrace]:
         return iter(self.layers)

@@ -265,7 +265,7 @@ def test_max_lag_fetches_only_the_steps_it_needs(monkeypatch):
 def test_per_sequence_slopes_equal_scipy_linregress_with_gaps():
     from scipy import stats
 
-    from gradscope.analysis.decay import _slopes
+    from gradscope.analysis.fit import _slopes
 
     rng = np.random.default_rng(0)
     x = np.arange(40.0)
@@ -286,7 +286,7 @@ def test_per_sequence_slopes_equal_scipy_linregress_with_gaps():
 
 
 def test_median_and_band_without_nan_equal_numpy_nan_functions():
-    from gradscope.analysis.decay import _nanstats
+    from gradscope.analysis.fit import _nanstats
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(30, 9))

@@ -14,8 +14,9 @@ from theory import linear_trace, lstm_trace, saturated_lstm_params, tanh_rnn_tra
 from torch import nn
 
 from gradscope import _progress
-from gradscope.analysis.diagnosis import Diagnosis, LayerDiagnosis, Profile, diagnose, profile
+from gradscope.analysis.diagnosis import Diagnosis, LayerDiagnosis, diagnose
 from gradscope.analysis.lyapunov import lyapunov
+from gradscope.analysis.profiling import Profile, profile
 from gradscope.traces import Trace
 
 

@@ -17,33 +17,25 @@ recurrent dynamics alone. The loss gradient is reported next to it but does not 
 so with a per-step loss it stays large at every lag even when the state-to-state product
 vanishes, and with a last-step loss it equals the state decay projected on one direction.
 
-The verdict is plain language where every claim carries its number, and the advice is
-keyed to the cell family and the regime: Pascanu, Mikolov & Bengio (2013) for clipping and
-the ``σ_max(W_hh) < 1`` criterion; Saxe et al. (2014) / Le, Jaitly & Hinton (2015) for
-orthogonal and identity initialisation; Gers, Schmidhuber & Cummins (2000) and Jozefowicz,
-Zaremba & Sutskever (2015) for the forget-gate bias; Tallec & Ollivier (2018) for chrono
-initialisation.
-
-:func:`profile` records a model and diagnoses it in one call, optionally with a loss so the
-exact loss gradients are part of the picture (the user's ``.grad`` are restored exactly).
+The words of the verdict and the advice live in :mod:`gradscope.analysis.advice`;
+:func:`gradscope.profile` (:mod:`gradscope.analysis.profiling`) records and diagnoses in
+one call.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from gradscope._json import jsonable
 from gradscope._progress import analysis
-from gradscope.analysis.decay import Decay, _loss_log_norms, _walk, fit_decay
-from gradscope.analysis.lyapunov import Lyapunov, _run
+from gradscope.analysis.advice import advice, fmt_num, fmt_steps, verdict
+from gradscope.analysis.decay import Decay, decay_curves, fit_decay, loss_log_norms
+from gradscope.analysis.lyapunov import Lyapunov, lyapunov
 from gradscope.analysis.spectra import Spectrum, spectrum
 from gradscope.errors import GradscopeError
 from gradscope.traces import LayerTrace, Trace
@@ -214,7 +206,7 @@ class Diagnosis:
             else:
                 half = (st.rate_ci[1] - st.rate_ci[0]) / 2
                 rate = (
-                    f"{st.rate:+.4f} ±{_num(half, 4)}"
+                    f"{st.rate:+.4f} ±{fmt_num(half, 4)}"
                     if math.isfinite(half)
                     else (f"{st.rate:+.4f}")
                 )
@@ -223,12 +215,12 @@ class Diagnosis:
                     d.name,
                     d.kind,
                     f"{d.T}×{d.B}",
-                    _num(d.eig.get("median", math.nan), 3),
-                    _num(d.svd.get("median", math.nan), 3),
+                    fmt_num(d.eig.get("median", math.nan), 3),
+                    fmt_num(d.svd.get("median", math.nan), 3),
                     "n/a" if math.isnan(d.lambda1) else f"{d.lambda1:+.4f}",
                     rate,
-                    "n/a" if st is None else _steps(st.half_life),
-                    "n/a" if st is None else _steps(st.horizon),
+                    "n/a" if st is None else fmt_steps(st.half_life),
+                    "n/a" if st is None else fmt_steps(st.horizon),
                     d.regime + (" (non-finite)" if d.nonfinite.get("count") else ""),
                 ]
             )
@@ -259,223 +251,6 @@ class Diagnosis:
             "meta": jsonable(self.meta),
             "layers": [d.to_dict(arrays=arrays) for d in self.layers],
         }
-
-
-@dataclass
-class Profile:
-    """What :func:`profile` returns: the trace, its diagnosis and the model's output.
-
-    Attributes:
-        trace: The recording.
-        diagnosis: Its diagnosis.
-        output: What ``model(*args, **kwargs)`` returned.
-        loss: The loss value (a float) when ``loss_fn`` was given, else None.
-    """
-
-    trace: Trace
-    diagnosis: Diagnosis
-    output: Any = None
-    loss: float | None = None
-
-    def report(self, path: str | Path) -> Path:
-        """Write an HTML or PDF report (by suffix) with :func:`gradscope.reporting.report`."""
-        from gradscope.reporting import report
-
-        return report(self, path)
-
-    def __str__(self) -> str:
-        return str(self.diagnosis)
-
-
-# =========================================================================== formatting
-def _num(x: float, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if math.isinf(x):
-        return "∞" if x > 0 else "-∞"
-    if x != 0 and (abs(x) >= 1e5 or abs(x) < 10 ** (-digits)):
-        return f"{x:.{max(digits - 1, 1)}e}"
-    return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}"
-
-
-def _steps(x: float) -> str:
-    if x is None or math.isnan(x):
-        return "n/a"
-    if math.isinf(x):
-        return "∞"
-    return f"{x:.1f}" if x < 100 else f"{x:.0f}"
-
-
-def _family(kind: str) -> str:
-    if kind.startswith("rnn_"):
-        return "vanilla"
-    if kind in ("lstm", "gru"):
-        return kind
-    return "other"
-
-
-# =========================================================================== verdict
-def _verdict(d: LayerDiagnosis, layer: LayerTrace) -> str:
-    st = d.decay.get("state")
-    t_ref = float(np.median(layer.seq_lengths)) if layer.B else 0.0
-    bits: list[str] = []
-    nf = d.nonfinite
-    if nf.get("count"):
-        bits.append(
-            f"{nf['count']} recorded state(s) are NaN/inf, the first at step {nf['first_step']}"
-            f" of sequence {nf['first_batch']}; they are left out of every statistic."
-        )
-    if st is None or math.isnan(st.rate):
-        bits.append(
-            "The gradient decay could not be measured (too few steps"
-            f": T = {d.T}); regime unknown, reported as neutral."
-        )
-    else:
-        lo, hi = st.rate_ci
-        ci = f"95% CI [{lo:+.4f}, {hi:+.4f}]" if math.isfinite(lo) else "no CI"
-        per = math.exp(st.rate)
-        rate_txt = (
-            f"‖∂s_T/∂s_(T−k)‖ changes by a factor {per:.4f} per step back (rate {st.rate:+.4f}"
-            f"/step, {ci}, fitted over lags {st.fit_lags[0]}–{st.fit_lags[1]})"
-        )
-        if st.regime == "vanishing":
-            keep = math.exp(st.rate * t_ref)
-            bits.append(
-                f"Vanishing gradients: {rate_txt}. It halves every {_steps(st.half_life)} "
-                f"steps and falls below {st.horizon_factor:g} of its value after "
-                f"{_steps(st.horizon)} steps; across a whole sequence (T = {t_ref:g}) it "
-                f"shrinks by {_num(keep, 3)}, beyond the neutral band |rate| ≤ "
-                f"{st.threshold:.4f} (a factor 10 over T)."
-            )
-        elif st.regime == "exploding":
-            grow = math.exp(st.rate * t_ref)
-            bits.append(
-                f"Exploding gradients: {rate_txt}; over a whole sequence (T = {t_ref:g}) it "
-                f"grows by {_num(grow, 3)}, beyond the neutral band |rate| ≤ "
-                f"{st.threshold:.4f} (a factor 10 over T)."
-            )
-        else:
-            bits.append(
-                f"Neutral: {rate_txt}, within the band |rate| ≤ {st.threshold:.4f} where the "
-                f"gradient from the first step of a T = {t_ref:g} sequence arrives within a "
-                "factor 10 (or not significantly outside it)."
-            )
-    if d.lyapunov is not None and d.lyapunov.k and not math.isnan(d.lambda1):
-        l1, se = d.lambda1, float(d.lyapunov.stderr[0])
-        se_txt = f" ± {se:.4f}" if math.isfinite(se) else ""
-        kind = (
-            "chaotic: nearby states diverge"
-            if l1 - 2 * (se if math.isfinite(se) else 0) > 0
-            else "ordered: nearby states converge"
-            if l1 + 2 * (se if math.isfinite(se) else 0) < 0
-            else "marginal"
-        )
-        bits.append(
-            f"Leading Lyapunov exponent λ1 = {l1:+.4f}{se_txt}/step ({kind}; "
-            f"{d.lyapunov.steps} steps)."
-        )
-    if d.eig.get("n") and d.svd.get("n"):
-        bits.append(
-            f"One step: spectral radius median {_num(d.eig['median'])} "
-            f"({100 * d.eig['frac_above_1']:.0f}% of steps above 1), spectral norm "
-            f"σ_max median {_num(d.svd['median'])} ({100 * d.svd['frac_above_1']:.0f}% "
-            "above 1); one-step numbers bound a single step only, the rate above decides."
-        )
-    loss = d.decay.get("loss")
-    if loss is not None and not math.isnan(loss.rate):
-        bits.append(
-            f"The loss gradient ‖∂L/∂s_t‖ changes at {loss.rate:+.4f}/step going back "
-            f"(half-life {_steps(loss.half_life)} steps, {loss.regime})."
-        )
-    inp = d.decay.get("input")
-    if inp is not None and not math.isnan(inp.rate):
-        bits.append(
-            f"Input sensitivity ‖∂s_T/∂x_(T−k)‖ rate {inp.rate:+.4f}/step (horizon "
-            f"{_steps(inp.horizon)} steps)."
-        )
-    return " ".join(bits)
-
-
-def _lstm_forget_bias(layer: LayerTrace) -> float | None:
-    p = layer.params
-    if "bias_ih" not in p and "bias_hh" not in p:
-        return None
-    hidden = int(p["weight_hh"].shape[0]) // 4
-    b = sum(
-        p[k].detach().double().cpu()[hidden : 2 * hidden] for k in ("bias_ih", "bias_hh") if k in p
-    )
-    return float(b.mean())
-
-
-def _advice(d: LayerDiagnosis, layer: LayerTrace) -> list[str]:
-    fam = _family(d.kind)
-    st = d.decay.get("state")
-    horizon = _steps(st.horizon) if st is not None else "n/a"
-    out: list[str] = []
-    nf = d.nonfinite
-    if nf.get("count"):
-        out.append(
-            f"Non-finite states start at step {nf['first_step']} (sequence "
-            f"{nf['first_batch']}): check the inputs there, lower the learning rate, clip "
-            "gradients, and run torch.autograd.set_detect_anomaly(True) to find the first "
-            "operation that produced NaN/inf."
-        )
-    radius = d.eig.get("median", math.nan)
-    smax = d.svd.get("median", math.nan)
-    if d.regime == "vanishing":
-        if fam == "vanilla":
-            out += [
-                "Initialise weight_hh orthogonally (torch.nn.init.orthogonal_) or, with ReLU, "
-                f"as the identity (IRNN, Le et al. 2015): its singular values then start at 1 "
-                f"(one-step σ_max median now {_num(smax)}).",
-                "Switch to a gated cell (nn.LSTM / nn.GRU): the additive cell-state path "
-                "carries gradients across long lags.",
-                f"Dependencies longer than ~{horizon} steps are out of reach; truncated BPTT "
-                "over that many steps loses nothing and is cheaper.",
-            ]
-        elif fam == "lstm":
-            fb = _lstm_forget_bias(layer)
-            fb_txt = "" if fb is None else f" (mean forget-gate bias now {fb:+.2f})"
-            out += [
-                "Raise the forget-gate bias (rows H:2H of bias_ih + bias_hh) to 1–3 so that "
-                f"f = σ(b) ≈ 0.73–0.95 at initialisation{fb_txt} (Gers et al. 2000; Jozefowicz "
-                "et al. 2015).",
-                "Or use chrono initialisation (Tallec & Ollivier 2018): b_f ~ log U(1, T_max − "
-                "1), b_i = −b_f, for dependencies up to T_max steps.",
-                f"Dependencies longer than ~{horizon} steps are out of reach at present.",
-            ]
-        elif fam == "gru":
-            out += [
-                "Bias the update gate towards keeping the state (rows H:2H of bias_hh, the z "
-                "gate; h_t = (1 − z) n + z h_(t−1)) to 1–3, so z ≈ 0.73–0.95 at "
-                "initialisation; the chrono idea of Tallec & Ollivier (2018) applies to z.",
-                "Initialise the recurrent weights orthogonally (torch.nn.init.orthogonal_).",
-                f"Dependencies longer than ~{horizon} steps are out of reach at present.",
-            ]
-        else:
-            out += [
-                "Give the cell an additive or gated state path (as in LSTM/GRU) or initialise "
-                "its recurrent weights orthogonally, so that the state Jacobian has singular "
-                f"values near 1 (one-step σ_max median now {_num(smax)}).",
-                f"Dependencies longer than ~{horizon} steps are out of reach at present.",
-            ]
-    elif d.regime == "exploding":
-        out += [
-            "Clip gradients: torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0) "
-            "(Pascanu et al. 2013).",
-            "Lower the recurrent gain: scale weight_hh so that the spectral radius of the "
-            f"step Jacobian stays below 1 (median now {_num(radius)}), or reduce the "
-            "initialisation gain.",
-            "Lower the learning rate if the loss spikes.",
-        ]
-    if d.lyapunov is not None and not math.isnan(d.lambda1) and d.lambda1 > 0.0:
-        out.append(
-            f"λ1 = {d.lambda1:+.4f} > 0: the dynamics are chaotic, so gradients through long "
-            "spans are erratic; clipping and a smaller recurrent gain tame it."
-        )
-    if not out:
-        out.append("No action needed for gradient flow over the recorded lengths (neutral regime).")
-    return out
 
 
 # =========================================================================== main
@@ -551,7 +326,8 @@ def _diagnose_layer(
     basis = None
     try:
         if layer.T and layer.B:
-            ly, basis = _run(layer, kk, disc, "random", seed, None, 128, 10, progress)
+            ly = lyapunov(layer, kk, disc, seed=seed, progress=progress)
+            basis = ly.vectors
             notes.extend(ly.notes)
     except (GradscopeError, np.linalg.LinAlgError) as exc:
         notes.append(f"Lyapunov exponents not computed: {exc}")
@@ -563,15 +339,27 @@ def _diagnose_layer(
         if layer.T and layer.B:
             use_basis = basis if (p < D and ly is not None and ly.k == p) else None
             try:
-                ls, li, p_used, wnotes = _walk(
-                    layer, want_input, max_lag, p, use_basis, seed, None, progress
+                ls, li, p_used, wnotes = decay_curves(
+                    layer,
+                    ("state", "input"),
+                    max_lag=max_lag,
+                    probes=p,
+                    basis=use_basis,
+                    seed=seed,
+                    progress=progress,
                 )
             except GradscopeError as exc:  # e.g. no input Jacobians for a saved custom cell
                 if not want_input:
                     raise
                 notes.append(f"input decay not computed: {exc}")
-                ls, li, p_used, wnotes = _walk(
-                    layer, False, max_lag, p, use_basis, seed, None, progress
+                ls, li, p_used, wnotes = decay_curves(
+                    layer,
+                    ("state",),
+                    max_lag=max_lag,
+                    probes=p,
+                    basis=use_basis,
+                    seed=seed,
+                    progress=progress,
                 )
             decays["state"] = fit_decay(layer.name, "state", ls, t_med, probes=p_used, notes=wnotes)
             if li is not None:
@@ -581,7 +369,7 @@ def _diagnose_layer(
     except (GradscopeError, np.linalg.LinAlgError) as exc:
         notes.append(f"decay not computed: {exc}")
     if layer.grads is not None:
-        decays["loss"] = fit_decay(layer.name, "loss", _loss_log_norms(layer, max_lag), t_med)
+        decays["loss"] = fit_decay(layer.name, "loss", loss_log_norms(layer, max_lag), t_med)
     st = decays.get("state")
     regime = st.regime if st is not None else "neutral"
     d = LayerDiagnosis(
@@ -603,8 +391,8 @@ def _diagnose_layer(
         nonfinite=nonfinite,
         notes=notes,
     )
-    d.verdict = _verdict(d, layer)
-    d.advice = _advice(d, layer)
+    d.verdict = verdict(d, layer)
+    d.advice = advice(d, layer)
     return d
 
 
@@ -662,89 +450,4 @@ def diagnose(
     return Diagnosis(out, meta)
 
 
-# =========================================================================== profile
-def _leaf_tensors(obj: Any, out: list[torch.Tensor]) -> None:
-    if isinstance(obj, torch.Tensor):
-        if obj.requires_grad and obj.is_leaf:
-            out.append(obj)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            _leaf_tensors(v, out)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _leaf_tensors(v, out)
-
-
-def profile(
-    model: nn.Module,
-    *args: Any,
-    loss_fn: Callable[[Any], torch.Tensor] | None = None,
-    cells: Iterable[nn.Module] | nn.Module | None = None,
-    check: bool = True,
-    analysis: dict[str, Any] | None = None,
-    **kwargs: Any,
-) -> Profile:
-    """Record ``model(*args, **kwargs)`` and diagnose it in one call.
-
-    Without ``loss_fn`` only the forward runs. With ``loss_fn``, the forward runs under
-    :func:`gradscope.recording.record` with ``grads=True``, then ``loss = loss_fn(output)`` and
-    ``loss.backward()`` so the exact loss gradients ``∂L/∂s_t`` join the diagnosis (a
-    ``"loss"`` decay per layer). Profiling leaves no trace on the model: the ``.grad`` of
-    every parameter (and of every leaf tensor argument that requires grad) is restored
-    exactly afterwards, the same tensor object holding the same values, or None.
-
-    Args:
-        model: The model.
-        *args: Positional arguments of its forward.
-        loss_fn: ``output -> scalar loss`` (e.g. ``lambda out: crit(out[0], y)``), optional.
-        cells: Extra modules to record call by call (see :func:`gradscope.recording.record`).
-        check: Check that replays reproduce the modules' outputs.
-        analysis: Keyword arguments for :func:`diagnose` (``k``, ``max_lag``, ``progress``...).
-        **kwargs: Keyword arguments of the model's forward.
-
-    Returns:
-        A :class:`Profile` with ``trace``, ``diagnosis``, ``output`` and ``loss``.
-
-    Raises:
-        GradscopeError: ``loss_fn`` did not return a scalar tensor, or any recording error.
-    """
-    from gradscope.recording import record
-
-    opts = {"progress": "auto", **(analysis or {})}
-    if loss_fn is None:
-        with record(model, cells, check=check) as rec:
-            output = model(*args, **kwargs)
-        tr = rec.trace
-        return Profile(tr, diagnose(tr, **opts), output, None)
-
-    leaves: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
-    _leaf_tensors((args, kwargs), leaves)
-    seen: set[int] = set()
-    leaves = [t for t in leaves if not (id(t) in seen or seen.add(id(t)))]
-    saved = [(t, t.grad, None if t.grad is None else t.grad.detach().clone()) for t in leaves]
-    try:
-        with torch.enable_grad():
-            with record(model, cells, grads=True, check=check) as rec:
-                output = model(*args, **kwargs)
-            loss = loss_fn(output)
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise GradscopeError(
-                    "profile(loss_fn=...): loss_fn must return a scalar tensor, got "
-                    f"{type(loss).__name__}"
-                    + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else "")
-                )
-            if loss.requires_grad:
-                loss.backward()
-        tr = rec.trace
-    finally:
-        with torch.no_grad():
-            for t, obj, values in saved:
-                if obj is None:
-                    t.grad = None
-                else:
-                    obj.copy_(values)
-                    t.grad = obj
-    return Profile(tr, diagnose(tr, **opts), output, float(loss.detach()))
-
-
-__all__ = ["Diagnosis", "LayerDiagnosis", "Profile", "diagnose", "profile"]
+__all__ = ["Diagnosis", "LayerDiagnosis", "diagnose"]

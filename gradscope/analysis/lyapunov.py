@@ -34,24 +34,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.linalg import lapack
 
 from gradscope._json import dataclass_dict
 from gradscope._progress import analysis, progress_bar
-from gradscope.errors import ShapeError
+from gradscope.errors import ArgumentError
+from gradscope.jacobians.dense import (
+    DenseQR,
+    auto_chunk,
+    finite_steps,
+    iter_chunks,
+    orthonormal,
+    prep_chunk,
+)
+from gradscope.jacobians.products import ForwardQR
+from gradscope.jacobians.steps import StepOps
 from gradscope.traces import LayerTrace
 
-#: ln of the smallest positive normal float64; floor of ``ln|R_ii|`` for singular steps.
-LOG_TINY = math.log(np.finfo(np.float64).tiny)
-#: Memory budget of one chunk of Jacobians (bytes) when ``chunk`` is not given.
-CHUNK_BYTES = 64 * 2**20
-#: Largest accepted conditioning proxy of a blocked QR (see :class:`_QRSeq`).
-C_MAX = math.log(1e6)
-#: Most Jacobians multiplied together before one QR.
-M_MAX = 16
-#: Accepted blocks without growing ``m`` after a rejected block.
-COOLDOWN = 64
-_TINY = np.finfo(np.float64).tiny
+#: States up to this size run the QR iteration on dense Jacobians by default.
+DENSE_MAX_D = 64
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,9 @@ class Lyapunov:
         stderr_method: ``"sequences"``, ``"blocks"`` or ``"none"`` (how :attr:`stderr` was
             computed; ``"none"``: too little data, stderr is NaN).
         notes: Plain-language remarks (sequences or steps excluded and why).
+        vectors: ``(B, D, k)`` the orthonormal columns ``Q`` each sequence ended with (the
+            leading forward Lyapunov vectors at its last step; NaN for unused sequences).
+            Not part of :meth:`to_dict`.
     """
 
     name: str
@@ -97,6 +100,7 @@ class Lyapunov:
     discard: int
     stderr_method: str = "sequences"
     notes: list[str] = field(default_factory=list)
+    vectors: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def k(self) -> int:
@@ -105,7 +109,7 @@ class Lyapunov:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope._json.jsonable`)."""
-        out = dataclass_dict(self)
+        out = dataclass_dict(self, skip=("vectors",))
         out["k"] = self.k
         return out
 
@@ -136,204 +140,108 @@ def kaplan_yorke(exponents: np.ndarray) -> float:
     return float(j + csum[j - 1] / abs(lam[j]))
 
 
-def auto_chunk(layer: LayerTrace, batch: int | None = None, cols: int | None = None) -> int:
-    """Steps per chunk so that one chunk of ``(B, D, cols)`` float64 Jacobians fits 64 MiB."""
-    b = layer.B if batch is None else batch
-    per_step = max(1, b * layer.D * (layer.D if cols is None else cols) * 8)
-    return int(max(1, min(256, CHUNK_BYTES // per_step)))
-
-
-def _orthonormal(d: int, k: int, init: str, rng: np.random.Generator) -> np.ndarray:
-    if init == "identity":
-        return np.eye(d, k)
-    q, r = np.linalg.qr(rng.standard_normal((d, k)))
-    return q * np.sign(np.diag(r))
-
-
-class _QRSeq:
-    """QR iteration state of one sequence.
-
-    Two layouts, chosen for speed (both are the same Householder QR as a plain
-    ``numpy.linalg.qr`` loop):
-
-    * ``k < D``: ``Q`` is kept explicitly and transposed, ``(k, D)`` C-order, so that
-      ``Q^T J^T`` lands directly in the Fortran layout LAPACK factorises in place;
-    * ``k == D``: ``Q`` is never formed. The Householder reflectors of the last
-      factorisation are applied to the next Jacobian from the right with ``dormqr``
-      (``Z = J Q`` in 2D³ flops instead of 2D³ + 4D³/3 for forming ``Q`` first).
-
-    Blocking: up to ``m`` consecutive Jacobians are multiplied into ``Z`` before one QR.
-    In exact arithmetic this changes nothing (the product of the per-step ``R`` factors is
-    the ``R`` factor of the product, and the diagonal of a product of triangular matrices
-    is the product of their diagonals). In floating point, Householder QR is backward
-    stable, ``Z + E = QR`` with ``‖E‖ ≲ D u ‖Z‖``, so ``ln|R_ii|`` is perturbed by about
-    ``u ‖Z‖/|R_ii|``. A block is accepted only when ``c = ln‖Z‖_F − min_i ln|R_ii| ≤
-    C_MAX = ln 1e6``; otherwise it is recomputed one step at a time (single steps are
-    always accepted: that is the plain method). ``m`` adapts: it grows by one while the
-    conditioning of the last block leaves room, and falls back to 1 after a rejection (and
-    stays there for ``COOLDOWN`` blocks, so that hopeless attempts are not repeated).
-    The accepted error per block is thus below ``1e6 u ≈ 2e-10`` (typically ~1e-12), far
-    below the statistical error of any exponent estimate.
-    """
-
-    __slots__ = (
-        "QT",
-        "applied",
-        "bounds",
-        "bpos",
-        "cool",
-        "count",
-        "discard",
-        "lwork",
-        "m",
-        "qr",
-        "square",
-        "sums",
-        "tau",
-    )
-
-    def __init__(self, q0: np.ndarray, discard: int, bounds: np.ndarray) -> None:
-        d, k = q0.shape
-        self.square = k == d
-        self.QT = np.ascontiguousarray(q0.T)
-        self.qr: np.ndarray | None = None
-        self.tau: np.ndarray | None = None
-        self.sums = np.zeros(k)
-        self.count = 0  # steps accumulated (after discard)
-        self.applied = 0  # steps applied (including discard)
-        self.discard = discard
-        self.bounds = bounds  # applied-step counts where a block must end
-        self.bpos = 0
-        self.lwork = max(1, 32 * k)
-        self.m = 1
-        self.cool = 0
-
-    def q(self) -> np.ndarray:
-        """The current orthonormal basis ``(D, k)``."""
-        if self.square and self.qr is not None:
-            q, _, _ = lapack.dorgqr(self.qr, self.tau, lwork=self.lwork)
-            return np.asarray(q)
-        return self.QT.T.copy()
-
-    def _factor(self, jacs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """QR of ``J_m ⋯ J_1 Q``: returns (qr, tau, ln|diag R|, conditioning proxy c)."""
-        if self.square:
-            if self.qr is None:
-                z = jacs[0] @ self.QT.T
-            else:
-                z, _, _ = lapack.dormqr(
-                    b"R",
-                    b"N",
-                    self.qr,
-                    self.tau,
-                    np.array(jacs[0], order="F"),
-                    self.lwork,
-                    overwrite_c=1,
-                )
-            for jac in jacs[1:]:
-                z = jac @ z
-            z = np.asfortranarray(z)
-        else:
-            zt = self.QT @ jacs[0].T  # (k, D) C-order == Z (D, k) Fortran-order
-            for jac in jacs[1:]:
-                zt = zt @ jac.T
-            z = zt.T
-        flat = z.ravel(order="K")
-        with np.errstate(over="ignore", invalid="ignore"):
-            z2 = float(flat @ flat)  # ‖Z‖_F², computed before LAPACK overwrites z
-        qr, tau, _, _ = lapack.dgeqrf(z, lwork=self.lwork, overwrite_a=1)
-        logs = np.log(np.maximum(np.abs(np.diagonal(qr)), _TINY))
-        cond = 0.5 * math.log(z2) - float(logs.min()) if 0 < z2 < math.inf else math.inf
-        return qr, tau, logs, cond
-
-    def _commit(self, qr: np.ndarray, tau: np.ndarray) -> None:
-        if self.square:
-            self.qr, self.tau = qr, tau
-        else:
-            q, _, _ = lapack.dorgqr(qr, tau, lwork=self.lwork, overwrite_a=1)
-            self.QT = q.T
-
-    def _block(self, jacs: list[np.ndarray]) -> tuple[np.ndarray, int] | None:
-        qr, tau, logs, cond = self._factor(jacs)
-        if len(jacs) > 1 and not cond <= C_MAX:
-            self.m, self.cool = 1, COOLDOWN  # back off: no blocking for a while
-            return None
-        self._commit(qr, tau)
-        m = len(jacs)
-        if self.cool > 0:
-            self.cool -= 1
-        elif m == self.m and cond * (m + 1) / m <= C_MAX:
-            self.m = min(m + 1, M_MAX)
-        return logs, m
-
-    def feed(self, jacs: list[np.ndarray]) -> list[tuple[int, np.ndarray, int]]:
-        """Apply Jacobians in time order.
-
-        Returns:
-            ``(count, logs, n)`` per accumulated block: the accumulated-step count after the
-            block, ``sum ln|R_ii|`` over it and its number of steps.
-        """
-        out = []
-        i, n = 0, len(jacs)
-        while i < n:
-            while self.bpos < len(self.bounds) and self.bounds[self.bpos] <= self.applied:
-                self.bpos += 1
-            room = int(self.bounds[self.bpos]) - self.applied if self.bpos < len(self.bounds) else n
-            m = max(1, min(self.m, n - i, room))
-            res = self._block(jacs[i : i + m])
-            # rejected: redo this block one step at a time (single steps are always accepted)
-            parts = (
-                [res]
-                if res is not None
-                else [self._block(jacs[j : j + 1]) for j in range(i, i + m)]
-            )
-            for logs, steps in parts:  # type: ignore[misc]
-                if self.applied >= self.discard:
-                    self.sums += logs
-                    self.count += steps
-                    out.append((self.count, logs, steps))
-                self.applied += steps
-            i += m
-        return out
-
-
-def iter_chunks(
-    layer: LayerTrace, chunk: int, lo: int, hi: int, wrt: str = "state", reverse: bool = False
-):
-    """``layer.iter_jacobians`` over steps ``lo..hi-1``; stored Jacobians as views, no copies."""
-    stored = layer.stored_jacobians
-    if stored is not None and wrt in stored:
-        arr = stored[wrt]
-        starts = range(lo, hi, chunk)
-        for a in reversed(starts) if reverse else starts:
-            b = min(a + chunk, hi)
-            yield torch.arange(a, b), arr[a:b]
-        return
-    yield from layer.iter_jacobians(chunk=chunk, steps=slice(lo, hi), wrt=wrt, reverse=reverse)
-
-
-def _prep_chunk(jac: torch.Tensor, layer: LayerTrace, cols: int) -> np.ndarray:
-    jac = jac.detach().to(device="cpu", dtype=torch.float64).contiguous()
-    if tuple(jac.shape[-2:]) != (layer.D, cols):
-        raise ShapeError(
-            f"{layer.name} ({layer.kind}): Jacobians must be (D, {cols}) = ({layer.D}, {cols}),"
-            f" got {tuple(jac.shape[-2:])}"
-        )
-    return jac.numpy()
-
-
-def _finite_steps(chunk: np.ndarray) -> np.ndarray:
-    """``(n, B)`` bool: Jacobian entirely finite (cheap: a NaN/inf makes the sum non-finite)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        s = chunk.sum(axis=(-1, -2))
-    ok = np.isfinite(s)
-    if not ok.all():  # an overflowing sum of finite entries must not be mistaken for inf
-        bad = np.nonzero(~ok)
-        ok[bad] = np.isfinite(chunk[bad]).all(axis=(-1, -2))
-    return ok
-
-
 # --------------------------------------------------------------------------- main
+class _Sums:
+    """Per-sequence sums of ``ln|R_ii|``, the convergence history and batch-means blocks."""
+
+    def __init__(self, B: int, k: int, hist_steps: np.ndarray, edges: np.ndarray) -> None:
+        self.sums = np.zeros((B, k))
+        self.counts = np.zeros(B, dtype=np.int64)
+        self.hist_steps = hist_steps
+        self.hist = np.full((len(hist_steps), B, k), np.nan)
+        self.hist_pos = np.zeros(B, dtype=np.int64)
+        self.edges = edges
+        nb = max(1, len(edges) - 1)
+        self.block_sums = np.zeros((nb, k))
+        self.block_counts = np.zeros(nb, dtype=np.int64)
+
+    def add(self, bs: np.ndarray, logs: np.ndarray, n: int = 1) -> None:
+        """Add ``logs`` ``(len(bs), k)`` (sums over ``n`` steps each) to the sequences ``bs``."""
+        self.sums[bs] += logs
+        self.counts[bs] += n
+        counts = self.counts[bs]
+        if len(self.edges):
+            blk = np.clip(np.searchsorted(self.edges, counts - 1, side="right") - 1, 0, None)
+            blk = np.minimum(blk, len(self.block_counts) - 1)
+            np.add.at(self.block_sums, blk, logs)
+            np.add.at(self.block_counts, blk, n)
+        pos = self.hist_pos[bs]
+        inside = pos < len(self.hist_steps)
+        hit = np.zeros(len(bs), dtype=bool)
+        hit[inside] = counts[inside] == self.hist_steps[pos[inside]]
+        for b, hp in zip(bs[hit], pos[hit]):
+            self.hist[hp, b] = np.sort(self.sums[b] / self.counts[b])[::-1]
+            self.hist_pos[b] = hp + 1
+
+
+def use_operators(layer: LayerTrace, k: int, method: str) -> bool:
+    """Whether the QR iteration runs on operators (else on dense Jacobians).
+
+    ``"auto"``: operators unless the state is small (``D <= DENSE_MAX_D``), the full
+    spectrum is asked for (``k = D``: the dense iteration never forms ``Q``), or the trace
+    only has stored Jacobians.
+    """
+    if method not in ("auto", "dense", "operator"):
+        raise ArgumentError(
+            f"{layer.name}: method must be 'auto', 'dense' or 'operator', got {method!r}"
+        )
+    if method != "auto":
+        return method == "operator"
+    stored = layer.stored_jacobians is not None and "state" in layer.stored_jacobians
+    return not (stored or layer.D <= DENSE_MAX_D or k == layer.D)
+
+
+def _dense_engine(layer, k, discard, rng, init, bounds, starts, lengths, chunk, acc, bar):
+    """The QR iteration on dense Jacobian chunks; yields skipped-step records."""
+    seqs = [DenseQR(orthonormal(layer.D, k, init, rng), discard, bounds) for _ in range(layer.B)]
+    last = int(lengths.max()) if layer.B else 0
+    first = int(starts.min()) if layer.B else 0
+    if chunk is None:
+        chunk = auto_chunk(layer)
+    bad_steps: list[tuple[int, int, int]] = []
+    for sel, jac in iter_chunks(layer, chunk, first, last):
+        arr = prep_chunk(jac, layer, layer.D)
+        steps = sel.numpy()
+        live = (steps[:, None] < lengths[None, :]) & (steps[:, None] >= starts[None, :])
+        ok = finite_steps(arr) & live
+        for b in range(layer.B):
+            bad = np.nonzero(live[:, b] & ~ok[:, b])[0]
+            if bad.size:
+                bad_steps.append((b, int(bad.size), int(steps[bad[0]])))
+            use = np.nonzero(ok[:, b])[0]
+            if use.size:
+                for _count, logs, n in seqs[b].feed([arr[i, b] for i in use]):
+                    acc.add(np.array([b]), logs[None, :], n)
+        bar.update(len(steps))
+    return [s.q() if s.count > 0 else None for s in seqs], bad_steps
+
+
+def _operator_engine(layer, k, discard, rng, init, starts, lengths, acc, bar):
+    """The QR iteration on ``jvp`` operators, all live sequences per step at once."""
+    B, D = layer.B, layer.D
+    q0 = torch.from_numpy(np.stack([orthonormal(D, k, init, rng) for _ in range(B)]))
+    engine = ForwardQR(StepOps(layer), q0)
+    applied = np.zeros(B, dtype=np.int64)
+    bad_steps: list[tuple[int, int, int]] = []
+    first = int(starts.min()) if B else 0
+    last = int(lengths.max()) if B else 0
+    for t in range(first, last):
+        live = np.nonzero((t < lengths) & (t >= starts))[0]
+        if not live.size:
+            continue
+        ok, logs = engine.step(t, torch.from_numpy(live))
+        ok = ok.numpy()
+        bad_steps += [(int(b), 1, t) for b in live[~ok]]
+        done = live[ok]
+        keep = applied[done] >= discard
+        applied[done] += 1
+        if keep.any():
+            acc.add(done[keep], logs.numpy()[keep])
+        bar.update(1)
+    finals = [engine.Q[b].numpy().copy() if acc.counts[b] > 0 else None for b in range(B)]
+    return finals, bad_steps
+
+
 @analysis
 def _run(
     layer: LayerTrace,
@@ -346,25 +254,25 @@ def _run(
     n_blocks: int,
     progress: bool | str,
     window: int | None = None,
-) -> tuple[Lyapunov, list[np.ndarray | None]]:
-    """Lyapunov exponents plus each sequence's final ``Q`` ``(D, k)`` (None if unused).
+    method: str = "auto",
+) -> Lyapunov:
+    """Lyapunov exponents; :attr:`Lyapunov.vectors` holds each sequence's final ``Q``.
 
     ``window``: use only the last ``window`` valid steps of each sequence.
     """
     D, B = layer.D, layer.B
     k = D if k is None else int(k)
     if not 1 <= k <= D:
-        raise ValueError(f"{layer.name}: k must be in 1..D={D}, got {k}")
+        raise ArgumentError(f"{layer.name}: k must be in 1..D={D}, got {k}")
     if discard < 0:
-        raise ValueError(f"{layer.name}: discard must be >= 0, got {discard}")
+        raise ArgumentError(f"{layer.name}: discard must be >= 0, got {discard}")
     if init not in ("random", "identity"):
-        raise ValueError(f"{layer.name}: init must be 'random' or 'identity', got {init!r}")
+        raise ArgumentError(f"{layer.name}: init must be 'random' or 'identity', got {init!r}")
+    operators = use_operators(layer, k, method)
     rng = np.random.default_rng(seed)
     lengths = layer.seq_lengths
     starts = np.zeros(B, dtype=np.int64) if window is None else np.maximum(lengths - window, 0)
-    planned = np.maximum(
-        lengths - starts - discard, 0
-    )  # accumulated steps per sequence (if finite)
+    planned = np.maximum(lengths - starts - discard, 0)  # accumulated steps per sequence
     n_max = int(planned.max()) if B else 0
     # Convergence history at log-spaced counts; batch-means blocks (only needed for B == 1).
     hist_steps = (
@@ -372,68 +280,46 @@ def _run(
         if n_max >= 1
         else np.zeros(0, dtype=np.int64)
     )
-    hist = np.full((len(hist_steps), B, k), np.nan)
-    hist_pos = np.zeros(B, dtype=np.int64)
     use_blocks = B == 1 and n_max >= 2 * n_blocks
     edges = (
         np.linspace(0, n_max, n_blocks + 1).round().astype(np.int64)
         if use_blocks
         else np.zeros(0, dtype=np.int64)
     )
-    block_sums = np.zeros((max(1, len(edges) - 1), k))
-    block_counts = np.zeros(max(1, len(edges) - 1), dtype=np.int64)
-    bounds = np.unique(np.concatenate([[discard], discard + hist_steps, discard + edges]))
-    seqs = [_QRSeq(_orthonormal(D, k, init, rng), discard, bounds) for _ in range(B)]
-    skipped = np.zeros(B, dtype=np.int64)
-    first_bad: tuple[int, int] | None = None
-
-    if chunk is None:
-        chunk = auto_chunk(layer)
+    acc = _Sums(B, k, hist_steps, edges)
     last = int(lengths.max()) if B else 0
     first = int(starts.min()) if B else 0
-    work = float(lengths.sum()) * (2 * D * D * k + 4 * D * k * k)
+    flops = 2 * D * D * k + 4 * D * k * k
     bar_ctx = progress_bar(
-        total=last - first, desc=f"lyapunov {layer.name}", progress=progress, work=work
+        total=last - first,
+        desc=f"lyapunov {layer.name}",
+        progress=progress,
+        work=float(lengths.sum()) * flops,
     )
     with bar_ctx as bar:
-        for sel, jac in iter_chunks(layer, chunk, first, last):
-            arr = _prep_chunk(jac, layer, D)
-            steps = sel.numpy()
-            live = (steps[:, None] < lengths[None, :]) & (steps[:, None] >= starts[None, :])
-            ok = _finite_steps(arr) & live
-            for b in range(B):
-                bad = np.nonzero(live[:, b] & ~ok[:, b])[0]
-                if bad.size:
-                    skipped[b] += bad.size
-                    if first_bad is None or steps[bad[0]] < first_bad[0]:
-                        first_bad = (int(steps[bad[0]]), b)
-                use = np.nonzero(ok[:, b])[0]
-                if not use.size:
-                    continue
-                for count, logs, n in seqs[b].feed([arr[i, b] for i in use]):
-                    if use_blocks:
-                        blk = int(np.searchsorted(edges, count - 1, side="right")) - 1
-                        blk = min(max(blk, 0), n_blocks - 1)
-                        block_sums[blk] += logs
-                        block_counts[blk] += n
-                    hp = hist_pos[b]
-                    if hp < len(hist_steps) and count == hist_steps[hp]:
-                        hist[hp, b] = np.sort(seqs[b].sums / count)[::-1]
-                        hist_pos[b] = hp + 1
-            bar.update(len(steps))
+        if operators:
+            finals, bad = _operator_engine(layer, k, discard, rng, init, starts, lengths, acc, bar)
+        else:
+            bounds = np.unique(np.concatenate([[discard], discard + hist_steps, discard + edges]))
+            finals, bad = _dense_engine(
+                layer, k, discard, rng, init, bounds, starts, lengths, chunk, acc, bar
+            )
+    return _result(layer, k, discard, acc, finals, bad, use_blocks, n_blocks)
 
-    counts = np.array([s.count for s in seqs], dtype=np.int64)
+
+def _result(layer, k, discard, acc, finals, bad, use_blocks, n_blocks) -> Lyapunov:
+    B = layer.B
+    counts = acc.counts
     per_seq = np.full((B, k), np.nan)
-    for b, s in enumerate(seqs):
-        if s.count > 0:
-            per_seq[b] = np.sort(s.sums / s.count)[::-1]
     good = counts > 0
+    per_seq[good] = np.sort(acc.sums[good] / counts[good, None], axis=1)[:, ::-1]
     notes: list[str] = []
-    if skipped.any():
+    if bad:
+        skipped = sum(n for _, n, _ in bad)
+        first_step, first_b = min((t, b) for b, _, t in bad)
         notes.append(
-            f"{int(skipped.sum())} non-finite Jacobian step(s) skipped in "
-            f"{int((skipped > 0).sum())} sequence(s); first at step {first_bad[0]} of "
-            f"sequence {first_bad[1]}"
+            f"{skipped} non-finite Jacobian step(s) skipped in {len({b for b, _, _ in bad})} "
+            f"sequence(s); first at step {first_step} of sequence {first_b}"
         )
     if (~good).any():
         notes.append(
@@ -445,9 +331,9 @@ def _run(
     if good.sum() >= 2:
         stderr = per_seq[good].std(axis=0, ddof=1) / math.sqrt(int(good.sum()))
         method = "sequences"
-    elif use_blocks and (block_counts > 0).sum() >= 2:
-        used = block_counts > 0
-        means = block_sums[used] / block_counts[used, None]
+    elif use_blocks and (acc.block_counts > 0).sum() >= 2:
+        used = acc.block_counts > 0
+        means = acc.block_sums[used] / acc.block_counts[used, None]
         # Block means are per-column (QR column i tracks exponent i after convergence).
         means = np.sort(means, axis=1)[:, ::-1]
         stderr = means.std(axis=0, ddof=1) / math.sqrt(int(used.sum()))
@@ -455,6 +341,7 @@ def _run(
     else:
         stderr = nan_k.copy()
         method = "none"
+    hist = acc.hist
     with np.errstate(invalid="ignore"):
         reached = ~np.isnan(hist[..., 0])
         n_reached = reached.sum(axis=1)
@@ -464,21 +351,24 @@ def _run(
             / np.maximum(n_reached, 1)[:, None],
             np.nan,
         )
-    result = Lyapunov(
+    vectors = np.full((B, layer.D, k), np.nan)
+    for b, q in enumerate(finals):
+        if q is not None:
+            vectors[b] = q
+    return Lyapunov(
         name=layer.name,
         exponents=exponents,
         per_sequence=per_seq,
         stderr=stderr,
-        history_steps=hist_steps,
+        history_steps=acc.hist_steps,
         history=history_mean,
         kaplan_yorke=kaplan_yorke(exponents),
         steps=int(counts.max()) if B else 0,
         discard=int(discard),
         stderr_method=method,
         notes=notes,
+        vectors=vectors,
     )
-    finals = [s.q() if s.count > 0 else None for s in seqs]
-    return result, finals
 
 
 def lyapunov(
@@ -492,6 +382,7 @@ def lyapunov(
     history: int = 128,
     n_blocks: int = 10,
     progress: bool | str = "auto",
+    method: str = "auto",
 ) -> Lyapunov:
     r"""The ``k`` leading Lyapunov exponents of a layer by the QR method.
 
@@ -513,14 +404,36 @@ def lyapunov(
         history: Number of (log-spaced) points of the convergence history.
         n_blocks: Blocks of the batch-means standard error when ``B == 1``.
         progress: Progress bar: True, False or ``"auto"``.
+        method: ``"operator"`` (``J_t Q`` by closed-form Jacobian-vector products,
+            ``O(B·k·w)`` per step for ``w`` recurrent weights, sequences batched),
+            ``"dense"`` (form each ``J_t`` and run blocked LAPACK QR; fastest for small
+            ``D`` and for the full spectrum) or ``"auto"`` (see :func:`use_operators`). Both
+            compute the same exponents up to rounding.
 
     Returns:
         A :class:`Lyapunov`.
 
     Raises:
-        ValueError: ``k`` outside ``1..D``, negative ``discard`` or an unknown ``init``.
+        ArgumentError: ``k`` outside ``1..D``, negative ``discard`` or an unknown ``init``
+            or ``method``.
     """
-    return _run(layer, k, discard, init, seed, chunk, history, n_blocks, progress)[0]
+    return _run(layer, k, discard, init, seed, chunk, history, n_blocks, progress, None, method)
 
 
-__all__ = ["Lyapunov", "kaplan_yorke", "lyapunov"]
+def lyapunov_window(layer: LayerTrace, k: int, seed: int, window: int) -> Lyapunov:
+    """The QR iteration over only the last ``window`` valid steps of every sequence.
+
+    Used for its :attr:`Lyapunov.vectors`: the leading forward Lyapunov vectors at each
+    sequence's final step (the probe basis of :func:`gradscope.decay` for large states).
+    """
+    return _run(layer, k, 0, "random", seed, None, 2, 10, False, window)
+
+
+__all__ = [
+    "DENSE_MAX_D",
+    "Lyapunov",
+    "kaplan_yorke",
+    "lyapunov",
+    "lyapunov_window",
+    "use_operators",
+]

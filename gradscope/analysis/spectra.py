@@ -33,7 +33,9 @@ import torch
 
 from gradscope._json import dataclass_dict, jsonable
 from gradscope._progress import analysis, progress_bar
-from gradscope.errors import ShapeError
+from gradscope.errors import ArgumentError, ShapeError
+from gradscope.jacobians.krylov import leading_values
+from gradscope.jacobians.steps import StepOps
 from gradscope.traces import LayerTrace, StepSelect, _index
 
 Which = Literal["eig", "svd"]
@@ -74,6 +76,8 @@ class Spectrum:
             float64, descending. All-NaN rows where the entry is invalid (padded step or a
             non-finite Jacobian).
         valid: ``(T', B')`` bool, True where ``values`` holds a real decomposition.
+        method: ``"dense"`` (all ``D`` values of each Jacobian) or ``"operator"`` (only the
+            leading ``values.shape[-1]`` values, by ARPACK on the Jacobian operator).
     """
 
     name: str
@@ -82,6 +86,7 @@ class Spectrum:
     batch: np.ndarray
     values: np.ndarray
     valid: np.ndarray
+    method: str = "dense"
 
     @property
     def radius(self) -> np.ndarray:
@@ -123,6 +128,39 @@ class Spectrum:
 
 
 # --------------------------------------------------------------------------- compute
+#: Largest state decomposed densely by ``method="auto"``.
+DENSE_MAX_D = 256
+#: Leading values per Jacobian on the operator path.
+OPERATOR_VALUES = 6
+
+
+def _operator_spectrum(layer, which, step_idx, b_idx, k, progress) -> Spectrum:
+    D = layer.D
+    kk = min(OPERATOR_VALUES if k is None else int(k), D - 2)
+    if kk < 1:
+        raise ArgumentError(
+            f"{layer.name}: the operator path needs D >= 3 (D = {D}); use method='dense'"
+        )
+    T_, B_ = len(step_idx), len(b_idx)
+    values = np.full((T_, B_, kk), np.nan, dtype=np.complex128 if which == "eig" else np.float64)
+    valid = np.zeros((T_, B_), dtype=bool)
+    if T_ and B_:
+        mask = layer.mask[np.ix_(step_idx.numpy(), b_idx.numpy())]
+        ops = StepOps(layer)
+        with progress_bar(
+            total=T_, desc=f"{which} {layer.name}", progress=progress, work=T_ * B_ * 400 * D * D
+        ) as bar:
+            for i, t in enumerate(step_idx.tolist()):
+                for j, b in enumerate(b_idx.tolist()):
+                    if mask[i, j]:
+                        values[i, j] = leading_values(ops, t, b, which, kk)
+                        valid[i, j] = bool(np.isfinite(values[i, j][0]))
+                bar.update(1)
+    return Spectrum(
+        layer.name, which, step_idx.numpy(), b_idx.numpy(), values, valid, method="operator"
+    )
+
+
 def _decompose(jac: torch.Tensor, which: str) -> np.ndarray:
     """Eigen/singular values of a ``(..., D, D)`` float64 batch with finite entries."""
     if which == "svd":
@@ -140,6 +178,8 @@ def spectrum(
     batch: StepSelect = None,
     *,
     chunk: int = 64,
+    method: str = "auto",
+    k: int | None = None,
     progress: bool | str = "auto",
 ) -> Spectrum:
     """Eigenvalues (``which="eig"``) or singular values (``"svd"``) of each one-step Jacobian.
@@ -153,6 +193,13 @@ def spectrum(
         steps: Jacobian steps ``k`` to use (int, slice, index list, or None for all).
         batch: Sequences to use (same forms).
         chunk: Steps per chunk of Jacobians.
+        method: ``"dense"`` (decompose each ``D × D`` Jacobian: all ``D`` values, ~25 D³
+            flops per eig), ``"operator"`` (only the ``k`` leading values, by ARPACK on the
+            closed-form Jacobian products: ``O(m · w)`` for ``m`` products and ``w``
+            recurrent weights) or ``"auto"``: dense up to ``D = DENSE_MAX_D`` (and for
+            traces with stored Jacobians), operator above.
+        k: Leading values per Jacobian on the operator path (default
+            :data:`OPERATOR_VALUES`); ignored by the dense path.
         progress: Progress bar: True, False, or ``"auto"`` (only for long computations on a
             terminal; ``GRADSCOPE_PROGRESS=0`` turns it off everywhere).
 
@@ -160,13 +207,20 @@ def spectrum(
         A :class:`Spectrum`; padded steps and non-finite Jacobians are invalid (NaN rows).
 
     Raises:
-        ValueError: ``which`` is not ``"eig"`` or ``"svd"``.
+        ArgumentError: ``which`` is not ``"eig"`` or ``"svd"``, or an unknown ``method``.
         ShapeError: a step or batch index is out of range.
     """
     if which not in ("eig", "svd"):
-        raise ValueError(f"{layer.name}: which must be 'eig' or 'svd', got {which!r}")
+        raise ArgumentError(f"{layer.name}: which must be 'eig' or 'svd', got {which!r}")
+    if method not in ("auto", "dense", "operator"):
+        raise ArgumentError(
+            f"{layer.name}: method must be 'auto', 'dense' or 'operator', got {method!r}"
+        )
     step_idx = _index(steps, layer.T, "step")
     b_idx = _index(batch, layer.B, "batch")
+    stored = layer.stored_jacobians is not None and "state" in layer.stored_jacobians
+    if method == "operator" or (method == "auto" and layer.D > DENSE_MAX_D and not stored):
+        return _operator_spectrum(layer, which, step_idx, b_idx, k, progress)
     T_, B_, D = len(step_idx), len(b_idx), layer.D
     dtype = np.complex128 if which == "eig" else np.float64
     values = np.full((T_, B_, D), np.nan, dtype=dtype)
@@ -197,4 +251,4 @@ def spectrum(
     return Spectrum(layer.name, which, step_idx.numpy(), b_idx.numpy(), values, valid)
 
 
-__all__ = ["Spectrum", "spectrum"]
+__all__ = ["DENSE_MAX_D", "OPERATOR_VALUES", "Spectrum", "spectrum"]

@@ -31,7 +31,32 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gradscope.errors import ShapeError
+
 Params = dict[str, Tensor]
+
+#: Structure tags of a state Jacobian (:attr:`CellAdapter.structure`), for the analysis.
+DENSE = "dense"  #: no structure to exploit
+BLOCK = "block"  #: blocks per state part, some of them diagonal (LSTM: ``∂c/∂c = diag(f)``)
+DIAGONAL = "diagonal"  #: ``J_t`` is diagonal (Mamba, minGRU, LRU, RG-LRU)
+SCALAR_IDENTITY = "scalar_identity"  #: a scalar per head times the identity (mLSTM, GLA)
+STRUCTURES = (DENSE, BLOCK, DIAGONAL, SCALAR_IDENTITY)
+
+
+def weight_times(w: Tensor, v: Tensor) -> Tensor:
+    """``W @ v_n`` for every ``n``: ``w`` ``(R, C)``, ``v`` ``(N, C, k)`` -> ``(N, R, k)``.
+
+    One GEMM over all ``N · k`` columns (``(R, C) @ (C, N·k)``), which is several times
+    faster on the CPU than ``N`` small batched products when ``k`` is small.
+    """
+    n, c, k = v.shape
+    cols = v.permute(1, 0, 2).reshape(c, n * k)
+    return (w @ cols).reshape(w.shape[0], n, k).permute(1, 0, 2)
+
+
+def weight_t_times(w: Tensor, u: Tensor) -> Tensor:
+    """``Wᵀ @ u_n`` for every ``n``: ``w`` ``(R, C)``, ``u`` ``(N, R, k)`` -> ``(N, C, k)``."""
+    return weight_times(w.T, u)
 
 
 # --------------------------------------------------------------------------- output memory
@@ -93,6 +118,8 @@ class CellAdapter(ABC):
     state_names: tuple[str, ...] = ("h",)
     #: Whether the Jacobians are closed forms (False: computed with ``torch.func``).
     closed_form: bool = True
+    #: Structure of the state Jacobian: one of :data:`STRUCTURES`.
+    structure: str = DENSE
 
     # ------------------------------------------------------------------ layout
     @abstractmethod
@@ -139,6 +166,59 @@ class CellAdapter(ABC):
     @abstractmethod
     def jacobian_input(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
         """Input Jacobians ``∂s_t/∂x_t``, shape ``(N, D, I)``."""
+
+    # ------------------------------------------------------------------ products
+    # Matrix-free Jacobian products. Subclasses with closed forms override all four; the
+    # defaults differentiate :meth:`step` with ``torch.func`` (forward mode for jvp,
+    # reverse mode for vjp). The ``k`` columns are laid along the batch (``N · k`` rows,
+    # ``x`` and ``s`` repeated): a cell step treats the rows of a batch independently, so
+    # one call differentiates all columns at once, and no ``vmap`` over the user's module
+    # is needed.
+    def check_block(self, name: str, m: Tensor, n: int, rows: int) -> None:
+        """Raise :class:`ShapeError` unless ``m`` is ``(n, rows, k)``."""
+        if not isinstance(m, Tensor) or m.ndim != 3 or m.shape[0] != n or m.shape[1] != rows:
+            got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+            raise ShapeError(
+                f"{self.kind}: {name} takes a block of columns (N, {rows}, k) = ({n}, {rows}, k)"
+                f" for N = {n} (x, s) pairs, got {got}"
+            )
+
+    def _func_product(self, params: Params, x: Tensor, s: Tensor, m: Tensor, wrt: str, rev: bool):
+        n, k = x.shape[0], m.shape[-1]
+        xr = x.repeat_interleave(k, dim=0)
+        sr = s.repeat_interleave(k, dim=0)
+        cols = m.transpose(1, 2).reshape(n * k, -1).to(x.dtype)
+        with torch.enable_grad():
+            if wrt == "state":
+                fn, primal = (lambda st: self.step(params, xr, st)), sr
+            else:
+                fn, primal = (lambda xt: self.step(params, xt, sr)), xr
+            if rev:
+                _, pullback = torch.func.vjp(fn, primal)
+                out = pullback(cols)[0]
+            else:
+                out = torch.func.jvp(fn, (primal,), (cols,))[1]
+        return out.detach().reshape(n, k, -1).transpose(1, 2)
+
+    def jvp_state(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
+        """``J_t @ v`` per pair: ``v`` ``(N, D, k)`` -> ``(N, D, k)`` (default: torch.func)."""
+        self.check_block("jvp_state", v, x.shape[0], s.shape[-1])
+        return self._func_product(params, x, s, v, "state", rev=False)
+
+    def vjp_state(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
+        """``J_tᵀ @ u`` per pair: ``u`` ``(N, D, k)`` -> ``(N, D, k)`` (default: torch.func)."""
+        self.check_block("vjp_state", u, x.shape[0], s.shape[-1])
+        return self._func_product(params, x, s, u, "state", rev=True)
+
+    def jvp_input(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
+        """``K_t @ v`` per pair (``K = ∂s_t/∂x_t``): ``v`` ``(N, I, k)`` -> ``(N, D, k)``."""
+        self.check_block("jvp_input", v, x.shape[0], x.shape[-1])
+        return self._func_product(params, x, s, v, "input", rev=False)
+
+    def vjp_input(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
+        """``K_tᵀ @ u`` per pair: ``u`` ``(N, D, k)`` -> ``(N, I, k)``."""
+        self.check_block("vjp_input", u, x.shape[0], s.shape[-1])
+        return self._func_product(params, x, s, u, "input", rev=True)
 
     # ------------------------------------------------------------------ recording
     def cell_params(self, module: nn.Module) -> Params:

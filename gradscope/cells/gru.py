@@ -19,6 +19,15 @@ sums of row-scaled gate blocks of ``W_hh`` and ``W_ih``::
 
 The ``diag(z)`` term is the GRU's leaky-integrator path: an update gate near 1 copies the
 state (and the gradient) through unchanged.
+
+Products with ``k`` columns never form the ``(H, H)`` matrix: with ``c_r, c_z, c_n`` the row
+scalings above and ``[·; ·; ·]`` the stacked gate blocks (one GEMM for all columns,
+``O(N k H (H + I))``)::
+
+    J v = c_r ⊙ (W_hr v) + c_z ⊙ (W_hz v) + c_n ⊙ (W_hn v) + z ⊙ v
+    Jᵀ u = W_hhᵀ [c_r ⊙ u; c_z ⊙ u; c_n ⊙ u] + z ⊙ u
+
+and likewise for ``K = ∂h_t/∂x_t`` with ``W_ih`` and ``c_n = v`` (no ``z`` term).
 """
 
 from __future__ import annotations
@@ -26,7 +35,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gradscope.cells.base import CellAdapter, Params, cache_block_size, new_output
+from gradscope.cells.base import (
+    CellAdapter,
+    Params,
+    cache_block_size,
+    new_output,
+    weight_t_times,
+    weight_times,
+)
 
 
 class GRUAdapter(CellAdapter):
@@ -111,6 +127,44 @@ class GRUAdapter(CellAdapter):
         """``∂h_t/∂x_t``, shape ``(N, H, I)`` (not tracking gradients)."""
         coef, _ = self._coefficients(params, x, s, "input")
         return self._combine(coef, params["weight_ih"])
+
+    def _apply(self, params: Params, x: Tensor, s: Tensor, m: Tensor, wrt: str, rev: bool):
+        coef, z = self._coefficients(params, x, s, wrt)
+        w = params["weight_hh" if wrt == "state" else "weight_ih"]
+        m = m.to(x.dtype)
+        c = coef.unsqueeze(-1)  # (N, 3, H, 1)
+        if rev:
+            out = weight_t_times(w, (c * m.unsqueeze(1)).flatten(1, 2))
+        else:
+            g = weight_times(w, m).unflatten(1, (3, -1))  # (N, 3, H, k)
+            out = (c * g).sum(dim=1)
+        if wrt == "state":
+            out = out + z.unsqueeze(-1) * m
+        return out
+
+    @torch.no_grad()
+    def jvp_state(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
+        """``J_t v`` (see the module docstring); ``v`` ``(N, H, k)``."""
+        self.check_block("jvp_state", v, x.shape[0], s.shape[-1])
+        return self._apply(params, x, s, v, "state", rev=False)
+
+    @torch.no_grad()
+    def vjp_state(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
+        """``J_tᵀ u``; ``u`` ``(N, H, k)``."""
+        self.check_block("vjp_state", u, x.shape[0], s.shape[-1])
+        return self._apply(params, x, s, u, "state", rev=True)
+
+    @torch.no_grad()
+    def jvp_input(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
+        """``K_t v``; ``v`` ``(N, I, k)``."""
+        self.check_block("jvp_input", v, x.shape[0], x.shape[-1])
+        return self._apply(params, x, s, v, "input", rev=False)
+
+    @torch.no_grad()
+    def vjp_input(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
+        """``K_tᵀ u``; ``u`` ``(N, H, k)`` -> ``(N, I, k)``."""
+        self.check_block("vjp_input", u, x.shape[0], s.shape[-1])
+        return self._apply(params, x, s, u, "input", rev=True)
 
 
 GRU_ADAPTER = GRUAdapter()

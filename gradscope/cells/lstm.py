@@ -24,6 +24,17 @@ and ``∂s_t/∂x_t`` is the same with the gate blocks of ``W_ih`` and no ``c`` 
 ``diag(f)`` path is the "constant error carousel": when ``f ≈ 1`` the cell state carries the
 gradient back unchanged, which is why LSTMs avoid the vanishing gradient of vanilla RNNs.
 
+Products with ``k`` columns never form the ``(P+H, P+H)`` matrix. With the local factors
+``α = (g i(1-i), c_{t-1} f(1-f), i(1-g²))``, ``β_o = tanh(c_t) o(1-o)``, ``ou = o u``
+(one GEMM with the weights for all ``N · k`` columns, ``O(N k H (P + I))``)::
+
+    jvp:  δa = W_hh δh    δc = α_i δa_i + α_f δa_f + α_g δa_g + f δc_prev
+          δm = ou δc + β_o δa_o    δh_t = W_hr δm (δm without projection)
+    vjp:  u_m = W_hrᵀ u_h (u_h)    g_c = u_c + ou u_m
+          u_h,prev = W_hhᵀ [α_i g_c; α_f g_c; α_g g_c; β_o u_m]    u_c,prev = f g_c
+
+and for ``∂s_t/∂x_t`` the same with ``W_ih`` and no ``c_{t-1}`` term.
+
 Every ``diag(v) W`` product is a broadcast multiply-add written in place into a
 preallocated ``(N, D, D)`` output (five multiply-adds per element of the dense blocks, using
 ``∂m = diag(o u) ∂c + diag(tanh(c_t) o(1-o)) W_o``); no diagonal matrix is ever built. On the
@@ -38,7 +49,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from gradscope.cells.base import CellAdapter, Params, cache_block_size, new_output
+from gradscope.cells.base import (
+    BLOCK,
+    CellAdapter,
+    Params,
+    cache_block_size,
+    new_output,
+    weight_t_times,
+    weight_times,
+)
 
 
 def _gates(params: Params, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -66,6 +85,7 @@ class LSTMAdapter(CellAdapter):
 
     kind = "lstm"
     state_names = ("h", "c")
+    structure = BLOCK
 
     def state_sizes(self, params: Params) -> tuple[int, ...]:
         """``(P, H)`` with a projection ``weight_hr`` of shape ``(P, H)``, else ``(H, H)``."""
@@ -167,6 +187,64 @@ class LSTMAdapter(CellAdapter):
             self._fill_rows(out[:, p:], dm, loc, every, w4)
             out[:, :p] = torch.matmul(w_hr, dm)
         return out
+
+    def _forward(self, params: Params, loc: _Local, da: Tensor, dc_prev: Tensor | None):
+        """``(δh, δc)`` from the gate pre-activation tangents ``da`` ``(N, 4H, k)``."""
+        a = da.unflatten(1, (4, -1))  # (N, 4, H, k)
+        al = loc.alpha.unsqueeze(-1)  # (N, 3, H, 1)
+        dc = (al * a[:, :3]).sum(dim=1)
+        if dc_prev is not None:
+            dc = dc + loc.f.unsqueeze(-1) * dc_prev
+        dm = loc.ou.unsqueeze(-1) * dc + loc.beta_o.unsqueeze(-1) * a[:, 3]
+        dh = weight_times(params["weight_hr"], dm) if "weight_hr" in params else dm
+        return torch.cat([dh, dc], dim=1)
+
+    def _backward(self, params: Params, loc: _Local, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Cotangents of the gate pre-activations ``(N, 4H, k)`` and ``g_c`` ``(N, H, k)``."""
+        p = u.shape[1] - loc.f.shape[-1]
+        u_h, u_c = u[:, :p], u[:, p:]
+        u_m = weight_t_times(params["weight_hr"], u_h) if "weight_hr" in params else u_h
+        g_c = u_c + loc.ou.unsqueeze(-1) * u_m
+        ga = torch.cat(
+            [loc.alpha.unsqueeze(-1) * g_c.unsqueeze(1), (loc.beta_o.unsqueeze(-1) * u_m)[:, None]],
+            dim=1,
+        )
+        return ga.flatten(1, 2), g_c
+
+    @torch.no_grad()
+    def jvp_state(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
+        """``J_t v`` (see the module docstring); ``v`` ``(N, P+H, k)``."""
+        self.check_block("jvp_state", v, x.shape[0], s.shape[-1])
+        loc = self._local(params, x, s)
+        v = v.to(x.dtype)
+        p = int(params["weight_hh"].shape[1])
+        da = weight_times(params["weight_hh"], v[:, :p])
+        return self._forward(params, loc, da, v[:, p:])
+
+    @torch.no_grad()
+    def jvp_input(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
+        """``K_t v``; ``v`` ``(N, I, k)`` -> ``(N, P+H, k)``."""
+        self.check_block("jvp_input", v, x.shape[0], x.shape[-1])
+        loc = self._local(params, x, s)
+        da = weight_times(params["weight_ih"], v.to(x.dtype))
+        return self._forward(params, loc, da, None)
+
+    @torch.no_grad()
+    def vjp_state(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
+        """``J_tᵀ u``; ``u`` ``(N, P+H, k)``."""
+        self.check_block("vjp_state", u, x.shape[0], s.shape[-1])
+        loc = self._local(params, x, s)
+        ga, g_c = self._backward(params, loc, u.to(x.dtype))
+        u_h = weight_t_times(params["weight_hh"], ga)
+        return torch.cat([u_h, loc.f.unsqueeze(-1) * g_c], dim=1)
+
+    @torch.no_grad()
+    def vjp_input(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
+        """``K_tᵀ u``; ``u`` ``(N, P+H, k)`` -> ``(N, I, k)``."""
+        self.check_block("vjp_input", u, x.shape[0], s.shape[-1])
+        loc = self._local(params, x, s)
+        ga, _ = self._backward(params, loc, u.to(x.dtype))
+        return weight_t_times(params["weight_ih"], ga)
 
 
 LSTM_ADAPTER = LSTMAdapter()

@@ -11,6 +11,12 @@ Jacobians::
     ∂h_t/∂x_t     = diag(φ'(a_t)) W_ih          (H, I)
 
 with ``tanh'(a) = 1 - tanh(a)²`` and ``relu'(a) = 1[a > 0]`` (PyTorch's convention at 0).
+Products with ``k`` columns, never forming the ``(H, H)`` matrix (one GEMM with the weights
+for all ``N · k`` columns, ``O(N k H (H + I))``)::
+
+    J v = φ'(a) ⊙ (W_hh v)        Jᵀ u = W_hhᵀ (φ'(a) ⊙ u)
+    K v = φ'(a) ⊙ (W_ih v)        Kᵀ u = W_ihᵀ (φ'(a) ⊙ u)
+
 Every step multiplies the same ``W_hh`` into the backward pass, which is why these cells
 vanish (or explode) exponentially: Pascanu, Mikolov & Bengio (2013).
 """
@@ -20,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gradscope.cells.base import CellAdapter, Params
+from gradscope.cells.base import CellAdapter, Params, weight_t_times, weight_times
 
 
 class VanillaAdapter(CellAdapter):
@@ -65,6 +71,34 @@ class VanillaAdapter(CellAdapter):
     def jacobian_input(self, params: Params, x: Tensor, s: Tensor) -> Tensor:  # noqa: D102
         d = self._dphi(self._preactivation(params, x, s))
         return d.unsqueeze(-1) * params["weight_ih"]
+
+    @torch.no_grad()
+    def jvp_state(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
+        """``J_t v = φ'(a) ⊙ (W_hh v)``; ``v`` ``(N, H, k)``."""
+        self.check_block("jvp_state", v, x.shape[0], s.shape[-1])
+        d = self._dphi(self._preactivation(params, x, s)).unsqueeze(-1)
+        return d * weight_times(params["weight_hh"], v.to(x.dtype))
+
+    @torch.no_grad()
+    def vjp_state(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
+        """``J_tᵀ u = W_hhᵀ (φ'(a) ⊙ u)``; ``u`` ``(N, H, k)``."""
+        self.check_block("vjp_state", u, x.shape[0], s.shape[-1])
+        d = self._dphi(self._preactivation(params, x, s)).unsqueeze(-1)
+        return weight_t_times(params["weight_hh"], d * u.to(x.dtype))
+
+    @torch.no_grad()
+    def jvp_input(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
+        """``K_t v = φ'(a) ⊙ (W_ih v)``; ``v`` ``(N, I, k)``."""
+        self.check_block("jvp_input", v, x.shape[0], x.shape[-1])
+        d = self._dphi(self._preactivation(params, x, s)).unsqueeze(-1)
+        return d * weight_times(params["weight_ih"], v.to(x.dtype))
+
+    @torch.no_grad()
+    def vjp_input(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
+        """``K_tᵀ u = W_ihᵀ (φ'(a) ⊙ u)``; ``u`` ``(N, H, k)``."""
+        self.check_block("vjp_input", u, x.shape[0], s.shape[-1])
+        d = self._dphi(self._preactivation(params, x, s)).unsqueeze(-1)
+        return weight_t_times(params["weight_ih"], d * u.to(x.dtype))
 
 
 _ADAPTERS = {name: VanillaAdapter(name) for name in ("tanh", "relu")}

@@ -1,0 +1,214 @@
+"""Plain-language verdict and advice for one diagnosed layer.
+
+The numbers come from :mod:`gradscope.analysis.diagnosis`; this module only words them.
+The verdict states every claim with its number; the advice is keyed to the cell family
+and the regime: Pascanu, Mikolov & Bengio (2013) for clipping and the ``σ_max(W_hh) < 1``
+criterion; Saxe et al. (2014) / Le, Jaitly & Hinton (2015) for orthogonal and identity
+initialisation; Gers, Schmidhuber & Cummins (2000) and Jozefowicz, Zaremba & Sutskever
+(2015) for the forget-gate bias; Tallec & Ollivier (2018) for chrono initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gradscope.traces import LayerTrace
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gradscope.analysis.diagnosis import LayerDiagnosis
+
+
+def fmt_num(x: float, digits: int = 3) -> str:
+    """A number for a sentence: ``n/a`` for NaN, ``∞``, scientific when tiny or huge."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 10 ** (-digits)):
+        return f"{x:.{max(digits - 1, 1)}e}"
+    return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}"
+
+
+def fmt_steps(x: float) -> str:
+    """A number of steps for a sentence (``n/a``, ``∞``, one decimal below 100)."""
+    if x is None or math.isnan(x):
+        return "n/a"
+    if math.isinf(x):
+        return "∞"
+    return f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def _family(kind: str) -> str:
+    if kind.startswith("rnn_"):
+        return "vanilla"
+    if kind in ("lstm", "gru"):
+        return kind
+    return "other"
+
+
+def verdict(d: LayerDiagnosis, layer: LayerTrace) -> str:
+    """The layer's verdict: regime, rate, Lyapunov exponent and one-step norms, in words."""
+    st = d.decay.get("state")
+    t_ref = float(np.median(layer.seq_lengths)) if layer.B else 0.0
+    bits: list[str] = []
+    nf = d.nonfinite
+    if nf.get("count"):
+        bits.append(
+            f"{nf['count']} recorded state(s) are NaN/inf, the first at step {nf['first_step']}"
+            f" of sequence {nf['first_batch']}; they are left out of every statistic."
+        )
+    if st is None or math.isnan(st.rate):
+        bits.append(
+            "The gradient decay could not be measured (too few steps"
+            f": T = {d.T}); regime unknown, reported as neutral."
+        )
+    else:
+        lo, hi = st.rate_ci
+        ci = f"95% CI [{lo:+.4f}, {hi:+.4f}]" if math.isfinite(lo) else "no CI"
+        per = math.exp(st.rate)
+        rate_txt = (
+            f"‖∂s_T/∂s_(T−k)‖ changes by a factor {per:.4f} per step back (rate {st.rate:+.4f}"
+            f"/step, {ci}, fitted over lags {st.fit_lags[0]}–{st.fit_lags[1]})"
+        )
+        if st.regime == "vanishing":
+            keep = math.exp(st.rate * t_ref)
+            bits.append(
+                f"Vanishing gradients: {rate_txt}. It halves every {fmt_steps(st.half_life)} "
+                f"steps and falls below {st.horizon_factor:g} of its value after "
+                f"{fmt_steps(st.horizon)} steps; across a whole sequence (T = {t_ref:g}) it "
+                f"shrinks by {fmt_num(keep, 3)}, beyond the neutral band |rate| ≤ "
+                f"{st.threshold:.4f} (a factor 10 over T)."
+            )
+        elif st.regime == "exploding":
+            grow = math.exp(st.rate * t_ref)
+            bits.append(
+                f"Exploding gradients: {rate_txt}; over a whole sequence (T = {t_ref:g}) it "
+                f"grows by {fmt_num(grow, 3)}, beyond the neutral band |rate| ≤ "
+                f"{st.threshold:.4f} (a factor 10 over T)."
+            )
+        else:
+            bits.append(
+                f"Neutral: {rate_txt}, within the band |rate| ≤ {st.threshold:.4f} where the "
+                f"gradient from the first step of a T = {t_ref:g} sequence arrives within a "
+                "factor 10 (or not significantly outside it)."
+            )
+    if d.lyapunov is not None and d.lyapunov.k and not math.isnan(d.lambda1):
+        l1, se = d.lambda1, float(d.lyapunov.stderr[0])
+        se_txt = f" ± {se:.4f}" if math.isfinite(se) else ""
+        kind = (
+            "chaotic: nearby states diverge"
+            if l1 - 2 * (se if math.isfinite(se) else 0) > 0
+            else "ordered: nearby states converge"
+            if l1 + 2 * (se if math.isfinite(se) else 0) < 0
+            else "marginal"
+        )
+        bits.append(
+            f"Leading Lyapunov exponent λ1 = {l1:+.4f}{se_txt}/step ({kind}; "
+            f"{d.lyapunov.steps} steps)."
+        )
+    if d.eig.get("n") and d.svd.get("n"):
+        bits.append(
+            f"One step: spectral radius median {fmt_num(d.eig['median'])} "
+            f"({100 * d.eig['frac_above_1']:.0f}% of steps above 1), spectral norm "
+            f"σ_max median {fmt_num(d.svd['median'])} ({100 * d.svd['frac_above_1']:.0f}% "
+            "above 1); one-step numbers bound a single step only, the rate above decides."
+        )
+    loss = d.decay.get("loss")
+    if loss is not None and not math.isnan(loss.rate):
+        bits.append(
+            f"The loss gradient ‖∂L/∂s_t‖ changes at {loss.rate:+.4f}/step going back "
+            f"(half-life {fmt_steps(loss.half_life)} steps, {loss.regime})."
+        )
+    inp = d.decay.get("input")
+    if inp is not None and not math.isnan(inp.rate):
+        bits.append(
+            f"Input sensitivity ‖∂s_T/∂x_(T−k)‖ rate {inp.rate:+.4f}/step (horizon "
+            f"{fmt_steps(inp.horizon)} steps)."
+        )
+    return " ".join(bits)
+
+
+def _lstm_forget_bias(layer: LayerTrace) -> float | None:
+    p = layer.params
+    if "bias_ih" not in p and "bias_hh" not in p:
+        return None
+    hidden = int(p["weight_hh"].shape[0]) // 4
+    b = sum(
+        p[k].detach().double().cpu()[hidden : 2 * hidden] for k in ("bias_ih", "bias_hh") if k in p
+    )
+    return float(b.mean())
+
+
+def advice(d: LayerDiagnosis, layer: LayerTrace) -> list[str]:
+    """What to do about the regime, keyed to the cell family (one sentence per item)."""
+    fam = _family(d.kind)
+    st = d.decay.get("state")
+    horizon = fmt_steps(st.horizon) if st is not None else "n/a"
+    out: list[str] = []
+    nf = d.nonfinite
+    if nf.get("count"):
+        out.append(
+            f"Non-finite states start at step {nf['first_step']} (sequence "
+            f"{nf['first_batch']}): check the inputs there, lower the learning rate, clip "
+            "gradients, and run torch.autograd.set_detect_anomaly(True) to find the first "
+            "operation that produced NaN/inf."
+        )
+    radius = d.eig.get("median", math.nan)
+    smax = d.svd.get("median", math.nan)
+    if d.regime == "vanishing":
+        if fam == "vanilla":
+            out += [
+                "Initialise weight_hh orthogonally (torch.nn.init.orthogonal_) or, with ReLU, "
+                f"as the identity (IRNN, Le et al. 2015): its singular values then start at 1 "
+                f"(one-step σ_max median now {fmt_num(smax)}).",
+                "Switch to a gated cell (nn.LSTM / nn.GRU): the additive cell-state path "
+                "carries gradients across long lags.",
+                f"Dependencies longer than ~{horizon} steps are out of reach; truncated BPTT "
+                "over that many steps loses nothing and is cheaper.",
+            ]
+        elif fam == "lstm":
+            fb = _lstm_forget_bias(layer)
+            fb_txt = "" if fb is None else f" (mean forget-gate bias now {fb:+.2f})"
+            out += [
+                "Raise the forget-gate bias (rows H:2H of bias_ih + bias_hh) to 1–3 so that "
+                f"f = σ(b) ≈ 0.73–0.95 at initialisation{fb_txt} (Gers et al. 2000; Jozefowicz "
+                "et al. 2015).",
+                "Or use chrono initialisation (Tallec & Ollivier 2018): b_f ~ log U(1, T_max − "
+                "1), b_i = −b_f, for dependencies up to T_max steps.",
+                f"Dependencies longer than ~{horizon} steps are out of reach at present.",
+            ]
+        elif fam == "gru":
+            out += [
+                "Bias the update gate towards keeping the state (rows H:2H of bias_hh, the z "
+                "gate; h_t = (1 − z) n + z h_(t−1)) to 1–3, so z ≈ 0.73–0.95 at "
+                "initialisation; the chrono idea of Tallec & Ollivier (2018) applies to z.",
+                "Initialise the recurrent weights orthogonally (torch.nn.init.orthogonal_).",
+                f"Dependencies longer than ~{horizon} steps are out of reach at present.",
+            ]
+        else:
+            out += [
+                "Give the cell an additive or gated state path (as in LSTM/GRU) or initialise "
+                "its recurrent weights orthogonally, so that the state Jacobian has singular "
+                f"values near 1 (one-step σ_max median now {fmt_num(smax)}).",
+                f"Dependencies longer than ~{horizon} steps are out of reach at present.",
+            ]
+    elif d.regime == "exploding":
+        out += [
+            "Clip gradients: torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0) "
+            "(Pascanu et al. 2013).",
+            "Lower the recurrent gain: scale weight_hh so that the spectral radius of the "
+            f"step Jacobian stays below 1 (median now {fmt_num(radius)}), or reduce the "
+            "initialisation gain.",
+            "Lower the learning rate if the loss spikes.",
+        ]
+    if d.lyapunov is not None and not math.isnan(d.lambda1) and d.lambda1 > 0.0:
+        out.append(
+            f"λ1 = {d.lambda1:+.4f} > 0: the dynamics are chaotic, so gradients through long "
+            "spans are erratic; clipping and a smaller recurrent gain tame it."
+        )
+    if not out:
+        out.append("No action needed for gradient flow over the recorded lengths (neutral regime).")
+    return out

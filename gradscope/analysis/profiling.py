@@ -1,0 +1,128 @@
+"""Record a model and diagnose it in one call: :func:`profile` and its :class:`Profile`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradscope.analysis.diagnosis import Diagnosis, diagnose
+from gradscope.errors import GradscopeError
+from gradscope.traces import Trace
+
+
+@dataclass
+class Profile:
+    """What :func:`profile` returns: the trace, its diagnosis and the model's output.
+
+    Attributes:
+        trace: The recording.
+        diagnosis: Its diagnosis.
+        output: What ``model(*args, **kwargs)`` returned.
+        loss: The loss value (a float) when ``loss_fn`` was given, else None.
+    """
+
+    trace: Trace
+    diagnosis: Diagnosis
+    output: Any = None
+    loss: float | None = None
+
+    def report(self, path: str | Path) -> Path:
+        """Write an HTML or PDF report (by suffix) with :func:`gradscope.reporting.report`."""
+        from gradscope.reporting import report
+
+        return report(self, path)
+
+    def __str__(self) -> str:
+        return str(self.diagnosis)
+
+
+def _leaf_tensors(obj: Any, out: list[torch.Tensor]) -> None:
+    if isinstance(obj, torch.Tensor):
+        if obj.requires_grad and obj.is_leaf:
+            out.append(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _leaf_tensors(v, out)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _leaf_tensors(v, out)
+
+
+def profile(
+    model: nn.Module,
+    *args: Any,
+    loss_fn: Callable[[Any], torch.Tensor] | None = None,
+    cells: Iterable[nn.Module] | nn.Module | None = None,
+    check: bool = True,
+    analysis: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Profile:
+    """Record ``model(*args, **kwargs)`` and diagnose it in one call.
+
+    Without ``loss_fn`` only the forward runs. With ``loss_fn``, the forward runs under
+    :func:`gradscope.recording.record` with ``grads=True``, then ``loss = loss_fn(output)`` and
+    ``loss.backward()`` so the exact loss gradients ``∂L/∂s_t`` join the diagnosis (a
+    ``"loss"`` decay per layer). Profiling leaves no trace on the model: the ``.grad`` of
+    every parameter (and of every leaf tensor argument that requires grad) is restored
+    exactly afterwards, the same tensor object holding the same values, or None.
+
+    Args:
+        model: The model.
+        *args: Positional arguments of its forward.
+        loss_fn: ``output -> scalar loss`` (e.g. ``lambda out: crit(out[0], y)``), optional.
+        cells: Extra modules to record call by call (see :func:`gradscope.recording.record`).
+        check: Check that replays reproduce the modules' outputs.
+        analysis: Keyword arguments for :func:`diagnose` (``k``, ``max_lag``, ``progress``...).
+        **kwargs: Keyword arguments of the model's forward.
+
+    Returns:
+        A :class:`Profile` with ``trace``, ``diagnosis``, ``output`` and ``loss``.
+
+    Raises:
+        GradscopeError: ``loss_fn`` did not return a scalar tensor, or any recording error.
+    """
+    from gradscope.recording import record
+
+    opts = {"progress": "auto", **(analysis or {})}
+    if loss_fn is None:
+        with record(model, cells, check=check) as rec:
+            output = model(*args, **kwargs)
+        tr = rec.trace
+        return Profile(tr, diagnose(tr, **opts), output, None)
+
+    leaves: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
+    _leaf_tensors((args, kwargs), leaves)
+    seen: set[int] = set()
+    leaves = [t for t in leaves if not (id(t) in seen or seen.add(id(t)))]
+    saved = [(t, t.grad, None if t.grad is None else t.grad.detach().clone()) for t in leaves]
+    try:
+        with torch.enable_grad():
+            with record(model, cells, grads=True, check=check) as rec:
+                output = model(*args, **kwargs)
+            loss = loss_fn(output)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise GradscopeError(
+                    "profile(loss_fn=...): loss_fn must return a scalar tensor, got "
+                    f"{type(loss).__name__}"
+                    + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else "")
+                )
+            if loss.requires_grad:
+                loss.backward()
+        tr = rec.trace
+    finally:
+        with torch.no_grad():
+            for t, obj, values in saved:
+                if obj is None:
+                    t.grad = None
+                else:
+                    obj.copy_(values)
+                    t.grad = obj
+    return Profile(tr, diagnose(tr, **opts), output, float(loss.detach()))
+
+
+__all__ = ["Profile", "profile"]

@@ -1,0 +1,223 @@
+"""The analysis layer on Jacobian operators against the dense path and against theory.
+
+References, never the operator code's own output:
+
+* ``layer.jvp`` / ``layer.vjp`` against products with the dense closed-form Jacobians
+  (``layer.jacobians()``, themselves checked against ``torch.func.jacrev`` of the modules'
+  own forward in ``tests/test_cells.py``), float64, 1e-12 relative;
+* Lyapunov exponents, decay curves and leading eigen/singular values computed on operators
+  against the dense path on the same layer (same starting bases, so the same numbers up to
+  rounding);
+* theory cases through the operator path: a linear cell's exponents are ``ln|eig(W)|``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from theory import lstm_trace, run_cell, tanh_rnn_trace
+
+import gradscope as gs
+from gradscope.analysis.decay import decay_curves
+from gradscope.analysis.lyapunov import lyapunov, use_operators
+from gradscope.analysis.spectra import spectrum
+from gradscope.cells.base import CellAdapter, Params
+from gradscope.cells.gru import GRUAdapter
+from gradscope.errors import ArgumentError, ShapeError
+
+
+def _lstm_params(H: int, I: int, seed: int = 0, proj: int = 0) -> Params:
+    torch.manual_seed(seed)
+    m = torch.nn.LSTM(I, H, proj_size=proj).double()
+    return {k[: -len("_l0")]: v.detach() for k, v in m.named_parameters()}
+
+
+def _gru_trace(H: int = 24, I: int = 5, T: int = 30, B: int = 3, seed: int = 0):
+    torch.manual_seed(seed)
+    m = torch.nn.GRU(I, H).double()
+    params = {k[: -len("_l0")]: v.detach() for k, v in m.named_parameters()}
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    return run_cell(GRUAdapter(), params, x, torch.zeros(B, H, dtype=torch.float64), kind="gru")
+
+
+def _traces():
+    lstm = lstm_trace(_lstm_params(20, 4, seed=1), T=30, B=3)
+    proj = _lstm_proj_trace()
+    return {"lstm": lstm, "lstm_proj": proj, "gru": _gru_trace(), "rnn_tanh": _tanh(40, 1.5)}
+
+
+def _lstm_proj_trace():
+    from gradscope.cells.lstm import LSTMAdapter
+
+    params = _lstm_params(12, 4, seed=2, proj=7)
+    x = torch.randn(25, 2, 4, dtype=torch.float64)
+    s0 = torch.zeros(2, 7 + 12, dtype=torch.float64)
+    return run_cell(LSTMAdapter(), params, x, s0, kind="lstm")
+
+
+def _tanh(N: int, g: float, T: int = 60, B: int = 2):
+    return tanh_rnn_trace(N=N, g=g, T=T, B=B, seed=3)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+# --------------------------------------------------------------------------- layer products
+@pytest.mark.parametrize("kind", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("wrt", ["state", "input"])
+def test_layer_products_equal_dense_products(kind, wrt):
+    tr = _traces()[kind]
+    steps, batch = [0, 5, 17], [2, 0] if tr.B > 2 else [1, 0]
+    J = tr.jacobians(steps=steps, batch=batch, wrt=wrt)  # (T', B', D, C)
+    g = torch.Generator().manual_seed(0)
+    V = torch.randn(*J.shape[:2], J.shape[-1], 4, dtype=torch.float64, generator=g)
+    U = torch.randn(*J.shape[:2], J.shape[-2], 3, dtype=torch.float64, generator=g)
+    assert rel(tr.jvp(V, steps=steps, batch=batch, wrt=wrt), J @ V) <= 1e-12
+    assert rel(tr.vjp(U, steps=steps, batch=batch, wrt=wrt), J.transpose(-1, -2) @ U) <= 1e-12
+
+
+def test_layer_products_check_shapes():
+    tr = _traces()["gru"]
+    with pytest.raises(ShapeError, match=r"jvp\(wrt='state'\) takes \(T', B', 24, k\)"):
+        tr.jvp(torch.zeros(tr.T, tr.B, 5, 1, dtype=torch.float64))
+    with pytest.raises(ShapeError):
+        tr.vjp(torch.zeros(tr.T, tr.B, 24, dtype=torch.float64))
+    with pytest.raises(ArgumentError):
+        tr.jvp(torch.zeros(tr.T, tr.B, 24, 1, dtype=torch.float64), wrt="output")
+
+
+# --------------------------------------------------------------------------- lyapunov
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_lyapunov_operator_path_equals_dense_path(kind):
+    tr = _traces()[kind]
+    dense = lyapunov(tr, k=5, discard=3, method="dense", history=8)
+    op = lyapunov(tr, k=5, discard=3, method="operator", history=8)
+    # Same Q0 and the same QR factorisations up to rounding (the dense path also blocks
+    # several steps per QR, accepted only within 1e6 u): agreement ~1e-12, asserted 1e-9.
+    np.testing.assert_allclose(op.per_sequence, dense.per_sequence, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(op.history, dense.history, rtol=0, atol=1e-9)
+    assert op.steps == dense.steps and op.stderr_method == dense.stderr_method
+    assert op.vectors.shape == (tr.B, tr.D, 5)
+    qtq = np.einsum("bdk,bdl->bkl", op.vectors, op.vectors)
+    np.testing.assert_allclose(qtq, np.broadcast_to(np.eye(5), qtq.shape), atol=1e-12)
+
+
+class _Linear(CellAdapter):
+    """``h_t = W h_{t-1} + U x_t`` with *no* closed-form products: the base class's default
+    ``torch.func`` jvp/vjp is what the operator path uses."""
+
+    kind = "test_linear_ops"
+
+    def state_sizes(self, params):
+        return (int(params["weight_hh"].shape[0]),)
+
+    def step(self, params, x, s):
+        return s @ params["weight_hh"].T + x @ params["weight_ih"].T
+
+    def jacobian_state(self, params, x, s):
+        return params["weight_hh"].expand(x.shape[0], -1, -1).clone()
+
+    def jacobian_input(self, params, x, s):
+        return params["weight_ih"].expand(x.shape[0], -1, -1).clone()
+
+
+def test_linear_cell_exponents_through_operators_are_log_abs_eigenvalues():
+    rng = np.random.default_rng(4)
+    D = 90
+    moduli = np.exp(np.linspace(-0.05, -2.0, D))
+    V = np.eye(D) + 0.3 * rng.standard_normal((D, D)) / math.sqrt(D)
+    W = V @ np.diag(moduli) @ np.linalg.inv(V)
+    params = {
+        "weight_hh": torch.as_tensor(W),
+        "weight_ih": torch.as_tensor(rng.standard_normal((D, 2))),
+    }
+    x = torch.as_tensor(rng.standard_normal((400, 2, 2)) * 0.1)
+    tr = run_cell(_Linear(), params, x, torch.zeros(2, D, dtype=torch.float64))
+    assert use_operators(tr, 6, "auto")
+    ly = lyapunov(tr, k=6, discard=100)
+    # Oseledets: (1/n) ln σ_i(W^n) -> ln|μ_i| with an O(ln cond(V) / n) transient; the
+    # discarded 100 steps align Q, so 300 steps leave an error ~ ln(cond V)/300 < 1e-2.
+    np.testing.assert_allclose(ly.exponents, np.log(moduli[:6]), atol=1e-2)
+
+
+@pytest.mark.slow
+def test_mean_field_case_runs_on_operators():
+    tr = tanh_rnn_trace(N=500, g=2.0, T=250, B=1, seed=1)
+    assert use_operators(tr, 1, "auto")  # so test_lyapunov's mean-field check covers it
+
+
+# --------------------------------------------------------------------------- decay
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_decay_walk_on_operators_equals_dense_walk(kind):
+    tr = _traces()[kind]
+    rng = np.random.default_rng(0)
+    basis = np.stack([np.linalg.qr(rng.standard_normal((tr.D, 4)))[0] for _ in range(tr.B)])
+    a = decay_curves(tr, ("state", "input"), probes=4, basis=basis, method="dense")
+    b = decay_curves(tr, ("state", "input"), probes=4, basis=basis, method="operator")
+    np.testing.assert_allclose(b[0], a[0], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(b[1], a[1], rtol=0, atol=1e-9)
+    assert a[2] == b[2] == 4
+
+
+def test_exact_decay_on_operators_equals_dense():
+    tr = _traces()["gru"]
+    a = decay_curves(tr, ("state", "input"), method="dense")  # p = D: exact norms
+    b = decay_curves(tr, ("state", "input"), method="operator")
+    np.testing.assert_allclose(b[0], a[0], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(b[1], a[1], rtol=0, atol=1e-9)
+
+
+def test_operator_walk_has_no_underflow_at_long_lags():
+    # h_t = 0.5 h_{t-1}: ln‖P_k‖ = k ln 0.5 exactly, far below float64's range at k = 2000.
+    D = 3
+    params = {
+        "weight_hh": torch.eye(D, dtype=torch.float64) * 0.5,
+        "weight_ih": torch.ones(D, 1, dtype=torch.float64),
+    }
+    tr = run_cell(
+        _Linear(),
+        params,
+        torch.zeros(2000, 1, 1, dtype=torch.float64),
+        torch.ones(1, D, dtype=torch.float64),
+    )
+    ls, _, _, _ = decay_curves(tr, ("state",), probes=2, method="operator")
+    np.testing.assert_allclose(ls[:, 0], np.arange(2001) * math.log(0.5), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- spectra
+@pytest.mark.parametrize("kind", ["lstm", "rnn_tanh"])
+def test_leading_values_on_operators_equal_dense(kind):
+    tr = _traces()[kind]
+    steps, batch = [1, 10, 20], [0, 1]
+    for which in ("eig", "svd"):
+        d = spectrum(tr, which, steps=steps, batch=batch, method="dense")
+        o = spectrum(tr, which, steps=steps, batch=batch, method="operator", k=3)
+        assert o.method == "operator" and o.values.shape == (3, 2, 3)
+        if which == "eig":
+            np.testing.assert_allclose(o.radius, d.radius, rtol=1e-8)
+            np.testing.assert_allclose(np.abs(o.values), np.abs(d.values[..., :3]), rtol=1e-7)
+        else:
+            np.testing.assert_allclose(o.norm, d.norm, rtol=1e-8)
+            np.testing.assert_allclose(o.values, d.values[..., :3], rtol=1e-8)
+
+
+def test_bad_method_names_the_choices():
+    tr = _traces()["gru"]
+    for fn in (
+        lambda: lyapunov(tr, k=2, method="fast"),
+        lambda: spectrum(tr, method="fast"),
+        lambda: gs.decay(tr, method="fast"),
+    ):
+        with pytest.raises(ArgumentError, match="'auto', 'dense' or 'operator'"):
+            fn()
+
+
+def test_float32_trace_operator_path_matches_dense_to_float32_rounding():
+    tr = _traces()["lstm"].to(dtype=torch.float32)
+    dense = lyapunov(tr, k=4, method="dense")
+    op = lyapunov(tr, k=4, method="operator")
+    np.testing.assert_allclose(op.exponents, dense.exponents, atol=1e-5)
