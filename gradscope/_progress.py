@@ -129,19 +129,25 @@ def _openblas() -> list[tuple[Any, Any]]:
 
 @contextmanager
 def compute_threads(n: int | None = None) -> Iterator[None]:
-    """Run the block with ``n`` threads in torch and OpenBLAS (default 1 or $GRADSCOPE_THREADS).
+    """Run the block with ``n`` threads in torch and OpenBLAS.
 
-    The previous settings are restored on exit, also on error.
+    The default (``n`` None and no ``GRADSCOPE_THREADS``) gives OpenBLAS one thread, which
+    is fastest for the many small per-sequence LAPACK calls of the dense paths, and leaves
+    torch's thread count as the user set it: the operator paths are large GEMMs over all
+    sequences at once, which use every core. The previous settings are restored on exit,
+    also on error.
 
     Args:
-        n: Thread count; None reads ``GRADSCOPE_THREADS`` (default 1).
+        n: Thread count for both; None reads ``GRADSCOPE_THREADS`` (see above if unset).
     """
+    old_torch = torch.get_num_threads()
     if n is None:
         try:
-            n = max(1, int(os.environ.get("GRADSCOPE_THREADS", "1")))
+            n = max(0, int(os.environ.get("GRADSCOPE_THREADS", "0")))
         except ValueError:
-            n = 1
-    old_torch = torch.get_num_threads()
+            n = 0
+    torch_n = n if n else old_torch
+    n = n or 1
     blas = []
     try:
         for setter, getter in _openblas():
@@ -149,8 +155,8 @@ def compute_threads(n: int | None = None) -> Iterator[None]:
             setter(ctypes.c_int(n))
     except Exception:
         pass
-    if old_torch != n:
-        torch.set_num_threads(n)
+    if old_torch != torch_n:
+        torch.set_num_threads(torch_n)
     try:
         yield
     finally:

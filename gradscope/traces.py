@@ -58,13 +58,6 @@ def _index(sel: StepSelect, n: int, what: str) -> Tensor:
     return torch.where(idx < 0, idx + n, idx)
 
 
-def product_fn(adapter: CellAdapter, wrt: str, transpose: bool):
-    """The adapter method for (wrt, transpose): ``jvp_state``, ``vjp_state``, ``jvp_input``..."""
-    if wrt == "state":
-        return adapter.vjp_state if transpose else adapter.jvp_state
-    return adapter.vjp_input if transpose else adapter.jvp_input
-
-
 @dataclass
 class LayerTrace:
     """One recurrent layer (and direction) of one forward call, step by step.
@@ -302,12 +295,12 @@ class LayerTrace:
         x = self.inputs[t_idx][:, b_idx]
         s = self.states[t_idx][:, b_idx]
         params = {key: v.to(x.device) for key, v in self.params.items()}
-        out = product_fn(adapter, wrt, transpose)(
-            params,
-            x.reshape(t * b, -1),
-            s.reshape(t * b, -1),
-            M.to(x.dtype).reshape(t * b, rows, k),
-        )
+        lin = adapter.linearize(params, x.reshape(t * b, -1), s.reshape(t * b, -1))
+        m = M.to(x.dtype).reshape(t * b, rows, k)
+        if wrt == "state":
+            out = lin.vjp_state(m) if transpose else lin.jvp_state(m)
+        else:
+            out = lin.vjp_input(m) if transpose else lin.jvp_input(m)
         return out.reshape(t, b, *out.shape[1:])
 
     def jvp(

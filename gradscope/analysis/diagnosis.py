@@ -36,12 +36,16 @@ from gradscope._progress import analysis
 from gradscope.analysis.advice import advice, fmt_num, fmt_steps, verdict
 from gradscope.analysis.decay import Decay, decay_curves, fit_decay, loss_log_norms
 from gradscope.analysis.lyapunov import Lyapunov, lyapunov
+from gradscope.analysis.sampling import evenly_spaced
+from gradscope.analysis.spectra import DENSE_MAX_D as SPECTRUM_DENSE_MAX_D
 from gradscope.analysis.spectra import Spectrum, spectrum
 from gradscope.errors import GradscopeError
 from gradscope.traces import LayerTrace, Trace
 
 #: Flop budget of the one-step spectra of one layer (eig ~25 D³, svd ~10 D³ per matrix).
 SPECTRUM_FLOPS = 2e10
+#: Products budgeted per Jacobian for ARPACK's leading eigen- and singular values.
+OPERATOR_PRODUCTS = 1200
 #: Default number of Lyapunov exponents (and of decay probes for D > 128).
 DEFAULT_K = 16
 
@@ -265,16 +269,22 @@ def _nonfinite(layer: LayerTrace) -> dict[str, Any]:
 
 
 def _spectrum_selection(layer: LayerTrace, steps: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Evenly spaced steps and the first sequences whose one-step spectra fit the budget.
+
+    Dense decompositions cost ~35 D³ flops per Jacobian (eig + svd); on the operator path
+    (``D > DENSE_MAX_D``) ARPACK needs a few hundred products of ~2 D² flops each, budgeted
+    as ``OPERATOR_PRODUCTS`` per Jacobian.
+    """
     D, B = layer.D, layer.B
-    batch = np.arange(min(B, 4))
+    dense = D <= SPECTRUM_DENSE_MAX_D or layer.stored_jacobians is not None
+    batch = np.arange(min(B, 4 if dense else 1))
     valid_steps = np.nonzero(layer.mask[:, batch].any(axis=1))[0] if layer.T else np.zeros(0)
     if steps is None:
-        pairs = int(SPECTRUM_FLOPS // (35.0 * max(D, 1) ** 3))
-        steps = int(np.clip(pairs // max(len(batch), 1), 4, 256))
-    if len(valid_steps) > steps:
-        pick = np.unique(np.linspace(0, len(valid_steps) - 1, steps).round().astype(np.int64))
-        valid_steps = valid_steps[pick]
-    return valid_steps.astype(np.int64), batch
+        cost = 35.0 * max(D, 1) ** 3 if dense else OPERATOR_PRODUCTS * 2.0 * max(D, 1) ** 2
+        pairs = int(SPECTRUM_FLOPS // cost)
+        steps = int(np.clip(pairs // max(len(batch), 1), 4 if dense else 2, 256))
+    picked = evenly_spaced(len(valid_steps), steps)
+    return valid_steps[picked].astype(np.int64), batch
 
 
 @analysis

@@ -131,10 +131,10 @@ class Spectrum:
 #: Largest state decomposed densely by ``method="auto"``.
 DENSE_MAX_D = 256
 #: Leading values per Jacobian on the operator path.
-OPERATOR_VALUES = 6
+OPERATOR_VALUES = 4
 
 
-def _operator_spectrum(layer, which, step_idx, b_idx, k, progress) -> Spectrum:
+def _operator_spectrum(layer, which, step_idx, b_idx, k, tol, progress) -> Spectrum:
     D = layer.D
     kk = min(OPERATOR_VALUES if k is None else int(k), D - 2)
     if kk < 1:
@@ -153,7 +153,7 @@ def _operator_spectrum(layer, which, step_idx, b_idx, k, progress) -> Spectrum:
             for i, t in enumerate(step_idx.tolist()):
                 for j, b in enumerate(b_idx.tolist()):
                     if mask[i, j]:
-                        values[i, j] = leading_values(ops, t, b, which, kk)
+                        values[i, j] = leading_values(ops, t, b, which, kk, tol)
                         valid[i, j] = bool(np.isfinite(values[i, j][0]))
                 bar.update(1)
     return Spectrum(
@@ -180,6 +180,7 @@ def spectrum(
     chunk: int = 64,
     method: str = "auto",
     k: int | None = None,
+    tol: float | None = None,
     progress: bool | str = "auto",
 ) -> Spectrum:
     """Eigenvalues (``which="eig"``) or singular values (``"svd"``) of each one-step Jacobian.
@@ -200,6 +201,8 @@ def spectrum(
             traces with stored Jacobians), operator above.
         k: Leading values per Jacobian on the operator path (default
             :data:`OPERATOR_VALUES`); ignored by the dense path.
+        tol: ARPACK's relative tolerance on the operator path (default 1e-6, see
+            :mod:`gradscope.jacobians.krylov`).
         progress: Progress bar: True, False, or ``"auto"`` (only for long computations on a
             terminal; ``GRADSCOPE_PROGRESS=0`` turns it off everywhere).
 
@@ -220,7 +223,7 @@ def spectrum(
     b_idx = _index(batch, layer.B, "batch")
     stored = layer.stored_jacobians is not None and "state" in layer.stored_jacobians
     if method == "operator" or (method == "auto" and layer.D > DENSE_MAX_D and not stored):
-        return _operator_spectrum(layer, which, step_idx, b_idx, k, progress)
+        return _operator_spectrum(layer, which, step_idx, b_idx, k, tol, progress)
     T_, B_, D = len(step_idx), len(b_idx), layer.D
     dtype = np.complex128 if which == "eig" else np.float64
     values = np.full((T_, B_, D), np.nan, dtype=dtype)

@@ -128,43 +128,24 @@ class GRUAdapter(CellAdapter):
         coef, _ = self._coefficients(params, x, s, "input")
         return self._combine(coef, params["weight_ih"])
 
-    def _apply(self, params: Params, x: Tensor, s: Tensor, m: Tensor, wrt: str, rev: bool):
-        coef, z = self._coefficients(params, x, s, wrt)
+    def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, ...]:
+        """Row scalings ``(N, 3, H, 1)`` for state and input, and ``z`` ``(N, H, 1)``."""
+        r, z, n, q = self._gates(params, x, s)
+        v = (1.0 - z) * (1.0 - n * n)
+        c_r, c_z = v * q * r * (1.0 - r), (s - n) * z * (1.0 - z)
+        state = torch.stack([c_r, c_z, v * r], dim=1).unsqueeze(-1)
+        inp = torch.stack([c_r, c_z, v], dim=1).unsqueeze(-1)
+        return state, inp, z.unsqueeze(-1)
+
+    def product(self, params, x, s, factors, m, wrt, rev):  # noqa: D102 (see the module docstring)
+        state, inp, z = factors
+        c = state if wrt == "state" else inp
         w = params["weight_hh" if wrt == "state" else "weight_ih"]
-        m = m.to(x.dtype)
-        c = coef.unsqueeze(-1)  # (N, 3, H, 1)
         if rev:
             out = weight_t_times(w, (c * m.unsqueeze(1)).flatten(1, 2))
         else:
-            g = weight_times(w, m).unflatten(1, (3, -1))  # (N, 3, H, k)
-            out = (c * g).sum(dim=1)
-        if wrt == "state":
-            out = out + z.unsqueeze(-1) * m
-        return out
-
-    @torch.no_grad()
-    def jvp_state(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
-        """``J_t v`` (see the module docstring); ``v`` ``(N, H, k)``."""
-        self.check_block("jvp_state", v, x.shape[0], s.shape[-1])
-        return self._apply(params, x, s, v, "state", rev=False)
-
-    @torch.no_grad()
-    def vjp_state(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
-        """``J_tᵀ u``; ``u`` ``(N, H, k)``."""
-        self.check_block("vjp_state", u, x.shape[0], s.shape[-1])
-        return self._apply(params, x, s, u, "state", rev=True)
-
-    @torch.no_grad()
-    def jvp_input(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
-        """``K_t v``; ``v`` ``(N, I, k)``."""
-        self.check_block("jvp_input", v, x.shape[0], x.shape[-1])
-        return self._apply(params, x, s, v, "input", rev=False)
-
-    @torch.no_grad()
-    def vjp_input(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
-        """``K_tᵀ u``; ``u`` ``(N, H, k)`` -> ``(N, I, k)``."""
-        self.check_block("vjp_input", u, x.shape[0], s.shape[-1])
-        return self._apply(params, x, s, u, "input", rev=True)
+            out = (c * weight_times(w, m).unflatten(1, (3, -1))).sum(dim=1)
+        return out + z * m if wrt == "state" else out
 
 
 GRU_ADAPTER = GRUAdapter()

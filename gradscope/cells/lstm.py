@@ -211,40 +211,20 @@ class LSTMAdapter(CellAdapter):
         )
         return ga.flatten(1, 2), g_c
 
-    @torch.no_grad()
-    def jvp_state(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
-        """``J_t v`` (see the module docstring); ``v`` ``(N, P+H, k)``."""
-        self.check_block("jvp_state", v, x.shape[0], s.shape[-1])
-        loc = self._local(params, x, s)
-        v = v.to(x.dtype)
-        p = int(params["weight_hh"].shape[1])
-        da = weight_times(params["weight_hh"], v[:, :p])
-        return self._forward(params, loc, da, v[:, p:])
+    def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> _Local:
+        """The local factors ``α, β_o, o u, f`` (see the module docstring)."""
+        return self._local(params, x, s)
 
-    @torch.no_grad()
-    def jvp_input(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
-        """``K_t v``; ``v`` ``(N, I, k)`` -> ``(N, P+H, k)``."""
-        self.check_block("jvp_input", v, x.shape[0], x.shape[-1])
-        loc = self._local(params, x, s)
-        da = weight_times(params["weight_ih"], v.to(x.dtype))
-        return self._forward(params, loc, da, None)
-
-    @torch.no_grad()
-    def vjp_state(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
-        """``J_tᵀ u``; ``u`` ``(N, P+H, k)``."""
-        self.check_block("vjp_state", u, x.shape[0], s.shape[-1])
-        loc = self._local(params, x, s)
-        ga, g_c = self._backward(params, loc, u.to(x.dtype))
-        u_h = weight_t_times(params["weight_hh"], ga)
-        return torch.cat([u_h, loc.f.unsqueeze(-1) * g_c], dim=1)
-
-    @torch.no_grad()
-    def vjp_input(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
-        """``K_tᵀ u``; ``u`` ``(N, P+H, k)`` -> ``(N, I, k)``."""
-        self.check_block("vjp_input", u, x.shape[0], s.shape[-1])
-        loc = self._local(params, x, s)
-        ga, _ = self._backward(params, loc, u.to(x.dtype))
-        return weight_t_times(params["weight_ih"], ga)
+    def product(self, params, x, s, factors, m, wrt, rev):  # noqa: D102 (see the module docstring)
+        w = params["weight_hh" if wrt == "state" else "weight_ih"]
+        if rev:
+            ga, g_c = self._backward(params, factors, m)
+            out = weight_t_times(w, ga)
+            return torch.cat([out, factors.f.unsqueeze(-1) * g_c], 1) if wrt == "state" else out
+        if wrt == "input":
+            return self._forward(params, factors, weight_times(w, m), None)
+        p = int(w.shape[1])
+        return self._forward(params, factors, weight_times(w, m[:, :p]), m[:, p:])
 
 
 LSTM_ADAPTER = LSTMAdapter()

@@ -59,7 +59,8 @@ class VanillaAdapter(CellAdapter):
     def _dphi(self, a: Tensor) -> Tensor:
         if self.nonlinearity == "tanh":
             return 1.0 - torch.tanh(a) ** 2
-        return (a > 0).to(a.dtype)
+        # 1[a > 0], but NaN where a is NaN (like the step), not a silent 0
+        return torch.where(torch.isnan(a), a, (a > 0).to(a.dtype))
 
     def step(self, params: Params, x: Tensor, s: Tensor) -> Tensor:  # noqa: D102
         return self._phi(self._preactivation(params, x, s))
@@ -72,33 +73,15 @@ class VanillaAdapter(CellAdapter):
         d = self._dphi(self._preactivation(params, x, s))
         return d.unsqueeze(-1) * params["weight_ih"]
 
-    @torch.no_grad()
-    def jvp_state(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
-        """``J_t v = φ'(a) ⊙ (W_hh v)``; ``v`` ``(N, H, k)``."""
-        self.check_block("jvp_state", v, x.shape[0], s.shape[-1])
-        d = self._dphi(self._preactivation(params, x, s)).unsqueeze(-1)
-        return d * weight_times(params["weight_hh"], v.to(x.dtype))
+    def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """``φ'(a_t)`` ``(N, H, 1)``."""
+        return self._dphi(self._preactivation(params, x, s)).unsqueeze(-1)
 
-    @torch.no_grad()
-    def vjp_state(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
-        """``J_tᵀ u = W_hhᵀ (φ'(a) ⊙ u)``; ``u`` ``(N, H, k)``."""
-        self.check_block("vjp_state", u, x.shape[0], s.shape[-1])
-        d = self._dphi(self._preactivation(params, x, s)).unsqueeze(-1)
-        return weight_t_times(params["weight_hh"], d * u.to(x.dtype))
-
-    @torch.no_grad()
-    def jvp_input(self, params: Params, x: Tensor, s: Tensor, v: Tensor) -> Tensor:
-        """``K_t v = φ'(a) ⊙ (W_ih v)``; ``v`` ``(N, I, k)``."""
-        self.check_block("jvp_input", v, x.shape[0], x.shape[-1])
-        d = self._dphi(self._preactivation(params, x, s)).unsqueeze(-1)
-        return d * weight_times(params["weight_ih"], v.to(x.dtype))
-
-    @torch.no_grad()
-    def vjp_input(self, params: Params, x: Tensor, s: Tensor, u: Tensor) -> Tensor:
-        """``K_tᵀ u = W_ihᵀ (φ'(a) ⊙ u)``; ``u`` ``(N, H, k)``."""
-        self.check_block("vjp_input", u, x.shape[0], s.shape[-1])
-        d = self._dphi(self._preactivation(params, x, s)).unsqueeze(-1)
-        return weight_t_times(params["weight_ih"], d * u.to(x.dtype))
+    def product(self, params, x, s, factors, m, wrt, rev):  # noqa: D102 (see the module docstring)
+        w = params["weight_hh" if wrt == "state" else "weight_ih"]
+        if rev:
+            return weight_t_times(w, factors * m)
+        return factors * weight_times(w, m)
 
 
 _ADAPTERS = {name: VanillaAdapter(name) for name in ("tanh", "relu")}

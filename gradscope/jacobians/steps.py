@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from gradscope.errors import MissingDataError
-from gradscope.traces import LayerTrace, product_fn
+from gradscope.traces import LayerTrace
 
 
 class StepOps:
@@ -45,6 +45,22 @@ class StepOps:
                 self._adapter = layer.cell_adapter()
         device = layer.states.device
         self._params = {k: v.to(device) for k, v in layer.params.items()}
+        self._key: tuple[int, tuple[int, ...]] | None = None
+        self._lin = None
+
+    def linearization(self, t: int, batch: Tensor):
+        """The adapter's :class:`~gradscope.cells.base.Linearization` at step ``t``.
+
+        The last one is kept, so repeated products at one step (Arnoldi, a state and an
+        input product at one lag) compute the gates once.
+        """
+        key = (t, tuple(batch.tolist()))
+        if key != self._key:
+            x = self.layer.inputs[t][batch]
+            s = self.layer.states[t][batch]
+            self._lin = self._adapter.linearize(self._params, x, s)
+            self._key = key
+        return self._lin
 
     def _call(self, wrt: str, transpose: bool, t: int, batch: Tensor, m: Tensor) -> Tensor:
         m = m.to(self.dtype)
@@ -56,9 +72,10 @@ class StepOps:
                 f"{self.layer.name}: no stored {wrt} Jacobians and no cell module to compute "
                 "their products"
             )
-        x = self.layer.inputs[t][batch]
-        s = self.layer.states[t][batch]
-        return product_fn(self._adapter, wrt, transpose)(self._params, x, s, m)
+        lin = self.linearization(t, batch)
+        if wrt == "state":
+            return lin.vjp_state(m) if transpose else lin.jvp_state(m)
+        return lin.vjp_input(m) if transpose else lin.jvp_input(m)
 
     def jvp(self, t: int, batch: Tensor, v: Tensor) -> Tensor:
         """``J_t v`` per sequence: ``v`` ``(n, D, k)`` -> ``(n, D, k)``."""
