@@ -36,7 +36,7 @@ from gradscope._progress import analysis, progress_bar
 from gradscope.errors import ArgumentError, ShapeError
 from gradscope.jacobians.krylov import leading_values
 from gradscope.jacobians.steps import StepOps
-from gradscope.traces import LayerTrace, StepSelect, _index
+from gradscope.layer_trace import LayerTrace, StepSelect, select_index
 
 Which = Literal["eig", "svd"]
 
@@ -219,8 +219,8 @@ def spectrum(
         raise ArgumentError(
             f"{layer.name}: method must be 'auto', 'dense' or 'operator', got {method!r}"
         )
-    step_idx = _index(steps, layer.T, "step")
-    b_idx = _index(batch, layer.B, "batch")
+    step_idx = select_index(steps, layer.T, "step")
+    b_idx = select_index(batch, layer.B, "batch")
     stored = layer.stored_jacobians is not None and "state" in layer.stored_jacobians
     if method == "operator" or (method == "auto" and layer.D > DENSE_MAX_D and not stored):
         return _operator_spectrum(layer, which, step_idx, b_idx, k, tol, progress)
