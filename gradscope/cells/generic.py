@@ -23,6 +23,13 @@ sequences of a batch to be independent inside the cell (no batch statistics such
 sum, which is not a per-sequence Jacobian. Likewise the cell must be deterministic: a cell
 with active dropout (training mode) is differentiated at whatever mask the call draws, and
 that draw advances the global RNG.
+
+Jacobian products (``jvp_state``, ``vjp_state``, ``jvp_input``, ``vjp_input``) rest on the same
+identity: :meth:`CellAdapter.product`'s default lays the ``k`` columns of a block along the
+batch (``N · k`` rows, ``x`` and ``s`` repeated) and makes one ``torch.func.jvp`` (forward
+mode) or ``torch.func.vjp`` (reverse mode) call through the batched module, never ``jacrev``
+and never ``vmap`` over the module: ``O(k)`` evaluations of the cell per pair, no ``D × D``
+matrix.
 """
 
 from __future__ import annotations
