@@ -184,7 +184,9 @@ def as_float64(layer: LayerTrace) -> LayerTrace:
         return layer
     if layer.adapter is None and layer.kind.startswith("custom:"):
         return layer
-    return layer.to(dtype=torch.float64)
+    out = layer.to(dtype=torch.float64)
+    out.meta = {**out.meta, "recorded_dtype": str(layer.dtype).removeprefix("torch.")}
+    return out
 
 
 def analysis(fn: F) -> F:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gradscope.errors import ShapeError
+from gradscope.errors import ArgumentTypeError, ShapeError
 
 Params = dict[str, Tensor]
 
@@ -261,6 +261,18 @@ class CellAdapter(ABC):
         return f"{type(self).__name__}(kind={self.kind!r})"
 
 
+def _take_rows(factors: Any, idx: Tensor) -> Any:
+    """Rows ``idx`` of every tensor in ``factors`` (a tensor, a (named) tuple of them, None)."""
+    if factors is None:
+        return None
+    if isinstance(factors, Tensor):
+        return factors[idx]
+    if isinstance(factors, tuple):
+        parts = [_take_rows(f, idx) for f in factors]
+        return type(factors)(*parts) if hasattr(factors, "_fields") else tuple(parts)
+    raise ArgumentTypeError(f"cannot slice linear factors of type {type(factors).__name__}")
+
+
 class Linearization:
     """An adapter's Jacobian products at fixed pairs ``(x, s)`` (``N`` of them).
 
@@ -280,6 +292,12 @@ class Linearization:
 
     def __init__(self, adapter: CellAdapter, params: Params, x: Tensor, s: Tensor, factors: Any):
         self.adapter, self.params, self.x, self.s, self.factors = adapter, params, x, s, factors
+
+    def rows(self, idx: Tensor) -> Linearization:
+        """The linearisation at a subset of the pairs (factors sliced, not recomputed)."""
+        return Linearization(
+            self.adapter, self.params, self.x[idx], self.s[idx], _take_rows(self.factors, idx)
+        )
 
     def _apply(self, name: str, m: Tensor, rows: int, wrt: str, rev: bool) -> Tensor:
         self.adapter.check_block(name, m, self.x.shape[0], rows)

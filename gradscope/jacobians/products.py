@@ -82,15 +82,16 @@ class ForwardQR:
             applied ones (floored at :data:`LOG_TINY` for an exactly singular step).
         """
         z = self.ops.jvp(t, batch, self.Q[batch]).to(torch.float64)
-        ok = torch.isfinite(z).all(dim=-1).all(dim=-1)
-        if not bool(ok.all()):
-            z = z[ok]
-        if z.shape[0] == 0:
-            return ok, z.new_zeros((0, self.Q.shape[-1]))
+        # A non-finite J_t Q puts NaN/inf on the diagonal of R (Householder propagates it),
+        # so checking the k logs is enough and cheaper than scanning Z.
         q, r = torch.linalg.qr(z)
         logs = torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs().clamp_min(_TINY))
-        self.Q[batch[ok]] = q
-        return ok, logs
+        ok = torch.isfinite(logs).all(dim=-1)
+        if bool(ok.all()):
+            self.Q[batch] = q
+            return ok, logs
+        self.Q[batch[ok]] = q[ok]
+        return ok, logs[ok]
 
 
 class BackwardSweep:
