@@ -221,3 +221,17 @@ def test_float32_trace_operator_path_matches_dense_to_float32_rounding():
     dense = lyapunov(tr, k=4, method="dense")
     op = lyapunov(tr, k=4, method="operator")
     np.testing.assert_allclose(op.exponents, dense.exponents, atol=1e-5)
+
+
+def test_operator_paths_skip_and_report_nonfinite_steps():
+    tr = _tanh(80, 1.2, T=60, B=2)
+    tr.states[30, 1] = float("nan")  # J_30 of sequence 1 (from s_30) is NaN
+    ly = lyapunov(tr, k=3, method="operator")
+    dense = lyapunov(tr, k=3, method="dense")
+    assert ly.notes == dense.notes and "first at step 30 of sequence 1" in ly.notes[0]
+    np.testing.assert_allclose(ly.per_sequence, dense.per_sequence, atol=1e-9)
+    a = decay_curves(tr, ("state",), probes=3, method="operator", basis=ly.vectors)
+    b = decay_curves(tr, ("state",), probes=3, method="dense", basis=ly.vectors)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-9)  # the walk of sequence 1 stops at 30
+    assert np.isnan(a[0][31:, 1]).all() and np.isfinite(a[0][:29, 1]).all()
+    assert any("non-finite" in n for n in a[3])
