@@ -50,12 +50,12 @@ _CONVENTION = (
 )
 
 
-def _describe(obj: Any) -> str:
+def describe(obj: Any) -> str:
     """A short description of ``obj``'s type and shapes for error messages."""
     if isinstance(obj, Tensor):
         return f"Tensor{tuple(obj.shape)}"
     if isinstance(obj, (tuple, list)):
-        inner = ", ".join(_describe(o) for o in obj)
+        inner = ", ".join(describe(o) for o in obj)
         return f"{type(obj).__name__}({inner})"
     return type(obj).__name__
 
@@ -144,8 +144,8 @@ class GenericAdapter(CellAdapter):
 
         def fail(problem: str) -> CellConventionError:
             return CellConventionError(
-                f"custom cell {name}: {problem}. Called with x={_describe(x)}, "
-                f"state={_describe(state)}; returned {_describe(output)}. gradscope records "
+                f"custom cell {name}: {problem}. Called with x={describe(x)}, "
+                f"state={describe(state)}; returned {describe(output)}. gradscope records "
                 f"cells whose forward is {_CONVENTION}. Wrap the cell in a module with that "
                 "signature, or register closed forms with gradscope.register_cell."
             )
@@ -232,10 +232,10 @@ class GenericAdapter(CellAdapter):
             for p, d in zip(parts, self._sizes)
         )
         if not ok:
-            given_txt = "" if given is None else f" It was given state={_describe(given)}."
+            given_txt = "" if given is None else f" It was given state={describe(given)}."
             raise CellConventionError(
                 f"custom cell {self.kind[len('custom:') :]}: forward returned "
-                f"{_describe(output)}, expected the next state {expected}.{given_txt} "
+                f"{describe(output)}, expected the next state {expected}.{given_txt} "
                 f"gradscope records cells whose forward is {_CONVENTION}. Wrap the cell so "
                 "that it returns only the next state (e.g. return the state and compute "
                 "outputs outside the cell)."

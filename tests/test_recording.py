@@ -971,7 +971,7 @@ def test_check_false_records_a_mismatching_subclass() -> None:
 # =========================================================================== chaotic replays
 # In a chaotic network the kernel's and the replay's rounding differences (different
 # summation orders) grow like e^{λ₁ t}, so the replay legitimately misses the fixed tolerance;
-# record.py then accepts it as a shadow trajectory if the error stays within the budget of
+# the recorder then accepts it as a shadow trajectory if the error stays within the budget of
 # the per-step tolerance amplified along the trajectory. The references stay independent:
 # the module's own outputs (the error must exceed the fixed tolerance, or the case would not
 # exercise the budget) and PyTorch's own single-layer module stepped once from each recorded

@@ -1,0 +1,232 @@
+"""Building the trace: one :class:`~gradscope.traces.LayerTrace` per recorded layer.
+
+When a recording's block exits, :func:`build_trace` turns what the hooks captured into a
+:class:`~gradscope.traces.Trace`: each fused call is replayed
+(:func:`~gradscope.recording.fused.replay_fused`), checked
+(:func:`~gradscope.recording.check.check_fused`) and split into one layer per layer and
+direction, padding marked NaN; each chain of cell calls is checked and becomes one layer.
+Layer names (``lstm.l1_reverse``, ``cell@1``) and the trace's metadata are made here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradscope._version import __version__
+from gradscope.cells import is_registered
+from gradscope.errors import NoRecurrentModuleError
+from gradscope.recording.chains import CellChain
+from gradscope.recording.check import (
+    FusedCheck,
+    check_chain,
+    check_fused,
+    warn_shadow,
+)
+from gradscope.recording.dropout import NO_DROPOUT, NOT_REPRODUCIBLE, warn_not_reproducible
+from gradscope.recording.fused import FusedCall, Replay, replay_fused
+from gradscope.traces import LayerTrace, Trace
+
+_REPR_LIMIT = 4000
+
+
+def build_trace(
+    entries: list[FusedCall | CellChain],
+    model: nn.Module,
+    cells: Container[int],
+    *,
+    arguments: Any,
+    grads: bool,
+    check: bool,
+) -> Trace:
+    """The trace of a recording (the Recorder's ``_build``).
+
+    Args:
+        entries: The fused calls and cell chains, in the order they began.
+        model: The recorded model.
+        cells: ``id`` of the modules named in ``cells=[...]``.
+        arguments: :func:`~gradscope.recording.arguments.argument_summary` of the model's
+            arguments, for the metadata.
+        grads: Loss gradients were requested.
+        check: Check every replay.
+
+    Raises:
+        NoRecurrentModuleError: No recorded module ran.
+        ReplayMismatchError: ``check`` is on and a replay did not reproduce its module.
+    """
+    if not entries:
+        raise _no_recurrent(model, cells)
+    warned: set[str] = set()
+    layers: list[LayerTrace] = []
+    for entry in entries:
+        if isinstance(entry, FusedCall):
+            layers.extend(_build_fused(entry, grads=grads, check=check, warned=warned))
+        else:
+            layers.append(_build_chain(entry, check=check))
+    return Trace(layers, _meta(model, layers, arguments, grads))
+
+
+def _build_fused(
+    call: FusedCall, *, grads: bool, check: bool, warned: set[str]
+) -> list[LayerTrace]:
+    """Replay, check and split one fused call; warn once per module (``warned``)."""
+    track = grads and bool(call.cot)  # built after the backward
+    rep = replay_fused(call, track=track)
+    call.tracked = rep if track else None
+    result = check_fused(call, rep) if check else FusedCheck()
+    call.layers = _fused_layer_traces(call, rep, result)
+    if result.shadows and "shadow:" + call.path not in warned:
+        warned.add("shadow:" + call.path)
+        warn_shadow(call, result)
+    if call.dropout == NOT_REPRODUCIBLE and call.path not in warned:
+        warned.add(call.path)
+        warn_not_reproducible(
+            call.name, type(call.module).__name__, call.dropout_p, call.x.device.type
+        )
+    return call.layers
+
+
+def _fused_layer_traces(call: FusedCall, rep: Replay, check: FusedCheck) -> list[LayerTrace]:
+    """One LayerTrace per layer and direction, padding marked NaN.
+
+    ``check.errors`` holds the replay check's error per ``(layer, direction)`` (absent:
+    unchecked); ``check.shadows`` the ones accepted as shadow trajectories.
+    """
+    valid = call.valid
+    lengths = None if call.layout.lengths is None else call.layout.lengths.numpy().copy()
+    out = []
+    for layer in range(call.num_layers):
+        for d in range(call.dirs):
+            params = call.params[(layer, d)]
+            states = torch.stack(rep.states[layer][d]).detach().clone()
+            inputs = rep.inputs[layer][d].detach().clone()
+            if valid is not None:
+                states[1:][~valid] = float("nan")
+                inputs[~valid] = float("nan")
+            # layer 0 reads the module's input; only layers > 0 read dropped-out outputs
+            dropout = NO_DROPOUT if layer == 0 else call.dropout
+            meta = {
+                "module": call.path,
+                "module_type": type(call.module).__name__,
+                "layer": layer,
+                "direction": "reverse" if d else "forward",
+                "call": call.call,
+                "source": "fused",
+                "batch_first": call.layout.batch_first,
+                "packed": call.layout.packed,
+                "unbatched": call.layout.unbatched,
+                "dropout": dropout,
+                "dropout_p": call.dropout_p,
+                "replay_error": check.errors.get((layer, d)),
+            }
+            shadow = check.shadows.get((layer, d))
+            if shadow is not None:
+                meta.update(
+                    replay="shadow",
+                    amplification=shadow.amplification,
+                    growth_rate=shadow.growth_rate,
+                    replay_budget=shadow.budget,
+                    replay_horizon=shadow.horizon,
+                )
+            suffix = f".l{layer}" + ("_reverse" if d else "")
+            out.append(
+                LayerTrace(
+                    name=_with_call(call.name + suffix, call.call),
+                    kind=call.adapter.kind,
+                    states=states,
+                    inputs=inputs,
+                    lengths=None if lengths is None else lengths.copy(),
+                    state_names=tuple(call.adapter.state_names),
+                    state_sizes=tuple(int(s) for s in call.adapter.state_sizes(params)),
+                    params=params,
+                    meta=meta,
+                    adapter=call.adapter,
+                )
+            )
+    return out
+
+
+def _build_chain(chain: CellChain, *, check: bool) -> LayerTrace:
+    """The layer of one chain of cell calls, checked if ``check``."""
+    xs = torch.stack(chain.xs)
+    s_in = torch.stack(chain.s_in)
+    s_out = torch.stack(chain.s_out)
+    states = torch.cat([s_in[:1], s_out], dim=0)
+    error = check_chain(chain, xs, s_in, s_out) if check else None
+    sizes = tuple(int(s) for s in chain.adapter.state_sizes(chain.params))
+    chain.layer = LayerTrace(
+        name=_with_call(chain.name, chain.call),
+        kind=chain.adapter.kind,
+        states=states,
+        inputs=xs,
+        lengths=None,
+        state_names=tuple(chain.adapter.state_names),
+        state_sizes=sizes,
+        params=chain.params,
+        meta={
+            "module": chain.path,
+            "module_type": type(chain.module).__name__,
+            "layer": 0,
+            "direction": "forward",
+            "call": chain.call,
+            "source": "cell",
+            "batch_first": False,
+            "packed": False,
+            "unbatched": chain.unbatched,
+            "dropout": NO_DROPOUT,
+            "replay_error": error,
+        },
+        adapter=chain.adapter,
+    )
+    return chain.layer
+
+
+def _no_recurrent(model: nn.Module, cells: Container[int]) -> NoRecurrentModuleError:
+    model_cls = type(model).__name__
+    types = sorted({type(m).__name__ for m in model.modules()})
+    present = [
+        (p or model_cls.lower(), type(m).__name__)
+        for p, m in model.named_modules()
+        if is_registered(m) or id(m) in cells
+    ]
+    if present:
+        listed = ", ".join(f"{p} ({t})" for p, t in present[:8])
+        return NoRecurrentModuleError(
+            f"the forward of {model_cls} did not call any recorded recurrent module; it "
+            f"contains {listed}, but none of them ran. Run the forward inside the "
+            "with-block (or pass the inputs to gs.trace)."
+        )
+    return NoRecurrentModuleError(
+        f"{model_cls} contains no recurrent module gradscope knows (its module types: "
+        f"{', '.join(types)}). If one of them is a recurrent cell called as "
+        "forward(x_t, state) -> state, name it: gs.record(model, cells=[model.my_cell]); "
+        "or register closed forms with gs.register_cell(MyCell, MyAdapter())."
+    )
+
+
+def _meta(
+    model: nn.Module, layers: list[LayerTrace], arguments: Any, grads: bool
+) -> dict[str, Any]:
+    text = repr(model)
+    if len(text) > _REPR_LIMIT:
+        text = text[:_REPR_LIMIT] + f"... [{len(text) - _REPR_LIMIT} more characters]"
+    meta: dict[str, Any] = {
+        "model": type(model).__name__,
+        "model_repr": text,
+        "torch_version": torch.__version__,
+        "gradscope_version": __version__,
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dtypes": sorted({str(layer.dtype).replace("torch.", "") for layer in layers}),
+        "devices": sorted({str(layer.states.device) for layer in layers}),
+        "arguments": arguments,
+        "grads": "not requested" if not grads else "no backward pass yet",
+    }
+    return meta
+
+
+def _with_call(name: str, call: int) -> str:
+    return name if call == 0 else f"{name}@{call}"

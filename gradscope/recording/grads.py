@@ -1,0 +1,121 @@
+"""Loss gradients ``∂L/∂s_t`` of the recorded layers, from what the real backward delivered.
+
+The recorder's tensor hooks collect, during the user's ``backward()``, the cotangents that
+reach each fused call's outputs (:func:`fused_cotangent_tensors` says which tensors) and
+the gradients of every cell call's output state parts. :func:`assign_grads` turns them into
+``LayerTrace.grads``: a fused call is replayed with autograd and the cotangents are
+back-propagated to every state of every layer and direction; a chain subtracts the
+within-step shares and gets ``g_0`` from a vector-Jacobian product of the adapter's step.
+See "Loss gradients" in :mod:`gradscope.recording`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
+
+from gradscope._rng import rng_preserved
+from gradscope.recording.chains import CellChain
+from gradscope.recording.dropout import NOT_REPRODUCIBLE
+from gradscope.recording.fused import FusedCall, replay_fused
+
+
+def fused_cotangent_tensors(output: Any) -> list[tuple[str, Any]]:
+    """The outputs of a fused call whose cotangents are captured, keyed as in ``call.cot``.
+
+    Args:
+        output: What the module returned: ``(output, h_n)`` or ``(output, (h_n, c_n))``,
+            ``output`` a Tensor or a PackedSequence (its ``data`` is the tensor).
+    """
+    out_native, hidden = output
+    seq = out_native.data if isinstance(out_native, PackedSequence) else out_native
+    if isinstance(hidden, (tuple, list)):
+        return [("output", seq), ("h_n", hidden[0]), ("c_n", hidden[1])]
+    return [("output", seq), ("h_n", hidden)]
+
+
+def assign_grads(entries: list[FusedCall | CellChain]) -> None:
+    """Set ``LayerTrace.grads`` of every built layer from the captured gradients."""
+    for entry in entries:
+        if isinstance(entry, FusedCall):
+            if entry.dropout == NOT_REPRODUCIBLE:
+                for layer in entry.layers:
+                    layer.grads = None
+                    layer.meta["grads"] = "unavailable: dropout mask not reproducible"
+                continue
+            for layer, g in zip(entry.layers, _fused_grads(entry)):
+                layer.grads = g
+        elif entry.layer is not None:
+            entry.layer.grads = _chain_grads(entry)
+
+
+def _fused_grads(call: FusedCall) -> list[Tensor]:
+    """``∂L/∂s_t`` ``(T+1, B, D)`` per layer and direction from the captured cotangents."""
+    lay = call.layout
+    valid = call.valid
+    if not call.cot:  # the backward never reached this call: every ∂L/∂s_t is zero
+        out = []
+        for layer in range(call.num_layers):
+            for d in range(call.dirs):
+                size = sum(call.adapter.state_sizes(call.params[(layer, d)]))
+                g = call.x.new_zeros((lay.T + 1, lay.B, size))
+                if valid is not None:
+                    g[1:][~valid] = float("nan")
+                out.append(g)
+        return out
+    rep, call.tracked = call.tracked or replay_fused(call, track=True), None
+    outs: list[Tensor] = []
+    cots: list[Tensor] = []
+    if "output" in call.cot:
+        outs.append(rep.outputs[-1])
+        cots.append(lay.to_time_major(call.cot["output"]))
+    finals = [seq[-1] for layer in rep.states for seq in layer]
+    p = call.h_n.shape[-1]
+    if "h_n" in call.cot:
+        outs.append(torch.stack([f[:, :p] for f in finals]))
+        cots.append(lay.hidden(call.cot["h_n"]))
+    if "c_n" in call.cot:
+        outs.append(torch.stack([f[:, p:] for f in finals]))
+        cots.append(lay.hidden(call.cot["c_n"]))
+    flat = [s for layer in rep.states for seq in layer for s in seq]
+    with torch.enable_grad():
+        got = torch.autograd.grad(outs, flat, cots, allow_unused=True)
+    result = []
+    i = 0
+    for layer in rep.states:
+        for seq in layer:
+            g = [
+                torch.zeros_like(s) if gi is None else gi
+                for s, gi in zip(seq, got[i : i + len(seq)])
+            ]
+            i += len(seq)
+            grads = torch.stack(g).detach()
+            if valid is not None:
+                grads[1:][~valid] = float("nan")
+            result.append(grads)
+    return result
+
+
+def _chain_grads(chain: CellChain) -> Tensor:
+    """``∂L/∂s_t`` ``(T+1, B, D)`` of one chain from its output parts' gradients."""
+    layer = chain.layer
+    assert layer is not None
+    sizes = list(layer.state_sizes)
+    bounds = np.cumsum([0, *sizes])
+    grads = torch.zeros_like(layer.states)
+    for (step, j), g in chain.grads_out.items():
+        inner = chain.internal.get((step, j))
+        if inner is not None:
+            g = g - inner
+        grads[step, :, bounds[j] : bounds[j + 1]] = g.reshape(layer.B, -1)
+    params, x0, s0 = chain.params, layer.inputs[0], layer.states[0]
+    with torch.enable_grad(), rng_preserved():
+        s = s0.detach().clone().requires_grad_(True)
+        out = chain.adapter.step(params, x0, s)
+        (g0,) = torch.autograd.grad(out, s, grads[1])
+    grads[0] = g0.detach()
+    return grads
