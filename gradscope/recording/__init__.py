@@ -105,9 +105,11 @@ those within-step edges of the autograd graph measure that share, and it is subt
 uses of the initial state outside the recorded module are not part of it.
 For fused modules, tensor hooks on the module's outputs (``output`` or its packed ``data``,
 ``h_n``, ``c_n``) capture the cotangents that reach the module in the real backward; when
-:attr:`Recorder.trace` is next read, the module is replayed *with* autograd on detached
-copies (same weights, same dropout masks) and the captured cotangents are back-propagated
-with :func:`torch.autograd.grad` to every state of every layer and direction. A cotangent that
+:attr:`Recorder.trace` is next read, the captured cotangents are back-propagated through
+the replayed states (same weights, same dropout masks) by the cell adapters' closed-form
+vector-Jacobian products, layer by layer and direction by direction
+(:func:`gradscope.jacobians.bptt.stack_state_grads`; no autograd graph is built over the
+replay, and the input products of all steps are one product per layer). A cotangent that
 never arrives (an output the loss does not use) counts as zero; if no backward pass reached
 any recorded module, ``grads`` stays None and ``trace.meta["grads"]`` says why. All hooks
 return None, so no gradient is changed. Repeated backward passes accumulate, like ``.grad``.

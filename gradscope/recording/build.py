@@ -74,9 +74,9 @@ def _build_fused(
     call: FusedCall, *, grads: bool, check: bool, warned: set[str]
 ) -> list[LayerTrace]:
     """Replay, check and split one fused call; warn once per module (``warned``)."""
-    track = grads and bool(call.cot)  # built after the backward
-    rep = replay_fused(call, track=track)
-    call.tracked = rep if track else None
+    rep = replay_fused(call)
+    # Built after the backward: keep the replay for the loss gradients (one replay in all).
+    call.tracked = rep if grads and call.cot else None
     result = check_fused(call, rep) if check else FusedCheck()
     call.layers = _fused_layer_traces(call, rep, result)
     if result.shadows and "shadow:" + call.path not in warned:

@@ -133,7 +133,7 @@ class FusedCall:
     masks: list[Tensor] | None = None
     cot: dict[str, Tensor] = field(default_factory=dict)
     layers: list[LayerTrace] = field(default_factory=list)
-    #: A tracked replay made when the trace was built after the backward; used once for grads.
+    #: The replay made when the trace was built after the backward; reused once for grads.
     tracked: Any = None
 
     @property
@@ -168,13 +168,11 @@ def _dropout_masks(call: FusedCall, widths: list[int]) -> list[Tensor]:
     return [lay.to_time_major(m) for m in masks] if lay.packed else masks
 
 
-def replay_fused(call: FusedCall, *, track: bool) -> Replay:
-    """Run the fused module step by step from its weights.
+def replay_fused(call: FusedCall) -> Replay:
+    """Run the fused module step by step from its weights (under ``torch.no_grad``).
 
     Args:
         call: The recorded call.
-        track: Build an autograd graph with every initial state a leaf that requires grad
-            (for loss gradients); otherwise run under ``torch.no_grad``.
     """
     valid = call.valid
     lay = call.layout
@@ -183,7 +181,7 @@ def replay_fused(call: FusedCall, *, track: bool) -> Replay:
     outputs: list[Tensor] = []
     layer_in = call.x
     use_masks = call.dropout == MASK_REPRODUCED
-    with torch.set_grad_enabled(track):
+    with torch.no_grad():
         for layer in range(call.num_layers):
             layer_states, layer_inputs, outs = [], [], []
             for d in range(call.dirs):
@@ -195,8 +193,6 @@ def replay_fused(call: FusedCall, *, track: bool) -> Replay:
                     else layer_in.gather(0, pos.unsqueeze(-1).expand(-1, -1, layer_in.shape[-1]))
                 )
                 s = call.s0[layer * call.dirs + d]
-                if track:
-                    s = s.detach().clone().requires_grad_(True)
                 seq = [s]
                 for k in range(lay.T):
                     new = call.adapter.step(params, x[k], s)

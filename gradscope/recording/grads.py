@@ -3,9 +3,11 @@
 The recorder's tensor hooks collect, during the user's ``backward()``, the cotangents that
 reach each fused call's outputs (:func:`fused_cotangent_tensors` says which tensors) and
 the gradients of every cell call's output state parts. :func:`assign_grads` turns them into
-``LayerTrace.grads``: a fused call is replayed with autograd and the cotangents are
-back-propagated to every state of every layer and direction; a chain subtracts the
-within-step shares and gets ``g_0`` from a vector-Jacobian product of the adapter's step.
+``LayerTrace.grads``: the cotangents of a fused call are back-propagated through its
+replayed states by closed-form vector-Jacobian products
+(:func:`gradscope.jacobians.bptt.stack_state_grads`: no autograd graph over the replay); a
+chain subtracts the within-step shares and gets ``g_0`` from a vector-Jacobian product of
+the adapter's step.
 See "Loss gradients" in :mod:`gradscope.recording`.
 """
 
@@ -19,8 +21,9 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from gradscope._rng import rng_preserved
+from gradscope.jacobians.bptt import stack_state_grads
 from gradscope.recording.chains import CellChain
-from gradscope.recording.dropout import NOT_REPRODUCIBLE
+from gradscope.recording.dropout import MASK_REPRODUCED, NOT_REPRODUCIBLE
 from gradscope.recording.fused import FusedCall, replay_fused
 
 
@@ -67,37 +70,32 @@ def _fused_grads(call: FusedCall) -> list[Tensor]:
                     g[1:][~valid] = float("nan")
                 out.append(g)
         return out
-    rep, call.tracked = call.tracked or replay_fused(call, track=True), None
-    outs: list[Tensor] = []
-    cots: list[Tensor] = []
-    if "output" in call.cot:
-        outs.append(rep.outputs[-1])
-        cots.append(lay.to_time_major(call.cot["output"]))
-    finals = [seq[-1] for layer in rep.states for seq in layer]
+    rep, call.tracked = call.tracked or replay_fused(call), None
     p = call.h_n.shape[-1]
-    if "h_n" in call.cot:
-        outs.append(torch.stack([f[:, :p] for f in finals]))
-        cots.append(lay.hidden(call.cot["h_n"]))
-    if "c_n" in call.cot:
-        outs.append(torch.stack([f[:, p:] for f in finals]))
-        cots.append(lay.hidden(call.cot["c_n"]))
-    flat = [s for layer in rep.states for seq in layer for s in seq]
-    with torch.enable_grad():
-        got = torch.autograd.grad(outs, flat, cots, allow_unused=True)
-    result = []
-    i = 0
-    for layer in rep.states:
-        for seq in layer:
-            g = [
-                torch.zeros_like(s) if gi is None else gi
-                for s, gi in zip(seq, got[i : i + len(seq)])
-            ]
-            i += len(seq)
-            grads = torch.stack(g).detach()
-            if valid is not None:
-                grads[1:][~valid] = float("nan")
-            result.append(grads)
-    return result
+    final = None
+    if "h_n" in call.cot or "c_n" in call.cot:
+        sizes = [
+            sum(call.adapter.state_sizes(call.params[(k, d)]))
+            for k in range(call.num_layers)
+            for d in range(call.dirs)
+        ]
+        final = call.x.new_zeros((len(sizes), lay.B, max(sizes)))
+        if "h_n" in call.cot:
+            final[..., :p] = lay.hidden(call.cot["h_n"])
+        if "c_n" in call.cot:
+            final[..., p:] = lay.hidden(call.cot["c_n"])
+    grads = stack_state_grads(
+        call.adapter,
+        call.params,
+        [[torch.stack(seq) for seq in layer] for layer in rep.states],
+        rep.inputs,
+        out_cot=lay.to_time_major(call.cot["output"]) if "output" in call.cot else None,
+        final_cot=final,
+        valid=valid,
+        positions=call.positions,
+        masks=call.masks if call.dropout == MASK_REPRODUCED else None,
+    )
+    return [g for layer in grads for g in layer]
 
 
 def _chain_grads(chain: CellChain) -> Tensor:
