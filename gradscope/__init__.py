@@ -40,8 +40,8 @@ _HOMES: dict[str, str] = {
     "lyapunov": "gradscope.analysis.lyapunov",
     "Spectrum": "gradscope.analysis.spectra",
     "spectrum": "gradscope.analysis.spectra",
-    "Diagnosis": "gradscope.analysis.diagnosis",
-    "LayerDiagnosis": "gradscope.analysis.diagnosis",
+    "Diagnosis": "gradscope.analysis.results",
+    "LayerDiagnosis": "gradscope.analysis.results",
     "diagnose": "gradscope.analysis.diagnosis",
     "Profile": "gradscope.analysis.profiling",
     "profile": "gradscope.analysis.profiling",
@@ -78,9 +78,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradscope.analysis.decay import Decay, decay
-    from gradscope.analysis.diagnosis import Diagnosis, LayerDiagnosis, diagnose
+    from gradscope.analysis.diagnosis import diagnose
     from gradscope.analysis.lyapunov import Lyapunov, lyapunov
     from gradscope.analysis.profiling import Profile, profile
+    from gradscope.analysis.results import Diagnosis, LayerDiagnosis
     from gradscope.analysis.spectra import Spectrum, spectrum
     from gradscope.cells import register_cell
     from gradscope.cells.base import CellAdapter
