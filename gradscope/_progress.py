@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from gradscope.errors import ArgumentError
+
 if TYPE_CHECKING:
     from gradscope.traces import LayerTrace
 
@@ -64,7 +66,7 @@ def enabled(progress: bool | str = "auto", work: float = float("inf")) -> bool:
         ValueError: ``progress`` is not one of the three settings.
     """
     if progress not in (True, False, "auto"):
-        raise ValueError(f"progress must be True, False or 'auto', got {progress!r}")
+        raise ArgumentError(f"progress must be True, False or 'auto', got {progress!r}")
     env = os.environ.get("GRADSCOPE_PROGRESS", "").strip().lower()
     if env in _OFF or progress is False:
         return False

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from gradscope.errors import ArgumentError
+
 #: Display names of the three model families, in report order.
 MODELS = {"rnn": "vanilla RNN", "lstm": "LSTM", "gru": "GRU"}
 
@@ -36,7 +38,7 @@ def adding_problem(
         ``y (B, 1)``: the sum of the two marked numbers.
     """
     if seq_len < 2:
-        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+        raise ArgumentError(f"seq_len must be >= 2, got {seq_len}")
     values = torch.rand(seq_len, batch, generator=generator)
     half = seq_len // 2
     first = torch.randint(0, half, (batch,), generator=generator)
@@ -56,7 +58,7 @@ class AddingModel(nn.Module):
         super().__init__()
         kinds = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
         if cell not in kinds:
-            raise ValueError(f"cell must be one of {sorted(kinds)}, got {cell!r}")
+            raise ArgumentError(f"cell must be one of {sorted(kinds)}, got {cell!r}")
         self.rnn = kinds[cell](2, hidden)
         self.head = nn.Linear(hidden, 1)
 

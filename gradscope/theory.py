@@ -24,6 +24,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import special
 
+from gradscope.errors import ArgumentError
+
 
 @lru_cache(maxsize=8)
 def _hermgauss(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,4 +91,4 @@ def pascanu_gain(init: str) -> float:
         return 1.0
     if init == "gaussian":
         return 0.5
-    raise ValueError(f"init must be 'orthogonal' or 'gaussian', got {init!r}")
+    raise ArgumentError(f"init must be 'orthogonal' or 'gaussian', got {init!r}")

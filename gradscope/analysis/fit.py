@@ -16,6 +16,7 @@ import numpy as np
 from scipy import stats
 
 from gradscope._json import dataclass_dict
+from gradscope.errors import ArgumentError
 
 #: Default fall factor defining the horizon.
 HORIZON_FACTOR = 1e-3
@@ -150,7 +151,7 @@ def fit_decay(
         A :class:`Decay`.
     """
     if not 0 < horizon_factor < 1:
-        raise ValueError(f"{name}: horizon_factor must be in (0, 1), got {horizon_factor}")
+        raise ArgumentError(f"{name}: horizon_factor must be in (0, 1), got {horizon_factor}")
     notes = list(notes or [])
     K = log_norms.shape[0]
     lags = np.arange(K)

@@ -15,6 +15,7 @@ from gradscope.analysis.decay import Decay
 from gradscope.analysis.formatting import fmt_num, fmt_steps
 from gradscope.analysis.lyapunov import Lyapunov
 from gradscope.analysis.spectra import Spectrum
+from gradscope.errors import UnknownNameError
 
 
 @dataclass
@@ -146,7 +147,7 @@ class Diagnosis:
         for d in self.layers:
             if d.name == key:
                 return d
-        raise KeyError(f"no layer named {key!r} in this diagnosis; layers: {self.names}")
+        raise UnknownNameError(f"no layer named {key!r} in this diagnosis; layers: {self.names}")
 
     def __iter__(self):
         return iter(self.layers)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.cells.base import CellAdapter, Params, weight_t_times, weight_times
+from gradscope.errors import ArgumentError
 
 
 class VanillaAdapter(CellAdapter):
@@ -36,7 +37,7 @@ class VanillaAdapter(CellAdapter):
 
     def __init__(self, nonlinearity: str = "tanh") -> None:
         if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+            raise ArgumentError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         self.kind = f"rnn_{nonlinearity}"
 

@@ -28,6 +28,7 @@ import math
 import os
 from typing import Any
 
+from gradscope.errors import ArgumentError
 from gradscope.integrations._imports import summary_writer
 
 #: History keys written as scalars, and the tag each gets.
@@ -123,7 +124,7 @@ class TensorBoardCallback:
         figures_every: int | None = None,
     ) -> None:
         if figures_every is not None and figures_every < 1:
-            raise ValueError(f"figures_every must be >= 1 or None, got {figures_every}")
+            raise ArgumentError(f"figures_every must be >= 1 or None, got {figures_every}")
         self._owns = writer is None
         self.writer = (
             writer

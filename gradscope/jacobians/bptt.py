@@ -26,14 +26,32 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from gradscope.cells.base import CellAdapter, Params
+from gradscope.cells.base import CellAdapter, Linearization, Params
+
+#: Rows (steps × sequences) linearised in one call: the gates of a block of steps come from
+#: one GEMM instead of one small GEMM per step.
+BLOCK_ROWS = 4096
 
 
-def _vjp(adapter: CellAdapter, params: Params, x: Tensor, s: Tensor, g: Tensor, wrt: str):
-    lin = adapter.linearize(params, x, s)
-    col = g.unsqueeze(-1)
-    out = lin.vjp_state(col) if wrt == "state" else lin.vjp_input(col)
-    return out.squeeze(-1)
+class _Linearizations:
+    """The adapter's linearisations of one layer and direction, a block of steps at a time."""
+
+    def __init__(self, adapter: CellAdapter, params: Params, x: Tensor, s: Tensor) -> None:
+        self.adapter, self.params, self.x, self.s = adapter, params, x, s
+        T, B = x.shape[:2]
+        self.B = B
+        self.n = max(1, min(T, BLOCK_ROWS // max(B, 1)))
+        self.block: tuple[int, int, Linearization] | None = None
+
+    def at(self, k: int) -> Linearization:
+        """The linearisation at step ``k`` (its block computed when first needed)."""
+        if self.block is None or not self.block[0] <= k < self.block[1]:
+            lo = max(0, k - self.n + 1)  # the sweep walks backwards
+            x = self.x[lo : k + 1].flatten(0, 1)
+            s = self.s[lo : k + 1].flatten(0, 1)
+            self.block = (lo, k + 1, self.adapter.linearize(self.params, x, s))
+        lo, _, lin = self.block
+        return lin.rows(torch.arange((k - lo) * self.B, (k - lo + 1) * self.B))
 
 
 @torch.no_grad()
@@ -88,6 +106,7 @@ def stack_state_grads(
                     ocot = ocot.gather(0, pos.unsqueeze(-1).expand(-1, -1, p))
                 if valid is not None:
                     ocot = torch.where(valid.unsqueeze(-1), ocot, torch.zeros_like(ocot))
+            lins = _Linearizations(adapter, pm, x, s[:-1])
             G = s.new_zeros((T + 1, B, D))
             g = s.new_zeros((B, D))
             if final_cot is not None:
@@ -97,18 +116,11 @@ def stack_state_grads(
                     g = g.clone()
                     g[:, :p] += ocot[k]
                 G[k + 1] = g
-                back = _vjp(adapter, pm, x[k], s[k], g, "state")
+                back = lins.at(k).vjp_state(g.unsqueeze(-1)).squeeze(-1)
                 g = back if valid is None else torch.where(valid[k].unsqueeze(-1), back, g)
             G[0] = g
             if layer > 0:
-                xin = _vjp(
-                    adapter,
-                    pm,
-                    x.reshape(T * B, -1),
-                    s[:-1].reshape(T * B, -1),
-                    G[1:].reshape(T * B, -1),
-                    "input",
-                ).reshape(T, B, -1)
+                xin = _input_products(lins, G, T)
                 if valid is not None:
                     xin = torch.where(valid.unsqueeze(-1), xin, torch.zeros_like(xin))
                 if d == 1:
@@ -121,3 +133,18 @@ def stack_state_grads(
         if layer > 0:
             cot = below if masks is None else below * masks[layer - 1]
     return result
+
+
+def _input_products(lins: _Linearizations, G: Tensor, T: int) -> Tensor:
+    """``K_{k+1}ᵀ G_{k+1}`` for every step, one product per block of steps: ``(T, B, I)``."""
+    out = []
+    hi = T
+    while hi > 0:
+        lins.at(hi - 1)
+        b0, _, block = lins.block  # type: ignore[misc]
+        lo = b0
+        rows = torch.arange((lo - b0) * lins.B, (hi - b0) * lins.B)
+        g = G[lo + 1 : hi + 1].flatten(0, 1).unsqueeze(-1)
+        out.append(block.rows(rows).vjp_input(g).squeeze(-1).unflatten(0, (hi - lo, -1)))
+        hi = lo
+    return torch.cat(out[::-1])
