@@ -82,11 +82,10 @@ def build_lstm_trace(path: Path, steps: int, hidden: int = 256, batch: int = 4) 
 def child(what: str, path: str) -> None:
     """One measurement in this (fresh) process; prints one JSON line."""
     import gradscope  # noqa: F401
-    from gradscope.analysis.decay import decay
-    from gradscope.analysis.lyapunov import lyapunov
-    from gradscope.traces import load
+    import gradscope as gs  # the public API, so that --repo works with older checkouts
 
-    layer = load(path)[0]
+    decay, lyapunov = gs.decay, gs.lyapunov
+    layer = gs.load(path)[0]
     base = _maxrss_mb()
     t0 = time.perf_counter()
     if what.startswith("lyapunov"):
