@@ -46,7 +46,7 @@ _HOMES: dict[str, str] = {
     "Profile": "gradscope.analysis.profiling",
     "profile": "gradscope.analysis.profiling",
     # reports and training
-    "History": "gradscope.monitor",
+    "History": "gradscope.history",
     "Monitor": "gradscope.monitor",
     "report": "gradscope.reporting",
     # errors

@@ -635,7 +635,7 @@ def test_history_aggregates_ranks_by_batch_size():
 
 def test_auto_analysis_keeps_within_the_time_budget(monkeypatch):
     """analyze="auto": analyse while (spent + last cost) <= budget x training time."""
-    import gradscope.monitor as monitor_mod
+    import gradscope.monitor.monitor as monitor_mod
 
     clock = {"t": 0.0}
     monkeypatch.setattr(monitor_mod, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))

@@ -58,7 +58,7 @@ def log_step(writer: Any, history: Any, index: int = -1, prefix: str = "gradscop
     Returns:
         The number of scalars written.
     """
-    from gradscope.monitor import REGIME_CODES
+    from gradscope.history import REGIME_CODES
 
     written = 0
     for name in history.names:

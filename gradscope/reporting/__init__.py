@@ -145,7 +145,7 @@ def _from_path(label: str | None, obj: Any) -> Run:
 def _load_history(path: Path) -> Any | None:
     """A Monitor history saved at ``path``, or None if the file is not one."""
     try:
-        from gradscope.monitor import load_history
+        from gradscope.history import load_history
     except ImportError:
         return None
     from gradscope.errors import TraceFormatError

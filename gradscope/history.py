@@ -1,0 +1,431 @@
+"""What a :class:`~gradscope.Monitor` keeps over training: the :class:`History`.
+
+A history is a record, like a trace: per sampled training step and layer, the batch-mean
+loss-gradient norms ``‖∂L/∂s_t‖`` and a row of summaries (:data:`SUMMARY_KEYS`). Reports
+read it; it never imports the Monitor. Saved as ``.npz`` + JSON (no pickle).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradscope.errors import (
+    TraceFormatError,
+)
+from gradscope.traces import read_npz, write_npz
+
+HISTORY_FORMAT = "gradscope.history"
+HISTORY_FORMAT_VERSION = 1
+
+#: The per-step, per-layer scalars a :class:`History` keeps, in storage order. ``T``/``B``:
+#: steps and sequences recorded; ``nonfinite``: real states holding NaN/inf; ``grad_t0`` /
+#: ``grad_tT``: the grad norm at ``t = 0`` and ``t = T``; ``rate*``, ``r2``, ``half_life``,
+#: ``regime`` (coded, see :data:`REGIME_CODES`): the state-gradient decay
+#: (:func:`gradscope.decay` ``of="state"``); ``loss_rate*`` and ``loss_regime``: the same fit
+#: of the real loss gradient (``of="loss"``); ``radius_*``: spectral radius statistics and
+#: ``norm_*``: spectral norm (σ_max) statistics of the one-step Jacobians
+#: (:meth:`gradscope.analysis.spectra.Spectrum.summary` on a subsample); ``lyapunov`` and
+#: ``lyapunov_stderr``: the leading Lyapunov exponent (NaN unless ``lyapunov=True``).
+SUMMARY_KEYS: tuple[str, ...] = (
+    "T",
+    "B",
+    "nonfinite",
+    "grad_t0",
+    "grad_tT",
+    "rate",
+    "rate_lo",
+    "rate_hi",
+    "r2",
+    "half_life",
+    "regime",
+    "loss_rate",
+    "loss_rate_lo",
+    "loss_rate_hi",
+    "loss_regime",
+    "radius_median",
+    "radius_mean",
+    "radius_p05",
+    "radius_p95",
+    "radius_max",
+    "radius_frac_above_1",
+    "norm_median",
+    "norm_mean",
+    "norm_p05",
+    "norm_p95",
+    "norm_max",
+    "norm_frac_above_1",
+    "lyapunov",
+    "lyapunov_stderr",
+)
+STAT_KEYS = ("median", "mean", "p05", "p95", "max", "frac_above_1")
+
+#: How a regime is stored among the float summaries (NaN: not analysed).
+REGIME_CODES: dict[str, float] = {"vanishing": -1.0, "neutral": 0.0, "exploding": 1.0}
+_REGIME_NAMES = {v: k for k, v in REGIME_CODES.items()}
+
+Entry = tuple[np.ndarray, np.ndarray]  # (grad norms (W, T+1), summaries (W, K))
+
+
+class History:
+    """What a :class:`Monitor` keeps over training: per sampled step and layer, a few numbers.
+
+    For each sampled training step and each recorded layer (and direction) it holds, per
+    rank of a distributed run (``world_size`` ranks; 1 otherwise), the ``T+1`` grad norms
+    (:func:`grad_norms`) and the scalars of :data:`SUMMARY_KEYS`: ``O(T + K)`` numbers per
+    layer and step, no Jacobians and no traces, so memory grows only with the number of
+    *sampled* steps.
+
+    Aggregating over ranks (``rank=None``, the default; with one rank it is that rank):
+    grad norms are the mean weighted by each rank's batch size (exact for unpadded batches);
+    scalars are the mean over ranks (NaN-skipping); a regime is the most frequent one.
+
+    Saved as ``.npz`` + JSON metadata with a format version (:meth:`save`, :meth:`load`,
+    :func:`load_history`); no pickle.
+
+    Attributes:
+        world_size: Number of ranks whose batches each row holds.
+        meta: JSON-able facts about the run (schedule, model class, ...).
+        notes: ``{message: {"first_step": int, "count": int}}``: analyses that could not be
+            done, counted instead of repeated.
+    """
+
+    def __init__(
+        self,
+        world_size: int = 1,
+        meta: Mapping[str, Any] | None = None,
+        keys: Sequence[str] = SUMMARY_KEYS,
+    ) -> None:
+        self.keys: tuple[str, ...] = tuple(keys)
+        self._k = {key: i for i, key in enumerate(self.keys)}
+        self.world_size = int(world_size)
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.notes: dict[str, dict[str, int]] = {}
+        self._steps: list[int] = []
+        self._rows: list[dict[str, Entry]] = []
+        self._names: dict[str, None] = {}
+
+    # ----------------------------------------------------------------- building
+    def append(self, step: int, entries: Mapping[str, Entry]) -> None:
+        """Add one sampled step.
+
+        Args:
+            step: The training step.
+            entries: ``{layer name: (grad_norms (W, T+1), summaries (W, K))}``, ``W`` =
+                :attr:`world_size`, ``K = len(SUMMARY_KEYS)``.
+
+        Raises:
+            ShapeError: an entry has the wrong shape.
+        """
+        from gradscope.errors import ShapeError
+
+        row: dict[str, Entry] = {}
+        for name, (gn, sc) in entries.items():
+            gn = np.asarray(gn, dtype=np.float64)
+            sc = np.asarray(sc, dtype=np.float64)
+            if (
+                gn.ndim != 2
+                or gn.shape[0] != self.world_size
+                or sc.shape
+                != (
+                    self.world_size,
+                    len(self.keys),
+                )
+            ):
+                raise ShapeError(
+                    f"History.append: {name}: need grad norms (W={self.world_size}, T+1) and "
+                    f"summaries ({self.world_size}, {len(self.keys)}), got {gn.shape} and "
+                    f"{sc.shape}"
+                )
+            row[name] = (gn, sc)
+            self._names.setdefault(name)
+        self._steps.append(int(step))
+        self._rows.append(row)
+
+    def note(self, step: int, message: str) -> None:
+        """Count a remark (e.g. an analysis that could not be done) once per message."""
+        entry = self.notes.setdefault(message, {"first_step": int(step), "count": 0})
+        entry["count"] += 1
+
+    # ----------------------------------------------------------------- reading
+    @property
+    def steps(self) -> np.ndarray:
+        """``(n,)`` int64: the sampled training steps."""
+        return np.asarray(self._steps, dtype=np.int64)
+
+    @property
+    def names(self) -> list[str]:
+        """Names of every layer seen, in first-seen order."""
+        return list(self._names)
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def _check(self, name: str, rank: int | None) -> None:
+        if name not in self._names:
+            raise KeyError(f"no layer named {name!r} in this history; it has {self.names}")
+        if rank is not None and not (0 <= rank < self.world_size):
+            raise IndexError(f"rank {rank} out of range for world_size {self.world_size}")
+
+    def _select(self, index: int | None) -> list[dict[str, Entry]]:
+        return self._rows if index is None else [self._rows[index]]
+
+    def _stack_grads(self, name: str, index: int | None = None) -> np.ndarray:
+        """``(n, W, Tmax+1)`` NaN-padded grad norms of every rank (one row: ``index``)."""
+        rows = self._select(index)
+        width = max((row[name][0].shape[1] for row in rows if name in row), default=0)
+        out = np.full((len(rows), self.world_size, width), np.nan)
+        for i, row in enumerate(rows):
+            if name in row:
+                gn = row[name][0]
+                out[i, :, : gn.shape[1]] = gn
+        return out
+
+    def _stack_scalars(self, name: str, index: int | None = None) -> np.ndarray:
+        """``(n, W, K)`` scalars of every rank (NaN rows where the layer was absent)."""
+        rows = self._select(index)
+        out = np.full((len(rows), self.world_size, len(self.keys)), np.nan)
+        for i, row in enumerate(rows):
+            if name in row:
+                out[i] = row[name][1]
+        return out
+
+    def _grads(self, name: str, rank: int | None, index: int | None) -> np.ndarray:
+        gn = self._stack_grads(name, index)
+        if rank is not None:
+            return gn[:, rank]
+        sc = self._stack_scalars(name, index)
+        t_len, b = sc[:, :, self._k["T"]], sc[:, :, self._k["B"]]
+        cols = np.arange(gn.shape[2])
+        valid = cols[None, None, :] <= np.nan_to_num(t_len, nan=-1.0)[:, :, None]
+        weight = np.where(valid, np.nan_to_num(b, nan=0.0)[:, :, None], 0.0)
+        num = np.where(valid, gn * weight, 0.0).sum(axis=1)
+        den = weight.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+    def _scalar(self, name: str, key: str, rank: int | None, index: int | None) -> np.ndarray:
+        if key not in self._k:
+            raise KeyError(f"no summary {key!r}; the history keeps {list(self.keys)}")
+        vals = self._stack_scalars(name, index)[:, :, self._k[key]]
+        if rank is not None:
+            return vals[:, rank]
+        finite = ~np.isnan(vals)
+        cnt = finite.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(cnt > 0, np.where(finite, vals, 0.0).sum(axis=1) / cnt, np.nan)
+
+    def _regime(self, name: str, key: str, rank: int | None, index: int | None) -> list[str]:
+        codes = self._stack_scalars(name, index)[:, :, self._k[key]]
+        out = []
+        for row in codes if rank is None else codes[:, [rank]]:
+            names = [_REGIME_NAMES.get(float(c), "") for c in row if not math.isnan(c)]
+            out.append(max(names, key=names.count) if names else "")
+        return out
+
+    def grad_norms(self, name: str, rank: int | None = None) -> np.ndarray:
+        """``(n, Tmax+1)`` batch-mean ``‖∂L/∂s_t‖`` per sampled step (rows), ``t = 0 … T``.
+
+        Rows of shorter batches are NaN-padded on the right to the longest ``T`` seen for
+        this layer; a row is all-NaN where the layer did not run at that step.
+
+        Args:
+            name: The layer's name (``history.names``).
+            rank: One rank's batch, or None for the batch-size-weighted mean over ranks.
+
+        Raises:
+            KeyError: unknown layer name.
+        """
+        self._check(name, rank)
+        return self._grads(name, rank, None)
+
+    def scalar(self, name: str, key: str, rank: int | None = None) -> np.ndarray:
+        """``(n,)`` one summary (a key of :data:`SUMMARY_KEYS`) per sampled step.
+
+        Args:
+            name: The layer's name.
+            key: Which summary, e.g. ``"rate"`` or ``"radius_median"``.
+            rank: One rank, or None for the mean over ranks (NaN-skipping).
+        """
+        self._check(name, rank)
+        return self._scalar(name, key, rank, None)
+
+    def entry(self, name: str, index: int = -1, rank: int | None = None) -> dict[str, Any]:
+        """One sampled step of one layer, without stacking the whole history.
+
+        Args:
+            name: The layer's name.
+            index: Which sampled step (row), e.g. -1 for the latest.
+            rank: One rank, or None to aggregate over ranks (as in :meth:`grad_norms`).
+
+        Returns:
+            ``{"step": int, "grad_norms": (T+1,), "regime": str, "loss_regime": str,
+            key: float for every other key of SUMMARY_KEYS}``; the layer's values are NaN
+            (and the regimes ``""``) if it did not run at that step.
+
+        Raises:
+            KeyError: unknown layer name.
+            IndexError: ``index`` out of range.
+        """
+        self._check(name, rank)
+        row = self._rows[index]
+        out: dict[str, Any] = {"step": self._steps[index]}
+        gn = self._grads(name, rank, index)[0]
+        width = int(row[name][0].shape[1]) if name in row else 0
+        out["grad_norms"] = gn[:width]
+        for key in self.keys:
+            if key in ("regime", "loss_regime"):
+                out[key] = self._regime(name, key, rank, index)[0]
+            else:
+                out[key] = float(self._scalar(name, key, rank, index)[0])
+        return out
+
+    def regime(self, name: str, key: str = "regime", rank: int | None = None) -> list[str]:
+        """Regime per sampled step (``""`` where it was not analysed).
+
+        Args:
+            name: The layer's name.
+            key: ``"regime"`` (state-gradient decay) or ``"loss_regime"``.
+            rank: One rank, or None for the most frequent regime over ranks (ties: the
+                lowest rank's).
+        """
+        self._check(name, rank)
+        return self._regime(name, key, rank, None)
+
+    def summaries(self, name: str, rank: int | None = None) -> dict[str, Any]:
+        """Every summary of one layer as ``(n,)`` arrays, plus the report's fields.
+
+        Returns:
+            ``{"steps": (n,), "rate_ci": (n, 2), "regime": list[str], "loss_regime":
+            list[str], key: (n,) for every other key of SUMMARY_KEYS}``.
+        """
+        self._check(name, rank)
+        out: dict[str, Any] = {"steps": self.steps}
+        for key in self.keys:
+            if key not in ("regime", "loss_regime"):
+                out[key] = self.scalar(name, key, rank)
+        out["regime"] = self.regime(name, "regime", rank)
+        out["loss_regime"] = self.regime(name, "loss_regime", rank)
+        out["rate_ci"] = np.stack([out["rate_lo"], out["rate_hi"]], axis=1)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored numbers."""
+        return sum(gn.nbytes + sc.nbytes for row in self._rows for gn, sc in row.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"History({len(self)} sampled steps, layers={self.names}, world_size={self.world_size})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope._json.jsonable`)."""
+        from gradscope._json import jsonable
+
+        return jsonable(
+            {
+                "steps": self.steps,
+                "world_size": self.world_size,
+                "meta": self.meta,
+                "notes": self.notes,
+                "layers": {
+                    name: {
+                        "grad_norms": self.grad_norms(name),
+                        "summaries": {
+                            k: v for k, v in self.summaries(name).items() if k != "steps"
+                        },
+                    }
+                    for name in self.names
+                },
+            }
+        )
+
+    # ----------------------------------------------------------------- I/O
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the history as ``.npz`` + JSON metadata (atomically); returns the path.
+
+        Per layer ``i``: ``l{i}/grad_norms`` ``(n, W, Tmax+1)``, ``l{i}/summaries``
+        ``(n, W, K)``, ``l{i}/present`` ``(n,)`` bool; plus ``steps`` and ``__meta__``.
+        """
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        arrays: dict[str, np.ndarray] = {"steps": self.steps}
+        for i, name in enumerate(self.names):
+            arrays[f"l{i}/grad_norms"] = self._stack_grads(name)
+            arrays[f"l{i}/summaries"] = self._stack_scalars(name)
+            arrays[f"l{i}/present"] = np.array([name in row for row in self._rows], dtype=bool)
+        meta = {
+            "format": HISTORY_FORMAT,
+            "version": HISTORY_FORMAT_VERSION,
+            "keys": list(self.keys),
+            "layers": self.names,
+            "world_size": self.world_size,
+            "meta": self.meta,
+            "notes": self.notes,
+        }
+        return write_npz(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> History:
+        """Read a history written by :meth:`save`. Never unpickles anything.
+
+        Raises:
+            TraceFormatError: missing or unreadable file, not a gradscope history, a newer
+                format version, or inconsistent contents.
+        """
+        path = Path(path)
+        data, meta = read_npz(path, "a gradscope training history", "History.save")
+        if meta.get("format") != HISTORY_FORMAT:
+            raise TraceFormatError(
+                f"{path}: not a gradscope training history (format {meta.get('format')!r}); "
+                "traces load with gs.load"
+            )
+        version = meta.get("version")
+        if not isinstance(version, int) or version > HISTORY_FORMAT_VERSION:
+            raise TraceFormatError(
+                f"{path}: history format version {version!r}; this gradscope reads versions "
+                f"<= {HISTORY_FORMAT_VERSION} (upgrade gradscope)"
+            )
+        try:
+            keys = tuple(str(k) for k in meta["keys"])
+            hist = cls(int(meta["world_size"]), meta.get("meta", {}), keys)
+            hist.notes = {str(k): dict(v) for k, v in meta.get("notes", {}).items()}
+            steps = data["steps"]
+            per_layer = [
+                (
+                    str(name),
+                    data[f"l{i}/grad_norms"],
+                    data[f"l{i}/summaries"],
+                    data[f"l{i}/present"],
+                )
+                for i, name in enumerate(meta["layers"])
+            ]
+            t_col = keys.index("T")
+            for j, step in enumerate(steps):
+                row: dict[str, Entry] = {}
+                for name, gn, sc, present in per_layer:
+                    if present[j]:
+                        width = int(np.nanmax(sc[j, :, t_col])) + 1
+                        row[name] = (gn[j, :, :width], sc[j])
+                hist._steps.append(int(step))
+                hist._rows.append(row)
+            for name, *_ in per_layer:
+                hist._names.setdefault(name)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise TraceFormatError(f"{path}: incomplete or inconsistent history ({exc})") from None
+        return hist
+
+
+def load_history(path: str | os.PathLike) -> History:
+    """Load a training history saved with :meth:`History.save` (see :meth:`History.load`)."""
+    return History.load(path)
+
+
+# --------------------------------------------------------------------------- snapshot

@@ -1,0 +1,347 @@
+"""The training-loop callback: :class:`Monitor` decides *when* to record, never *what*."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradscope._rng import rng_preserved
+from gradscope.errors import (
+    GradscopeError,
+    NoRecurrentModuleError,
+)
+from gradscope.history import SUMMARY_KEYS, Entry, History
+from gradscope.monitor.gather import Snapshot, all_gather
+from gradscope.monitor.schedules import Every, Schedule, as_schedule
+from gradscope.monitor.summaries import summarize, trace_grad_norms
+from gradscope.traces import Trace
+
+
+class Monitor:
+    """Records exact per-timestep loss gradients of every recurrent layer during training.
+
+    See the module docstring for the life cycle, the required call order and the report
+    protocol.
+
+    Args:
+        model: The model being trained (its recurrent submodules are found by
+            :func:`gradscope.record`).
+        every: Sample every ``every``-th training step (0, every, 2·every, ...); ignored
+            when ``schedule`` is given.
+        schedule: When to sample: a callable ``step -> bool`` (e.g. :class:`Every`,
+            :class:`At`, :class:`Logarithmic`).
+        cells: Extra modules to record call by call (cells called in a Python loop), as in
+            :func:`gradscope.record`.
+        lyapunov: Also estimate the leading Lyapunov exponent on analysed steps.
+        analyze: On which sampled steps to compute the analyses of :func:`summarize` (decay
+            fits, spectra, Lyapunov: dense ``D × D`` linear algebra, whose cost does not
+            shrink with ``every``). ``"auto"``: whenever the Monitor's total time (the
+            recording of every sampled step plus the analyses so far, plus the last
+            analysis's cost again) stays within ``budget`` of the training time measured
+            between ``step()`` calls; the first sampled step is analysed, paused blocks do
+            not count, and which later steps get analysed depends on timing (under
+            ``torch.distributed`` each rank decides on its own clock; a rank's summaries are
+            NaN where it did not analyse). Or a schedule
+            ``n -> bool`` over the index ``n = 0, 1, ...`` of the sampled step (e.g.
+            ``Every(10)``: every 10th sampled step), or True (all) / False (none). Grad
+            norms are recorded on every sampled step regardless.
+        budget: With ``analyze="auto"``, the Monitor's target cost as a fraction of the
+            training time (0.05: 5%). The recording of sampled steps is never skipped, so
+            a schedule whose recording alone costs more (e.g. ``every=1``) gets no analysis
+            after the first.
+        spectra_steps: Jacobian steps (spread over the sequence) per spectral statistic.
+        spectra_batch: Sequences per spectral statistic.
+        decay_batch: Sequences used for the state-decay fit and Lyapunov (None: all).
+        check: Let the recorder verify that each replay reproduces the module's output.
+        callbacks: Called as ``callback(monitor)`` after every sampled step (on rank 0 only
+            in a distributed run), e.g. a
+            :class:`gradscope.integrations.tensorboard.TensorBoardCallback`.
+        distributed: Gather every rank's summaries with ``torch.distributed`` collectives;
+            None: when ``torch.distributed`` is initialised with more than one rank.
+        process_group: The process group for gathering (None: the default group).
+
+    Attributes:
+        history: The compact :class:`History`.
+        latest: The latest sampled step (:class:`Snapshot`), or None before the first one.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        every: int = 50,
+        *,
+        schedule: Schedule | None = None,
+        cells: Sequence[nn.Module] | None = None,
+        lyapunov: bool = False,
+        analyze: Schedule | bool | str = "auto",
+        budget: float = 0.05,
+        spectra_steps: int = 2,
+        spectra_batch: int = 1,
+        decay_batch: int | None = 2,
+        check: bool = False,
+        callbacks: Sequence[Callable[[Monitor], Any]] = (),
+        distributed: bool | None = None,
+        process_group: Any = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Monitor needs an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.schedule: Schedule = as_schedule(
+            schedule if schedule is not None else Every(every), "schedule"
+        )
+        if analyze == "auto":
+            if not budget > 0:
+                raise ValueError(f"Monitor: budget must be > 0, got {budget!r}")
+            self.analyze: Schedule | None = None
+        else:
+            self.analyze = as_schedule(analyze, "analyze")
+        self.budget = float(budget)
+        self.cells = list(cells) if cells is not None else None
+        self.options = dict(
+            lyapunov=bool(lyapunov),
+            spectra_steps=int(spectra_steps),
+            spectra_batch=int(spectra_batch),
+            decay_batch=None if decay_batch is None else int(decay_batch),
+        )
+        self.check = bool(check)
+        self.callbacks = list(callbacks)
+        self.process_group = process_group
+        self._distributed = self._detect_distributed(distributed)
+        world = self._world_size() if self._distributed else 1
+        self.history = History(
+            world,
+            {
+                "model_class": type(model).__name__,
+                "schedule": repr(self.schedule),
+                "analyze": f"auto (budget {self.budget:g} of training time)"
+                if self.analyze is None
+                else repr(self.analyze),
+                **{k: v for k, v in self.options.items()},
+            },
+        )
+        self.latest: Snapshot | None = None
+        self.global_step = 0
+        self._closed = False
+        self._paused = 0
+        self._recorder: Any = None
+        # time accounting for analyze="auto" (perf_counter seconds)
+        self._clock = time.perf_counter()  # when the previous step() returned
+        self._excluded = 0.0  # paused time since then
+        self._train_s = 0.0  # training time between step() calls
+        self._monitor_s = 0.0  # time spent inside step(): recording and analyses
+        self._analysis_last = 0.0  # cost of the latest analysis
+        self._analysed = 0  # sampled steps analysed so far
+        self._arm()
+
+    # ----------------------------------------------------------------- context
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove every hook; the history and the latest snapshot stay readable."""
+        self._disarm()
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def armed(self) -> bool:
+        """Whether hooks are attached for the current step (it is a sampled step)."""
+        return self._recorder is not None
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 when not distributed)."""
+        if not self._distributed:
+            return 0
+        import torch.distributed as dist
+
+        return dist.get_rank(self.process_group)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Detach the hooks for the block (e.g. an evaluation loop between training steps).
+
+        A recording already holding this step's forward is discarded, and re-opened on
+        leaving the block if the current step is sampled, so run evaluation *between*
+        ``step()`` and the next training forward.
+        """
+        self._paused += 1
+        self._disarm()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused -= 1
+            if not self._paused:  # the outermost block: its time is not training time
+                self._excluded += time.perf_counter() - start
+        if not self._paused:
+            self._arm()
+
+    # ----------------------------------------------------------------- hooks
+    def _arm(self) -> None:
+        """Attach a recorder if the current step is sampled (and nothing prevents it)."""
+        if self._closed or self._paused or self._recorder is not None:
+            return
+        if not self.schedule(self.global_step):
+            return
+        from gradscope.recording import record
+
+        recorder = record(self.model, self.cells, grads=True, check=self.check)
+        recorder.start()  # removes what it registered itself if registering fails
+        self._recorder = recorder
+
+    def _disarm(self, harvest: bool = False) -> Trace | None:
+        """Remove every hook; with ``harvest``, return the step's trace (loss gradients in)."""
+        recorder, self._recorder = self._recorder, None
+        if recorder is None:
+            return None
+        try:
+            if harvest:
+                recorder.stop()  # removes the module hooks, then builds the trace
+                return recorder.trace  # back-propagates the captured cotangents
+            recorder.stop(failed=True)  # removes the module hooks, builds nothing
+            return None
+        finally:
+            recorder.close()  # removes the tensor hooks on recorded outputs
+
+    # ----------------------------------------------------------------- stepping
+    def step(self) -> bool:
+        """End the current training step; call it once per step after ``loss.backward()``.
+
+        On a sampled step this reads the recording, appends to :attr:`history` and updates
+        :attr:`latest`; then it decides whether the next step is sampled and attaches the
+        hooks only if it is. Before or after ``optimizer.step()`` gives the same result (the
+        recorder copies the weights when the forward runs).
+
+        Returns:
+            Whether this step was sampled.
+
+        Raises:
+            GradscopeError: the Monitor is closed, or the ranks recorded different layers.
+            MissingDataError: a sampled step without a backward pass through the recurrent
+                layers.
+            NoRecurrentModuleError: a sampled step on which no recurrent module ran.
+        """
+        if self._closed:
+            raise GradscopeError("Monitor.step() on a closed Monitor; create a new one")
+        entered = time.perf_counter()
+        self._train_s += max(0.0, entered - self._clock - self._excluded)
+        step, sampled = self.global_step, self._recorder is not None
+        try:
+            if sampled:
+                self._harvest(step, entered)
+        finally:
+            self._disarm()
+            self.global_step += 1
+            self._arm()
+            self._excluded = 0.0
+            self._clock = time.perf_counter()
+            self._monitor_s += self._clock - entered
+        return sampled
+
+    def _should_analyze(self, entered: float) -> bool:
+        """Whether this sampled step gets the loss-independent summaries."""
+        if self.analyze is not None:
+            return bool(self.analyze(len(self.history)))  # the n-th sampled step
+        if not self._analysed:  # the first sampled step: the latest full analysis exists
+            return True  # from the start, and its cost is known for the budget from then on
+        spent = self._monitor_s + (time.perf_counter() - entered)  # this step's recording too
+        return spent + self._analysis_last <= self.budget * self._train_s
+
+    def _harvest(self, step: int, entered: float) -> None:
+        with rng_preserved():
+            try:
+                trace = self._disarm(harvest=True)
+            except NoRecurrentModuleError as exc:
+                raise NoRecurrentModuleError(
+                    f"Monitor.step() at training step {step}: no recurrent module ran since "
+                    f"the previous step() ({exc}); call monitor.step() once per training step, "
+                    "after the forward and loss.backward()"
+                ) from None
+            assert trace is not None  # harvest=True always returns the trace
+            analyze = self._should_analyze(entered)
+            entries: dict[str, Entry] = {}
+            start = time.perf_counter()
+            with torch.no_grad():
+                norms, notes = trace_grad_norms(trace)
+                for layer in trace.layers:
+                    gn = norms[layer.name]
+                    values, msgs = summarize(layer, analyze=analyze, norms=gn, **self.options)
+                    entries[layer.name] = (gn, np.array([values[k] for k in SUMMARY_KEYS]))
+                    notes.extend(msgs)
+            if analyze:
+                self._analysis_last = time.perf_counter() - start
+                self._analysed += 1
+        if self._distributed:
+            gathered = all_gather(entries, self.process_group)
+        else:
+            gathered = {n: (gn[None, :], sc[None, :]) for n, (gn, sc) in entries.items()}
+        self.history.append(step, gathered)
+        for msg in notes:
+            self.history.note(step, msg)
+        self.latest = Snapshot(step, trace)
+        if self.rank == 0 and self.callbacks:
+            with rng_preserved():
+                for callback in self.callbacks:
+                    callback(self)
+
+    # ----------------------------------------------------------------- output
+    def report(self, path: str | os.PathLike) -> Path | None:
+        """Write the training report (HTML or PDF by suffix) on rank 0.
+
+        Returns:
+            The path written, or None on ranks other than 0 (which write nothing).
+        """
+        if self.rank != 0:
+            return None
+        from gradscope.reporting import report
+
+        with rng_preserved():
+            return report(self, path)
+
+    def save(self, path: str | os.PathLike) -> Path | None:
+        """Save :attr:`history` (:meth:`History.save`) on rank 0; None on other ranks."""
+        if self.rank != 0:
+            return None
+        return self.history.save(path)
+
+    # ----------------------------------------------------------------- helpers
+    def _detect_distributed(self, distributed: bool | None) -> bool:
+        import torch.distributed as dist
+
+        available = dist.is_available() and dist.is_initialized()
+        if distributed is None:
+            return bool(available and dist.get_world_size(self.process_group) > 1)
+        if distributed and not available:
+            raise GradscopeError(
+                "Monitor(distributed=True) needs torch.distributed to be initialised "
+                "(torch.distributed.init_process_group) before the Monitor is created"
+            )
+        return bool(distributed)
+
+    def _world_size(self) -> int:
+        import torch.distributed as dist
+
+        return int(dist.get_world_size(self.process_group))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("armed" if self.armed else "idle")
+        return (
+            f"Monitor({type(self.model).__name__}, schedule={self.schedule!r}, "
+            f"step={self.global_step}, sampled={len(self.history)}, {state})"
+        )
