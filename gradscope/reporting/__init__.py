@@ -5,8 +5,8 @@
     gs.report({"vanilla": p1, "LSTM": p2}, "cmp.pdf")  # several: a comparison
 
 The format follows the suffix (``.html``/``.htm`` or ``.pdf``). Reports read records, never
-live models: what goes in is normalised to :class:`~gradscope.reporting.sections.Run` objects
-(a diagnosis and/or a training history plus metadata), :func:`~gradscope.reporting.sections.\
+live models: what goes in is normalised to :class:`~gradscope.reporting.document.Run` objects
+(a diagnosis and/or a training history plus metadata), :func:`~gradscope.reporting.build.\
 build_document` decides what is shown (every figure declares the data it needs and is shown
 as missing, with the reason, when that data is absent), and :mod:`~gradscope.reporting.html` /
 :mod:`~gradscope.reporting.pdf` lay it out. Figures live in :mod:`gradscope.reporting.figures`.
@@ -67,7 +67,8 @@ from typing import Any
 
 from gradscope._files import atomic_write
 from gradscope.errors import GradscopeError
-from gradscope.reporting.sections import Run, build_document
+from gradscope.reporting.build import build_document
+from gradscope.reporting.document import Run
 
 #: Report formats by file suffix: the module that writes them.
 FORMATS: dict[str, str] = {

@@ -1,4 +1,4 @@
-"""Lay a report :class:`~gradscope.reporting.sections.Document` out as one self-contained HTML file.
+"""Lay a report :class:`~gradscope.reporting.document.Document` out as one self-contained HTML file.
 
 Self-contained means: every figure is an inline ``data:image/png;base64`` image, the CSS is
 inline, there is no script, and no URL to anything outside the file (no fonts, no CDN), so
@@ -28,8 +28,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from gradscope.reporting.document import Document, LayerSection, Panel, RunSection
 from gradscope.reporting.figures import REGIME_SYMBOLS, regime_label
-from gradscope.reporting.sections import Document, LayerSection, Panel, RunSection, slug
+from gradscope.reporting.panels import slug
 
 #: Resolution of the inline PNG figures (pixels per inch of figure size).
 DPI = 110

@@ -1,4 +1,4 @@
-"""Lay a report :class:`~gradscope.reporting.sections.Document` out as a multi-page PDF.
+"""Lay a report :class:`~gradscope.reporting.document.Document` out as a multi-page PDF.
 
 Same content as the HTML report, on A4 landscape pages written with matplotlib's
 :class:`~matplotlib.backends.backend_pdf.PdfPages`. All text, on text pages and inside
@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from gradscope.reporting import figures as F
-from gradscope.reporting.sections import Document, LayerSection, Panel, RunSection
+from gradscope.reporting.document import Document, LayerSection, Panel, RunSection
 
 #: Page size in inches (A4 landscape).
 PAGE = (11.69, 8.27)

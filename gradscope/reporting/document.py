@@ -1,0 +1,168 @@
+"""What a report contains, independent of how it is laid out (HTML or PDF).
+
+A report is built in two steps. :func:`build_document` turns the records (diagnoses and
+Monitor histories, already normalised to :class:`Run` objects) into a :class:`Document`: a
+summary table, an optional comparison, and per run and layer the verdict, the numbers behind
+it and a list of :class:`Panel` objects. The renderers (:mod:`gradscope.reporting.html`,
+:mod:`gradscope.reporting.pdf`) only lay the document out.
+
+Each figure a section can show is declared once, as a :class:`PanelSpec` in
+:data:`LAYER_PANELS` / :data:`TRAINING_PANELS`: its title, its two-line "how to read this"
+caption, the data it needs (in words) and a function that pulls that data out of the record
+or raises :class:`Missing` with the reason. A panel whose data is absent is kept in the
+document with that reason and shown as missing, never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradscope.reporting import figures as F
+
+
+class Missing(Exception):
+    """Raised by a panel's data extractor: the record lacks what the panel needs."""
+
+
+@dataclass
+class Run:
+    """One record to report on: a diagnosis and/or a training history.
+
+    Attributes:
+        label: Name in a comparison (None for a single-run report).
+        source: What it came from, in words (``"Profile"``, ``"trace file run.npz"``, ...).
+        diagnosis: A :class:`gradscope.analysis.diagnosis.Diagnosis`, or None (a history alone).
+        history: A Monitor history (see :mod:`gradscope.reporting` for the protocol) or None.
+        meta: Run metadata to show (model, shapes, dtype, versions, time, ...).
+        layer_meta: Per layer name, facts about the recording (input size, dtype, lengths).
+        problem: Why there is no diagnosis, when there is none.
+    """
+
+    label: str | None
+    source: str
+    diagnosis: Any | None = None
+    history: Any | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    layer_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    """One kind of figure: its texts, the data it needs, and how to draw it.
+
+    Attributes:
+        key: Stable identifier (``data-figure`` attribute in HTML, e.g. ``"decay-state"``).
+        title: Heading of the panel.
+        caption: Two sentences: what is plotted, then how to read it.
+        needs: The data the panel needs, in words (shown with the reason when missing).
+        extract: ``record -> kwargs`` for ``draw``; raises :class:`Missing` with the reason.
+        draw: A function of :mod:`gradscope.reporting.figures`.
+    """
+
+    key: str
+    title: str
+    caption: str
+    needs: str
+    extract: Callable[[Any], dict[str, Any]]
+    draw: Callable[..., Any]
+
+
+@dataclass
+class Panel:
+    """A panel of a concrete section: either data to draw or the reason it is missing."""
+
+    spec: PanelSpec
+    kwargs: dict[str, Any] | None
+    missing: str | None
+
+    @property
+    def key(self) -> str:
+        """The spec's key."""
+        return self.spec.key
+
+    def render(self, ax: Any = None) -> Any:
+        """Draw the figure (into ``ax`` if given); a missing panel draws its reason."""
+        if self.kwargs is None:
+            fig, ax = F.new_axes(ax)
+            with F.style():
+                F.no_data(ax, self.missing or "not available", self.spec.title)
+            return fig
+        return self.spec.draw(**self.kwargs, ax=ax)
+
+
+@dataclass
+class Number:
+    """One line of the numbers behind a verdict."""
+
+    label: str
+    value: str
+    meaning: str
+
+
+@dataclass
+class LayerSection:
+    """Everything shown about one layer of one run."""
+
+    run: str | None
+    name: str
+    anchor: str
+    kind: str
+    regime: str | None
+    verdict: str
+    advice: list[str]
+    numbers: list[Number]
+    notes: list[str]
+    nonfinite: str | None
+    panels: list[Panel]
+
+
+@dataclass
+class RunSection:
+    """One run: its layers, its training history views, its metadata."""
+
+    label: str | None
+    anchor: str
+    source: str
+    layers: list[LayerSection]
+    training: list[tuple[str, list[Panel]]]
+    training_missing: str | None
+    problem: str | None
+    meta: list[tuple[str, str]]
+
+
+@dataclass
+class SummaryRow:
+    """One row of the verdict table on the first screen."""
+
+    run: str | None
+    layer: str
+    anchor: str
+    kind: str
+    regime: str | None
+    rate: str
+    half_life: str
+    horizon: str
+    radius: str
+    norm: str
+    lyap: str
+    nonfinite: str | None
+    verdict: str
+    full_verdict: str = ""
+
+
+@dataclass
+class Document:
+    """The whole report, ready to be laid out."""
+
+    title: str
+    generated: str
+    runs: list[RunSection]
+    summary: list[SummaryRow]
+    alerts: list[str]
+    comparison: Panel | None
+    comparison_table: list[list[str]]
+    meta: list[tuple[str, str]]
+    common_meta: list[tuple[str, str]] = field(default_factory=list)
