@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from gradscope.errors import (
-    TraceFormatError,
-)
-from gradscope.traces import read_npz, write_npz
+from gradscope._npz import read_npz, write_npz
+from gradscope.errors import ShapeError, TraceFormatError, UnknownNameError
 
 HISTORY_FORMAT = "gradscope.history"
 HISTORY_FORMAT_VERSION = 1
+
+#: The statistics kept of the one-step spectral radius and norm (``radius_*``, ``norm_*``).
+STAT_KEYS = ("median", "mean", "p05", "p95", "max", "frac_above_1")
 
 #: The per-step, per-layer scalars a :class:`History` keeps, in storage order. ``T``/``B``:
 #: steps and sequences recorded; ``nonfinite``: real states holding NaN/inf; ``grad_t0`` /
@@ -33,37 +34,13 @@ HISTORY_FORMAT_VERSION = 1
 #: (:meth:`gradscope.analysis.spectra.Spectrum.summary` on a subsample); ``lyapunov`` and
 #: ``lyapunov_stderr``: the leading Lyapunov exponent (NaN unless ``lyapunov=True``).
 SUMMARY_KEYS: tuple[str, ...] = (
-    "T",
-    "B",
-    "nonfinite",
-    "grad_t0",
-    "grad_tT",
-    "rate",
-    "rate_lo",
-    "rate_hi",
-    "r2",
-    "half_life",
-    "regime",
-    "loss_rate",
-    "loss_rate_lo",
-    "loss_rate_hi",
-    "loss_regime",
-    "radius_median",
-    "radius_mean",
-    "radius_p05",
-    "radius_p95",
-    "radius_max",
-    "radius_frac_above_1",
-    "norm_median",
-    "norm_mean",
-    "norm_p05",
-    "norm_p95",
-    "norm_max",
-    "norm_frac_above_1",
-    "lyapunov",
-    "lyapunov_stderr",
+    *("T", "B", "nonfinite", "grad_t0", "grad_tT"),
+    *("rate", "rate_lo", "rate_hi", "r2", "half_life", "regime"),
+    *("loss_rate", "loss_rate_lo", "loss_rate_hi", "loss_regime"),
+    *(f"radius_{stat}" for stat in STAT_KEYS),
+    *(f"norm_{stat}" for stat in STAT_KEYS),
+    *("lyapunov", "lyapunov_stderr"),
 )
-STAT_KEYS = ("median", "mean", "p05", "p95", "max", "frac_above_1")
 
 #: How a regime is stored among the float summaries (NaN: not analysed).
 REGIME_CODES: dict[str, float] = {"vanishing": -1.0, "neutral": 0.0, "exploding": 1.0}
@@ -73,13 +50,13 @@ Entry = tuple[np.ndarray, np.ndarray]  # (grad norms (W, T+1), summaries (W, K))
 
 
 class History:
-    """What a :class:`Monitor` keeps over training: per sampled step and layer, a few numbers.
+    """What a :class:`~gradscope.Monitor` keeps over training: per step and layer, a few numbers.
 
     For each sampled training step and each recorded layer (and direction) it holds, per
     rank of a distributed run (``world_size`` ranks; 1 otherwise), the ``T+1`` grad norms
-    (:func:`grad_norms`) and the scalars of :data:`SUMMARY_KEYS`: ``O(T + K)`` numbers per
-    layer and step, no Jacobians and no traces, so memory grows only with the number of
-    *sampled* steps.
+    (:func:`gradscope.monitor.grad_norms`) and the scalars of :data:`SUMMARY_KEYS`:
+    ``O(T + K)`` numbers per layer and step, no Jacobians and no traces, so memory grows only
+    with the number of *sampled* steps.
 
     Aggregating over ranks (``rank=None``, the default; with one rank it is that rank):
     grad norms are the mean weighted by each rank's batch size (exact for unpadded batches);
@@ -122,21 +99,12 @@ class History:
         Raises:
             ShapeError: an entry has the wrong shape.
         """
-        from gradscope.errors import ShapeError
-
         row: dict[str, Entry] = {}
         for name, (gn, sc) in entries.items():
             gn = np.asarray(gn, dtype=np.float64)
             sc = np.asarray(sc, dtype=np.float64)
-            if (
-                gn.ndim != 2
-                or gn.shape[0] != self.world_size
-                or sc.shape
-                != (
-                    self.world_size,
-                    len(self.keys),
-                )
-            ):
+            shape = (self.world_size, len(self.keys))
+            if gn.ndim != 2 or gn.shape[0] != self.world_size or sc.shape != shape:
                 raise ShapeError(
                     f"History.append: {name}: need grad norms (W={self.world_size}, T+1) and "
                     f"summaries ({self.world_size}, {len(self.keys)}), got {gn.shape} and "
@@ -168,7 +136,7 @@ class History:
 
     def _check(self, name: str, rank: int | None) -> None:
         if name not in self._names:
-            raise KeyError(f"no layer named {name!r} in this history; it has {self.names}")
+            raise UnknownNameError(f"no layer named {name!r} in this history; it has {self.names}")
         if rank is not None and not (0 <= rank < self.world_size):
             raise IndexError(f"rank {rank} out of range for world_size {self.world_size}")
 
@@ -211,7 +179,7 @@ class History:
 
     def _scalar(self, name: str, key: str, rank: int | None, index: int | None) -> np.ndarray:
         if key not in self._k:
-            raise KeyError(f"no summary {key!r}; the history keeps {list(self.keys)}")
+            raise UnknownNameError(f"no summary {key!r}; the history keeps {list(self.keys)}")
         vals = self._stack_scalars(name, index)[:, :, self._k[key]]
         if rank is not None:
             return vals[:, rank]
@@ -426,6 +394,3 @@ class History:
 def load_history(path: str | os.PathLike) -> History:
     """Load a training history saved with :meth:`History.save` (see :meth:`History.load`)."""
     return History.load(path)
-
-
-# --------------------------------------------------------------------------- snapshot

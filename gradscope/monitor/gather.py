@@ -14,9 +14,7 @@ import numpy as np
 import torch
 
 from gradscope._rng import rng_preserved
-from gradscope.errors import (
-    GradscopeError,
-)
+from gradscope.errors import GradscopeError
 from gradscope.history import SUMMARY_KEYS, Entry
 from gradscope.traces import Trace
 
@@ -105,6 +103,3 @@ def all_gather(entries: Mapping[str, Entry], group: Any) -> dict[str, Entry]:
         dist.all_gather(blocks, local, group=group)
     stacked = torch.stack(blocks).cpu().numpy() if names else np.zeros((world, 0, k + width))
     return {name: (stacked[:, i, k:], stacked[:, i, :k]) for i, name in enumerate(names)}
-
-
-# --------------------------------------------------------------------------- monitor

@@ -15,6 +15,8 @@ from torch import nn
 
 from gradscope._rng import rng_preserved
 from gradscope.errors import (
+    ArgumentError,
+    ArgumentTypeError,
     GradscopeError,
     NoRecurrentModuleError,
 )
@@ -92,14 +94,14 @@ class Monitor:
         process_group: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"Monitor needs an nn.Module, got {type(model).__name__}")
+            raise ArgumentTypeError(f"Monitor needs an nn.Module, got {type(model).__name__}")
         self.model = model
         self.schedule: Schedule = as_schedule(
             schedule if schedule is not None else Every(every), "schedule"
         )
         if analyze == "auto":
             if not budget > 0:
-                raise ValueError(f"Monitor: budget must be > 0, got {budget!r}")
+                raise ArgumentError(f"Monitor: budget must be > 0, got {budget!r}")
             self.analyze: Schedule | None = None
         else:
             self.analyze = as_schedule(analyze, "analyze")

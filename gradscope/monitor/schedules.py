@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gradscope.errors import ArgumentError, ArgumentTypeError
+
 Schedule = Callable[[int], bool]
 
 
@@ -25,9 +27,9 @@ class Every:
 
     def __post_init__(self) -> None:
         if int(self.n) != self.n or self.n < 1:
-            raise ValueError(f"Every: n must be an integer >= 1, got {self.n!r}")
+            raise ArgumentError(f"Every: n must be an integer >= 1, got {self.n!r}")
         if int(self.start) != self.start or self.start < 0:
-            raise ValueError(f"Every: start must be an integer >= 0, got {self.start!r}")
+            raise ArgumentError(f"Every: start must be an integer >= 0, got {self.start!r}")
 
     def __call__(self, step: int) -> bool:
         """Whether ``step`` is on the schedule."""
@@ -73,7 +75,7 @@ class Logarithmic:
 
     def __post_init__(self) -> None:
         if not (0 <= self.start < self.stop) or self.num < 2:
-            raise ValueError(
+            raise ArgumentError(
                 f"Logarithmic: need 0 <= start < stop and num >= 2, got start={self.start}, "
                 f"stop={self.stop}, num={self.num}"
             )
@@ -92,7 +94,7 @@ def as_schedule(value: Schedule | bool, what: str) -> Schedule:
     if value is False:
         return At(())
     if not callable(value):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{what} must be a callable step -> bool or a bool (analyze also takes 'auto'), "
             f"got {value!r}"
         )

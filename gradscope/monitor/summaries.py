@@ -13,10 +13,7 @@ import numpy as np
 import torch
 
 from gradscope.analysis.sampling import evenly_spaced
-from gradscope.errors import (
-    GradscopeError,
-    MissingDataError,
-)
+from gradscope.errors import GradscopeError, MissingDataError
 from gradscope.history import REGIME_CODES, STAT_KEYS, SUMMARY_KEYS
 from gradscope.traces import LayerTrace, Trace
 

@@ -1,16 +1,16 @@
 """What a report contains, independent of how it is laid out (HTML or PDF).
 
-A report is built in two steps. :func:`build_document` turns the records (diagnoses and
-Monitor histories, already normalised to :class:`Run` objects) into a :class:`Document`: a
-summary table, an optional comparison, and per run and layer the verdict, the numbers behind
-it and a list of :class:`Panel` objects. The renderers (:mod:`gradscope.reporting.html`,
-:mod:`gradscope.reporting.pdf`) only lay the document out.
+A report is built in two steps. :func:`~gradscope.reporting.build.build_document` turns the
+records (diagnoses and Monitor histories, already normalised to :class:`Run` objects) into a
+:class:`Document`: a summary table, an optional comparison, and per run and layer the verdict,
+the numbers behind it and a list of :class:`Panel` objects. The renderers
+(:mod:`gradscope.reporting.html`, :mod:`gradscope.reporting.pdf`) only lay the document out.
 
 Each figure a section can show is declared once, as a :class:`PanelSpec` in
-:data:`LAYER_PANELS` / :data:`TRAINING_PANELS`: its title, its two-line "how to read this"
-caption, the data it needs (in words) and a function that pulls that data out of the record
-or raises :class:`Missing` with the reason. A panel whose data is absent is kept in the
-document with that reason and shown as missing, never dropped.
+:mod:`gradscope.reporting.panels` (``LAYER_PANELS`` / ``TRAINING_PANELS``): its title, its
+two-line "how to read this" caption, the data it needs (in words) and a function that pulls
+that data out of the record or raises :class:`Missing` with the reason. A panel whose data is
+absent is kept in the document with that reason and shown as missing, never dropped.
 """
 
 from __future__ import annotations
