@@ -218,6 +218,15 @@ class CellAdapter(ABC):
                 out = torch.func.jvp(fn, (primal,), (cols,))[1]
         return out.detach().reshape(n, k, rows).transpose(1, 2)
 
+    def step_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Any]:
+        """``(s_t, linear factors at (x, s))`` from one evaluation of the gates.
+
+        A replay that will be back-propagated keeps the factors, so the sweep does not
+        compute the gates a second time. Closed-form adapters override it (the state must be
+        bitwise what :meth:`step` returns); the default is :meth:`step` and no factors.
+        """
+        return self.step(params, x, s), None
+
     def linearize(self, params: Params, x: Tensor, s: Tensor) -> Linearization:
         """The four Jacobian products at the pairs ``(x, s)``, factors computed once."""
         with torch.no_grad():
@@ -261,8 +270,11 @@ class CellAdapter(ABC):
         return f"{type(self).__name__}(kind={self.kind!r})"
 
 
-def _take_rows(factors: Any, idx: Tensor) -> Any:
-    """Rows ``idx`` of every tensor in ``factors`` (a tensor, a (named) tuple of them, None)."""
+def _take_rows(factors: Any, idx: Tensor | slice) -> Any:
+    """Rows ``idx`` of every tensor in ``factors`` (a tensor, a (named) tuple of them, None).
+
+    A slice gives views (no copy), an index tensor copies.
+    """
     if factors is None:
         return None
     if isinstance(factors, Tensor):
@@ -293,7 +305,7 @@ class Linearization:
     def __init__(self, adapter: CellAdapter, params: Params, x: Tensor, s: Tensor, factors: Any):
         self.adapter, self.params, self.x, self.s, self.factors = adapter, params, x, s, factors
 
-    def rows(self, idx: Tensor) -> Linearization:
+    def rows(self, idx: Tensor | slice) -> Linearization:
         """The linearisation at a subset of the pairs (factors sliced, not recomputed)."""
         return Linearization(
             self.adapter, self.params, self.x[idx], self.s[idx], _take_rows(self.factors, idx)

@@ -32,6 +32,8 @@ and likewise for ``K = ∂h_t/∂x_t`` with ``W_ih`` and ``c_n = v`` (no ``z`` t
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -128,9 +130,17 @@ class GRUAdapter(CellAdapter):
         coef, _ = self._coefficients(params, x, s, "input")
         return self._combine(coef, params["weight_ih"])
 
+    def step_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Any]:
+        """:meth:`step` and its linear factors from one gate evaluation."""
+        r, z, n, q = self._gates(params, x, s)
+        return n + z * (s - n), self._factors(s, r, z, n, q)
+
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, ...]:
         """Row scalings ``(N, 3, H, 1)`` for state and input, and ``z`` ``(N, H, 1)``."""
-        r, z, n, q = self._gates(params, x, s)
+        return self._factors(s, *self._gates(params, x, s))
+
+    @staticmethod
+    def _factors(s: Tensor, r: Tensor, z: Tensor, n: Tensor, q: Tensor) -> tuple[Tensor, ...]:
         v = (1.0 - z) * (1.0 - n * n)
         c_r, c_z = v * q * r * (1.0 - r), (s - n) * z * (1.0 - z)
         state = torch.stack([c_r, c_z, v * r], dim=1).unsqueeze(-1)

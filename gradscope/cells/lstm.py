@@ -211,6 +211,19 @@ class LSTMAdapter(CellAdapter):
         )
         return ga.flatten(1, 2), g_c
 
+    def step_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, _Local]:
+        """:meth:`step` and the local factors of its linearisation from one gate evaluation."""
+        h, c = self._split(params, s)
+        i, f, g, o = _gates(params, x, h)
+        c_new = f * c + i * g
+        tc = torch.tanh(c_new)
+        h_new = o * tc
+        if "weight_hr" in params:
+            h_new = h_new @ params["weight_hr"].T
+        alpha = torch.stack([g * i * (1.0 - i), c * f * (1.0 - f), i * (1.0 - g * g)], dim=1)
+        loc = _Local(alpha, tc * o * (1.0 - o), o * (1.0 - tc * tc), f)
+        return torch.cat([h_new, c_new], dim=-1), loc
+
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> _Local:
         """The local factors ``α, β_o, o u, f`` (see the module docstring)."""
         return self._local(params, x, s)

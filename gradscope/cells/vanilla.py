@@ -74,6 +74,11 @@ class VanillaAdapter(CellAdapter):
         d = self._dphi(self._preactivation(params, x, s))
         return d.unsqueeze(-1) * params["weight_ih"]
 
+    def step_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`step` and ``φ'(a_t)`` from one pre-activation."""
+        a = self._preactivation(params, x, s)
+        return self._phi(a), self._dphi(a).unsqueeze(-1)
+
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
         """``φ'(a_t)`` ``(N, H, 1)``."""
         return self._dphi(self._preactivation(params, x, s)).unsqueeze(-1)

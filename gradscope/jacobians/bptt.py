@@ -22,6 +22,7 @@ the model's own backward pass, and memory ``O(T · B · D)`` for the result.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,22 +37,32 @@ BLOCK_ROWS = 4096
 class _Linearizations:
     """The adapter's linearisations of one layer and direction, a block of steps at a time."""
 
-    def __init__(self, adapter: CellAdapter, params: Params, x: Tensor, s: Tensor) -> None:
+    def __init__(
+        self,
+        adapter: CellAdapter,
+        params: Params,
+        x: Tensor,
+        s: Tensor,
+        kept: Sequence[Any] | None = None,
+    ) -> None:
         self.adapter, self.params, self.x, self.s = adapter, params, x, s
+        self.kept = kept if kept is not None and all(f is not None for f in kept) else None
         T, B = x.shape[:2]
         self.B = B
         self.n = max(1, min(T, BLOCK_ROWS // max(B, 1)))
         self.block: tuple[int, int, Linearization] | None = None
 
     def at(self, k: int) -> Linearization:
-        """The linearisation at step ``k`` (its block computed when first needed)."""
+        """The linearisation at step ``k`` (kept by the replay, or its block computed)."""
+        if self.kept is not None:
+            return Linearization(self.adapter, self.params, self.x[k], self.s[k], self.kept[k])
         if self.block is None or not self.block[0] <= k < self.block[1]:
             lo = max(0, k - self.n + 1)  # the sweep walks backwards
             x = self.x[lo : k + 1].flatten(0, 1)
             s = self.s[lo : k + 1].flatten(0, 1)
             self.block = (lo, k + 1, self.adapter.linearize(self.params, x, s))
         lo, _, lin = self.block
-        return lin.rows(torch.arange((k - lo) * self.B, (k - lo + 1) * self.B))
+        return lin.rows(slice((k - lo) * self.B, (k - lo + 1) * self.B))
 
 
 @torch.no_grad()
@@ -66,6 +77,7 @@ def stack_state_grads(
     valid: Tensor | None,
     positions: Callable[[bool], Tensor],
     masks: Sequence[Tensor] | None = None,
+    factors: Sequence[Sequence[Sequence[Any]]] | None = None,
 ) -> list[list[Tensor]]:
     """``∂L/∂s_t`` ``(T+1, B, D)`` for every layer and direction of a fused stack.
 
@@ -82,6 +94,9 @@ def stack_state_grads(
         valid: ``(T, B)`` bool, True at real steps (None: all).
         positions: ``reverse -> (T, B)`` input position read at processing step ``k``.
         masks: Inter-layer dropout masks, ``masks[l]`` multiplies layer ``l``'s output.
+        factors: ``[layer][dir]`` -> the adapter's linear factors of every step, kept by
+            the replay (:meth:`~gradscope.cells.base.CellAdapter.step_factors`); None:
+            computed here, a block of steps per call.
 
     Returns:
         ``[layer][dir]`` -> ``(T+1, B, D)`` exact loss gradients (NaN at padded steps).
@@ -106,7 +121,8 @@ def stack_state_grads(
                     ocot = ocot.gather(0, pos.unsqueeze(-1).expand(-1, -1, p))
                 if valid is not None:
                     ocot = torch.where(valid.unsqueeze(-1), ocot, torch.zeros_like(ocot))
-            lins = _Linearizations(adapter, pm, x, s[:-1])
+            kept = None if factors is None else factors[layer][d]
+            lins = _Linearizations(adapter, pm, x, s[:-1], kept)
             G = s.new_zeros((T + 1, B, D))
             g = s.new_zeros((B, D))
             if final_cot is not None:
@@ -135,15 +151,34 @@ def stack_state_grads(
     return result
 
 
+def _cat_factors(parts: Sequence[Any]) -> Any:
+    """Concatenate per-step factors (tensors, or (named) tuples of them) along the rows."""
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(list(parts))
+    fields = [_cat_factors([p[i] for p in parts]) for i in range(len(first))]
+    return type(first)(*fields) if hasattr(first, "_fields") else tuple(fields)
+
+
 def _input_products(lins: _Linearizations, G: Tensor, T: int) -> Tensor:
     """``K_{k+1}ᵀ G_{k+1}`` for every step, one product per block of steps: ``(T, B, I)``."""
+    if lins.kept is not None:  # all steps at once from the replay's factors
+        lin = Linearization(
+            lins.adapter,
+            lins.params,
+            lins.x.flatten(0, 1),
+            lins.s.flatten(0, 1),
+            _cat_factors(lins.kept),
+        )
+        g = G[1:].flatten(0, 1).unsqueeze(-1)
+        return lin.vjp_input(g).squeeze(-1).unflatten(0, (T, -1))
     out = []
     hi = T
     while hi > 0:
         lins.at(hi - 1)
         b0, _, block = lins.block  # type: ignore[misc]
         lo = b0
-        rows = torch.arange((lo - b0) * lins.B, (hi - b0) * lins.B)
+        rows = slice((lo - b0) * lins.B, (hi - b0) * lins.B)
         g = G[lo + 1 : hi + 1].flatten(0, 1).unsqueeze(-1)
         out.append(block.rows(rows).vjp_input(g).squeeze(-1).unflatten(0, (hi - lo, -1)))
         hi = lo

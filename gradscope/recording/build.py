@@ -74,9 +74,9 @@ def _build_fused(
     call: FusedCall, *, grads: bool, check: bool, warned: set[str]
 ) -> list[LayerTrace]:
     """Replay, check and split one fused call; warn once per module (``warned``)."""
-    rep = replay_fused(call)
-    # Built after the backward: keep the replay for the loss gradients (one replay in all).
-    call.tracked = rep if grads and call.cot else None
+    keep = bool(grads and call.cot)  # built after the backward: grads are computed next
+    rep = replay_fused(call, keep_factors=keep)
+    call.tracked = rep if keep else None  # reused once for the loss gradients
     result = check_fused(call, rep) if check else FusedCheck()
     call.layers = _fused_layer_traces(call, rep, result)
     if result.shadows and "shadow:" + call.path not in warned:

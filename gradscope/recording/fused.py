@@ -107,6 +107,8 @@ class Replay:
     states: list[list[list[Tensor]]]  # [layer][dir] -> [s_0, ..., s_T], each (B, D)
     inputs: list[list[Tensor]]  # [layer][dir] -> (T, B, I) processing order
     outputs: list[Tensor]  # [layer] -> (T, B, dirs·P), position order, before dropout
+    #: [layer][dir] -> per-step linear factors of the adapter (kept for the loss gradients)
+    factors: list[list[list[Any]]] | None = None
 
 
 @dataclass
@@ -168,22 +170,26 @@ def _dropout_masks(call: FusedCall, widths: list[int]) -> list[Tensor]:
     return [lay.to_time_major(m) for m in masks] if lay.packed else masks
 
 
-def replay_fused(call: FusedCall) -> Replay:
+def replay_fused(call: FusedCall, *, keep_factors: bool = False) -> Replay:
     """Run the fused module step by step from its weights (under ``torch.no_grad``).
 
     Args:
         call: The recorded call.
+        keep_factors: Keep each step's linear factors (gates and their derivatives, from
+            :meth:`~gradscope.cells.base.CellAdapter.step_factors`), so that the loss
+            gradients' sweep does not evaluate the gates again.
     """
     valid = call.valid
     lay = call.layout
     states: list[list[list[Tensor]]] = []
     inputs: list[list[Tensor]] = []
     outputs: list[Tensor] = []
+    factors: list[list[list[Any]]] = []
     layer_in = call.x
     use_masks = call.dropout == MASK_REPRODUCED
     with torch.no_grad():
         for layer in range(call.num_layers):
-            layer_states, layer_inputs, outs = [], [], []
+            layer_states, layer_inputs, outs, layer_factors = [], [], [], []
             for d in range(call.dirs):
                 params = call.params[(layer, d)]
                 pos = call.positions(reverse=d == 1)
@@ -194,8 +200,13 @@ def replay_fused(call: FusedCall) -> Replay:
                 )
                 s = call.s0[layer * call.dirs + d]
                 seq = [s]
+                seq_factors: list[Any] = []
                 for k in range(lay.T):
-                    new = call.adapter.step(params, x[k], s)
+                    if keep_factors:
+                        new, fac = call.adapter.step_factors(params, x[k], s)
+                        seq_factors.append(fac)
+                    else:
+                        new = call.adapter.step(params, x[k], s)
                     if valid is not None:
                         new = torch.where(valid[k].unsqueeze(-1), new, s)
                     s = new
@@ -207,10 +218,12 @@ def replay_fused(call: FusedCall) -> Replay:
                 if valid is not None:
                     h = torch.where(valid.unsqueeze(-1), h, torch.zeros_like(h))
                 layer_states.append(seq)
+                layer_factors.append(seq_factors)
                 layer_inputs.append(x)
                 outs.append(h)
             out = torch.cat(outs, dim=-1)
             states.append(layer_states)
+            factors.append(layer_factors)
             inputs.append(layer_inputs)
             outputs.append(out)
             if use_masks and layer < call.num_layers - 1:
@@ -218,7 +231,7 @@ def replay_fused(call: FusedCall) -> Replay:
                     call.masks = _dropout_masks(call, [out.shape[-1]] * (call.num_layers - 1))
                 out = out * call.masks[layer]
             layer_in = out
-    return Replay(states, inputs, outputs)
+    return Replay(states, inputs, outputs, factors if keep_factors else None)
 
 
 def capture_fused(

@@ -70,7 +70,7 @@ def _fused_grads(call: FusedCall) -> list[Tensor]:
                     g[1:][~valid] = float("nan")
                 out.append(g)
         return out
-    rep, call.tracked = call.tracked or replay_fused(call), None
+    rep, call.tracked = call.tracked or replay_fused(call, keep_factors=True), None
     p = call.h_n.shape[-1]
     final = None
     if "h_n" in call.cot or "c_n" in call.cot:
@@ -94,6 +94,7 @@ def _fused_grads(call: FusedCall) -> list[Tensor]:
         valid=valid,
         positions=call.positions,
         masks=call.masks if call.dropout == MASK_REPRODUCED else None,
+        factors=rep.factors,
     )
     return [g for layer in grads for g in layer]
 
