@@ -201,21 +201,23 @@ LAYER_PANELS: list[PanelSpec] = [
     PanelSpec(
         "eigenvalues",
         "Jacobian eigenvalues",
-        "Eigenvalues of every one-step Jacobian in the complex plane; dashed: the unit circle. "
+        "Eigenvalues of every one-step Jacobian in the complex plane (for states over 256, "
+        "the leading few of each, by ARPACK); dashed: the unit circle. "
         "Mass inside the circle is directions that shrink each step, points outside grow; "
         "the long-run regime is decided by the Lyapunov exponents.",
         "eigenvalue spectrum (gs.spectrum(layer, which='eig'))",
-        lambda layer: dict(values=_spectrum(layer, "eig").values),
+        lambda layer: dict(values=_spectrum(layer, "eig").values, of=getattr(layer, "D", None)),
         F.eigenvalue_figure,
     ),
     PanelSpec(
         "singular-values",
         "Singular values",
-        "Distribution of all singular values of the one-step Jacobians (filled) and of the "
+        "Distribution of the singular values of the one-step Jacobians (filled; all of them up "
+        "to D = 256, the leading few above) and of the "
         "largest per Jacobian (outline). The mass left of σ = 1 shrinks the gradient at every "
         "step; a right tail beyond 1 can amplify it.",
         "singular-value spectrum (gs.spectrum(layer, which='svd'))",
-        lambda layer: dict(values=_spectrum(layer, "svd").values),
+        lambda layer: dict(values=_spectrum(layer, "svd").values, of=getattr(layer, "D", None)),
         F.singular_value_figure,
     ),
     PanelSpec(

@@ -25,6 +25,7 @@ from gradscope.reporting.figures.theme import (
 def eigenvalue_figure(
     values: np.ndarray,
     *,
+    of: int | None = None,
     hexbin_threshold: int = HEXBIN_THRESHOLD,
     ax: Axes | None = None,
 ) -> Figure:
@@ -35,6 +36,8 @@ def eigenvalue_figure(
 
     Args:
         values: Complex eigenvalues of any shape (NaN entries are skipped).
+        of: The state size ``D``; when ``values`` hold fewer per Jacobian (the leading ones,
+            computed on the Jacobian operator), the title says so.
         hexbin_threshold: Point count above which a density is drawn.
         ax: Axes to draw into.
 
@@ -79,6 +82,9 @@ def eigenvalue_figure(
     ax.set_xlabel(r"Re $\lambda$")
     ax.set_ylabel(r"Im $\lambda$")
     outside = float((mod > 1).mean())
+    k = np.shape(values)[-1] if np.ndim(values) else 0
+    if of is not None and 0 < k < of:
+        title = f"Leading {k} of {of} eigenvalues per Jacobian"
     ax.set_title(f"{title} ({z.size:,} values, {how})")
     ax.text(
         0.02,
@@ -94,12 +100,16 @@ def eigenvalue_figure(
 
 
 @styled
-def singular_value_figure(values: np.ndarray, *, ax: Axes | None = None) -> Figure:
+def singular_value_figure(
+    values: np.ndarray, *, of: int | None = None, ax: Axes | None = None
+) -> Figure:
     r"""Distribution of the Jacobians' singular values; the largest one per Jacobian apart.
 
     Args:
         values: ``(..., D)`` singular values, descending along the last axis (NaN rows
             skipped). ``values[..., 0]`` is the spectral norm :math:`\lVert J\rVert_2`.
+        of: The state size ``D``; when ``values`` hold fewer per Jacobian (the leading ones),
+            the title and legend say so.
         ax: Axes to draw into.
 
     Returns:
@@ -125,7 +135,9 @@ def singular_value_figure(values: np.ndarray, *, ax: Axes | None = None) -> Figu
     if hi - lo < 0.3:
         lo, hi = lo - 0.15, hi + 0.15
     bins = np.linspace(lo, hi, 45)
-    ax.hist(la, bins=bins, color=palette(1)[0], alpha=0.45, label=r"all $\sigma_i$", density=True)
+    leading = of is not None and v.shape[-1] < of
+    label = rf"leading {v.shape[-1]} of {of} $\sigma_i$" if leading else r"all $\sigma_i$"
+    ax.hist(la, bins=bins, color=palette(1)[0], alpha=0.45, label=label, density=True)
     ax.hist(
         lt,
         bins=bins,
