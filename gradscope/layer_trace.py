@@ -135,6 +135,11 @@ class LayerTrace:
         """``(T, B)`` bool: True where step k of sequence b is a real (unpadded) step."""
         return np.arange(self.T)[:, None] < self.seq_lengths[None, :]
 
+    @property
+    def state_mask(self) -> np.ndarray:
+        """``(T+1, B)`` bool: True where state ``t`` of sequence ``b`` is real (``t <= T_b``)."""
+        return np.concatenate([np.ones((1, self.B), bool), self.mask], axis=0)
+
     def part(self, name: str) -> slice:
         """The slice of the state vector that holds the named part (e.g. ``"c"``)."""
         if name not in self.state_names:
@@ -146,8 +151,7 @@ class LayerTrace:
     def nonfinite(self) -> np.ndarray:
         """``(T+1, B)`` bool: real (unpadded) states holding NaN or inf."""
         bad = ~torch.isfinite(self.states).all(dim=-1).cpu().numpy()
-        valid = np.concatenate([np.ones((1, self.B), bool), self.mask], axis=0)
-        return bad & valid
+        return bad & self.state_mask
 
     def grad_norms(self) -> np.ndarray:
         """``(T+1, B)`` float64 ``‖∂L/∂s_t‖₂`` of every sequence; NaN at padded states.
@@ -169,8 +173,7 @@ class LayerTrace:
             )
         g = self.grads.detach().to(device="cpu", dtype=torch.float64)
         norms = torch.linalg.vector_norm(g, dim=-1).numpy()
-        valid = np.concatenate([np.ones((1, self.B), bool), self.mask], axis=0)
-        return np.where(valid, norms, np.nan)
+        return np.where(self.state_mask, norms, np.nan)
 
     # ------------------------------------------------------------- jacobians
     def cell_adapter(self) -> CellAdapter:
@@ -276,11 +279,7 @@ class LayerTrace:
         s = self.states[t_idx][:, b_idx]
         params = {key: v.to(x.device) for key, v in self.params.items()}
         lin = adapter.linearize(params, x.reshape(t * b, -1), s.reshape(t * b, -1))
-        m = M.to(x.dtype).reshape(t * b, rows, k)
-        if wrt == "state":
-            out = lin.vjp_state(m) if transpose else lin.jvp_state(m)
-        else:
-            out = lin.vjp_input(m) if transpose else lin.jvp_input(m)
+        out = lin.apply(wrt, transpose, M.to(x.dtype).reshape(t * b, rows, k))
         return out.reshape(t, b, *out.shape[1:])
 
     def jvp(

@@ -81,7 +81,7 @@ from gradscope.errors import ArgumentError
 from gradscope.jacobians.dense import auto_chunk, finite_steps, iter_chunks, prep_chunk
 from gradscope.jacobians.dense_walk import DenseWalk
 from gradscope.jacobians.products import BackwardSweep
-from gradscope.jacobians.steps import StepOps
+from gradscope.jacobians.steps import StepOps, check_method
 from gradscope.traces import LayerTrace
 
 Of = Literal["state", "input", "loss"]
@@ -252,10 +252,7 @@ def decay_curves(
     Returns:
         ``(log_state (K, B), log_input (K', B) or None, p, notes)``.
     """
-    if method not in ("auto", "dense", "operator"):
-        raise ArgumentError(
-            f"{layer.name}: method must be 'auto', 'dense' or 'operator', got {method!r}"
-        )
+    check_method(layer, method)
     want_input = "input" in of
     c = _setup(layer, want_input, max_lag, probes, basis, seed)
     stored = layer.stored_jacobians is not None and "state" in layer.stored_jacobians

@@ -47,7 +47,7 @@ from gradscope.jacobians.dense import (
     prep_chunk,
 )
 from gradscope.jacobians.products import ForwardQR
-from gradscope.jacobians.steps import StepOps
+from gradscope.jacobians.steps import StepOps, check_method
 from gradscope.traces import LayerTrace
 
 #: States up to this size run the QR iteration on dense Jacobians by default.
@@ -181,10 +181,7 @@ def use_operators(layer: LayerTrace, k: int, method: str) -> bool:
     spectrum is asked for (``k = D``: the dense iteration never forms ``Q``), or the trace
     only has stored Jacobians.
     """
-    if method not in ("auto", "dense", "operator"):
-        raise ArgumentError(
-            f"{layer.name}: method must be 'auto', 'dense' or 'operator', got {method!r}"
-        )
+    check_method(layer, method)
     if method != "auto":
         return method == "operator"
     stored = layer.stored_jacobians is not None and "state" in layer.stored_jacobians

@@ -35,7 +35,7 @@ from gradscope._json import dataclass_dict, jsonable
 from gradscope._progress import analysis, progress_bar
 from gradscope.errors import ArgumentError, ShapeError
 from gradscope.jacobians.krylov import leading_values
-from gradscope.jacobians.steps import StepOps
+from gradscope.jacobians.steps import StepOps, check_method
 from gradscope.layer_trace import LayerTrace, StepSelect, select_index
 
 Which = Literal["eig", "svd"]
@@ -215,10 +215,7 @@ def spectrum(
     """
     if which not in ("eig", "svd"):
         raise ArgumentError(f"{layer.name}: which must be 'eig' or 'svd', got {which!r}")
-    if method not in ("auto", "dense", "operator"):
-        raise ArgumentError(
-            f"{layer.name}: method must be 'auto', 'dense' or 'operator', got {method!r}"
-        )
+    check_method(layer, method)
     step_idx = select_index(steps, layer.T, "step")
     b_idx = select_index(batch, layer.B, "batch")
     stored = layer.stored_jacobians is not None and "state" in layer.stored_jacobians

@@ -320,6 +320,12 @@ class Linearization:
                 )
         return self.adapter.product(self.params, self.x, self.s, self.factors, m, wrt, rev)
 
+    def apply(self, wrt: str, transpose: bool, m: Tensor) -> Tensor:
+        """The product chosen by ``wrt`` (``"state"``/``"input"``) and ``transpose``."""
+        if wrt == "state":
+            return self.vjp_state(m) if transpose else self.jvp_state(m)
+        return self.vjp_input(m) if transpose else self.jvp_input(m)
+
     def jvp_state(self, v: Tensor) -> Tensor:
         """``J_t v``."""
         return self._apply("jvp_state", v, self.s.shape[-1], "state", False)

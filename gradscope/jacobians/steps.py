@@ -14,11 +14,23 @@ import torch
 from torch import Tensor
 
 from gradscope.cells.base import Linearization
-from gradscope.errors import MissingDataError
+from gradscope.errors import ArgumentError, MissingDataError
 from gradscope.layer_trace import LayerTrace
 
 #: Rows (steps × sequences) whose gates are computed in one call.
 CHUNK_ROWS = 512
+
+
+#: How an analysis may reach the Jacobians: chosen automatically, dense matrices, operators.
+METHODS = ("auto", "dense", "operator")
+
+
+def check_method(layer: LayerTrace, method: str) -> None:
+    """Raise :class:`~gradscope.errors.ArgumentError` unless ``method`` is in :data:`METHODS`."""
+    if method not in METHODS:
+        raise ArgumentError(
+            f"{layer.name}: method must be 'auto', 'dense' or 'operator', got {method!r}"
+        )
 
 
 def product_dtype(layer: LayerTrace) -> torch.dtype:
@@ -112,10 +124,7 @@ class StepOps:
                 f"{self.layer.name}: no stored {wrt} Jacobians and no cell module to compute "
                 "their products"
             )
-        lin = self.linearization(t, batch)
-        if wrt == "state":
-            return lin.vjp_state(m) if transpose else lin.jvp_state(m)
-        return lin.vjp_input(m) if transpose else lin.jvp_input(m)
+        return self.linearization(t, batch).apply(wrt, transpose, m)
 
     def jvp(self, t: int, batch: Tensor, v: Tensor) -> Tensor:
         """``J_t v`` per sequence: ``v`` ``(n, D, k)`` -> ``(n, D, k)``."""

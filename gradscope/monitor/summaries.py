@@ -39,7 +39,7 @@ def grad_norms(layer: LayerTrace) -> np.ndarray:
         MissingDataError: ``layer.grads`` is None (no loss was back-propagated through it).
     """
     per_seq = layer.grad_norms()  # (T+1, B), NaN at padded states
-    valid = np.concatenate([np.ones((1, layer.B), bool), layer.mask])  # real states
+    valid = layer.state_mask
     count = valid.sum(axis=1)
     total = np.where(valid, per_seq, 0.0).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
