@@ -22,6 +22,12 @@ _BY_TYPE: dict[type[nn.Module], CellAdapter] = {}
 _BY_KIND: dict[str, CellAdapter] = {}
 #: Fused (multi-step, multi-layer) module types; everything else registered is a one-step cell.
 _FUSED: set[type[nn.Module]] = set()
+#: Module types of libraries gradscope does not import, by ``module.qualname``: the adapter
+#: module (with an ``ADAPTER``) is imported the first time a model holds such a module, so
+#: recording a model without them never imports ``transformers``.
+_LAZY: dict[str, str] = {
+    "transformers.models.mamba.modeling_mamba.MambaMixer": "gradscope.sequences.mamba",
+}
 
 
 def register_cell(
@@ -81,6 +87,12 @@ def _lookup(module_type: type) -> type[nn.Module] | None:
     for base in module_type.__mro__:
         if base in _BY_TYPE:
             return base
+        home = _LAZY.get(f"{base.__module__}.{base.__qualname__}")
+        if home is not None:
+            adapter = __import__(home, fromlist=["ADAPTER"]).ADAPTER
+            _BY_TYPE[base] = adapter
+            _BY_KIND.setdefault(adapter.kind, adapter)
+            return base
     return None
 
 
@@ -117,6 +129,12 @@ def is_fused(module: nn.Module) -> bool:
     return registered is not None and registered in _FUSED
 
 
+def is_sequence(module: nn.Module) -> bool:
+    """Whether ``module`` is a registered sequence mixer (a :class:`SequenceAdapter`'s type)."""
+    registered = lookup_type(type(module))
+    return registered is not None and getattr(_BY_TYPE[registered], "runs_sequences", False)
+
+
 def is_registered(module: nn.Module) -> bool:
     """Whether ``module``'s type (or a base type) has an adapter."""
     return lookup_type(type(module)) is not None
@@ -129,6 +147,11 @@ def adapter_for_kind(kind: str) -> CellAdapter:
         UnsupportedModuleError: No adapter has that kind (e.g. a custom cell whose module
             was not registered in this process).
     """
+    if kind not in _BY_KIND:
+        for home in set(_LAZY.values()):  # a saved trace of a lazily registered family
+            adapter = __import__(home, fromlist=["ADAPTER"]).ADAPTER
+            if adapter.kind == kind:
+                _BY_KIND[kind] = adapter
     try:
         return _BY_KIND[kind]
     except KeyError:
@@ -160,5 +183,6 @@ __all__ = [
     "adapter_for_kind",
     "is_fused",
     "is_registered",
+    "is_sequence",
     "register_cell",
 ]

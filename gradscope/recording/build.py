@@ -29,13 +29,14 @@ from gradscope.recording.check import (
 )
 from gradscope.recording.dropout import NO_DROPOUT, NOT_REPRODUCIBLE, warn_not_reproducible
 from gradscope.recording.fused import FusedCall, Replay, replay_fused
+from gradscope.recording.sequences import SequenceCall, build_sequence
 from gradscope.traces import LayerTrace, Trace
 
 _REPR_LIMIT = 4000
 
 
 def build_trace(
-    entries: list[FusedCall | CellChain],
+    entries: list[FusedCall | CellChain | SequenceCall],
     model: nn.Module,
     cells: Container[int],
     *,
@@ -65,6 +66,9 @@ def build_trace(
     for entry in entries:
         if isinstance(entry, FusedCall):
             layers.extend(_build_fused(entry, grads=grads, check=check, warned=warned))
+        elif isinstance(entry, SequenceCall):
+            name = _with_call(entry.name, entry.call)
+            layers.append(build_sequence(entry, check=check, layer_name=name))
         else:
             layers.append(_build_chain(entry, check=check))
     return Trace(layers, _meta(model, layers, arguments, grads))

@@ -25,6 +25,7 @@ from gradscope.jacobians.bptt import stack_state_grads
 from gradscope.recording.chains import CellChain
 from gradscope.recording.dropout import MASK_REPRODUCED, NOT_REPRODUCIBLE
 from gradscope.recording.fused import FusedCall, replay_fused
+from gradscope.recording.sequences import SequenceCall, sequence_grads
 
 
 def fused_cotangent_tensors(output: Any) -> list[tuple[str, Any]]:
@@ -41,10 +42,13 @@ def fused_cotangent_tensors(output: Any) -> list[tuple[str, Any]]:
     return [("output", seq), ("h_n", hidden)]
 
 
-def assign_grads(entries: list[FusedCall | CellChain]) -> None:
+def assign_grads(entries: list[FusedCall | CellChain | SequenceCall]) -> None:
     """Set ``LayerTrace.grads`` of every built layer from the captured gradients."""
     for entry in entries:
-        if isinstance(entry, FusedCall):
+        if isinstance(entry, SequenceCall):
+            if entry.layer is not None:
+                entry.layer.grads = sequence_grads(entry)
+        elif isinstance(entry, FusedCall):
             if entry.dropout == NOT_REPRODUCIBLE:
                 for layer in entry.layers:
                     layer.grads = None

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from gradscope.cells import is_fused, is_registered
+from gradscope.cells import adapter_for, is_fused, is_registered, is_sequence
 from gradscope.errors import GradscopeError
 from gradscope.recording.arguments import argument_summary
 from gradscope.recording.build import build_trace
@@ -26,6 +26,7 @@ from gradscope.recording.chains import CellCapture, CellChain, internal_edges
 from gradscope.recording.dropout import draws_masks
 from gradscope.recording.fused import FusedCall, capture_fused
 from gradscope.recording.grads import assign_grads, fused_cotangent_tensors
+from gradscope.recording.sequences import SequenceCall, capture_sequence
 from gradscope.traces import Trace
 
 
@@ -74,7 +75,8 @@ class Recorder:
         self._cells = self._validate_cells(cells)
         self._handles: list[RemovableHandle] = []
         self._tensor_handles: list[RemovableHandle] = []
-        self._entries: list[FusedCall | CellChain] = []
+        self._entries: list[FusedCall | CellChain | SequenceCall] = []
+        self._starts: dict[int, list[Any]] = {}
         self._fused_calls: dict[int, int] = {}
         self._cell_calls = CellCapture()
         self._rng: dict[int, list[Tensor | None]] = {}
@@ -127,6 +129,13 @@ class Recorder:
                     fused = is_fused(module)
                 else:
                     continue
+                if is_sequence(module):
+                    self._handles.append(
+                        module.register_forward_pre_hook(self._sequence_pre_hook, with_kwargs=True)
+                    )
+                    hook = self._sequence_hook(path)
+                    self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+                    continue
                 if fused:
                     self._handles.append(module.register_forward_pre_hook(self._fused_pre_hook))
                     hook = self._fused_hook(path)
@@ -155,6 +164,7 @@ class Recorder:
             self._remove_hooks()
         finally:
             self._rng.clear()
+            self._starts.clear()
             if failed:
                 self._state = "failed"
         if failed:
@@ -234,6 +244,27 @@ class Recorder:
             if self.grads and torch.is_grad_enabled():
                 for key, t in fused_cotangent_tensors(output):
                     self._hook_tensor(t, call.cot, key)
+
+        return hook
+
+    def _sequence_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Ask the adapter for the state this call starts from (a cache), before it runs."""
+        s0 = adapter_for(module).initial_state(module, args, kwargs)
+        self._starts.setdefault(id(module), []).append(s0)
+
+    def _sequence_hook(self, path: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            stack = self._starts.get(id(module))
+            s0 = stack.pop() if stack else None
+            count = self._fused_calls.get(id(module), 0)
+            name = self._name(path, module)
+            call = capture_sequence(
+                path, name, count, module, adapter_for(module), args, kwargs, output, s0
+            )
+            self._fused_calls[id(module)] = count + 1
+            self._entries.append(call)
+            if self.grads and torch.is_grad_enabled():
+                self._hook_tensor(call.adapter.module_output(output), call.cot, "output")
 
         return hook
 

@@ -77,6 +77,8 @@ class SequenceAdapter(CellAdapter):
     """
 
     structure: str = DIAGONAL
+    #: Marks the adapter for the recorder: the module runs whole sequences per call.
+    runs_sequences = True
 
     # ------------------------------------------------------------------ recording
     @abstractmethod
@@ -105,6 +107,15 @@ class SequenceAdapter(CellAdapter):
         In the layout of :meth:`module_output`; parallel over time. Differentiable in
         ``states`` (the Monitor back-propagates the captured output cotangent through it).
         """
+
+    def initial_state(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """Called just before the module runs: the state the call starts from, or None.
+
+        None means :meth:`drive`'s ``s0`` (zeros unless it says otherwise). Raise
+        :class:`~gradscope.errors.UnsupportedModuleError` for a call that cannot be replayed
+        from its arguments alone (e.g. one that continues a cached generation state).
+        """
+        return None
 
     def module_output(self, output: Any) -> Tensor:
         """The tensor of the module's return value that :meth:`readout` reproduces."""
