@@ -33,6 +33,9 @@ _HOMES: dict[str, str] = {
     # cells
     "CellAdapter": "gradscope.cells.base",
     "register_cell": "gradscope.cells",
+    "Drive": "gradscope.sequences",
+    "SequenceAdapter": "gradscope.sequences",
+    "register_sequence": "gradscope.sequences",
     # analysis
     "Decay": "gradscope.analysis.decay",
     "decay": "gradscope.analysis.decay",
@@ -101,6 +104,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradscope.monitor import Monitor
     from gradscope.recording import Recorder, record, trace
     from gradscope.reporting import report
+    from gradscope.sequences import Drive, SequenceAdapter, register_sequence
     from gradscope.traces import LayerTrace, Trace, load
 
 __all__ = [
@@ -114,6 +118,9 @@ __all__ = [
     # cells
     "CellAdapter",
     "register_cell",
+    "Drive",
+    "SequenceAdapter",
+    "register_sequence",
     # analysis
     "Decay",
     "Diagnosis",

@@ -98,12 +98,14 @@ def check_products(
     V = torch.randn(N, D, k, generator=gen, dtype=torch.float64)
     W = torch.randn(N, I, k, generator=gen, dtype=torch.float64)
     lin = adapter.linearize(params, x, s)
-    for name, (got, want) in enumerate((
-        (lin.jvp_state(V), js @ V),
-        (lin.vjp_state(V), js.transpose(1, 2) @ V),
-        (lin.jvp_input(W), ju @ W),
-        (lin.vjp_input(V), ju.transpose(1, 2) @ V),
-    )):
+    for name, (got, want) in enumerate(
+        (
+            (lin.jvp_state(V), js @ V),
+            (lin.vjp_state(V), js.transpose(1, 2) @ V),
+            (lin.jvp_input(W), ju @ W),
+            (lin.vjp_input(V), ju.transpose(1, 2) @ V),
+        )
+    ):
         assert got.shape == want.shape
         err = relative_error(got, want)
         assert err < 1e-12, (name, err)

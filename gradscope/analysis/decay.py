@@ -80,8 +80,9 @@ from gradscope.analysis.lyapunov import lyapunov_window
 from gradscope.errors import ArgumentError
 from gradscope.jacobians.dense import auto_chunk, finite_steps, iter_chunks, prep_chunk
 from gradscope.jacobians.dense_walk import DenseWalk
+from gradscope.jacobians.diagonal import log_moduli, state_log_norms
 from gradscope.jacobians.products import BackwardSweep
-from gradscope.jacobians.steps import StepOps, check_method
+from gradscope.jacobians.steps import StepOps, check_method, use_diagonal
 from gradscope.traces import LayerTrace
 
 Of = Literal["state", "input", "loss"]
@@ -254,6 +255,8 @@ def decay_curves(
     """
     check_method(layer, method)
     want_input = "input" in of
+    if use_diagonal(layer, method):
+        return _diagonal_curves(layer, want_input, max_lag, seed, progress)
     c = _setup(layer, want_input, max_lag, probes, basis, seed)
     stored = layer.stored_jacobians is not None and "state" in layer.stored_jacobians
     operators = method == "operator" or (method == "auto" and c.p < layer.D and not stored)
@@ -277,6 +280,36 @@ def decay_curves(
             "long-run rate"
         )
     return c.log_state, c.log_in, c.p, notes
+
+
+def _diagonal_curves(layer, want_input, max_lag, seed, progress):
+    """The state curve of a diagonal transition exactly; the input curve on operators."""
+    lengths = layer.seq_lengths
+    cap = int(lengths.max(initial=0)) if max_lag is None else int(max_lag)
+    if cap < 0:
+        raise ArgumentError(f"{layer.name}: max_lag must be >= 0, got {max_lag}")
+    log_state = state_log_norms(log_moduli(layer), lengths, cap)
+    notes = ["exact: ‖∂s_T/∂s_t‖ of a diagonal transition from its eigenvalues (no probes)"]
+    if np.isnan(log_state[1:]).any() and (log_state.shape[0] > 1):
+        reach = np.minimum(lengths, cap)
+        short = [b for b in range(layer.B) if np.isnan(log_state[1 : reach[b] + 1, b]).any()]
+        if short:
+            notes.append(
+                f"non-finite steps in {len(short)} sequence(s): their state curves stop at "
+                "the first one met walking back"
+            )
+    log_in = None
+    p = layer.D
+    if want_input:
+        c = _setup(layer, True, max_lag, None, None, seed)
+        with progress_bar(total=c.hi - c.lo, desc=f"decay {layer.name}", progress=progress) as bar:
+            _operator_walk(layer, c, bar)
+        log_in = c.log_in
+        notes.append(
+            f"input curve with p={c.p} probe directions out of D={layer.D} (a lower bound, "
+            "exact in the long-run rate)"
+        )
+    return log_state, log_in, p, notes
 
 
 def loss_log_norms(layer: LayerTrace, max_lag: int | None = None) -> np.ndarray:

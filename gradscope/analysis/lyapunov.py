@@ -46,8 +46,9 @@ from gradscope.jacobians.dense import (
     orthonormal,
     prep_chunk,
 )
+from gradscope.jacobians.diagonal import log_moduli
 from gradscope.jacobians.products import ForwardQR
-from gradscope.jacobians.steps import StepOps, check_method
+from gradscope.jacobians.steps import StepOps, check_method, use_diagonal
 from gradscope.traces import LayerTrace
 
 #: States up to this size run the QR iteration on dense Jacobians by default.
@@ -239,6 +240,44 @@ def _operator_engine(layer, k, discard, rng, init, starts, lengths, acc, bar):
     return finals, bad_steps
 
 
+def _diagonal_engine(layer, k, discard, starts, lengths, acc):
+    """Exact exponents of a diagonal transition: per-coordinate means of ``ln|λ_t|``.
+
+    Each sequence's ``k`` coordinates with the largest means over its accumulated steps are
+    fed to ``acc`` step by step (so the history and batch means are those of the final
+    leading exponents); the "Lyapunov vectors" are those coordinates' unit vectors.
+    """
+    logs = log_moduli(layer)  # (T, B, D)
+    B, D = layer.B, layer.D
+    steps = np.arange(layer.T)
+    bad_steps: list[tuple[int, int, int]] = []
+    use = np.zeros((layer.T, B), dtype=bool)
+    for b in range(B):
+        live = (steps >= starts[b]) & (steps < lengths[b])
+        ok = live & ~np.isnan(logs[:, b, 0]) if D else live
+        bad = np.nonzero(live & ~ok)[0]
+        if bad.size:
+            bad_steps.append((b, int(bad.size), int(bad[0])))
+        good = np.nonzero(ok)[0][discard:]
+        use[good, b] = True
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sums = np.where(use[..., None], logs, 0.0).sum(axis=0)  # (B, D)
+        means = sums / np.maximum(use.sum(axis=0), 1)[:, None]
+    top = np.argsort(-means, axis=1, kind="stable")[:, :k]  # (B, k)
+    for t in np.nonzero(use.any(axis=1))[0]:
+        bs = np.nonzero(use[t])[0]
+        acc.add(bs, np.take_along_axis(logs[t, bs], top[bs], axis=1))
+    finals = []
+    for b in range(B):
+        if acc.counts[b] == 0:
+            finals.append(None)
+            continue
+        q = np.zeros((D, k))
+        q[top[b], np.arange(k)] = 1.0
+        finals.append(q)
+    return finals, bad_steps
+
+
 @analysis
 def _run(
     layer: LayerTrace,
@@ -265,7 +304,8 @@ def _run(
         raise ArgumentError(f"{layer.name}: discard must be >= 0, got {discard}")
     if init not in ("random", "identity"):
         raise ArgumentError(f"{layer.name}: init must be 'random' or 'identity', got {init!r}")
-    operators = use_operators(layer, k, method)
+    diagonal = use_diagonal(layer, method)
+    operators = not diagonal and use_operators(layer, k, method)
     rng = np.random.default_rng(seed)
     lengths = layer.seq_lengths
     starts = np.zeros(B, dtype=np.int64) if window is None else np.maximum(lengths - window, 0)
@@ -286,7 +326,7 @@ def _run(
     acc = _Sums(B, k, hist_steps, edges)
     last = int(lengths.max()) if B else 0
     first = int(starts.min()) if B else 0
-    flops = 2 * D * D * k + 4 * D * k * k
+    flops = 4 * D if diagonal else 2 * D * D * k + 4 * D * k * k
     bar_ctx = progress_bar(
         total=last - first,
         desc=f"lyapunov {layer.name}",
@@ -294,7 +334,10 @@ def _run(
         work=float(lengths.sum()) * flops,
     )
     with bar_ctx as bar:
-        if operators:
+        if diagonal:
+            finals, bad = _diagonal_engine(layer, k, discard, starts, lengths, acc)
+            bar.update(last - first)
+        elif operators:
             finals, bad = _operator_engine(layer, k, discard, rng, init, starts, lengths, acc, bar)
         else:
             bounds = np.unique(np.concatenate([[discard], discard + hist_steps, discard + edges]))
@@ -401,7 +444,10 @@ def lyapunov(
         history: Number of (log-spaced) points of the convergence history.
         n_blocks: Blocks of the batch-means standard error when ``B == 1``.
         progress: Progress bar: True, False or ``"auto"``.
-        method: ``"operator"`` (``J_t Q`` by closed-form Jacobian-vector products,
+        method: ``"diagonal"`` (exact for a diagonal transition, the default where the
+            adapter gives one: per-coordinate means of ``ln|λ_t|``, ``O(T·B·D)``, see
+            :mod:`gradscope.jacobians.diagonal`), ``"operator"`` (``J_t Q`` by closed-form
+            Jacobian-vector products,
             ``O(B·k·w)`` per step for ``w`` recurrent weights, sequences batched),
             ``"dense"`` (form each ``J_t`` and run blocked LAPACK QR; fastest for small
             ``D`` and for the full spectrum) or ``"auto"`` (see :func:`use_operators`). Both

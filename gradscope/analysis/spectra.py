@@ -34,8 +34,9 @@ import torch
 from gradscope._json import dataclass_dict, jsonable
 from gradscope._progress import analysis, progress_bar
 from gradscope.errors import ArgumentError, ShapeError
+from gradscope.jacobians.diagonal import eigenvalues
 from gradscope.jacobians.krylov import leading_values
-from gradscope.jacobians.steps import StepOps, check_method
+from gradscope.jacobians.steps import StepOps, check_method, use_diagonal
 from gradscope.layer_trace import LayerTrace, StepSelect, select_index
 
 Which = Literal["eig", "svd"]
@@ -76,8 +77,9 @@ class Spectrum:
             float64, descending. All-NaN rows where the entry is invalid (padded step or a
             non-finite Jacobian).
         valid: ``(T', B')`` bool, True where ``values`` holds a real decomposition.
-        method: ``"dense"`` (all ``D`` values of each Jacobian) or ``"operator"`` (only the
-            leading ``values.shape[-1]`` values, by ARPACK on the Jacobian operator).
+        method: ``"dense"`` (all ``D`` values of each Jacobian), ``"operator"`` (only the
+            leading ``values.shape[-1]`` values, by ARPACK on the Jacobian operator) or
+            ``"diagonal"`` (all ``D`` values of a diagonal transition, exact).
     """
 
     name: str
@@ -161,6 +163,20 @@ def _operator_spectrum(layer, which, step_idx, b_idx, k, tol, progress) -> Spect
     )
 
 
+def _diagonal_spectrum(layer, which, step_idx, b_idx) -> Spectrum:
+    """All ``D`` values of every Jacobian of a diagonal transition, exactly, ``O(D)`` each."""
+    steps, batch = step_idx.numpy(), b_idx.numpy()
+    lam = eigenvalues(layer, steps, batch)  # NaN rows at padding
+    valid = np.isfinite(lam).all(axis=-1) if lam.shape[-1] else np.ones(lam.shape[:2], bool)
+    if which == "svd":
+        values = -np.sort(-np.abs(lam), axis=-1)
+    else:
+        order = np.argsort(-np.abs(lam), axis=-1, kind="stable")
+        values = np.take_along_axis(lam, order, axis=-1)
+    values[~valid] = np.nan
+    return Spectrum(layer.name, which, steps, batch, values, valid, method="diagonal")
+
+
 def _decompose(jac: torch.Tensor, which: str) -> np.ndarray:
     """Eigen/singular values of a ``(..., D, D)`` float64 batch with finite entries."""
     if which == "svd":
@@ -194,7 +210,9 @@ def spectrum(
         steps: Jacobian steps ``k`` to use (int, slice, index list, or None for all).
         batch: Sequences to use (same forms).
         chunk: Steps per chunk of Jacobians.
-        method: ``"dense"`` (decompose each ``D × D`` Jacobian: all ``D`` values, ~25 D³
+        method: ``"diagonal"`` (a diagonal transition's eigenvalues from its adapter: all
+            ``D`` values exactly, ``O(D)`` per Jacobian; the default where available),
+            ``"dense"`` (decompose each ``D × D`` Jacobian: all ``D`` values, ~25 D³
             flops per eig), ``"operator"`` (only the ``k`` leading values, by ARPACK on the
             closed-form Jacobian products: ``O(m · w)`` for ``m`` products and ``w``
             recurrent weights) or ``"auto"``: dense up to ``D = DENSE_MAX_D`` (and for
@@ -218,6 +236,8 @@ def spectrum(
     check_method(layer, method)
     step_idx = select_index(steps, layer.T, "step")
     b_idx = select_index(batch, layer.B, "batch")
+    if use_diagonal(layer, method):
+        return _diagonal_spectrum(layer, which, step_idx, b_idx)
     stored = layer.stored_jacobians is not None and "state" in layer.stored_jacobians
     if method == "operator" or (method == "auto" and layer.D > DENSE_MAX_D and not stored):
         return _operator_spectrum(layer, which, step_idx, b_idx, k, tol, progress)

@@ -15,22 +15,42 @@ from torch import Tensor
 
 from gradscope.cells.base import Linearization
 from gradscope.errors import ArgumentError, MissingDataError
+from gradscope.jacobians.diagonal import has_diagonal
 from gradscope.layer_trace import LayerTrace
 
 #: Rows (steps × sequences) whose gates are computed in one call.
 CHUNK_ROWS = 512
 
 
-#: How an analysis may reach the Jacobians: chosen automatically, dense matrices, operators.
-METHODS = ("auto", "dense", "operator")
+#: How an analysis may reach the Jacobians: chosen automatically, dense matrices, operators,
+#: or the exact eigenvalues of a diagonal transition (:mod:`gradscope.jacobians.diagonal`).
+METHODS = ("auto", "dense", "operator", "diagonal")
 
 
 def check_method(layer: LayerTrace, method: str) -> None:
-    """Raise :class:`~gradscope.errors.ArgumentError` unless ``method`` is in :data:`METHODS`."""
+    """Raise :class:`~gradscope.errors.ArgumentError` unless ``method`` is in :data:`METHODS`.
+
+    ``"diagonal"`` also needs an adapter that gives the eigenvalues of its transition.
+    """
     if method not in METHODS:
         raise ArgumentError(
-            f"{layer.name}: method must be 'auto', 'dense' or 'operator', got {method!r}"
+            f"{layer.name}: method must be 'auto', 'dense', 'operator' or 'diagonal', got "
+            f"{method!r}"
         )
+    if method == "diagonal" and not has_diagonal(layer):
+        raise ArgumentError(
+            f"{layer.name} ({layer.kind}): method='diagonal' needs a diagonal transition "
+            "(a sequence adapter whose diagonal() gives the eigenvalues); use 'auto'"
+        )
+
+
+def use_diagonal(layer: LayerTrace, method: str) -> bool:
+    """Whether an analysis takes the exact diagonal path (``"auto"`` does when it can)."""
+    if method == "diagonal":
+        return True
+    if method != "auto":
+        return False
+    return has_diagonal(layer)
 
 
 def product_dtype(layer: LayerTrace) -> torch.dtype:

@@ -191,7 +191,7 @@ def sequence_grads(call: SequenceCall) -> Tensor | None:
     with torch.enable_grad():
         out = adapter.readout(params, u, s)
         (direct,) = torch.autograd.grad(out, s, call.cot["output"].to(out.dtype))
-    T, B, D = layer.T, layer.B, layer.D
+    T, B, _D = layer.T, layer.B, layer.D
     lin = adapter.linearize(params, u.flatten(0, 1), s.detach()[:-1].flatten(0, 1))
     valid = None if layer.lengths is None else torch.as_tensor(layer.mask)
     G = torch.empty_like(direct)

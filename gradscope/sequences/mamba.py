@@ -67,10 +67,12 @@ class MambaAdapter(SequenceAdapter):
         return int(E), int(Ns)
 
     def state_sizes(self, params: Params) -> tuple[int, ...]:
+        """``(E · N,)``: the state ``h`` flattened, channel-major."""
         E, Ns = self._dims(params)
         return (E * Ns,)
 
     def input_size(self, params: Params) -> int:
+        """``3E + 2N``: the drive ``[x, Δ, B, C, z]``."""
         E, Ns = self._dims(params)
         return 3 * E + 2 * Ns
 
@@ -80,6 +82,7 @@ class MambaAdapter(SequenceAdapter):
 
     # ------------------------------------------------------------------ recording
     def module_params(self, module: nn.Module) -> Params:
+        """The mixer's weights, ``A = −exp(A_log)`` formed in float32 as the module does."""
         if getattr(module, "activation", "silu") != "silu":
             raise UnsupportedModuleError(
                 f"gradscope's Mamba adapter replays the silu activation; this MambaMixer uses "
@@ -105,6 +108,7 @@ class MambaAdapter(SequenceAdapter):
         return {k: v.detach() for k, v in out.items()}
 
     def initial_state(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Zeros; a call that continues a cached state is refused (see the message)."""
         cache = kwargs.get("cache", args[1] if len(args) > 1 else None)
         if cache is not None and cache.has_previous_state(module.layer_idx):
             raise UnsupportedModuleError(
@@ -115,6 +119,7 @@ class MambaAdapter(SequenceAdapter):
         return None
 
     def drive(self, params: Params, args: tuple, kwargs: dict[str, Any]) -> Drive:
+        """``[x, Δ, B, C, z]`` of every step, time-major, as the module computes them."""
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         mask = kwargs.get("attention_mask", args[3] if len(args) > 3 else None)
         E, Ns = self._dims(params)
@@ -139,6 +144,7 @@ class MambaAdapter(SequenceAdapter):
         return Drive(u.transpose(0, 1).contiguous())
 
     def readout(self, params: Params, u: Tensor, states: Tensor) -> Tensor:
+        """``W_out((C_t·h_t + D ⊙ x_t) ⊙ silu(z_t))``, batch-first like the module."""
         x, _, _, c, z = self._split(params, u)
         E, Ns = self._dims(params)
         h = states[1:].unflatten(-1, (E, Ns))
@@ -156,29 +162,35 @@ class MambaAdapter(SequenceAdapter):
         return a, xr, dt, br
 
     def step(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """``h_t = exp(Δ_t A) ⊙ h_{t−1} + (Δ_t x_t) ⊗ B_t``."""
         a, xr, dt, br = self._pieces(params, x)
         h = s.unflatten(-1, a.shape[1:])
         return (a * h + (dt * xr)[:, :, None] * br[:, None, :]).flatten(1)
 
     def step_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Any]:
+        """The step and its linear factors from one evaluation."""
         f = self.linear_factors(params, x, s)
         return (f.a * f.h + (f.dt * f.x)[:, :, None] * f.b[:, None, :]).flatten(1), f
 
     def diagonal(self, params: Params, u: Tensor) -> Tensor:
+        """``exp(Δ_t A)`` per (channel, state) coordinate."""
         a, _, _, _ = self._pieces(params, u)
         return a.flatten(1)
 
     def log_decay(self, params: Params, u: Tensor) -> Tensor:
+        """``Δ_t A`` (exact, no exp/log round trip)."""
         _, dt, _, _, _ = self._split(params, u)
         return (dt[:, :, None] * params["A"].to(u.dtype)).flatten(1)
 
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> _Factors:
+        """``exp(Δ A)``, the rounded ``x`` and ``B``, ``Δ`` and the previous state."""
         a, xr, dt, br = self._pieces(params, x)
         return _Factors(a, xr, dt, br, s.unflatten(-1, a.shape[1:]))
 
     def product(
         self, params: Params, x: Tensor, s: Tensor, f: _Factors, m: Tensor, wrt: str, rev: bool
     ) -> Tensor:
+        """The four products, ``O(E · N · k)`` each (see the module docstring)."""
         n, E, Ns = f.a.shape
         k = m.shape[-1]
         if wrt == "state":  # diagonal: J = Jᵀ

@@ -1,0 +1,109 @@
+r"""Exact analysis of diagonal transitions: eigenvalues, exponents and decay without QR.
+
+A sequence adapter whose state Jacobian is ``J_t = P diag(λ_t) P⁻¹`` with one unitary ``P``
+for all steps (Mamba, Mamba-2, minGRU, RG-LRU, RWKV, the LRU; see
+:meth:`~gradscope.sequences.base.SequenceAdapter.diagonal`) gives products over time that
+stay diagonal in the same basis:
+
+.. math:: \partial s_T/\partial s_{T-k} = P \,\mathrm{diag}\Big(\prod_{u=T-k+1}^{T} λ_u\Big) P^{-1},
+
+so every quantity the analysis needs is a sum of ``ln|λ_t|`` per coordinate, exact and in
+``O(T · B · D)``:
+
+* the eigenvalues of ``J_t`` are ``λ_t``, its singular values ``|λ_t|``;
+* the finite-time Lyapunov exponents of a sequence are the per-coordinate means
+  :math:`\frac1n\sum_t \ln|λ_{t,d}|` over its steps, sorted;
+* :math:`\ln\lVert\partial s_T/\partial s_{T-k}\rVert_2 = \max_d \sum_{u} \ln|λ_{u,d}|`.
+
+No QR iteration, no power iteration, no probe directions: these are exact, where the
+general operator path is iterative (and slow to converge when many channels decay at
+nearly the same rate, as they do in a selective SSM).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gradscope.layer_trace import LayerTrace
+
+#: Steps whose eigenvalues are computed per adapter call (bounds the adapter's temporaries).
+CHUNK_STEPS = 64
+
+
+def has_diagonal(layer: LayerTrace) -> bool:
+    """Whether the layer's adapter gives the eigenvalues of a diagonal transition."""
+    if layer.stored_jacobians is not None or (
+        layer.adapter is None and layer.kind.startswith("custom:")
+    ):
+        return False
+    adapter = layer.cell_adapter()
+    fn = getattr(adapter, "diagonal", None)
+    if fn is None or layer.T == 0 or layer.B == 0:
+        return False
+    params = {k: v.to(layer.inputs.device) for k, v in layer.params.items()}
+    return fn(params, torch.nan_to_num(layer.inputs[:1, 0])) is not None
+
+
+def _chunks(layer: LayerTrace, fn_name: str, steps: np.ndarray, batch: np.ndarray):
+    adapter = layer.cell_adapter()
+    fn = getattr(adapter, fn_name)
+    params = {k: v.to(layer.inputs.device) for k, v in layer.params.items()}
+    b = torch.from_numpy(batch)
+    for lo in range(0, len(steps), CHUNK_STEPS):
+        sel = torch.from_numpy(steps[lo : lo + CHUNK_STEPS])
+        u = layer.inputs[sel][:, b]
+        t, n = u.shape[:2]
+        with torch.no_grad():
+            out = fn(params, u.reshape(t * n, -1))
+        yield lo, out.reshape(t, n, -1)
+
+
+def eigenvalues(layer: LayerTrace, steps: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """``(T', B', D)`` eigenvalues ``λ_t`` (complex128), NaN at padded steps."""
+    out = np.full((len(steps), len(batch), layer.D), np.nan, dtype=np.complex128)
+    for lo, lam in _chunks(layer, "diagonal", steps, batch):
+        out[lo : lo + lam.shape[0]] = lam.detach().cpu().numpy()
+    mask = layer.mask[np.ix_(steps, batch)] if len(steps) and len(batch) else None
+    if mask is not None:
+        out[~mask] = np.nan
+    return out
+
+
+def log_moduli(layer: LayerTrace) -> np.ndarray:
+    """``(T, B, D)`` float64 ``ln|λ_t|`` of every step; NaN at padded steps.
+
+    A step whose eigenvalues are not finite (a non-finite drive) is NaN as a whole.
+    """
+    steps = np.arange(layer.T)
+    batch = np.arange(layer.B)
+    out = np.full((layer.T, layer.B, layer.D), np.nan)
+    for lo, logs in _chunks(layer, "log_decay", steps, batch):
+        out[lo : lo + logs.shape[0]] = logs.detach().to(torch.float64).cpu().numpy()
+    out[~layer.mask] = np.nan
+    out[(np.isnan(out) | np.isposinf(out)).any(axis=-1)] = np.nan
+    return out
+
+
+def state_log_norms(logs: np.ndarray, lengths: np.ndarray, cap: int) -> np.ndarray:
+    r"""``(K, B)`` :math:`\ln\lVert\partial s_{T_b}/\partial s_{T_b-k}\rVert_2` for ``k = 0..``.
+
+    ``logs`` ``(T, B, D)`` from :func:`log_moduli`; NaN beyond a sequence's length or
+    ``cap`` and from the first non-finite step met walking back.
+    """
+    B, D = logs.shape[1:]
+    k_max = int(np.minimum(lengths, cap).max(initial=0))
+    out = np.full((k_max + 1, B), np.nan)
+    for b in range(B):
+        tb = int(lengths[b])
+        n = min(tb, cap)
+        out[0, b] = 0.0
+        if n == 0:
+            continue
+        back = logs[tb - n : tb, b][::-1]  # lag 1 first
+        run = np.cumsum(back, axis=0)  # NaN propagates from a bad step on
+        out[1 : n + 1, b] = run.max(axis=-1) if D else np.nan
+    return out
+
+
+__all__ = ["eigenvalues", "has_diagonal", "log_moduli", "state_log_norms"]
