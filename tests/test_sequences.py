@@ -234,3 +234,31 @@ def test_monitor_on_a_mamba_language_model():
     assert norms.shape[0] == 3 and np.isfinite(norms).all()
     # the last position predicts no label (the LM loss shifts labels): ∂L/∂h_T = 0 exactly
     assert (norms[:, :-1] > 0).all() and (norms[:, -1] == 0).all()
+
+
+# --------------------------------------------------------------------------- memory view
+def test_timescales_of_an_lru_are_theory():
+    model = lru_example.LRU(4, 6, 3).double()
+    trace = gs.trace(model, torch.randn(2, 40, 4, dtype=torch.float64))
+    d = gs.diagnose(trace)[trace.layers[0].name]
+    tau = 1.0 / torch.exp(model.nu_log.detach()).numpy()  # −1/ln|λ| = 1/exp(ν), per channel
+    np.testing.assert_allclose(np.sort(d.memory.tau), np.sort(np.repeat(tau, 2)), rtol=1e-12)
+    assert d.memory.frac_long == pytest.approx(np.mean(tau >= 40))
+    assert d.memory.median_selectivity == pytest.approx(0.0, abs=1e-12)  # time invariant
+    assert "Memory:" in d.verdict
+
+
+def test_memory_panels_only_for_diagonal_layers(tmp_path):
+    from gradscope.reporting.build import build_document
+    from gradscope.reporting.document import Run
+
+    lstm = torch.nn.LSTM(3, 4)
+    runs = {
+        "mingru": gs.diagnose(gs.trace(mingru_example.MinGRU(3, 4), torch.randn(2, 15, 3))),
+        "lstm": gs.diagnose(gs.trace(lstm, torch.randn(15, 2, 3))),
+    }
+    for name, diag in runs.items():
+        doc = build_document([Run(label=None, source="test", diagnosis=diag)], "t", "now", {})
+        keys = {p.spec.key for s in doc.runs[0].layers for p in s.panels}
+        assert ("memory-timescales" in keys) == (name == "mingru")
+        assert ("memory-selectivity" in keys) == (name == "mingru")

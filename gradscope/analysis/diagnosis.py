@@ -38,6 +38,7 @@ from gradscope.analysis.results import Diagnosis, LayerDiagnosis
 from gradscope.analysis.sampling import evenly_spaced
 from gradscope.analysis.spectra import DENSE_MAX_D as SPECTRUM_DENSE_MAX_D
 from gradscope.analysis.spectra import spectrum
+from gradscope.analysis.timescales import timescales
 from gradscope.errors import GradscopeError
 from gradscope.traces import LayerTrace, Trace
 
@@ -192,7 +193,13 @@ def _diagnose_layer(
         nonfinite=nonfinite,
         notes=notes,
     )
+    try:
+        d.memory = timescales(layer)
+    except (GradscopeError, np.linalg.LinAlgError) as exc:
+        notes.append(f"memory timescales not computed: {exc}")
     d.verdict = verdict(d, layer)
+    if d.memory is not None:
+        d.verdict = f"{d.verdict} {d.memory.sentence()}"
     d.advice = advice(d, layer)
     return d
 

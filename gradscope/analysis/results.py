@@ -15,6 +15,7 @@ from gradscope.analysis.decay import Decay
 from gradscope.analysis.formatting import fmt_num, fmt_steps
 from gradscope.analysis.lyapunov import Lyapunov
 from gradscope.analysis.spectra import Spectrum
+from gradscope.analysis.timescales import Timescales
 from gradscope.errors import UnknownNameError
 
 
@@ -43,6 +44,8 @@ class LayerDiagnosis:
             NaN/inf; ``first_step`` is the state index ``t`` of ``s_t`` (0 = initial state),
             ``first_batch`` its sequence; both None when there are none.
         notes: Remarks (steps subsampled, exclusions, ...).
+        memory: Per-coordinate memory timescales of a diagonal recurrence (Mamba, minGRU,
+            LRU, ...), None for other cells.
     """
 
     name: str
@@ -62,6 +65,7 @@ class LayerDiagnosis:
     advice: list[str]
     nonfinite: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    memory: Timescales | None = None
 
     @property
     def lambda1(self) -> float:
@@ -92,6 +96,11 @@ class LayerDiagnosis:
             "nonfinite": jsonable(self.nonfinite),
             "notes": list(self.notes),
         }
+        if self.memory is not None:
+            mem = self.memory.to_dict()
+            if not arrays:
+                mem = {k: v for k, v in mem.items() if k not in ("rates", "tau", "selectivity")}
+            out["memory"] = mem
         if arrays:
             out["spectrum_eig"] = jsonable(self.spectrum_eig)
             out["spectrum_svd"] = jsonable(self.spectrum_svd)

@@ -59,7 +59,7 @@ def _layer_section(run: Run, layer: Any, run_anchor: str) -> LayerSection:
         numbers=layer_numbers(layer),
         notes=[str(n) for n in getattr(layer, "notes", []) or []],
         nonfinite=nonfinite_text(layer),
-        panels=[make_panel(spec, layer) for spec in LAYER_PANELS],
+        panels=[make_panel(spec, layer) for spec in LAYER_PANELS if spec.applies(layer)],
     )
 
 

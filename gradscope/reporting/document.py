@@ -60,6 +60,9 @@ class PanelSpec:
         needs: The data the panel needs, in words (shown with the reason when missing).
         extract: ``record -> kwargs`` for ``draw``; raises :class:`Missing` with the reason.
         draw: A function of :mod:`gradscope.reporting.figures`.
+        applies: ``record -> bool``: whether the panel belongs to this record at all (e.g.
+            memory timescales only for diagonal recurrences); a panel that does not apply is
+            left out, unlike a missing one, which is shown with its reason.
     """
 
     key: str
@@ -68,6 +71,7 @@ class PanelSpec:
     needs: str
     extract: Callable[[Any], dict[str, Any]]
     draw: Callable[..., Any]
+    applies: Callable[[Any], bool] = lambda record: True
 
 
 @dataclass

@@ -143,6 +143,17 @@ def _lyap_conv_kwargs(layer: Any) -> dict[str, Any]:
     return dict(history_steps=ly.history_steps, history=ly.history)
 
 
+def _memory(layer: Any) -> Any:
+    mem = getattr(layer, "memory", None)
+    if mem is None:
+        raise Missing("the memory timescales could not be computed." + _notes_reason(layer))
+    return mem
+
+
+def _is_diagonal(layer: Any) -> bool:
+    return getattr(layer, "memory", None) is not None
+
+
 #: The figures of one layer's section, in display order.
 LAYER_PANELS: list[PanelSpec] = [
     PanelSpec(
@@ -239,6 +250,30 @@ LAYER_PANELS: list[PanelSpec] = [
         "the Lyapunov running estimate (gs.lyapunov(...).history)",
         _lyap_conv_kwargs,
         F.lyapunov_convergence_figure,
+    ),
+    PanelSpec(
+        "memory-timescales",
+        "Memory timescales",
+        "For a diagonal recurrence (Mamba, minGRU, LRU, ...) every state coordinate forgets at "
+        "its own rate; τ = −1/mean ln|λ_t| is the number of steps it takes to fall by e. "
+        "Coordinates right of the dashed line T still hold a third of what they saw at the "
+        "start of the sequence: they are the layer's long memory.",
+        "a diagonal transition (a sequence adapter with diagonal())",
+        lambda layer: dict(tau=_memory(layer).tau, T=_memory(layer).T),
+        F.timescale_figure,
+        _is_diagonal,
+    ),
+    PanelSpec(
+        "memory-selectivity",
+        "Selective decay",
+        "ln|λ_t| for a sample of state coordinates (rows, longest memory at the top) at every "
+        "step of the first sequence. Vertical stripes are inputs that make channels forget or "
+        "hold at once, the selectivity of a Mamba-style SSM; a uniform picture is a "
+        "time-invariant recurrence.",
+        "a diagonal transition (a sequence adapter with diagonal())",
+        lambda layer: dict(heat=_memory(layer).heat),
+        F.decay_heatmap_figure,
+        _is_diagonal,
     ),
 ]
 

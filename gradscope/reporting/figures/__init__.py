@@ -34,6 +34,7 @@ from gradscope.reporting.figures.lyapunov import (
     lyapunov_convergence_figure,
     lyapunov_spectrum_figure,
 )
+from gradscope.reporting.figures.memory import decay_heatmap_figure, timescale_figure
 from gradscope.reporting.figures.spectra import (
     eigenvalue_figure,
     singular_value_figure,
@@ -62,6 +63,7 @@ __all__ = [
     "Curve",
     "comparison_figure",
     "decay_figure",
+    "decay_heatmap_figure",
     "eigenvalue_figure",
     "fmt_rate",
     "fmt_value",
@@ -76,6 +78,7 @@ __all__ = [
     "singular_value_figure",
     "spectral_time_figure",
     "style",
+    "timescale_figure",
     "training_heatmap_figure",
     "training_rate_figure",
 ]
