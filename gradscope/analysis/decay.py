@@ -288,8 +288,13 @@ def _diagonal_curves(layer, want_input, max_lag, seed, progress):
     cap = int(lengths.max(initial=0)) if max_lag is None else int(max_lag)
     if cap < 0:
         raise ArgumentError(f"{layer.name}: max_lag must be >= 0, got {max_lag}")
-    log_state = state_log_norms(log_moduli(layer), lengths, cap)
+    log_state, cut = state_log_norms(log_moduli(layer), lengths, cap)
     notes = ["exact: ‖∂s_T/∂s_t‖ of a diagonal transition from its eigenvalues (no probes)"]
+    if cut:
+        notes.append(
+            f"{cut} sequence(s) reset their state (every eigenvalue 0, e.g. a document start): "
+            "their curves stop at the reset, which no gradient crosses"
+        )
     if np.isnan(log_state[1:]).any() and (log_state.shape[0] > 1):
         reach = np.minimum(lengths, cap)
         short = [b for b in range(layer.B) if np.isnan(log_state[1 : reach[b] + 1, b]).any()]

@@ -28,7 +28,7 @@ import numpy as np
 
 from gradscope._json import jsonable
 from gradscope._progress import analysis
-from gradscope.jacobians.diagonal import has_diagonal, log_moduli
+from gradscope.jacobians.diagonal import LOG_ZERO, has_diagonal, log_moduli
 from gradscope.traces import LayerTrace
 
 #: Coordinates shown in the heatmap of ``ln|λ_t|`` (evenly spaced in the order of their τ).
@@ -48,6 +48,8 @@ class Timescales:
         heat: ``(R, T)`` ``ln|λ_t|`` of the first sequence for ``R`` coordinates, from the
             longest memory (row 0) to the shortest: the channel × time picture.
         heat_rows: ``(R,)`` the coordinates shown.
+        resets: Steps left out because they erase the whole state (every ``λ_t = 0``, e.g.
+            RG-LRU at a document start): a reset is not a channel's rate of forgetting.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Timescales:
     selectivity: np.ndarray
     heat: np.ndarray
     heat_rows: np.ndarray
+    resets: int = 0
 
     @property
     def frac_long(self) -> float:
@@ -86,9 +89,12 @@ class Timescales:
             if not sel > 1e-6
             else f"decay selectivity {sel:.2f} (std/|mean| of ln|λ_t| over time)"
         )
+        reset = (
+            f" ({self.resets} reset step(s) that erase the state left out)" if self.resets else ""
+        )
         return (
-            f"Memory: {100 * self.frac_long:.0f}% of {self.tau.size} state coordinates have a "
-            f"timescale τ = −1/mean ln|λ_t| of at least T = {self.T:g} steps (median τ "
+            f"Memory{reset}: {100 * self.frac_long:.0f}% of {self.tau.size} state coordinates "
+            f"have a timescale τ = −1/mean ln|λ_t| of at least T = {self.T:g} steps (median τ "
             f"{_steps(self.median_tau)}); {how}."
         )
 
@@ -123,6 +129,8 @@ def timescales(layer: LayerTrace) -> Timescales | None:
     T = float(np.median(layer.seq_lengths)) if layer.B else 0.0
     flat = logs.reshape(-1, layer.D)
     ok = ~np.isnan(flat[:, 0]) if layer.D else np.zeros(0, bool)
+    reset = ok & (flat <= LOG_ZERO).all(axis=1) if layer.D else ok
+    ok &= ~reset
     with np.errstate(invalid="ignore", divide="ignore"):
         rows = flat[ok]
         rates = rows.mean(axis=0) if rows.shape[0] else np.full(layer.D, np.nan)
@@ -141,6 +149,7 @@ def timescales(layer: LayerTrace) -> Timescales | None:
         selectivity=select,
         heat=first[:, pick].T.copy(),
         heat_rows=pick,
+        resets=int(reset.sum()),
     )
 
 

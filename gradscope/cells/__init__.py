@@ -27,6 +27,15 @@ _FUSED: set[type[nn.Module]] = set()
 #: recording a model without them never imports ``transformers``.
 _LAZY: dict[str, str] = {
     "transformers.models.mamba.modeling_mamba.MambaMixer": "gradscope.sequences.mamba",
+    "transformers.models.mamba2.modeling_mamba2.Mamba2Mixer": "gradscope.sequences.mamba2",
+    "transformers.models.rwkv.modeling_rwkv.RwkvSelfAttention": "gradscope.sequences.rwkv",
+    "transformers.models.xlstm.modeling_xlstm.xLSTMLayer": "gradscope.sequences.xlstm",
+    "transformers.models.recurrent_gemma.modeling_recurrent_gemma.RecurrentGemmaRglru": (
+        "gradscope.sequences.rglru"
+    ),
+    "transformers.models.qwen3_next.modeling_qwen3_next.Qwen3NextGatedDeltaNet": (
+        "gradscope.sequences.deltanet"
+    ),
 }
 
 

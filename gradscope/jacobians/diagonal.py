@@ -29,6 +29,10 @@ from gradscope.layer_trace import LayerTrace
 
 #: Steps whose eigenvalues are computed per adapter call (bounds the adapter's temporaries).
 CHUNK_STEPS = 64
+#: ``ln|λ|`` of an exactly zero eigenvalue (a reset that erases the state, e.g. RG-LRU at a
+#: document start): the log of the smallest normal float64, as the QR path uses for an
+#: exactly singular step, so sums stay finite ("−∞ for practical purposes").
+LOG_ZERO = float(np.log(np.finfo(np.float64).tiny))
 
 
 def has_diagonal(layer: LayerTrace) -> bool:
@@ -73,7 +77,8 @@ def eigenvalues(layer: LayerTrace, steps: np.ndarray, batch: np.ndarray) -> np.n
 def log_moduli(layer: LayerTrace) -> np.ndarray:
     """``(T, B, D)`` float64 ``ln|λ_t|`` of every step; NaN at padded steps.
 
-    A step whose eigenvalues are not finite (a non-finite drive) is NaN as a whole.
+    A step whose eigenvalues are not finite (a non-finite drive) is NaN as a whole; an
+    exactly zero eigenvalue gives :data:`LOG_ZERO`.
     """
     steps = np.arange(layer.T)
     batch = np.arange(layer.B)
@@ -82,28 +87,38 @@ def log_moduli(layer: LayerTrace) -> np.ndarray:
         out[lo : lo + logs.shape[0]] = logs.detach().to(torch.float64).cpu().numpy()
     out[~layer.mask] = np.nan
     out[(np.isnan(out) | np.isposinf(out)).any(axis=-1)] = np.nan
+    np.maximum(out, LOG_ZERO, out=out, where=~np.isnan(out))
     return out
 
 
-def state_log_norms(logs: np.ndarray, lengths: np.ndarray, cap: int) -> np.ndarray:
+def state_log_norms(logs: np.ndarray, lengths: np.ndarray, cap: int) -> tuple[np.ndarray, int]:
     r"""``(K, B)`` :math:`\ln\lVert\partial s_{T_b}/\partial s_{T_b-k}\rVert_2` for ``k = 0..``.
 
     ``logs`` ``(T, B, D)`` from :func:`log_moduli`; NaN beyond a sequence's length or
-    ``cap`` and from the first non-finite step met walking back.
+    ``cap``, from the first non-finite step met walking back, and from a *reset* on (a step
+    whose eigenvalues are all zero: the state is erased, e.g. RG-LRU at a document start, so
+    no gradient reaches the states before it; its exact 0 would otherwise read as an
+    instant collapse of the curve). Returns the curves and the number of sequences whose
+    curve a reset cut short.
     """
     B, D = logs.shape[1:]
     k_max = int(np.minimum(lengths, cap).max(initial=0))
     out = np.full((k_max + 1, B), np.nan)
+    cut = 0
     for b in range(B):
         tb = int(lengths[b])
         n = min(tb, cap)
         out[0, b] = 0.0
-        if n == 0:
+        if n == 0 or D == 0:
             continue
         back = logs[tb - n : tb, b][::-1]  # lag 1 first
+        reset = np.nonzero((back <= LOG_ZERO).all(axis=-1))[0]
+        if reset.size:
+            back = back[: reset[0]]
+            cut += 1
         run = np.cumsum(back, axis=0)  # NaN propagates from a bad step on
-        out[1 : n + 1, b] = run.max(axis=-1) if D else np.nan
-    return out
+        out[1 : back.shape[0] + 1, b] = run.max(axis=-1)
+    return out, cut
 
 
-__all__ = ["eigenvalues", "has_diagonal", "log_moduli", "state_log_norms"]
+__all__ = ["LOG_ZERO", "eigenvalues", "has_diagonal", "log_moduli", "state_log_norms"]
