@@ -21,6 +21,7 @@ from tests.sequence_cases import (
     SequenceCase,
     check_diagonal,
     check_products,
+    reference_jacobians,
     relative_error,
     replay,
 )
@@ -156,6 +157,29 @@ def test_mamba_exponents_are_channel_means_of_log_decay():
     curve = gs.decay(layer, of="state").norms
     ref = logs.flip(1).cumsum(1).flatten(2).max(-1).values.numpy().T  # (T, B) lags 1..T
     np.testing.assert_allclose(np.log(curve[1:]), ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_input_sensitivity_matches_dense_products(case):
+    """‖∂s_T/∂u_(T−1−k)‖ from the diagonal path vs products of torch.func Jacobians."""
+    adapter, params, u, states = replay(case, torch.float64)
+    from gradscope.layer_trace import LayerTrace
+
+    layer = LayerTrace(
+        "x", adapter.kind, states, u, None, adapter.state_names,
+        tuple(adapter.state_sizes(params)), params, adapter=adapter,
+    )  # fmt: skip
+    got = gs.decay(layer, of="input").log_norms  # (K, B)
+    T, B = u.shape[:2]
+    js, ju = reference_jacobians(adapter, params, u.flatten(0, 1), states[:-1].flatten(0, 1))
+    js, ju = js.unflatten(0, (T, B)), ju.unflatten(0, (T, B))
+    for b in range(B):
+        P = torch.eye(states.shape[-1], dtype=torch.float64)
+        for k in range(T):
+            t = T - 1 - k
+            want = torch.log(torch.linalg.matrix_norm(P @ ju[t, b], ord=2))
+            assert abs(got[k, b] - float(want)) < 1e-8, (k, b)
+            P = P @ js[t, b]
 
 
 def test_lru_exponents_are_log_moduli():

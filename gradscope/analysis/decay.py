@@ -80,7 +80,7 @@ from gradscope.analysis.lyapunov import lyapunov_window
 from gradscope.errors import ArgumentError
 from gradscope.jacobians.dense import auto_chunk, finite_steps, iter_chunks, prep_chunk
 from gradscope.jacobians.dense_walk import DenseWalk
-from gradscope.jacobians.diagonal import log_moduli, state_log_norms
+from gradscope.jacobians.diagonal import input_log_norms, log_moduli, state_log_norms
 from gradscope.jacobians.products import BackwardSweep
 from gradscope.jacobians.steps import StepOps, check_method, use_diagonal
 from gradscope.traces import LayerTrace
@@ -288,7 +288,8 @@ def _diagonal_curves(layer, want_input, max_lag, seed, progress):
     cap = int(lengths.max(initial=0)) if max_lag is None else int(max_lag)
     if cap < 0:
         raise ArgumentError(f"{layer.name}: max_lag must be >= 0, got {max_lag}")
-    log_state, cut = state_log_norms(log_moduli(layer), lengths, cap)
+    logs = log_moduli(layer)
+    log_state, cut = state_log_norms(logs, lengths, cap)
     notes = ["exact: ‖∂s_T/∂s_t‖ of a diagonal transition from its eigenvalues (no probes)"]
     if cut:
         notes.append(
@@ -304,17 +305,10 @@ def _diagonal_curves(layer, want_input, max_lag, seed, progress):
                 "the first one met walking back"
             )
     log_in = None
-    p = layer.D
     if want_input:
-        c = _setup(layer, True, max_lag, None, None, seed)
-        with progress_bar(total=c.hi - c.lo, desc=f"decay {layer.name}", progress=progress) as bar:
-            _operator_walk(layer, c, bar)
-        log_in = c.log_in
-        notes.append(
-            f"input curve with p={c.p} probe directions out of D={layer.D} (a lower bound, "
-            "exact in the long-run rate)"
-        )
-    return log_state, log_in, p, notes
+        log_in = input_log_norms(layer, logs, lengths, cap, seed)
+        notes.append("input curve: ‖∂s_T/∂x_t‖ by power iteration on the closed-form products")
+    return log_state, log_in, layer.D, notes
 
 
 def loss_log_norms(layer: LayerTrace, max_lag: int | None = None) -> np.ndarray:

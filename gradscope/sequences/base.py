@@ -150,10 +150,13 @@ class SequenceAdapter(CellAdapter):
     def diagonal(self, params: Params, u: Tensor) -> Tensor | None:
         """Eigenvalues ``λ_t`` of ``J_t = P diag(λ_t) P⁻¹`` per pair, ``(N, D)``, or None.
 
-        Return them only when ``P`` is unitary and the same at every step (a real diagonal,
-        a per-head scalar times the identity, or a complex diagonal held as real and
-        imaginary parts, whose 2 × 2 blocks are a scaled rotation: then both coordinates of
-        a pair carry ``λ`` and ``λ̄``). May be complex. Must not depend on the state.
+        Return them only when ``P`` is unitary, the same at every step, and block diagonal in
+        the state's coordinates with eigenvalues of equal modulus within a block (a real
+        diagonal, a per-head scalar times the identity, or a complex diagonal held as real
+        and imaginary parts, whose 2 × 2 blocks are a scaled rotation: then both coordinates
+        of a pair carry ``λ`` and ``λ̄``): then ``|λ_t|`` per state coordinate is also how
+        much ``J_t`` scales that coordinate, which the exact analysis relies on. May be
+        complex. Must not depend on the state.
         """
         return None
 

@@ -1,0 +1,131 @@
+"""What profiling a modern recurrence costs, as a multiple of the model's own training step.
+
+For each family at a small realistic size (``transformers`` models with random weights, no
+downloads; float32; seed 0), a fresh subprocess measures
+
+* the model's own forward + backward on the batch (a language-model loss on random tokens,
+  median of 3 after one warm-up): the step a user trains with;
+* ``gs.trace`` (recording: hooks, the drive, the step-by-step replay and its check) and
+  ``gs.diagnose`` (the full analysis) once each, progress bars off;
+* the peak resident memory of the process (``ru_maxrss``) and the baseline after the
+  model's own steps;
+
+and prints one JSON line; the parent prints the table. The issue's target: a Mamba LM of
+hidden 256, 8 layers, d_state 16, T = 256, batch 2 profiled in at most 20x its own step.
+
+Run: ``python benchmarks/modern.py [--family mamba ...] [--threads 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: family -> (config class, model class, config kwargs, T, B)
+FAMILIES = {
+    "mamba": (
+        "MambaConfig",
+        "MambaForCausalLM",
+        dict(hidden_size=256, state_size=16, num_hidden_layers=8, vocab_size=1024),
+        256,
+        2,
+    ),
+}
+
+
+def child(family: str, threads: int) -> None:
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    import gradscope as gs
+
+    cfg_name, model_name, kw, T, B = FAMILIES[family]
+    torch.manual_seed(0)
+    cfg = getattr(transformers, cfg_name)(**kw)
+    model = getattr(transformers, model_name)(cfg)
+    ids = torch.randint(0, cfg.vocab_size, (B, T))
+    times = []
+    for i in range(4):
+        model.zero_grad()
+        t0 = time.perf_counter()
+        model(ids, labels=ids).loss.backward()
+        if i:
+            times.append(time.perf_counter() - t0)
+    step = statistics.median(times)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model.eval()
+    t0 = time.perf_counter()
+    trace = gs.trace(model, ids, use_cache=False)
+    t_trace = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    diag = gs.diagnose(trace, progress=False)
+    t_diag = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    layer = trace.layers[0]
+    print(
+        json.dumps(
+            dict(
+                family=family,
+                layers=len(trace.layers),
+                D=layer.D,
+                I=layer.I,
+                T=T,
+                B=B,
+                step_s=step,
+                trace_s=t_trace,
+                diagnose_s=t_diag,
+                ratio=(t_trace + t_diag) / step,
+                base_mb=base,
+                peak_mb=peak,
+                regimes=sorted({d.regime for d in diag}),
+                frac_long=[round(d.memory.frac_long, 3) for d in diag if d.memory is not None],
+            )
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", nargs="*", default=list(FAMILIES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.threads)
+        return
+    print(
+        f"{'family':8} {'layers':>6} {'D':>7} {'T×B':>8} {'own step':>9} {'trace':>8} "
+        f"{'diagnose':>9} {'ratio':>7} {'peak MB':>8} {'base MB':>8}"
+    )
+    for fam in args.family:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", fam, "--threads", str(args.threads)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={"GRADSCOPE_PROGRESS": "0", **__import__("os").environ},
+        )
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        if not line:
+            print(f"{fam}: failed\n{out.stderr[-2000:]}")
+            continue
+        r = json.loads(line[-1])
+        print(
+            f"{r['family']:8} {r['layers']:>6} {r['D']:>7} {r['T']}×{r['B']:<4} "
+            f"{r['step_s']:>8.2f}s {r['trace_s']:>7.2f}s {r['diagnose_s']:>8.2f}s "
+            f"{r['ratio']:>6.1f}x {r['peak_mb']:>8.0f} {r['base_mb']:>8.0f}   "
+            f"regimes {r['regimes']}, share τ≥T {r['frac_long']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
