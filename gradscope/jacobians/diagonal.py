@@ -142,7 +142,8 @@ def input_log_norms(
     the rotation blocks of a complex diagonal the moduli are what scale each pair). It is
     found by subspace iteration (4 columns, Rayleigh–Ritz) on
     :math:`K_t^\top \mathrm{diag}(c^2) K_t` with the adapter's closed-form input products,
-    all lags of all sequences at once: ``O(iterations · 4 · D)`` per lag, no probes. NaN past a reset (see :func:`state_log_norms`) or a non-finite step.
+    all lags of all sequences at once: ``O(iterations · 4 · D)`` per lag, no probes. NaN
+    past a reset (see :func:`state_log_norms`) or a non-finite step.
     """
     B, D = logs.shape[1:]
     k_max = int(np.minimum(lengths - 1, cap).max(initial=-1))
@@ -193,7 +194,7 @@ def input_log_norms(
                 break
         with np.errstate(divide="ignore"):
             vals = top + np.log(sigma.numpy())
-        for (t, b, k), val, ok in zip(block, vals, good.tolist()):
+        for (_, b, k), val, ok in zip(block, vals, good.tolist()):
             out[k, b] = val if ok else np.nan
     return out
 
