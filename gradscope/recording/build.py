@@ -29,13 +29,14 @@ from gradscope.recording.check import (
 )
 from gradscope.recording.dropout import NO_DROPOUT, NOT_REPRODUCIBLE, warn_not_reproducible
 from gradscope.recording.fused import FusedCall, Replay, replay_fused
+from gradscope.recording.fused_chain import FusedChain, join_layers
 from gradscope.traces import LayerTrace, Trace
 
 _REPR_LIMIT = 4000
 
 
 def build_trace(
-    entries: list[FusedCall | CellChain],
+    entries: list[FusedChain | CellChain],
     model: nn.Module,
     cells: Container[int],
     *,
@@ -46,7 +47,7 @@ def build_trace(
     """The trace of a recording (the Recorder's ``_build``).
 
     Args:
-        entries: The fused calls and cell chains, in the order they began.
+        entries: The chains of fused calls and of cell calls, in the order they began.
         model: The recorded model.
         cells: ``id`` of the modules named in ``cells=[...]``.
         arguments: :func:`~gradscope.recording.arguments.argument_summary` of the model's
@@ -59,12 +60,15 @@ def build_trace(
         ReplayMismatchError: ``check`` is on and a replay did not reproduce its module.
     """
     if not entries:
-        raise _no_recurrent(model, cells)
+        raise no_recurrent_error(model, cells)
     warned: set[str] = set()
     layers: list[LayerTrace] = []
     for entry in entries:
-        if isinstance(entry, FusedCall):
-            layers.extend(_build_fused(entry, grads=grads, check=check, warned=warned))
+        if isinstance(entry, FusedChain):
+            for call in entry.calls:
+                _build_fused(call, grads=grads, check=check, warned=warned)
+            entry.layers = join_layers(entry)
+            layers.extend(entry.layers)
         else:
             layers.append(_build_chain(entry, check=check))
     return Trace(layers, _meta(model, layers, arguments, grads))
@@ -185,7 +189,8 @@ def _build_chain(chain: CellChain, *, check: bool) -> LayerTrace:
     return chain.layer
 
 
-def _no_recurrent(model: nn.Module, cells: Container[int]) -> NoRecurrentModuleError:
+def no_recurrent_error(model: nn.Module, cells: Container[int]) -> NoRecurrentModuleError:
+    """The error for a recording in which no recurrent module ran (says what the model holds)."""
     model_cls = type(model).__name__
     types = sorted({type(m).__name__ for m in model.modules()})
     present = [

@@ -46,6 +46,8 @@ class CellChain:
     #: (step, part) -> the share of it that came from the same step's other parts
     internal: dict[tuple[int, int], Tensor] = field(default_factory=dict)
     layer: LayerTrace | None = None
+    #: A gradient hook fired on one of its outputs (a backward pass reached the chain).
+    reached: bool = False
 
     def continues(self, parts: tuple[Tensor, ...] | None, packed: Tensor | None) -> bool:
         """Whether a call with input state ``parts`` continues this chain."""
