@@ -65,7 +65,8 @@ class Recorder:
             made while gradients are disabled (``torch.no_grad``, ``inference_mode``) or
             whose outputs do not require grad are not recorded at all, and calls that no
             gradient reached by :meth:`stop` are dropped then (their layer names are kept
-            in :attr:`unreached`); call numbers (``@1``, ...) count the calls kept.
+            in :attr:`unreached` unless another call of theirs was reached); call numbers
+            (``@1``, ...) count the calls kept.
         loss_scale: With ``grads``: a function returning the factor by which the loss was
             multiplied before its backward (e.g. ``torch.amp.GradScaler.get_scale``); it is
             read when the first gradient arrives, and the loss gradients are divided by it.
@@ -234,18 +235,20 @@ class Recorder:
         Raises:
             MissingDataError: calls were recorded but no gradient reached any of them.
         """
-        kept, counts, unreached = [], {}, []
+        kept, counts, dropped, reached = [], {}, [], set()
         for entry in self._entries:
+            names = entry.layer_names() if isinstance(entry, FusedChain) else [entry.name]
             if not entry.reached:
-                names = entry.layer_names() if isinstance(entry, FusedChain) else [entry.name]
-                unreached.extend(n for n in names if n not in unreached)
+                dropped.extend(n for n in names if n not in dropped)
                 continue
+            reached.update(names)
             key = id(entry.first.module if isinstance(entry, FusedChain) else entry.module)
             entry.call = counts.get(key, 0)
             counts[key] = entry.call + 1
             kept.append(entry)
         self._entries = kept
-        self.unreached = unreached
+        # a layer reached through another call was reached: its other calls were not the step
+        self.unreached = unreached = [n for n in dropped if n not in reached]
         if unreached and not kept:
             raise MissingDataError(
                 f"the loss did not reach {', '.join(unreached)}: no gradient reached the "
