@@ -98,6 +98,18 @@ layout, continues that call's sequence, and its layers are joined into one layer
 of the module (``meta["calls"]``, ``meta["steps_per_call"]``). Each call is replayed and
 checked on its own. Bidirectional modules and packed input never chain.
 
+**``torch.autocast`` and users' forward hooks.** Under ``torch.autocast`` a module computes
+in a lower precision (``bfloat16``, ``float16``) than its weights. The replay runs in the
+weights' dtype (autocast is turned off for it, wherever the trace is built) and must match
+to the autocast dtype's tolerance (``1e-2``); the layer's ``meta["autocast"]`` names the
+dtype, and an error beyond the tolerance says that the module ran under autocast. Loss
+gradients are back-propagated in the weights' dtype from the cotangents the low-precision
+backward delivered (accurate to that precision). A fused module's own output is recorded
+before its forward hooks run, so a user's hook that changes it is downstream of the
+recurrence (its effect is part of the loss); a cell's output is recorded after them,
+because its next call reads what they return: a hook that changes it fails the check, and
+the error names the hook (global forward hooks likewise, for both).
+
 **Loss gradients** (``grads=True``). ``LayerTrace.grads[t] = ∂L/∂s_t`` for ``t = 0..T``,
 the total derivative through everything downstream of ``s_t``, so that
 

@@ -126,6 +126,7 @@ def _fused_layer_traces(call: FusedCall, rep: Replay, check: FusedCheck) -> list
                 "dropout": dropout,
                 "dropout_p": call.dropout_p,
                 "replay_error": check.errors.get((layer, d)),
+                **_autocast_meta(call.autocast),
             }
             shadow = check.shadows.get((layer, d))
             if shadow is not None:
@@ -183,6 +184,7 @@ def _build_chain(chain: CellChain, *, check: bool) -> LayerTrace:
             "unbatched": chain.unbatched,
             "dropout": NO_DROPOUT,
             "replay_error": error,
+            **_autocast_meta(chain.autocast),
         },
         adapter=chain.adapter,
     )
@@ -231,6 +233,11 @@ def _meta(
         "grads": "not requested" if not grads else "no backward pass yet",
     }
     return meta
+
+
+def _autocast_meta(dtype: torch.dtype | None) -> dict[str, str]:
+    """``{"autocast": "bfloat16"}`` for a module that ran under ``torch.autocast``, else ``{}``."""
+    return {} if dtype is None else {"autocast": str(dtype).replace("torch.", "")}
 
 
 def _with_call(name: str, call: int) -> str:

@@ -98,7 +98,9 @@ def _fused_grads(call: FusedCall) -> list[Tensor]:
     """``∂L/∂s_t`` ``(T+1, B, D)`` per layer and direction from the captured cotangents."""
     lay = call.layout
     valid = call.valid
-    if not call.cot:  # the backward never reached this call: every ∂L/∂s_t is zero
+    # under torch.autocast the outputs (so their cotangents) may be in the lower precision
+    cot = {k: v.to(call.x.dtype) for k, v in call.cot.items()}
+    if not cot:  # the backward never reached this call: every ∂L/∂s_t is zero
         out = []
         for layer in range(call.num_layers):
             for d in range(call.dirs):
@@ -111,23 +113,23 @@ def _fused_grads(call: FusedCall) -> list[Tensor]:
     rep, call.tracked = call.tracked or replay_fused(call, keep_factors=True), None
     p = call.h_n.shape[-1]
     final = None
-    if "h_n" in call.cot or "c_n" in call.cot:
+    if "h_n" in cot or "c_n" in cot:
         sizes = [
             sum(call.adapter.state_sizes(call.params[(k, d)]))
             for k in range(call.num_layers)
             for d in range(call.dirs)
         ]
         final = call.x.new_zeros((len(sizes), lay.B, max(sizes)))
-        if "h_n" in call.cot:
-            final[..., :p] = lay.hidden(call.cot["h_n"])
-        if "c_n" in call.cot:
-            final[..., p:] = lay.hidden(call.cot["c_n"])
+        if "h_n" in cot:
+            final[..., :p] = lay.hidden(cot["h_n"])
+        if "c_n" in cot:
+            final[..., p:] = lay.hidden(cot["c_n"])
     grads = stack_state_grads(
         call.adapter,
         call.params,
         [[torch.stack(seq) for seq in layer] for layer in rep.states],
         rep.inputs,
-        out_cot=lay.to_time_major(call.cot["output"]) if "output" in call.cot else None,
+        out_cot=lay.to_time_major(cot["output"]) if "output" in cot else None,
         final_cot=final,
         valid=valid,
         positions=call.positions,

@@ -22,7 +22,7 @@ from torch.utils.hooks import RemovableHandle
 
 from gradscope.cells import is_fused, is_registered
 from gradscope.errors import GradscopeError, MissingDataError
-from gradscope.recording.arguments import argument_summary, bind
+from gradscope.recording.arguments import argument_summary, autocast_off, bind
 from gradscope.recording.build import build_trace
 from gradscope.recording.chains import CellCapture, CellChain, internal_edges
 from gradscope.recording.dropout import draws_masks
@@ -203,14 +203,15 @@ class Recorder:
         try:
             if self.reached_only:
                 self._keep_reached()
-            self._trace = build_trace(
-                self._entries,
-                self.model,
-                self._cells,
-                arguments=self._arguments,
-                grads=self.grads,
-                check=self.check,
-            )
+            with autocast_off():  # the replay runs in the weights' dtype
+                self._trace = build_trace(
+                    self._entries,
+                    self.model,
+                    self._cells,
+                    arguments=self._arguments,
+                    grads=self.grads,
+                    check=self.check,
+                )
         except BaseException:
             self._state = "failed"
             raise
@@ -271,7 +272,8 @@ class Recorder:
             }[self._state]
             raise GradscopeError(f"no trace: {why}")
         if self.grads and self._grads_done != self._grad_version:
-            self._fill_grads()
+            with autocast_off():
+                self._fill_grads()
         return self._trace
 
     # ------------------------------------------------------------------ hooks
