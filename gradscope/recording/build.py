@@ -74,6 +74,33 @@ def build_trace(
     return Trace(layers, _meta(model, layers, arguments, grads))
 
 
+def keep_reached(
+    entries: list[FusedChain | CellChain],
+) -> tuple[list[FusedChain | CellChain], list[str]]:
+    """The entries a backward reached, numbered again per module, and the layers left out.
+
+    A call is "reached" when a gradient hook fired on one of its outputs. The calls of each
+    module that remain are numbered ``0, 1, ...`` again (their ``@n``). The names returned
+    are the base names of the layers none of whose calls was reached.
+    """
+    kept: list[FusedChain | CellChain] = []
+    counts: dict[int, int] = {}
+    dropped: list[str] = []
+    reached: set[str] = set()
+    for entry in entries:
+        names = entry.layer_names() if isinstance(entry, FusedChain) else [entry.name]
+        if not entry.reached:
+            dropped.extend(n for n in names if n not in dropped)
+            continue
+        reached.update(names)
+        key = id(entry.first.module if isinstance(entry, FusedChain) else entry.module)
+        entry.call = counts.get(key, 0)
+        counts[key] = entry.call + 1
+        kept.append(entry)
+    # a layer reached through another call was reached: its other calls were not the step
+    return kept, [n for n in dropped if n not in reached]
+
+
 def _build_fused(
     call: FusedCall, *, grads: bool, check: bool, warned: set[str]
 ) -> list[LayerTrace]:

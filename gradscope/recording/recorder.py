@@ -23,7 +23,7 @@ from torch.utils.hooks import RemovableHandle
 from gradscope.cells import is_fused, is_registered
 from gradscope.errors import GradscopeError, MissingDataError
 from gradscope.recording.arguments import argument_summary, autocast_off, bind
-from gradscope.recording.build import build_trace
+from gradscope.recording.build import build_trace, keep_reached
 from gradscope.recording.chains import CellCapture, CellChain, internal_edges
 from gradscope.recording.dropout import draws_masks
 from gradscope.recording.fused import capture_fused
@@ -231,28 +231,11 @@ class Recorder:
         _remove_handles(self._tensor_handles)
 
     def _keep_reached(self) -> None:
-        """Drop the calls no gradient reached; number the kept calls of each module again.
-
-        Raises:
-            MissingDataError: calls were recorded but no gradient reached any of them.
-        """
-        kept, counts, dropped, reached = [], {}, [], set()
-        for entry in self._entries:
-            names = entry.layer_names() if isinstance(entry, FusedChain) else [entry.name]
-            if not entry.reached:
-                dropped.extend(n for n in names if n not in dropped)
-                continue
-            reached.update(names)
-            key = id(entry.first.module if isinstance(entry, FusedChain) else entry.module)
-            entry.call = counts.get(key, 0)
-            counts[key] = entry.call + 1
-            kept.append(entry)
-        self._entries = kept
-        # a layer reached through another call was reached: its other calls were not the step
-        self.unreached = unreached = [n for n in dropped if n not in reached]
-        if unreached and not kept:
+        """Drop the calls no gradient reached (:func:`keep_reached`)."""
+        self._entries, self.unreached = keep_reached(self._entries)
+        if self.unreached and not self._entries:
             raise MissingDataError(
-                f"the loss did not reach {', '.join(unreached)}: no gradient reached the "
+                f"the loss did not reach {', '.join(self.unreached)}: no gradient reached the "
                 "outputs of any call recorded since the recording began"
             )
 
