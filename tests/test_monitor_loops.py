@@ -327,10 +327,10 @@ def test_hooks_do_not_outlive_a_monitor_deleted_without_close():
     gc.collect()
     assert refs["recorder"]() is None  # ... and so is its recorder, with every hook
     assert _hook_count(lstm) == 0 and not refs["out"]._backward_hooks
-    alive = sum(isinstance(o, Recorder) for o in gc.get_objects())
+    alive = sum(type(o) is Recorder for o in gc.get_objects())
     for _ in range(20):  # later forwards record nothing: no recorder, no hook, no copy
         lstm(torch.randn(5, 2, 3))[0].sum().backward()
-    assert sum(isinstance(o, Recorder) for o in gc.get_objects()) == alive == 0
+    assert sum(type(o) is Recorder for o in gc.get_objects()) == alive == 0
     assert _hook_count(lstm) == 0
 
     mon = Monitor(lstm, every=1, analyze=False)  # the same with an explicit del
