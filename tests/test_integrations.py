@@ -238,3 +238,81 @@ def test_hugging_face_trainer_runs_the_monitor(tmp_path):
     assert np.isfinite(mon.history.grad_norms("rnn.l0")).all()
     assert (tmp_path / "hist.npz").is_file()
     assert cb.report_path == tmp_path / "train.html" and cb.report_path.stat().st_size > 0
+
+
+def test_lightning_skipped_batches_leave_no_phantom_layers():
+    """training_step returning None (Lightning's skip): no backward, so no step and no zeros."""
+    from unrolled import assert_norms_close, unrolled_norms
+
+    pl = _imports.lightning()
+    from gradscope.integrations.lightning import GradscopeCallback
+
+    refs = []
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(3, 4, batch_first=True)
+            self.head = nn.Linear(4, 1)
+
+        def loss(self, out, y):
+            return ((self.head(out[:, -1]) - y) ** 2).mean()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            if batch_idx % 2 == 1:
+                self.rnn(x)  # a forward, then Lightning's skip: no backward for this batch
+                return None
+            refs.append(
+                unrolled_norms(
+                    self.rnn,
+                    x.transpose(0, 1),
+                    None,
+                    lambda out, _: self.loss(out.transpose(0, 1), y),
+                )["l0"]
+            )
+            return self.loss(self.rnn(x)[0], y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(
+        torch.randn(24, 5, 3, dtype=torch.float64), torch.randn(24, 1, dtype=torch.float64)
+    )
+    module = Module().double()
+    cb = GradscopeCallback(every=1, analyze=False)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=[cb],
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+    hist = cb.monitor.history
+    assert len(refs) == 3 and hist.steps.tolist() == [0, 1, 2]  # one step per backward
+    assert hist.names == ["rnn.l0"] and hist.notes == {}  # no "rnn.l0@1", no zero rows
+    for step, ref in enumerate(refs):
+        assert_norms_close(hist.grad_norms("rnn.l0")[step], ref)
+
+
+def test_lightning_passes_the_precision_plugins_grad_scaler():
+    from types import SimpleNamespace
+
+    _imports.lightning()
+    from gradscope.integrations.lightning import GradscopeCallback
+
+    scaler = torch.amp.GradScaler("cpu")
+    trainer = SimpleNamespace(is_global_zero=True, precision_plugin=SimpleNamespace(scaler=scaler))
+    cb = GradscopeCallback(every=1)
+    cb.on_train_start(trainer, nn.GRU(2, 3))
+    assert cb.monitor.grad_scaler is scaler
+    cb.close()
+    trainer.precision_plugin = SimpleNamespace()  # 32-bit or bf16: no scaler
+    cb.on_train_start(trainer, nn.GRU(2, 3))
+    assert cb.monitor.grad_scaler is None
+    cb.close()

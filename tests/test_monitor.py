@@ -490,18 +490,27 @@ def test_paused_keeps_evaluation_out_of_the_recording():
     assert mon.history.scalar("rnn.l0", "T").tolist() == [5.0]
 
 
-def test_sampled_step_without_backward_is_an_error():
+def test_sampled_step_without_backward_is_noted_not_an_error():
     torch.manual_seed(8)
     model = FusedNet(nn.GRU(3, 4))
     with Monitor(model, every=1, analyze=False) as mon:
         model(torch.randn(5, 2, 3))
-        with pytest.raises(MissingDataError, match=r"loss\.backward"):
-            mon.step()
+        assert mon.step()  # no backward reached the GRU: a note, training goes on
         assert mon.global_step == 1 and mon.armed  # still usable for the next step
         out, _ = model(torch.randn(5, 2, 3))
         out.sum().backward()
         assert mon.step()
-    assert mon.history.steps.tolist() == [1]
+    assert mon.history.steps.tolist() == [0, 1]
+    assert np.isnan(mon.history.grad_norms("rnn.l0")[0]).all()  # nothing measured, no zeros
+    assert np.isfinite(mon.history.grad_norms("rnn.l0")[1]).all()
+    assert [n.split(":")[0] for n in mon.history.notes] == ["rnn.l0"]
+
+
+def test_monitor_of_a_model_without_recurrent_modules_is_an_error():
+    from gradscope.errors import NoRecurrentModuleError
+
+    with pytest.raises(NoRecurrentModuleError, match="no recurrent module"):
+        Monitor(nn.Linear(2, 2))
 
 
 # --------------------------------------------------------------------------- memory and history

@@ -12,11 +12,14 @@ Usage::
 What it does, hook by hook:
 
 * ``on_train_start``: creates the Monitor on the ``LightningModule`` (after the sanity check,
-  so the sanity-check validation is never recorded);
+  so the sanity-check validation is never recorded), with the precision plugin's
+  ``GradScaler`` (``precision="16-mixed"``) as its ``grad_scaler``, so the recorded
+  gradients are those of the unscaled loss;
 * ``on_after_backward``: ``monitor.step()``. Lightning calls it after every backward pass and
   before the optimizer step, so one Monitor step is one backward pass (with
   ``accumulate_grad_batches > 1``, one micro-batch: each forward/backward pair is recorded on
-  its own);
+  its own). A batch whose ``training_step`` returns None has no backward pass: its forward
+  is not part of any step and is left out (the Monitor keeps only what a backward reached);
 * ``on_validation_start`` / ``on_validation_end``: the Monitor is paused, so validation
   forwards are never recorded;
 * ``on_train_end``: the hooks are removed; rank 0 writes the report and the history if paths
@@ -101,6 +104,9 @@ class GradscopeCallback(MonitorSession, _pl.Callback):
         self.close()
         kwargs = dict(self.monitor_kwargs)
         callbacks = list(kwargs.pop("callbacks", ()))
+        if kwargs.get("grad_scaler") is None:  # precision="16-mixed": the loss is scaled
+            scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+            kwargs["grad_scaler"] = scaler if callable(getattr(scaler, "get_scale", None)) else None
         if trainer.is_global_zero:
             self._tb = self._tensorboard(trainer)
             if self._tb is not None:

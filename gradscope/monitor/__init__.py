@@ -54,8 +54,22 @@ gradient accumulation, call ``step()`` once per optimizer step after the last ba
 captured cotangents accumulate like ``.grad``; the forwards of the micro-batches are
 recorded as separate calls (names ``@1``, ``@2``, ...).
 
-Evaluation between training steps (``torch.no_grad()`` forwards) would be recorded as well;
-wrap it in ``with monitor.paused():``. The Lightning callback does this for validation.
+Only what the step's backward reached is the step. Forwards under ``torch.no_grad()`` or
+``torch.inference_mode()`` (evaluation, predictions) are not recorded at all, and a forward
+whose outputs no gradient reached by ``step()`` (an evaluation forward with gradients on, a
+batch whose loss was skipped) is dropped then; so an evaluation between ``step()`` and the
+next training forward changes nothing (``with monitor.paused():`` still spares it the
+hooks' cost; the Lightning callback pauses for validation). A sampled step on which the
+loss reached a layer none of the time (alternating or multi-task losses, ``step()`` without a
+backward) holds no numbers for that layer (NaN in :meth:`History.grad_norms`) and a note
+in ``history.notes``; a step never raises for it.
+
+Under ``torch.amp.GradScaler`` pass ``grad_scaler=scaler``: the captured gradients are
+divided by the loss scale of each backward, so the history holds the gradients of the loss
+itself (``history.notes`` says so); without it they are the scaled loss's.
+
+A Monitor that is garbage collected without ``close()`` (e.g. after an exception) takes its
+hooks with it: they hold it only weakly.
 
 Training is never changed: the hooks only read; the global RNG states (torch CPU and the
 current CUDA devices, NumPy's and Python's) are restored after every sampled step's analysis;

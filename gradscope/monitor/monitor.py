@@ -14,17 +14,38 @@ import torch
 from torch import nn
 
 from gradscope._rng import rng_preserved
+from gradscope.cells import is_registered
 from gradscope.errors import (
     ArgumentError,
     ArgumentTypeError,
     GradscopeError,
+    MissingDataError,
     NoRecurrentModuleError,
 )
 from gradscope.history import SUMMARY_KEYS, Entry, History
 from gradscope.monitor.gather import Snapshot, all_gather
 from gradscope.monitor.schedules import Every, Schedule, as_schedule
 from gradscope.monitor.summaries import summarize, trace_grad_norms
+from gradscope.recording.build import no_recurrent_error
+from gradscope.recording.recorder import Recorder
 from gradscope.traces import Trace
+
+#: The note of a sampled step whose loss reached a recorded layer's calls none of the time.
+NOT_REACHED = (
+    "{name}: the loss did not reach it on this sampled step (no gradient reached the "
+    "outputs of its calls since the previous step()); nothing recorded for it, no numbers "
+    "invented"
+)
+#: The note of a sampled step on which no recurrent module ran with gradients enabled.
+NOTHING_RAN = (
+    "no recurrent module ran with gradients enabled since the previous step(); nothing "
+    "recorded for this sampled step (forwards under torch.no_grad are not training steps)"
+)
+#: The note of a history whose gradients were divided by a GradScaler's loss scale.
+UNSCALED = (
+    "gradient norms are of the unscaled loss: the captured gradients were divided by the "
+    "GradScaler's loss scale at each backward"
+)
 
 
 class Monitor:
@@ -69,6 +90,11 @@ class Monitor:
         distributed: Gather every rank's summaries with ``torch.distributed`` collectives;
             None: when ``torch.distributed`` is initialised with more than one rank.
         process_group: The process group for gathering (None: the default group).
+        grad_scaler: The ``torch.amp.GradScaler`` that scales the loss
+            (``scaler.scale(loss).backward()``). The captured gradients are divided by its
+            scale at each backward, so the history holds the gradients of the loss itself
+            (a note says so). Without it, the gradients of a scaled loss are recorded
+            scaled (a Monitor cannot see the scaling).
 
     Attributes:
         history: The compact :class:`History`.
@@ -92,10 +118,19 @@ class Monitor:
         callbacks: Sequence[Callable[[Monitor], Any]] = (),
         distributed: bool | None = None,
         process_group: Any = None,
+        grad_scaler: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ArgumentTypeError(f"Monitor needs an nn.Module, got {type(model).__name__}")
+        if grad_scaler is not None and not callable(getattr(grad_scaler, "get_scale", None)):
+            raise ArgumentTypeError(
+                "Monitor(grad_scaler=...) needs a torch.amp.GradScaler (an object with "
+                f"get_scale()), got {type(grad_scaler).__name__}"
+            )
+        if not cells and not any(is_registered(m) for m in model.modules()):
+            raise no_recurrent_error(model, ())
         self.model = model
+        self.grad_scaler = grad_scaler
         self.schedule: Schedule = as_schedule(
             schedule if schedule is not None else Every(every), "schedule"
         )
@@ -127,6 +162,7 @@ class Monitor:
                 if self.analyze is None
                 else repr(self.analyze),
                 **{k: v for k, v in self.options.items()},
+                **({"loss_scale": "divided out (GradScaler)"} if grad_scaler else {}),
             },
         )
         self.latest: Snapshot | None = None
@@ -201,9 +237,15 @@ class Monitor:
             return
         if not self.schedule(self.global_step):
             return
-        from gradscope.recording import record
-
-        recorder = record(self.model, self.cells, grads=True, check=self.check)
+        scaler = self.grad_scaler
+        recorder = Recorder(
+            self.model,
+            self.cells,
+            grads=True,
+            check=self.check,
+            reached_only=True,  # evaluation forwards, skipped batches: not this step
+            loss_scale=None if scaler is None else scaler.get_scale,
+        )
         recorder.start()  # removes what it registered itself if registering fails
         self._recorder = recorder
 
@@ -233,11 +275,14 @@ class Monitor:
         Returns:
             Whether this step was sampled.
 
+        A forward that no backward reached (an evaluation forward, under ``torch.no_grad``
+        or not, a batch whose loss was skipped) is not part of the step and is left out. A
+        layer that the loss did not reach on a sampled step (alternating or multi-task
+        losses, or ``step()`` without a backward) gets no numbers that step, only a note
+        (:data:`NOT_REACHED`); training goes on.
+
         Raises:
             GradscopeError: the Monitor is closed, or the ranks recorded different layers.
-            MissingDataError: a sampled step without a backward pass through the recurrent
-                layers.
-            NoRecurrentModuleError: a sampled step on which no recurrent module ran.
         """
         if self._closed:
             raise GradscopeError("Monitor.step() on a closed Monitor; create a new one")
@@ -265,23 +310,30 @@ class Monitor:
         spent = self._monitor_s + (time.perf_counter() - entered)  # this step's recording too
         return spent + self._analysis_last <= self.budget * self._train_s
 
+    def _collect(self) -> tuple[Trace | None, list[str]]:
+        """This step's trace (None if nothing was reached) and the notes about what was not."""
+        recorder = self._recorder
+        try:
+            trace = self._disarm(harvest=True)
+        except NoRecurrentModuleError:
+            return None, [NOTHING_RAN]
+        except MissingDataError:  # calls were recorded, and the loss reached none of them
+            trace = None
+        notes = [NOT_REACHED.format(name=name) for name in recorder.unreached]
+        if trace is not None and "loss_scale" in trace.meta:
+            notes.append(UNSCALED)
+        return trace, notes
+
     def _harvest(self, step: int, entered: float) -> None:
         with rng_preserved():
-            try:
-                trace = self._disarm(harvest=True)
-            except NoRecurrentModuleError as exc:
-                raise NoRecurrentModuleError(
-                    f"Monitor.step() at training step {step}: no recurrent module ran since "
-                    f"the previous step() ({exc}); call monitor.step() once per training step, "
-                    "after the forward and loss.backward()"
-                ) from None
-            assert trace is not None  # harvest=True always returns the trace
-            analyze = self._should_analyze(entered)
+            trace, notes = self._collect()
             entries: dict[str, Entry] = {}
+            analyze = trace is not None and self._should_analyze(entered)
             start = time.perf_counter()
             with torch.no_grad():
-                norms, notes = trace_grad_norms(trace)
-                for layer in trace.layers:
+                norms, more = trace_grad_norms(trace) if trace is not None else ({}, [])
+                notes.extend(more)
+                for layer in trace.layers if trace is not None else ():
                     gn = norms[layer.name]
                     values, msgs = summarize(layer, analyze=analyze, norms=gn, **self.options)
                     entries[layer.name] = (gn, np.array([values[k] for k in SUMMARY_KEYS]))
@@ -296,7 +348,8 @@ class Monitor:
         self.history.append(step, gathered)
         for msg in notes:
             self.history.note(step, msg)
-        self.latest = Snapshot(step, trace)
+        if trace is not None:
+            self.latest = Snapshot(step, trace)
         if self.rank == 0 and self.callbacks:
             with rng_preserved():
                 for callback in self.callbacks:

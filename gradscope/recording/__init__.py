@@ -90,6 +90,26 @@ recorded as a new :class:`~gradscope.traces.LayerTrace` with the suffix ``@1``, 
 With ``check=True`` the adapter's step must reproduce every recorded output (same
 tolerances), which catches a mis-registered adapter.
 
+**A fused module called step by step** (a seq2seq decoder calling an ``nn.LSTM`` on one
+step at a time, or truncated chunks) is chained the same way
+(:mod:`~gradscope.recording.fused_chain`): a call whose initial state is the previous call's
+final state (the same unmodified tensors, or equal values), with the same weights, batch and
+layout, continues that call's sequence, and its layers are joined into one layer per layer
+of the module (``meta["calls"]``, ``meta["steps_per_call"]``). Each call is replayed and
+checked on its own. Bidirectional modules and packed input never chain.
+
+**``torch.autocast`` and users' forward hooks.** Under ``torch.autocast`` a module computes
+in a lower precision (``bfloat16``, ``float16``) than its weights. The replay runs in the
+weights' dtype (autocast is turned off for it, wherever the trace is built) and must match
+to the autocast dtype's tolerance (``1e-2``); the layer's ``meta["autocast"]`` names the
+dtype, and an error beyond the tolerance says that the module ran under autocast. Loss
+gradients are back-propagated in the weights' dtype from the cotangents the low-precision
+backward delivered (accurate to that precision). A fused module's own output is recorded
+before its forward hooks run, so a user's hook that changes it is downstream of the
+recurrence (its effect is part of the loss); a cell's output is recorded after them,
+because its next call reads what they return: a hook that changes it fails the check, and
+the error names the hook (global forward hooks likewise, for both).
+
 **Loss gradients** (``grads=True``). ``LayerTrace.grads[t] = ∂L/∂s_t`` for ``t = 0..T``,
 the total derivative through everything downstream of ``s_t``, so that
 
@@ -116,7 +136,8 @@ return None, so no gradient is changed. Repeated backward passes accumulate, lik
 
 Recording never changes the model's outputs, gradients, parameters, its hooks or the global
 RNG state (CPU and CUDA): hooks return None, recorded tensors are detached clones, every
-module hook is removed when the block exits (also when the forward raises), and the only
+module hook is removed when the block exits (also when the forward raises) or when the
+recorder is garbage collected (hooks hold it only weakly), and the only
 code that could consume random numbers (re-running a user's cell through ``torch.func`` in the
 check) runs with the RNG state saved and restored.
 
@@ -125,7 +146,8 @@ Recorded tensors stay on the module's device.
 The modules of this package, one concept each:
 
 - :mod:`~gradscope.recording.recorder`: :class:`Recorder` (owns the hooks and their
-  lifecycle), :func:`record`, :func:`trace`;
+  lifecycle);
+- :mod:`~gradscope.recording.api`: :func:`record`, :func:`trace`;
 - :mod:`~gradscope.recording.arguments`: a hooked call's arguments (bound, described, copied);
 - :mod:`~gradscope.recording.fused`: fused modules' layout, capture and step-by-step replay;
 - :mod:`~gradscope.recording.dropout`: inter-layer dropout masks;
@@ -133,10 +155,13 @@ The modules of this package, one concept each:
   and cell chains, shadow trajectories;
 - :mod:`~gradscope.recording.budget`: the shadow-trajectory error budget;
 - :mod:`~gradscope.recording.chains`: cells called in a loop, chained into sequences;
+- :mod:`~gradscope.recording.fused_chain`: successive calls of a fused module that carry
+  the state on, chained into one sequence;
 - :mod:`~gradscope.recording.build`: turning the captured calls into a trace;
 - :mod:`~gradscope.recording.grads`: loss gradients from the captured cotangents.
 """
 
-from gradscope.recording.recorder import Recorder, record, trace
+from gradscope.recording.api import record, trace
+from gradscope.recording.recorder import Recorder
 
 __all__ = ["Recorder", "record", "trace"]

@@ -8,9 +8,12 @@ tensor is.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
@@ -38,6 +41,40 @@ def argument_summary(obj: Any) -> Any:
 def clone(t: Tensor) -> Tensor:
     """A detached copy of ``t`` (what every recorded tensor is)."""
     return t.detach().clone()
+
+
+def autocast_dtype(t: Tensor) -> torch.dtype | None:
+    """The lower precision ``torch.autocast`` runs ``t``'s operations in now, or None.
+
+    None when autocast is off for ``t``'s device type, or its dtype is not narrower than
+    ``t``'s (a call under it then runs as without it).
+    """
+    device = t.device.type
+    try:
+        if not torch.is_autocast_enabled(device):
+            return None
+        dtype = torch.get_autocast_dtype(device)
+    except (RuntimeError, TypeError, ValueError):  # a device type autocast does not know
+        return None
+    return dtype if dtype.itemsize < t.dtype.itemsize else None
+
+
+@contextlib.contextmanager
+def autocast_off() -> Iterator[None]:
+    """Turn ``torch.autocast`` off for the block on every device type where it is on.
+
+    Replays and loss-gradient sweeps run in the weights' dtype wherever they are called
+    (e.g. ``Recorder.stop`` inside the user's ``with torch.autocast(...)``).
+    """
+    with contextlib.ExitStack() as stack:
+        for device in ("cpu", "cuda", "xpu", "mps", "hpu"):
+            try:
+                on = torch.is_autocast_enabled(device)
+            except (RuntimeError, TypeError, ValueError):
+                continue
+            if on:
+                stack.enter_context(torch.autocast(device, enabled=False))
+        yield
 
 
 def bind(module: nn.Module, args: tuple, kwargs: dict) -> list[Any]:

@@ -29,6 +29,7 @@ from gradscope.recording.check import (
 )
 from gradscope.recording.dropout import NO_DROPOUT, NOT_REPRODUCIBLE, warn_not_reproducible
 from gradscope.recording.fused import FusedCall, Replay, replay_fused
+from gradscope.recording.fused_chain import FusedChain, join_layers
 from gradscope.recording.sequences import SequenceCall, build_sequence
 from gradscope.traces import LayerTrace, Trace
 
@@ -36,7 +37,7 @@ _REPR_LIMIT = 4000
 
 
 def build_trace(
-    entries: list[FusedCall | CellChain | SequenceCall],
+    entries: list[FusedChain | CellChain | SequenceCall],
     model: nn.Module,
     cells: Container[int],
     *,
@@ -47,7 +48,7 @@ def build_trace(
     """The trace of a recording (the Recorder's ``_build``).
 
     Args:
-        entries: The fused calls and cell chains, in the order they began.
+        entries: The chains of fused calls and of cell calls, in the order they began.
         model: The recorded model.
         cells: ``id`` of the modules named in ``cells=[...]``.
         arguments: :func:`~gradscope.recording.arguments.argument_summary` of the model's
@@ -60,18 +61,48 @@ def build_trace(
         ReplayMismatchError: ``check`` is on and a replay did not reproduce its module.
     """
     if not entries:
-        raise _no_recurrent(model, cells)
+        raise no_recurrent_error(model, cells)
     warned: set[str] = set()
     layers: list[LayerTrace] = []
     for entry in entries:
-        if isinstance(entry, FusedCall):
-            layers.extend(_build_fused(entry, grads=grads, check=check, warned=warned))
+        if isinstance(entry, FusedChain):
+            for call in entry.calls:
+                _build_fused(call, grads=grads, check=check, warned=warned)
+            entry.layers = join_layers(entry)
+            layers.extend(entry.layers)
         elif isinstance(entry, SequenceCall):
             name = _with_call(entry.name, entry.call)
             layers.append(build_sequence(entry, check=check, layer_name=name))
         else:
             layers.append(_build_chain(entry, check=check))
     return Trace(layers, _meta(model, layers, arguments, grads))
+
+
+def keep_reached(
+    entries: list[FusedChain | CellChain | SequenceCall],
+) -> tuple[list[FusedChain | CellChain | SequenceCall], list[str]]:
+    """The entries a backward reached, numbered again per module, and the layers left out.
+
+    A call is "reached" when a gradient hook fired on one of its outputs. The calls of each
+    module that remain are numbered ``0, 1, ...`` again (their ``@n``). The names returned
+    are the base names of the layers none of whose calls was reached.
+    """
+    kept: list[FusedChain | CellChain | SequenceCall] = []
+    counts: dict[int, int] = {}
+    dropped: list[str] = []
+    reached: set[str] = set()
+    for entry in entries:
+        names = entry.layer_names() if isinstance(entry, FusedChain) else [entry.name]
+        if not entry.reached:
+            dropped.extend(n for n in names if n not in dropped)
+            continue
+        reached.update(names)
+        key = id(entry.first.module if isinstance(entry, FusedChain) else entry.module)
+        entry.call = counts.get(key, 0)
+        counts[key] = entry.call + 1
+        kept.append(entry)
+    # a layer reached through another call was reached: its other calls were not the step
+    return kept, [n for n in dropped if n not in reached]
 
 
 def _build_fused(
@@ -126,6 +157,7 @@ def _fused_layer_traces(call: FusedCall, rep: Replay, check: FusedCheck) -> list
                 "dropout": dropout,
                 "dropout_p": call.dropout_p,
                 "replay_error": check.errors.get((layer, d)),
+                **_autocast_meta(call.autocast),
             }
             shadow = check.shadows.get((layer, d))
             if shadow is not None:
@@ -183,13 +215,15 @@ def _build_chain(chain: CellChain, *, check: bool) -> LayerTrace:
             "unbatched": chain.unbatched,
             "dropout": NO_DROPOUT,
             "replay_error": error,
+            **_autocast_meta(chain.autocast),
         },
         adapter=chain.adapter,
     )
     return chain.layer
 
 
-def _no_recurrent(model: nn.Module, cells: Container[int]) -> NoRecurrentModuleError:
+def no_recurrent_error(model: nn.Module, cells: Container[int]) -> NoRecurrentModuleError:
+    """The error for a recording in which no recurrent module ran (says what the model holds)."""
     model_cls = type(model).__name__
     types = sorted({type(m).__name__ for m in model.modules()})
     present = [
@@ -230,6 +264,11 @@ def _meta(
         "grads": "not requested" if not grads else "no backward pass yet",
     }
     return meta
+
+
+def _autocast_meta(dtype: torch.dtype | None) -> dict[str, str]:
+    """``{"autocast": "bfloat16"}`` for a module that ran under ``torch.autocast``, else ``{}``."""
+    return {} if dtype is None else {"autocast": str(dtype).replace("torch.", "")}
 
 
 def _with_call(name: str, call: int) -> str:

@@ -21,7 +21,7 @@ from gradscope.cells import adapter_for, is_registered
 from gradscope.cells.base import CellAdapter, Params
 from gradscope.cells.generic import GenericAdapter, describe
 from gradscope.errors import CellConventionError, ShapeError
-from gradscope.recording.arguments import bind, clone
+from gradscope.recording.arguments import autocast_dtype, bind, clone
 from gradscope.traces import LayerTrace
 
 
@@ -46,6 +46,10 @@ class CellChain:
     #: (step, part) -> the share of it that came from the same step's other parts
     internal: dict[tuple[int, int], Tensor] = field(default_factory=dict)
     layer: LayerTrace | None = None
+    #: A gradient hook fired on one of its outputs (a backward pass reached the chain).
+    reached: bool = False
+    #: The lower precision ``torch.autocast`` ran calls in (None: the weights' dtype).
+    autocast: torch.dtype | None = None
 
     def continues(self, parts: tuple[Tensor, ...] | None, packed: Tensor | None) -> bool:
         """Whether a call with input state ``parts`` continues this chain."""
@@ -225,12 +229,20 @@ class CellCapture:
             new = False
             if chain is None or chain.adapter is not adapter:
                 params = {k: clone(v) for k, v in adapter.cell_params(module).items()}
-            sizes = tuple(adapter.state_sizes(params if params is not None else chain.params))
+            current = params if params is not None else chain.params
+            sizes = tuple(adapter.state_sizes(current))
             s_out = self._pack(adapter, out_parts, batch, sizes, unbatched, name, cls, "output")
             if in_parts is None:
                 s_in = s_out.new_zeros((batch, sum(sizes)))
             else:
                 s_in = self._pack(adapter, in_parts, batch, sizes, unbatched, name, cls, "state")
+            weight = next(
+                (v for v in current.values() if isinstance(v, Tensor) and v.is_floating_point()),
+                None,
+            )
+            lowp = None if weight is None else autocast_dtype(weight)
+            if lowp is not None:  # recorded in the weights' dtype, the replay's
+                xb, s_in, s_out = (t.to(weight.dtype) for t in (xb, s_in, s_out))
             if chain is None or chain.unbatched != unbatched or not chain.continues(in_parts, s_in):
                 count = self._counts.get(id(module), 0)
                 self._counts[id(module)] = count + 1
@@ -247,6 +259,7 @@ class CellCapture:
                 )
                 self._chains[id(module)] = chain
                 new = True
+            chain.autocast = chain.autocast or lowp
             chain.xs.append(clone(xb))
             chain.s_in.append(s_in)
             chain.s_out.append(s_out)

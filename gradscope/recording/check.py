@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gradscope._rng import rng_preserved
 from gradscope.errors import ChaoticReplayWarning, ReplayMismatchError, ShapeError
@@ -47,6 +47,39 @@ def tolerance(dtype: torch.dtype, device: torch.device, fused: bool) -> float:
             return _TOLERANCE_F32_TF32
         return _TOLERANCE_F32_ACCELERATOR
     return _TOLERANCE.get(dtype, _TOLERANCE_OTHER)
+
+
+def _hook_names(hooks: dict) -> list[str]:
+    return [getattr(fn, "__qualname__", type(fn).__name__) for fn in hooks.values()]
+
+
+def other_causes(module: nn.Module, autocast: torch.dtype | None, local_hooks: bool) -> str:
+    """What, besides a wrong adapter, can make a module's output differ from its recurrence.
+
+    Called after the recorder removed its own hooks, so every forward hook still attached is
+    the user's. A fused module's own output is recorded before its module-level hooks run,
+    so only global ones (``register_module_forward_hook``) count for it (``local_hooks``).
+    """
+    from torch.nn.modules import module as module_mod
+
+    causes = []
+    if autocast is not None:
+        causes.append(
+            f"It ran under torch.autocast in {str(autocast).replace('torch.', '')}: the replay "
+            "runs in the weights' dtype and is held to that precision's tolerance, which this "
+            "error exceeds; record it outside autocast (wrap the forward in "
+            "torch.autocast(device_type, enabled=False)) to see the exact recurrence."
+        )
+    hooks = _hook_names(getattr(module_mod, "_global_forward_hooks", {}))
+    if local_hooks:
+        hooks = _hook_names(module._forward_hooks) + hooks
+    if hooks:
+        causes.append(
+            f"It has forward hooks that are not gradscope's ({', '.join(hooks)}): a forward "
+            "hook that returns a changed output makes the output differ from the recurrence "
+            "its weights define; remove the hook (or let it return None) while recording."
+        )
+    return " ".join(causes) + (" " if causes else "")
 
 
 def mismatch(replayed: Tensor, reference: Tensor) -> float:
@@ -115,7 +148,8 @@ def check_fused(call: FusedCall, rep: Replay) -> FusedCheck:
     Returns:
         The largest relative error per checked ``(layer, direction)``, and the shadows.
     """
-    tol = tolerance(call.x.dtype, call.x.device, fused=True)
+    dtype = call.autocast or call.x.dtype
+    tol = tolerance(dtype, call.x.device, fused=True)
     result = FusedCheck()
     budget = ErrorBudget(call, rep, tol)
     top = call.num_layers - 1
@@ -148,9 +182,9 @@ def check_fused(call: FusedCall, rep: Replay) -> FusedCheck:
                 head = (
                     f"{where}: the step-by-step replay does not reproduce the module's {what} "
                     f"at layer {layer}, {direction} direction: max error {err:.3g} relative to "
-                    f"max(1, |{what}|) exceeds {tol:g} for {call.x.dtype}"
+                    f"max(1, |{what}|) exceeds {tol:g} for {dtype}"
                 )
-                advice = (
+                advice = other_causes(call.module, call.autocast, local_hooks=False) + (
                     "Does the module (a subclass?) compute something other than PyTorch's "
                     "equations, or is a wrong adapter registered for it? Pass check=False to "
                     "record anyway."
@@ -221,7 +255,7 @@ def warn_shadow(call: FusedCall, check: FusedCheck) -> None:
                 "the replay only through earlier steps"
             )
         items.append(text)
-    tol = tolerance(call.x.dtype, call.x.device, fused=True)
+    tol = tolerance(call.autocast or call.x.dtype, call.x.device, fused=True)
     chaotic = any(sh.growth_rate > 0 for sh in check.shadows.values())
     nature = (
         "The dynamics are chaotic at this precision,"
@@ -230,7 +264,8 @@ def warn_shadow(call: FusedCall, check: FusedCheck) -> None:
     )
     warnings.warn(
         f"gradscope: {call.path or call.name} ({type(call.module).__name__}): the "
-        f"step-by-step replay misses the fixed tolerance {tol:g} for {call.x.dtype}, by "
+        f"step-by-step replay misses the fixed tolerance {tol:g} for "
+        f"{call.autocast or call.x.dtype}, by "
         "no more than rounding errors amplified by the dynamics along the trajectory: "
         + "; ".join(items)
         + f". {nature} so the recorded states are a shadow trajectory: each step is "
@@ -259,16 +294,18 @@ def check_chain(chain: CellChain, xs: Tensor, s_in: Tensor, s_out: Tensor) -> fl
                 f"{exc}. Is the right adapter registered for {cls}?"
             ) from exc
     err = mismatch(got.reshape(s_out.shape), s_out)
-    tol = tolerance(xs.dtype, xs.device, fused=False)
+    dtype = chain.autocast or xs.dtype
+    tol = tolerance(dtype, xs.device, fused=False)
     if not err <= tol:
         worst = (got.reshape(s_out.shape) - s_out).abs().flatten(1).amax(1)
         step = int(torch.nan_to_num(worst, nan=float("inf")).argmax())
         raise ReplayMismatchError(
             f"{chain.name} ({cls}, kind {chain.adapter.kind!r}): the adapter's step does "
             f"not reproduce the cell's output: max error {err:.3g} relative to "
-            f"max(1, |state|) exceeds {tol:g} for {xs.dtype} (worst at call {step}). The "
-            f"registered adapter does not match {cls}'s forward, or the cell is stochastic "
-            "(e.g. dropout in training mode: call model.eval()). Pass check=False to "
-            "record anyway."
+            f"max(1, |state|) exceeds {tol:g} for {dtype} (worst at call {step}). "
+            + other_causes(chain.module, chain.autocast, local_hooks=True)
+            + f"Otherwise the registered adapter does not match {cls}'s forward, or the cell "
+            "is stochastic (e.g. dropout in training mode: call model.eval()). Pass "
+            "check=False to record anyway."
         )
     return err

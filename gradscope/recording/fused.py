@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import PackedSequence
 from gradscope.cells import adapter_for
 from gradscope.cells.base import CellAdapter, Params
 from gradscope.errors import ShapeError
-from gradscope.recording.arguments import bind, clone
+from gradscope.recording.arguments import autocast_dtype, bind, clone
 from gradscope.recording.dropout import MASK_REPRODUCED, draw_masks, dropout_mode
 from gradscope.traces import LayerTrace
 
@@ -137,6 +137,8 @@ class FusedCall:
     layers: list[LayerTrace] = field(default_factory=list)
     #: The replay made when the trace was built after the backward; reused once for grads.
     tracked: Any = None
+    #: The lower precision ``torch.autocast`` ran the call in (None: its own dtype).
+    autocast: torch.dtype | None = None
 
     @property
     def valid(self) -> Tensor | None:
@@ -312,4 +314,5 @@ def capture_fused(
         dropout_p=p,
         dropout=dropout,
         rng_state=rng if dropout == MASK_REPRODUCED else None,
+        autocast=autocast_dtype(x),
     )

@@ -13,6 +13,7 @@ See "Loss gradients" in :mod:`gradscope.recording`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from gradscope.jacobians.bptt import stack_state_grads
 from gradscope.recording.chains import CellChain
 from gradscope.recording.dropout import MASK_REPRODUCED, NOT_REPRODUCIBLE
 from gradscope.recording.fused import FusedCall, replay_fused
+from gradscope.recording.fused_chain import FusedChain, join_grads
 from gradscope.recording.sequences import SequenceCall, sequence_grads
 
 
@@ -42,19 +44,55 @@ def fused_cotangent_tensors(output: Any) -> list[tuple[str, Any]]:
     return [("output", seq), ("h_n", hidden)]
 
 
-def assign_grads(entries: list[FusedCall | CellChain | SequenceCall]) -> None:
+def grad_hook(ref: Any, store: dict, key: Any, entry: Any) -> Callable[[Tensor], None]:
+    """A tensor hook adding the gradient it sees to ``store[key]``; it changes nothing.
+
+    It holds the recorder only weakly (``ref``) and does nothing once it is gone; it marks
+    ``entry`` (the call's chain) as reached by a backward pass.
+    """
+
+    def hook(grad: Tensor | None) -> None:
+        rec = ref()
+        if rec is None:
+            return
+        rec._grad_version += 1
+        entry.reached = True
+        if rec.loss_scale is not None and rec.scale is None:  # the backward's loss scale
+            rec.scale = rec.loss_scale()
+        if grad is None:  # cuDNN's backward passes None for an output without gradient
+            return
+        g = grad.detach().clone()
+        store[key] = store[key] + g if key in store else g
+
+    return hook
+
+
+def edge_hook(store: dict, key: Any, index: int) -> Callable[..., None]:
+    """A node hook adding the gradient of one of its inputs to ``store[key]``."""
+
+    def hook(grad_inputs: tuple, grad_outputs: tuple) -> None:
+        g = grad_inputs[index]
+        if g is not None:
+            g = g.detach().clone()
+            store[key] = store[key] + g if key in store else g
+
+    return hook
+
+
+def assign_grads(entries: list[FusedChain | CellChain | SequenceCall]) -> None:
     """Set ``LayerTrace.grads`` of every built layer from the captured gradients."""
     for entry in entries:
         if isinstance(entry, SequenceCall):
             if entry.layer is not None:
                 entry.layer.grads = sequence_grads(entry)
-        elif isinstance(entry, FusedCall):
-            if entry.dropout == NOT_REPRODUCIBLE:
+        elif isinstance(entry, FusedChain):
+            if any(call.dropout == NOT_REPRODUCIBLE for call in entry.calls):
                 for layer in entry.layers:
                     layer.grads = None
                     layer.meta["grads"] = "unavailable: dropout mask not reproducible"
                 continue
-            for layer, g in zip(entry.layers, _fused_grads(entry)):
+            grads = join_grads([_fused_grads(call) for call in entry.calls])
+            for layer, g in zip(entry.layers, grads):
                 layer.grads = g
         elif entry.layer is not None:
             entry.layer.grads = _chain_grads(entry)
@@ -64,7 +102,9 @@ def _fused_grads(call: FusedCall) -> list[Tensor]:
     """``∂L/∂s_t`` ``(T+1, B, D)`` per layer and direction from the captured cotangents."""
     lay = call.layout
     valid = call.valid
-    if not call.cot:  # the backward never reached this call: every ∂L/∂s_t is zero
+    # under torch.autocast the outputs (so their cotangents) may be in the lower precision
+    cot = {k: v.to(call.x.dtype) for k, v in call.cot.items()}
+    if not cot:  # the backward never reached this call: every ∂L/∂s_t is zero
         out = []
         for layer in range(call.num_layers):
             for d in range(call.dirs):
@@ -77,23 +117,23 @@ def _fused_grads(call: FusedCall) -> list[Tensor]:
     rep, call.tracked = call.tracked or replay_fused(call, keep_factors=True), None
     p = call.h_n.shape[-1]
     final = None
-    if "h_n" in call.cot or "c_n" in call.cot:
+    if "h_n" in cot or "c_n" in cot:
         sizes = [
             sum(call.adapter.state_sizes(call.params[(k, d)]))
             for k in range(call.num_layers)
             for d in range(call.dirs)
         ]
         final = call.x.new_zeros((len(sizes), lay.B, max(sizes)))
-        if "h_n" in call.cot:
-            final[..., :p] = lay.hidden(call.cot["h_n"])
-        if "c_n" in call.cot:
-            final[..., p:] = lay.hidden(call.cot["c_n"])
+        if "h_n" in cot:
+            final[..., :p] = lay.hidden(cot["h_n"])
+        if "c_n" in cot:
+            final[..., p:] = lay.hidden(cot["c_n"])
     grads = stack_state_grads(
         call.adapter,
         call.params,
         [[torch.stack(seq) for seq in layer] for layer in rep.states],
         rep.inputs,
-        out_cot=lay.to_time_major(call.cot["output"]) if "output" in call.cot else None,
+        out_cot=lay.to_time_major(cot["output"]) if "output" in cot else None,
         final_cot=final,
         valid=valid,
         positions=call.positions,

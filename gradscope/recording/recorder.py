@@ -5,12 +5,14 @@ modules (:mod:`~gradscope.recording.fused` captures fused calls,
 :mod:`~gradscope.recording.chains` cell calls), keeps the tensor hooks that collect loss
 gradients during the backward (:mod:`~gradscope.recording.grads`), removes every module
 hook when the block exits, and builds the trace then (:mod:`~gradscope.recording.build`).
-:func:`record` and :func:`trace` are the public ways to use it. See
+:func:`~gradscope.recording.api.record` and :func:`~gradscope.recording.api.trace`
+(:mod:`gradscope.recording.api`) are the public ways to use it. See
 :mod:`gradscope.recording` for what is recorded and how.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -19,13 +21,19 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gradscope.cells import adapter_for, is_fused, is_registered, is_sequence
-from gradscope.errors import GradscopeError
-from gradscope.recording.arguments import argument_summary
-from gradscope.recording.build import build_trace
+from gradscope.errors import GradscopeError, MissingDataError
+from gradscope.recording.arguments import argument_summary, autocast_off, bind
+from gradscope.recording.build import build_trace, keep_reached
 from gradscope.recording.chains import CellCapture, CellChain, internal_edges
 from gradscope.recording.dropout import draws_masks
-from gradscope.recording.fused import FusedCall, capture_fused
-from gradscope.recording.grads import assign_grads, fused_cotangent_tensors
+from gradscope.recording.fused import capture_fused
+from gradscope.recording.fused_chain import FusedChain, weight_versions
+from gradscope.recording.grads import (
+    assign_grads,
+    edge_hook,
+    fused_cotangent_tensors,
+    grad_hook,
+)
 from gradscope.recording.sequences import SequenceCall, capture_sequence
 from gradscope.traces import Trace
 
@@ -42,6 +50,10 @@ class Recorder:
     hooks that wait for the backward pass (they return None and change nothing, but keep
     the recorder alive as long as the autograd graph).
 
+    Hooks never outlive their recorder: they hold it weakly, and when it is garbage
+    collected (e.g. a :class:`~gradscope.Monitor` deleted without ``close()`` after an
+    exception) every hook it registered is removed.
+
     Args:
         model: Any ``nn.Module``; every submodule (the model included) whose type has a
             cell adapter is recorded.
@@ -50,6 +62,15 @@ class Recorder:
             through ``torch.func``), so its forward must be ``forward(x_t, state) -> state``.
         grads: Capture exact loss gradients ``∂L/∂s_t`` (see the module docstring).
         check: Verify that the replay reproduces every recorded module output.
+        reached_only: Keep only what a backward pass reached (the Monitor's mode): calls
+            made while gradients are disabled (``torch.no_grad``, ``inference_mode``) or
+            whose outputs do not require grad are not recorded at all, and calls that no
+            gradient reached by :meth:`stop` are dropped then (their layer names are kept
+            in :attr:`unreached` unless another call of theirs was reached); call numbers
+            (``@1``, ...) count the calls kept.
+        loss_scale: With ``grads``: a function returning the factor by which the loss was
+            multiplied before its backward (e.g. ``torch.amp.GradScaler.get_scale``); it is
+            read when the first gradient arrives, and the loss gradients are divided by it.
 
     Raises:
         GradscopeError: ``cells`` holds something that is not a module of ``model``.
@@ -62,6 +83,8 @@ class Recorder:
         *,
         grads: bool = False,
         check: bool = True,
+        reached_only: bool = False,
+        loss_scale: Callable[[], Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise GradscopeError(
@@ -71,13 +94,20 @@ class Recorder:
         self.model = model
         self.grads = bool(grads)
         self.check = bool(check)
+        self.reached_only = bool(reached_only and grads)
+        #: Base names of the layers dropped by ``reached_only`` (no gradient reached them).
+        self.unreached: list[str] = []
+        self.loss_scale = loss_scale if grads else None
+        #: The loss scale read at the first gradient (None without ``loss_scale``).
+        self.scale: Any = None
         self._paths = {id(m): p for p, m in model.named_modules()}
         self._cells = self._validate_cells(cells)
         self._handles: list[RemovableHandle] = []
         self._tensor_handles: list[RemovableHandle] = []
-        self._entries: list[FusedCall | CellChain | SequenceCall] = []
+        self._entries: list[FusedChain | CellChain | SequenceCall] = []
         self._starts: dict[int, list[Any]] = {}
         self._fused_calls: dict[int, int] = {}
+        self._fused_chains: dict[int, FusedChain] = {}
         self._cell_calls = CellCapture()
         self._rng: dict[int, list[Tensor | None]] = {}
         self._arguments: Any = None
@@ -85,6 +115,10 @@ class Recorder:
         self._trace: Trace | None = None
         self._grad_version = 0
         self._grads_done = -1
+        # removes every hook when the recorder is garbage collected (hooks hold it weakly)
+        self._finalizer = weakref.finalize(
+            self, _remove_handles, self._handles, self._tensor_handles
+        )
 
     # ------------------------------------------------------------------ setup
     def _validate_cells(self, cells: Any) -> dict[int, nn.Module]:
@@ -120,7 +154,7 @@ class Recorder:
         self._state = "running"
         try:
             self._handles.append(
-                self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True)
+                self.model.register_forward_pre_hook(self._root_pre_hook(), with_kwargs=True)
             )
             for path, module in self.model.named_modules():
                 if id(module) in self._cells:
@@ -131,17 +165,29 @@ class Recorder:
                     continue
                 if is_sequence(module):
                     self._handles.append(
-                        module.register_forward_pre_hook(self._sequence_pre_hook, with_kwargs=True)
+                        module.register_forward_pre_hook(
+                            self._sequence_pre_hook(), with_kwargs=True
+                        )
                     )
-                    hook = self._sequence_hook(path)
-                    self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+                    self._handles.append(
+                        module.register_forward_hook(
+                            self._sequence_hook(path), with_kwargs=True, prepend=True
+                        )
+                    )
                     continue
+                # A fused module's own output is recorded before any user forward hook
+                # can replace it (what a hook returns is downstream of the recurrence);
+                # a cell's is recorded after them: its next call reads what they return.
                 if fused:
-                    self._handles.append(module.register_forward_pre_hook(self._fused_pre_hook))
+                    self._handles.append(
+                        module.register_forward_pre_hook(self._fused_pre_hook(module))
+                    )
                     hook = self._fused_hook(path)
                 else:
                     hook = self._cell_hook(path)
-                self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+                self._handles.append(
+                    module.register_forward_hook(hook, with_kwargs=True, prepend=fused)
+                )
         except BaseException:
             self._remove_hooks()
             self._state = "failed"
@@ -170,14 +216,17 @@ class Recorder:
         if failed:
             return
         try:
-            self._trace = build_trace(
-                self._entries,
-                self.model,
-                self._cells,
-                arguments=self._arguments,
-                grads=self.grads,
-                check=self.check,
-            )
+            if self.reached_only:
+                self._keep_reached()
+            with autocast_off():  # the replay runs in the weights' dtype
+                self._trace = build_trace(
+                    self._entries,
+                    self.model,
+                    self._cells,
+                    arguments=self._arguments,
+                    grads=self.grads,
+                    check=self.check,
+                )
         except BaseException:
             self._state = "failed"
             raise
@@ -190,17 +239,20 @@ class Recorder:
         self.stop(failed=exc_type is not None)
 
     def _remove_hooks(self) -> None:
-        try:
-            for handle in self._handles:
-                handle.remove()
-        finally:
-            self._handles.clear()
+        _remove_handles(self._handles)
 
     def close(self) -> None:
         """Remove the gradient hooks still attached to recorded output tensors."""
-        for handle in self._tensor_handles:
-            handle.remove()
-        self._tensor_handles.clear()
+        _remove_handles(self._tensor_handles)
+
+    def _keep_reached(self) -> None:
+        """Drop the calls no gradient reached (:func:`keep_reached`)."""
+        self._entries, self.unreached = keep_reached(self._entries)
+        if self.unreached and not self._entries:
+            raise MissingDataError(
+                f"the loss did not reach {', '.join(self.unreached)}: no gradient reached the "
+                "outputs of any call recorded since the recording began"
+            )
 
     # ------------------------------------------------------------------ results
     @property
@@ -218,96 +270,152 @@ class Recorder:
             }[self._state]
             raise GradscopeError(f"no trace: {why}")
         if self.grads and self._grads_done != self._grad_version:
-            self._fill_grads()
+            with autocast_off():
+                self._fill_grads()
         return self._trace
 
     # ------------------------------------------------------------------ hooks
-    def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self._arguments is None:
-            self._arguments = {"args": argument_summary(args), "kwargs": argument_summary(kwargs)}
+    def _root_pre_hook(self) -> Callable[..., None]:
+        ref = weakref.ref(self)
 
-    def _fused_pre_hook(self, module: nn.Module, args: tuple) -> None:
-        """Copy the CPU generator's state when the module is about to draw dropout masks."""
-        state = torch.get_rng_state() if draws_masks(module) else None
-        self._rng.setdefault(id(module), []).append(state)
-
-    def _fused_hook(self, path: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            stack = self._rng.get(id(module))
-            rng = stack.pop() if stack else None
-            count = self._fused_calls.get(id(module), 0)
-            name = self._name(path, module)
-            with torch.no_grad():
-                call = capture_fused(path, name, count, module, args, kwargs, output, rng)
-            self._fused_calls[id(module)] = count + 1
-            self._entries.append(call)
-            if self.grads and torch.is_grad_enabled():
-                for key, t in fused_cotangent_tensors(output):
-                    self._hook_tensor(t, call.cot, key)
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            rec = ref()
+            if rec is not None and rec._arguments is None:
+                rec._arguments = {
+                    "args": argument_summary(args),
+                    "kwargs": argument_summary(kwargs),
+                }
 
         return hook
 
-    def _sequence_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Ask the adapter for the state this call starts from (a cache), before it runs."""
-        s0 = adapter_for(module).initial_state(module, args, kwargs)
-        self._starts.setdefault(id(module), []).append(s0)
+    # Every hook holds the recorder weakly (see the class docstring) and does nothing
+    # once it is gone.
+    def _fused_pre_hook(self, target: nn.Module) -> Callable[..., None]:
+        """Copy the CPU generator's state when the module is about to draw dropout masks."""
+        ref = weakref.ref(self)
+
+        def hook(module: nn.Module, args: tuple) -> None:
+            rec = ref()
+            if rec is not None:
+                state = torch.get_rng_state() if draws_masks(module) else None
+                rec._rng.setdefault(id(module), []).append(state)
+
+        return hook
+
+    def _skip(self, outputs: Iterable[Any]) -> bool:
+        """With ``reached_only``: no backward can reach a call with these outputs."""
+        if not self.reached_only:
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not any(isinstance(t, Tensor) and t.requires_grad for t in outputs)
+
+    def _fused_hook(self, path: str) -> Callable[..., None]:
+        ref = weakref.ref(self)
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            rec = ref()
+            if rec is not None:
+                rec._capture_fused(path, module, args, kwargs, output)
+
+        return hook
+
+    def _capture_fused(
+        self, path: str, module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> None:
+        stack = self._rng.get(id(module))
+        rng = stack.pop() if stack else None
+        tensors = fused_cotangent_tensors(output)
+        if self._skip(t for _, t in tensors):
+            return
+        name = self._name(path, module)
+        chain = self._fused_chains.get(id(module))
+        count = self._fused_calls.get(id(module), 0)
+        weights = weight_versions(module)
+        with torch.no_grad():
+            call = capture_fused(path, name, count, module, args, kwargs, output, rng)
+            hx = bind(module, args, kwargs)[1:2]
+            if chain is not None and chain.continued_by(call, hx[0] if hx else None, weights):
+                chain.append(call)
+            else:
+                self._fused_calls[id(module)] = count + 1
+                chain = FusedChain([call], weights=weights)
+                self._fused_chains[id(module)] = chain
+                self._entries.append(chain)
+            chain.remember(output)
+        if self.grads and torch.is_grad_enabled():
+            for key, t in tensors:
+                self._hook_tensor(t, call.cot, key, chain)
+
+    def _sequence_pre_hook(self) -> Callable[..., None]:
+        """Ask the adapter for the state a sequence call starts from, before it runs."""
+        ref = weakref.ref(self)
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            rec = ref()
+            if rec is not None:
+                s0 = adapter_for(module).initial_state(module, args, kwargs)
+                rec._starts.setdefault(id(module), []).append(s0)
+
+        return hook
 
     def _sequence_hook(self, path: str) -> Callable[..., None]:
+        ref = weakref.ref(self)
+
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            stack = self._starts.get(id(module))
+            rec = ref()
+            if rec is None:
+                return
+            stack = rec._starts.get(id(module))
             s0 = stack.pop() if stack else None
-            count = self._fused_calls.get(id(module), 0)
-            name = self._name(path, module)
-            call = capture_sequence(
-                path, name, count, module, adapter_for(module), args, kwargs, output, s0
-            )
-            self._fused_calls[id(module)] = count + 1
-            self._entries.append(call)
-            if self.grads and torch.is_grad_enabled():
-                self._hook_tensor(call.adapter.module_output(output), call.cot, "output")
+            adapter = adapter_for(module)
+            out = adapter.module_output(output)
+            if rec._skip((out,)):
+                return
+            count = rec._fused_calls.get(id(module), 0)
+            name = rec._name(path, module)
+            call = capture_sequence(path, name, count, module, adapter, args, kwargs, output, s0)
+            rec._fused_calls[id(module)] = count + 1
+            rec._entries.append(call)
+            if rec.grads and torch.is_grad_enabled():
+                rec._hook_tensor(out, call.cot, "output", call)
 
         return hook
 
     def _cell_hook(self, path: str) -> Callable[..., None]:
+        ref = weakref.ref(self)
+
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            name = self._name(path, module)
-            cell = self._cell_calls.capture(path, name, module, args, kwargs, output)
-            chain = cell.chain
-            if cell.new:
-                self._entries.append(chain)
-            if self.grads and torch.is_grad_enabled():
-                for j, part in enumerate(cell.outputs):
-                    self._hook_tensor(part, chain.grads_out, (cell.step, j))
-                for node, i, j in internal_edges(cell.outputs, cell.inputs):
-                    self._tensor_handles.append(
-                        node.register_hook(self._edge_hook(chain.internal, (cell.step, j), i))
-                    )
+            rec = ref()
+            if rec is not None:
+                rec._capture_cell(path, module, args, kwargs, output)
 
         return hook
+
+    def _capture_cell(
+        self, path: str, module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> None:
+        if self._skip(output if isinstance(output, (tuple, list)) else (output,)):
+            return
+        name = self._name(path, module)
+        cell = self._cell_calls.capture(path, name, module, args, kwargs, output)
+        chain = cell.chain
+        if cell.new:
+            self._entries.append(chain)
+        if self.grads and torch.is_grad_enabled():
+            for j, part in enumerate(cell.outputs):
+                self._hook_tensor(part, chain.grads_out, (cell.step, j), chain)
+            for node, i, j in internal_edges(cell.outputs, cell.inputs):
+                self._tensor_handles.append(
+                    node.register_hook(edge_hook(chain.internal, (cell.step, j), i))
+                )
 
     # ------------------------------------------------------------------ gradient hooks
-    def _grad_hook(self, store: dict, key: Any) -> Callable[[Tensor], None]:
-        def hook(grad: Tensor | None) -> None:
-            self._grad_version += 1
-            if grad is None:  # cuDNN's backward passes None for an output without gradient
-                return
-            g = grad.detach().clone()
-            store[key] = store[key] + g if key in store else g
-
-        return hook
-
-    def _edge_hook(self, store: dict, key: Any, index: int) -> Callable[..., None]:
-        def hook(grad_inputs: tuple, grad_outputs: tuple) -> None:
-            g = grad_inputs[index]
-            if g is not None:
-                g = g.detach().clone()
-                store[key] = store[key] + g if key in store else g
-
-        return hook
-
-    def _hook_tensor(self, t: Tensor, store: dict, key: Any) -> None:
+    def _hook_tensor(self, t: Tensor, store: dict, key: Any, entry: Any) -> None:
         if isinstance(t, Tensor) and t.requires_grad:
-            self._tensor_handles.append(t.register_hook(self._grad_hook(store, key)))
+            self._tensor_handles.append(
+                t.register_hook(grad_hook(weakref.ref(self), store, key, entry))
+            )
 
     # ------------------------------------------------------------------ gradients
     def _fill_grads(self) -> None:
@@ -319,86 +427,24 @@ class Recorder:
             return
         assign_grads(self._entries)
         trace.meta["grads"] = "exact loss gradients from the backward pass(es)"
+        if self.loss_scale is not None and self.scale is not None:
+            scale = float(self.scale)
+            for layer in trace.layers:
+                if layer.grads is not None:
+                    layer.grads = layer.grads / scale
+            trace.meta["loss_scale"] = scale
+            trace.meta["grads"] += f", divided by the loss scale {scale:g} of the backward"
         self._grads_done = self._grad_version
 
 
-# =========================================================================== API
-def record(
-    model: nn.Module,
-    cells: Iterable[nn.Module] | nn.Module | None = None,
-    *,
-    grads: bool = False,
-    check: bool = True,
-) -> Recorder:
-    """Record the recurrent modules of ``model`` during a ``with`` block.
-
-    Example::
-
-        with gs.record(model, cells=[model.cell], grads=True) as rec:
-            loss = criterion(model(x), y)
-        loss.backward()
-        rec.trace["cell"].grads        # (T+1, B, D) ∂L/∂s_t
-
-    Args:
-        model: The model; every submodule with a registered cell adapter is recorded.
-        cells: Extra modules of ``model`` to record call by call (``forward(x_t, state) ->
-            state``, state a Tensor or tuple of Tensors); unregistered types use
-            :class:`~gradscope.cells.generic.GenericAdapter`.
-        grads: Capture exact loss gradients ``∂L/∂s_t`` from the next backward pass(es).
-        check: Raise :class:`~gradscope.errors.ReplayMismatchError` if a replay does not
-            reproduce its module's outputs (float64: 1e-12, float32: 1e-5 relative, per step;
-            in a chaotic network amplified along the trajectory, see the module docstring).
-
-    Returns:
-        A :class:`Recorder`; its :attr:`~Recorder.trace` is ready after the block.
-
-    Raises:
-        GradscopeError: A module in ``cells`` is not part of ``model``.
-        NoRecurrentModuleError: (on exit) no recorded module ran.
-        ReplayMismatchError: (on exit) a replay did not match.
-        CellConventionError: A cell's call does not follow ``forward(x_t, state) -> state``.
-
-    Warns:
-        ChaoticReplayWarning: (on exit) a fused module's replay was accepted as a shadow
-            trajectory of chaotic dynamics (see the module docstring).
-    """
-    return Recorder(model, cells, grads=grads, check=check)
+def _remove_handles(*lists: list[RemovableHandle]) -> None:
+    """Remove hooks by their handles (also what a collected recorder's finalizer runs)."""
+    for handles in lists:
+        try:
+            for handle in handles:
+                handle.remove()
+        finally:
+            handles.clear()
 
 
-def trace(
-    model: nn.Module,
-    *args: Any,
-    cells: Iterable[nn.Module] | nn.Module | None = None,
-    grads: bool = False,
-    check: bool = True,
-    **kwargs: Any,
-) -> Trace:
-    """Run ``model(*args, **kwargs)`` under :func:`record` and return the :class:`Trace`.
-
-    Args:
-        model: The model.
-        *args: Positional arguments of the forward.
-        cells: As in :func:`record`.
-        grads: Must be False: ``trace`` runs no backward pass, so it cannot see loss
-            gradients; use ``record(model, grads=True)`` around a forward and backward.
-        check: As in :func:`record`.
-        **kwargs: Keyword arguments of the forward.
-
-    Returns:
-        The recorded trace.
-
-    Raises:
-        GradscopeError: ``grads=True`` (see above), or any error of :func:`record`.
-    """
-    if grads:
-        raise GradscopeError(
-            "gs.trace() runs only the forward pass, so it cannot capture loss gradients. Use "
-            "`with gs.record(model, grads=True) as rec: loss = loss_fn(model(x))`, then "
-            "`loss.backward()`; rec.trace then holds LayerTrace.grads."
-        )
-    with record(model, cells, grads=False, check=check) as rec:
-        model(*args, **kwargs)
-    return rec.trace
-
-
-__all__ = ["Recorder", "record", "trace"]
+__all__ = ["Recorder"]

@@ -72,6 +72,8 @@ class SequenceCall:
     cot: dict[str, Tensor] = field(default_factory=dict)
     layer: LayerTrace | None = None
     drive: Tensor | None = None
+    #: A backward pass reached the output (set by the recorder's gradient hook).
+    reached: bool = False
 
 
 def capture_sequence(
@@ -191,12 +193,13 @@ def sequence_grads(call: SequenceCall) -> Tensor | None:
     states = layer.states
     if "output" not in call.cot:
         return torch.zeros_like(states)
+    cot = call.cot["output"]
     adapter, params = call.adapter, layer.params
     u = torch.nan_to_num(layer.inputs)
     s = torch.nan_to_num(states).detach().requires_grad_(True)
     with torch.enable_grad():
         out = adapter.readout(params, u, s)
-        (direct,) = torch.autograd.grad(out, s, call.cot["output"].to(out.dtype))
+        (direct,) = torch.autograd.grad(out, s, cot.to(out.dtype))
     T, B, _D = layer.T, layer.B, layer.D
     lin = adapter.linearize(params, u.flatten(0, 1), s.detach()[:-1].flatten(0, 1))
     valid = None if layer.lengths is None else torch.as_tensor(layer.mask)
