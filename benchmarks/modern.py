@@ -12,6 +12,8 @@ downloads; float32; seed 0), a fresh subprocess measures
 
 and prints one JSON line; the parent prints the table. The issue's target: a Mamba LM of
 hidden 256, 8 layers, d_state 16, T = 256, batch 2 profiled in at most 20x its own step.
+On a CPU the model's own step runs ``transformers``' reference PyTorch path (its CUDA
+kernels are not installed), the step a CPU user trains with.
 
 Run: ``python benchmarks/modern.py [--family mamba ...] [--threads 2]``.
 """
@@ -29,12 +31,98 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: family -> (config class, model class, config kwargs, T, B)
+#: family -> (config class, model class, config kwargs, T, B): small but realistic widths
+#: (hidden 256; the state sizes a 130M model has per head or channel group).
 FAMILIES = {
     "mamba": (
         "MambaConfig",
         "MambaForCausalLM",
         dict(hidden_size=256, state_size=16, num_hidden_layers=8, vocab_size=1024),
+        256,
+        2,
+    ),
+    "mamba2": (
+        "Mamba2Config",
+        "Mamba2ForCausalLM",
+        dict(
+            hidden_size=256,
+            num_heads=8,
+            head_dim=64,
+            state_size=16,
+            n_groups=1,
+            num_hidden_layers=4,
+            chunk_size=64,
+            vocab_size=1024,
+        ),
+        256,
+        2,
+    ),
+    "rwkv": (
+        "RwkvConfig",
+        "RwkvForCausalLM",
+        dict(
+            hidden_size=256,
+            attention_hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            context_length=512,
+            vocab_size=1024,
+        ),
+        256,
+        2,
+    ),
+    "xlstm": (
+        "xLSTMConfig",
+        "xLSTMForCausalLM",
+        dict(
+            hidden_size=256,
+            num_heads=4,
+            num_blocks=4,
+            qk_dim_factor=1.0,
+            v_dim_factor=1.0,
+            vocab_size=1024,
+        ),
+        256,
+        2,
+    ),
+    "recurrent_gemma": (
+        "RecurrentGemmaConfig",
+        "RecurrentGemmaForCausalLM",
+        dict(
+            hidden_size=256,
+            lru_width=256,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=64,
+            intermediate_size=768,
+            attention_window_size=256,
+            vocab_size=1024,
+        ),
+        256,
+        2,
+    ),
+    "gated_deltanet": (
+        "Qwen3NextConfig",
+        "Qwen3NextForCausalLM",
+        dict(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            layer_types=["linear_attention"] * 3 + ["full_attention"],
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=64,
+            linear_key_head_dim=64,
+            linear_value_head_dim=64,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=128,
+            shared_expert_intermediate_size=128,
+            vocab_size=1024,
+        ),
         256,
         2,
     ),
@@ -51,6 +139,8 @@ def child(family: str, threads: int) -> None:
     cfg_name, model_name, kw, T, B = FAMILIES[family]
     torch.manual_seed(0)
     cfg = getattr(transformers, cfg_name)(**kw)
+    if family == "gated_deltanet":
+        cfg._experts_implementation = "eager"
     model = getattr(transformers, model_name)(cfg)
     ids = torch.randint(0, cfg.vocab_size, (B, T))
     times = []
