@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradscope._npz import read_npz, to_numpy, write_npz
+from gradscope._npz import NpzArchive, read_npz, to_numpy, write_npz
 from gradscope.errors import ShapeError, TraceFormatError, UnknownNameError
 from gradscope.layer_trace import LayerTrace, StepSelect, select_index
+from gradscope.trace_checks import check_cell, check_lengths, check_meta, check_version, plan_layer
 
 FORMAT = "gradscope.trace"
 FORMAT_VERSION = 1
@@ -122,46 +123,58 @@ def save(trace: Trace, path: str | os.PathLike) -> Path:
 def load(path: str | os.PathLike) -> Trace:
     """Load a trace written by :meth:`Trace.save`. Never unpickles anything.
 
+    Nothing in the file is trusted before it is checked (:mod:`gradscope.trace_checks`):
+    the metadata's types, then every array's dtype and shape against the metadata (before
+    any array is read, so a small file cannot declare gigabytes), then the sequence lengths
+    (``1..T``) and the cell's weights.
+
     Raises:
         TraceFormatError: The file is missing, not an ``.npz``, not a gradscope trace, from
-            a newer format version, or incomplete.
+            a newer format version, incomplete, or inconsistent (the message names the
+            layer and the field).
     """
     path = Path(path)
-    data, meta = read_npz(path, "a gradscope trace", "Trace.save")
-    if meta.get("format") != FORMAT:
-        raise TraceFormatError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
-    if not isinstance(meta.get("version"), int) or meta["version"] > FORMAT_VERSION:
-        raise TraceFormatError(
-            f"{path}: trace format version {meta.get('version')!r}; this gradscope reads "
-            f"versions <= {FORMAT_VERSION} (upgrade gradscope)"
-        )
+    with NpzArchive(path, "a gradscope trace", "Trace.save") as npz:
+        meta = npz.meta
+        check_version(path, meta, FORMAT, FORMAT_VERSION)
+        layers_meta = check_meta(path, meta)
+        plans = [plan_layer(npz, i, lm) for i, lm in enumerate(layers_meta)]
+        data = npz.read(name for plan in plans for name in plan)
     layers = []
-    try:
-        for i, lm in enumerate(meta["layers"]):
-            key = f"l{i}"
-            states = torch.from_numpy(data[f"{key}/states"])
-            inputs = torch.from_numpy(data[f"{key}/inputs"])
-            lengths = data[f"{key}/lengths"] if lm["has_lengths"] else None
-            params = {p: torch.from_numpy(data[f"{key}/param/{p}"]) for p in lm["params"]}
-            stored = {w: torch.from_numpy(data[f"{key}/jac/{w}"]) for w in lm["jacobians"]}
-            grads = torch.from_numpy(data[f"{key}/grads"]) if lm.get("has_grads") else None
+    for i, lm in enumerate(layers_meta):
+        key = f"l{i}"
+        where = f"{path}: layer {i} ({lm['name']!r})"
+        states = torch.from_numpy(data[f"{key}/states"])
+
+        def same(a: np.ndarray, dtype: torch.dtype = states.dtype) -> torch.Tensor:
+            return torch.from_numpy(a).to(dtype)
+
+        inputs = same(data[f"{key}/inputs"])
+        lengths = data[f"{key}/lengths"].astype(np.int64) if lm["has_lengths"] else None
+        if lengths is not None:
+            check_lengths(where, lengths, int(inputs.shape[0]))
+        params = {p: same(data[f"{key}/param/{p}"]) for p in lm["params"]}
+        stored = {w: same(data[f"{key}/jac/{w}"]) for w in lm["jacobians"]}
+        check_cell(where, lm, params, int(inputs.shape[2]))
+        grads = same(data[f"{key}/grads"]) if lm["has_grads"] else None
+        try:
             layers.append(
                 LayerTrace(
-                    name=str(lm["name"]),
-                    kind=str(lm["kind"]),
+                    name=lm["name"],
+                    kind=lm["kind"],
                     states=states,
                     inputs=inputs,
                     lengths=lengths,
                     state_names=tuple(lm["state_names"]),
-                    state_sizes=tuple(int(s) for s in lm["state_sizes"]),
+                    state_sizes=tuple(lm["state_sizes"]),
                     params=params,
-                    meta=dict(lm.get("meta", {})),
+                    meta=lm["meta"],
                     stored_jacobians=stored or None,
                     grads=grads,
                 )
             )
-    except (KeyError, TypeError, ShapeError) as exc:
-        raise TraceFormatError(f"{path}: incomplete or inconsistent trace ({exc})") from None
+        except ShapeError as exc:
+            raise TraceFormatError(f"{where}: inconsistent trace ({exc})") from None
     return Trace(layers, meta.get("trace", {}))
 
 
