@@ -66,6 +66,14 @@ class MissingDataError(GradscopeError, LookupError):
     """An analysis or report needs data the object does not hold (e.g. no loss gradients)."""
 
 
+class NumericalError(GradscopeError, ArithmeticError):
+    """A numerical method failed on the data (e.g. every SVD driver failed to converge).
+
+    The message names the quantity, the step and the methods tried; the analysis reports
+    such a quantity as unknown, never as a calm verdict.
+    """
+
+
 class OptionalDependencyError(GradscopeError, ImportError):
     """An optional extra (Lightning, TensorBoard, ...) is needed but not installed."""
 
@@ -78,6 +86,7 @@ __all__ = [
     "GradscopeError",
     "MissingDataError",
     "NoRecurrentModuleError",
+    "NumericalError",
     "OptionalDependencyError",
     "ReplayMismatchError",
     "ShapeError",
