@@ -18,6 +18,7 @@ format version; loading never executes code from the file.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from gradscope.trace_checks import check_cell, check_lengths, check_meta, check_
 
 FORMAT = "gradscope.trace"
 FORMAT_VERSION = 1
+#: A custom cell's dense Jacobians are saved up to this size (or 4x its states and inputs).
+JACOBIAN_SAVE_BYTES = 16 << 20
 
 
 class Trace:
@@ -64,21 +67,62 @@ class Trace:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Trace([\n  {inner}\n])"
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the trace to ``path`` (``.npz``), atomically; returns the path written."""
-        return save(self, path)
+    def save(self, path: str | os.PathLike, *, jacobians: bool | None = None) -> Path:
+        """Write the trace to ``path`` (``.npz``), atomically; returns the path written.
+
+        ``jacobians``: store a custom cell's dense Jacobians (None: when small, see
+        :func:`save`).
+        """
+        return save(self, path, jacobians=jacobians)
 
 
 # --------------------------------------------------------------------------- I/O
-def save(trace: Trace, path: str | os.PathLike) -> Path:
+def npz_path(path: Path) -> Path:
+    """Where :func:`save` writes ``path``: ``.npz`` appended unless it ends in ``.npz``."""
+    if path.suffix == ".npz":
+        return path
+    return path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+
+
+def _custom_jacobians(layer: LayerTrace, path: Path, jacobians: bool | None) -> dict:
+    """The dense Jacobians of a custom cell to store, by the size rule of :func:`save`."""
+    stored = dict(layer.stored_jacobians or {})
+    missing = [w for w in ("state", "input") if w not in stored]
+    if layer.adapter is None or layer.adapter.closed_form or not missing or jacobians is False:
+        return stored
+    item = layer.states.element_size()
+    need = layer.T * layer.B * layer.D * (layer.D + layer.I) * item
+    data = (layer.states.numel() + layer.inputs.numel()) * item
+    if jacobians is None and need > max(JACOBIAN_SAVE_BYTES, 4 * data):
+        warnings.warn(
+            f"{path}: {layer.name} ({layer.kind}): its dense Jacobians ({need / 2**20:.0f} MiB "
+            f"for {data / 2**20:.1f} MiB of states and inputs, D = {layer.D}) are not stored. "
+            "Analysing the saved trace needs them: diagnose the live recording, or save with "
+            "trace.save(path, jacobians=True)",
+            stacklevel=3,
+        )
+        return stored
+    for wrt in missing:
+        stored[wrt] = layer.jacobians(wrt=wrt)
+    return stored
+
+
+def save(trace: Trace, path: str | os.PathLike, *, jacobians: bool | None = None) -> Path:
     """Save ``trace`` as ``.npz`` + JSON metadata; no pickle. Returns the path written.
 
     Custom cells whose Jacobians come from ``torch.func`` cannot be rebuilt without their
-    module, so their Jacobians (state and input) are stored in the file as well.
+    module, so their dense Jacobians (state and input, ``T·B·D·(D+I)`` numbers, ``D`` times
+    the states) are stored in the file as well, when they take at most
+    :data:`JACOBIAN_SAVE_BYTES` or 4 times the states and inputs; larger ones are left out
+    with a warning (the loaded trace then says what it lacks when analysed).
+
+    Args:
+        trace: The trace.
+        path: Destination; ``.npz`` is appended unless it ends in ``.npz`` (:func:`npz_path`).
+        jacobians: Store custom cells' Jacobians: None (by the size rule), True (always),
+            False (never).
     """
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+    path = npz_path(Path(path))
     arrays: dict[str, np.ndarray] = {}
     layers_meta = []
     for i, layer in enumerate(trace.layers):
@@ -91,11 +135,7 @@ def save(trace: Trace, path: str | os.PathLike) -> Path:
             arrays[f"{key}/lengths"] = np.asarray(layer.lengths, dtype=np.int64)
         for pname, p in layer.params.items():
             arrays[f"{key}/param/{pname}"] = to_numpy(p)
-        stored = dict(layer.stored_jacobians or {})
-        if layer.adapter is not None and not layer.adapter.closed_form:
-            for wrt in ("state", "input"):
-                if wrt not in stored:
-                    stored[wrt] = layer.jacobians(wrt=wrt)
+        stored = _custom_jacobians(layer, path, jacobians)
         for wrt, jac in stored.items():
             arrays[f"{key}/jac/{wrt}"] = to_numpy(jac)
         layers_meta.append(
@@ -185,6 +225,7 @@ __all__ = [
     "StepSelect",
     "Trace",
     "load",
+    "npz_path",
     "read_npz",
     "save",
     "select_index",

@@ -147,3 +147,37 @@ def test_not_a_trace_file_says_what_it_is(tmp_path: Path, content, match) -> Non
     with pytest.raises(TraceFormatError, match=match) as info:
         gs.load(path)
     assert "pickled data" not in str(info.value)
+
+
+class _Cell(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3 + 8, 8)
+
+    def forward(self, x, h):
+        return torch.tanh(self.lin(torch.cat([x, h], -1)))
+
+
+def test_custom_cell_jacobians_are_saved_only_when_small(tmp_path: Path, monkeypatch) -> None:
+    torch.manual_seed(0)  # resources: a custom cell's dense Jacobians are D times its states
+    cell = _Cell()
+
+    def loop(x):
+        h = torch.zeros(x.shape[1], 8)
+        for t in range(x.shape[0]):
+            h = cell(x[t], h)
+        return h
+
+    with gs.record(cell, cells=[cell]) as rec:
+        loop(torch.randn(5, 2, 3))
+    tr = rec.trace
+    data = tr[0].states.numel() * 4 + tr[0].inputs.numel() * 4
+    monkeypatch.setattr(gs.traces, "JACOBIAN_SAVE_BYTES", 0)  # 5·2·8·(8+3) > 4 × data
+    with pytest.warns(UserWarning, match=r"dense Jacobians .* are not stored"):
+        small = tr.save(tmp_path / "small.npz")
+    assert small.stat().st_size < 4 * data + 8192
+    d = gs.diagnose(gs.load(small), progress=False)[0]
+    assert d.regime == "unknown" and "jacobians=True" in d.reason
+    full = gs.load(tr.save(tmp_path / "full.npz", jacobians=True))[0]
+    ref = torch.func.jacrev(lambda h: cell(tr[0].inputs[2, 1], h))(tr[0].states[2, 1])
+    torch.testing.assert_close(full.jacobians(steps=[2], batch=[1])[0, 0], ref)
