@@ -74,6 +74,13 @@ class NumericalError(GradscopeError, ArithmeticError):
     """
 
 
+class OutputError(GradscopeError, OSError):
+    """An output file cannot be written (``cannot write PATH: reason``).
+
+    Also raised when the file exists and the command was not allowed to overwrite it.
+    """
+
+
 class OptionalDependencyError(GradscopeError, ImportError):
     """An optional extra (Lightning, TensorBoard, ...) is needed but not installed."""
 
@@ -88,6 +95,7 @@ __all__ = [
     "NoRecurrentModuleError",
     "NumericalError",
     "OptionalDependencyError",
+    "OutputError",
     "ReplayMismatchError",
     "ShapeError",
     "TraceFormatError",
