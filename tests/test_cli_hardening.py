@@ -173,3 +173,37 @@ def test_stray_modules_in_the_working_directory_never_run(tmp_path) -> None:
     assert proc.returncode == 0, err.decode()
     assert not (tmp_path / "SHADOWED").exists()
     assert (tmp_path / "p.html").is_file()
+
+
+def test_compiled_and_parametrised_modules_keep_the_users_names() -> None:
+    from torch.nn.utils import parametrize
+
+    class Compiled(torch.nn.Module):
+        """What torch.compile returns, as far as names go: the model under ``_orig_mod``."""
+
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self._orig_mod = model
+
+        def forward(self, x):
+            return self._orig_mod(x)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = torch.nn.LSTM(2, 3)
+
+        def forward(self, x):
+            return self.enc(x)[0]
+
+    class Same(torch.nn.Module):
+        def forward(self, w):
+            return w
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 2, 2)
+    assert gs.trace(Compiled(Net()), x).names == ["enc.l0"]
+    assert gs.trace(Compiled(torch.nn.GRU(2, 3)), x).names == ["gru.l0"]
+    rnn = torch.nn.RNN(2, 3)
+    parametrize.register_parametrization(rnn, "weight_hh_l0", Same())
+    assert gs.trace(rnn, x).names == ["rnn.l0"]
