@@ -17,6 +17,7 @@ from scipy import stats
 
 import gradscope as gs
 from gradscope.analysis.finite import finite_prefix
+from gradscope.reporting.numbers import nonfinite_text
 
 
 def _cell(module: torch.nn.Module) -> torch.nn.Module:
@@ -109,6 +110,7 @@ def test_overflow_is_exploding_with_the_finite_prefix_rate(build, one_thread) ->
     assert "rests on the finite prefix" in d.verdict
     assert d.nonfinite["finite_steps"] == first - 1
     assert "exploding (non-finite)" in str(diagnosis)
+    assert "rests on the finite prefix" in nonfinite_text(d)  # what the report shows
     # the public gs.decay rests on the same steps
     assert gs.decay(layer, progress=False).regime == "exploding"
 
@@ -151,3 +153,4 @@ def test_nan_weights_are_flagged_never_calm(tmp_path) -> None:  # #14 case 3
     assert "weight_hh hold NaN/inf" in d.verdict
     text = str(gs.diagnose(tr, progress=False))
     assert "no action needed" not in text.lower() and "neutral" not in text
+    assert "weight_hh hold NaN/inf" in nonfinite_text(d)
