@@ -29,7 +29,7 @@ def _cell(module: torch.nn.Module) -> torch.nn.Module:
     with torch.no_grad():
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             getattr(cell, name).copy_(getattr(module, f"{name}_l0"))
-    return cell.double()
+    return cell.double().requires_grad_(False)  # derivatives by jacrev, w.r.t. the state
 
 
 def _step(cell: torch.nn.Module, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
