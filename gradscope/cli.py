@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pickle
 import re
 import sys
 import time
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gradscope._files import check_outputs
 from gradscope._version import __version__
 from gradscope.errors import GradscopeError, ShapeError
 
@@ -41,6 +43,20 @@ def _say(args: argparse.Namespace, msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- inputs
+def _user_error(exc: BaseException) -> str:
+    """``"Type: first line"`` of an exception raised by the user's code."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def _exited(what: str, exc: SystemExit) -> str:
+    return (
+        f"{what} called sys.exit({exc.code!r}); gradscope needs a module that defines the "
+        "model without running a script (put the script part under "
+        "`if __name__ == '__main__':`)"
+    )
+
+
 def load_target(spec: str) -> Any:
     """Resolve ``package.module:attr`` to a model: a callable is called with no arguments.
 
@@ -56,15 +72,23 @@ def load_target(spec: str) -> Any:
             f"TARGET must look like 'package.module:factory' (a callable returning the model, "
             f"or the model object), got {spec!r}"
         )
+    # The working directory goes *last*: the user's module is found there, but a stray
+    # seaborn.py (or numpy.py, ...) next to it never shadows gradscope's dependencies.
     if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise UsageError(
-            f"cannot import module {module_name!r} ({exc}); run from the directory that "
-            "contains it or install it"
-        ) from None
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise UsageError(
+                f"cannot import module {module_name!r} ({exc}); run from the directory that "
+                "contains it or install it"
+            ) from None
+        raise UsageError(f"importing {module_name!r} failed: {_user_error(exc)}") from None
+    except SystemExit as exc:
+        raise UsageError(_exited(f"importing {module_name!r}", exc)) from None
+    except Exception as exc:  # ImportError, SyntaxError, ...: the user's module, not gradscope
+        raise UsageError(f"importing {module_name!r} failed: {_user_error(exc)}") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -75,8 +99,10 @@ def load_target(spec: str) -> Any:
             raise UsageError(f"{spec} is neither an nn.Module nor a callable returning one")
         try:
             obj = obj()
+        except SystemExit as exc:
+            raise UsageError(_exited(f"{spec}()", exc)) from None
         except Exception as exc:
-            raise UsageError(f"{spec}() raised {type(exc).__name__}: {exc}") from None
+            raise UsageError(f"{spec}() raised {_user_error(exc)}") from None
     if not isinstance(obj, nn.Module):
         raise UsageError(f"{spec} gave a {type(obj).__name__}, expected a torch.nn.Module")
     return obj
@@ -120,14 +146,27 @@ def load_input(spec: str, model: Any, batch_first: bool, dtype: Any = None) -> A
     except UsageError:
         raise
     except Exception as exc:
-        raise UsageError(
-            f"--input {spec!r}: cannot read it ({type(exc).__name__}: {exc})"
-        ) from None
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+            raise UsageError(
+                f"--input {spec!r}: holds pickled Python objects, not just a tensor; gradscope "
+                "never unpickles them. Save the tensor alone (torch.save(tensor, path)) or "
+                "as .npy"
+            ) from None
+        raise UsageError(f"--input {spec!r}: cannot read it ({_user_error(exc)})") from None
     if not isinstance(tensor, torch.Tensor):
         raise UsageError(f"--input {spec!r}: holds a {type(tensor).__name__}, not one tensor")
     if tensor.is_floating_point():
         tensor = tensor.to(dtype)
     return tensor.to(device)
+
+
+# --------------------------------------------------------------------------- outputs
+def _check_report_suffix(out: Path) -> None:
+    if out.suffix.lower() not in (".html", ".htm", ".pdf"):
+        raise UsageError(
+            f"-o {out}: a report is .html or .pdf (the format follows the suffix), got "
+            f"{out.suffix or 'no suffix'!r}"
+        )
 
 
 # --------------------------------------------------------------------------- commands
@@ -155,7 +194,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     """Profile a user's model on one input and write a report and the trace."""
     import gradscope as gs
+    from gradscope.traces import npz_path
 
+    out = Path(args.output)
+    _check_report_suffix(out)
+    trace_path = npz_path(Path(args.trace) if args.trace else out.with_suffix(".npz"))
+    if trace_path.resolve() == out.resolve():
+        raise UsageError(f"the report and the trace would both be {out}; use --trace PATH")
+    check_outputs([out, trace_path], args.force, "pass --force to overwrite it")
     model = load_target(args.target)
     x = load_input(args.input, model, args.batch_first)
     _say(args, f"profiling {type(model).__name__} on input {tuple(x.shape)}")
@@ -163,19 +209,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
         prof = gs.profile(model, x, analysis={"progress": "auto" if not args.quiet else False})
     except GradscopeError:
         raise
+    except SystemExit as exc:
+        raise UsageError(_exited(f"the forward of {args.target}", exc)) from None
     except RuntimeError as exc:
         # PyTorch's own shape errors from the user's forward.
         raise ShapeError(
             f"{args.target} failed on input of shape {tuple(x.shape)}: {exc}".splitlines()[0]
         ) from None
-    out = Path(args.output)
-    trace_path = Path(args.trace) if args.trace else out.with_suffix(".npz")
-    prof.trace.save(trace_path)
+    trace_written = prof.trace.save(trace_path)
     written = gs.report(prof, out)
     if not args.quiet:
         print(prof.diagnosis)
     print(written)
-    print(trace_path)
+    print(trace_written)
     return 0
 
 
@@ -187,8 +233,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.names and len(args.names) != len(runs):
         raise UsageError(f"--names has {len(args.names)} names for {len(runs)} runs")
     for p in runs:
+        if p.is_dir():
+            raise UsageError(f"{p}: a folder, not a saved trace or history (.npz)")
         if not p.is_file():
             raise UsageError(f"{p}: no such file")
+    out = Path(args.output)
+    _check_report_suffix(out)
+    check_outputs([out], args.force, "pass --force to overwrite it")
     if len(runs) == 1 and not args.names:
         obj: Any = runs[0]
     else:
@@ -196,7 +247,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if len(set(names)) != len(names):
             raise UsageError(f"run names must be unique, got {names}; use --names")
         obj = dict(zip(names, runs))
-    print(gs.report(obj, Path(args.output)))
+    print(gs.report(obj, out))
     return 0
 
 
@@ -271,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-first", action="store_true", help="random input as (B, T, I)")
     p.add_argument("-o", "--output", default="profile.html", help="report path (.html/.pdf)")
     p.add_argument("--trace", help="where to save the trace (default: report path, .npz)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(
@@ -281,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", metavar="RUN.npz", nargs="+")
     p.add_argument("-o", "--output", required=True, help="OUT.html or OUT.pdf")
     p.add_argument("--names", nargs="+", help="display names for the runs")
+    p.add_argument("--force", action="store_true", help="overwrite an existing report")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("diagnose", parents=[common], help="print the verdict table of a trace")
@@ -314,6 +367,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"gradscope: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `gradscope diagnose run.npz | head`: the reader left, a normal end for a command.
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command that a pipe ended
     except KeyboardInterrupt:
         print("gradscope: interrupted", file=sys.stderr)
         return 130

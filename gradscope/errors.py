@@ -66,6 +66,21 @@ class MissingDataError(GradscopeError, LookupError):
     """An analysis or report needs data the object does not hold (e.g. no loss gradients)."""
 
 
+class NumericalError(GradscopeError, ArithmeticError):
+    """A numerical method failed on the data (e.g. every SVD driver failed to converge).
+
+    The message names the quantity, the step and the methods tried; the analysis reports
+    such a quantity as unknown, never as a calm verdict.
+    """
+
+
+class OutputError(GradscopeError, OSError):
+    """An output file cannot be written (``cannot write PATH: reason``).
+
+    Also raised when the file exists and the command was not allowed to overwrite it.
+    """
+
+
 class OptionalDependencyError(GradscopeError, ImportError):
     """An optional extra (Lightning, TensorBoard, ...) is needed but not installed."""
 
@@ -78,7 +93,9 @@ __all__ = [
     "GradscopeError",
     "MissingDataError",
     "NoRecurrentModuleError",
+    "NumericalError",
     "OptionalDependencyError",
+    "OutputError",
     "ReplayMismatchError",
     "ShapeError",
     "TraceFormatError",

@@ -188,7 +188,8 @@ class LayerTrace:
         if self.adapter is None and self.kind.startswith("custom:"):
             raise MissingDataError(
                 f"{self.name}: a custom cell's Jacobians need the cell module or stored "
-                "Jacobians; this trace has neither (save it from a live recording)"
+                "Jacobians; this trace has neither (analyse the live recording, or save it "
+                "with trace.save(path, jacobians=True))"
             )
         adapter = self.cell_adapter()
         x = self.inputs[steps][:, batch]
@@ -272,7 +273,8 @@ class LayerTrace:
         if self.adapter is None and self.kind.startswith("custom:"):
             raise MissingDataError(
                 f"{self.name}: a custom cell's Jacobian products need the cell module or "
-                "stored Jacobians; this trace has neither (save it from a live recording)"
+                "stored Jacobians; this trace has neither (analyse the live recording, or "
+                "save it with trace.save(path, jacobians=True))"
             )
         adapter = self.cell_adapter()
         x = self.inputs[t_idx][:, b_idx]

@@ -33,12 +33,29 @@ def verdict(d: LayerDiagnosis, layer: LayerTrace) -> str:
     t_ref = float(np.median(layer.seq_lengths)) if layer.B else 0.0
     bits: list[str] = []
     nf = d.nonfinite
+    if nf.get("params"):
+        bits.append(
+            f"The weights {', '.join(nf['params'])} hold NaN/inf: every Jacobian is "
+            "non-finite, so nothing about the gradient flow can be measured."
+        )
     if nf.get("count"):
+        rest = (
+            f"every statistic below rests on {nf['prefix']}"
+            if nf.get("prefix")
+            else "they are left out of every statistic"
+        )
         bits.append(
             f"{nf['count']} recorded state(s) are NaN/inf, the first at step {nf['first_step']}"
-            f" of sequence {nf['first_batch']}; they are left out of every statistic."
+            f" of sequence {nf['first_batch']}; {rest}."
         )
-    if st is None or math.isnan(st.rate):
+    if d.regime == "unknown":
+        bits.append(f"Regime unknown: the gradient decay could not be measured ({d.reason}).")
+    elif st is not None and st.regime == "exploding" and math.isnan(st.rate):
+        bits.append(
+            "Exploding gradients: the norms grow over the finite steps until the states "
+            f"overflow at step {nf.get('first_step')}; too few finite steps to fit a rate."
+        )
+    elif st is None or math.isnan(st.rate):
         bits.append(
             "The gradient decay could not be measured (too few steps"
             f": T = {d.T}); regime unknown, reported as neutral."
@@ -62,11 +79,18 @@ def verdict(d: LayerDiagnosis, layer: LayerTrace) -> str:
             )
         elif st.regime == "exploding":
             grow = math.exp(st.rate * t_ref)
-            bits.append(
-                f"Exploding gradients: {rate_txt}; over a whole sequence (T = {t_ref:g}) it "
-                f"grows by {fmt_num(grow, 3)}, beyond the neutral band |rate| ≤ "
-                f"{st.threshold:.4f} (a factor 10 over T)."
-            )
+            if nf.get("count"):
+                bits.append(
+                    f"Exploding gradients: {rate_txt} over the finite steps, and the states "
+                    f"overflow to NaN/inf at step {nf['first_step']} (sequence "
+                    f"{nf['first_batch']})."
+                )
+            else:
+                bits.append(
+                    f"Exploding gradients: {rate_txt}; over a whole sequence (T = {t_ref:g}) "
+                    f"it grows by {fmt_num(grow, 3)}, beyond the neutral band |rate| ≤ "
+                    f"{st.threshold:.4f} (a factor 10 over T)."
+                )
         else:
             bits.append(
                 f"Neutral: {rate_txt}, within the band |rate| ≤ {st.threshold:.4f} where the "
@@ -127,6 +151,17 @@ def advice(d: LayerDiagnosis, layer: LayerTrace) -> list[str]:
     horizon = fmt_steps(st.horizon) if st is not None else "n/a"
     out: list[str] = []
     nf = d.nonfinite
+    if nf.get("params"):
+        out.append(
+            f"The weights {', '.join(nf['params'])} are NaN/inf: training has diverged. "
+            "Restore a checkpoint from before the divergence, lower the learning rate and "
+            "clip gradients (torch.nn.utils.clip_grad_norm_)."
+        )
+    elif d.regime == "unknown":
+        out.append(
+            f"The regime could not be measured ({d.reason}); nothing here says the gradient "
+            "flow is healthy."
+        )
     if nf.get("count"):
         out.append(
             f"Non-finite states start at step {nf['first_step']} (sequence "

@@ -62,7 +62,8 @@ One-step norms never enter the decision.
 where the median curve first falls ``horizon_factor`` (default ``1e-3``: the gradient
 signal is below 0.1% of its lag-0 value) below its lag-0 value, linearly interpolated in
 log space; if it never does within the observed lags and :math:`r < 0`, the lag where the
-fitted line reaches that level (extrapolated); ``inf`` otherwise.
+fitted line reaches that level (extrapolated); ``inf`` otherwise (NaN, unknown, when
+no rate could be fitted).
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ import numpy as np
 import torch
 
 from gradscope._progress import analysis, progress_bar
+from gradscope.analysis.finite import finite_prefix, with_overflow
 from gradscope.analysis.fit import HORIZON_FACTOR, SURVIVE_FACTOR, Decay, fit_decay
 from gradscope.analysis.lyapunov import lyapunov_window
-from gradscope.errors import ArgumentError
+from gradscope.errors import ArgumentError, MissingDataError, NumericalError
 from gradscope.jacobians.dense import auto_chunk, finite_steps, iter_chunks, prep_chunk
 from gradscope.jacobians.dense_walk import DenseWalk
 from gradscope.jacobians.diagonal import input_log_norms, log_moduli, state_log_norms
@@ -181,10 +183,15 @@ def _dense_walk(layer: LayerTrace, c: _Curves, chunk: int | None, bar) -> dict[i
                     wk.alive = False
                     dead_at[b] = j
                     break
-                if kin is not None and lag_in <= c.k_in[b]:
-                    c.log_in[lag_in, b] = wk.input_norm(kin[i, b])
-                if lag_st <= c.k_state[b]:
-                    c.log_state[lag_st, b] = wk.state_step(jac[i, b])
+                try:
+                    if kin is not None and lag_in <= c.k_in[b]:
+                        c.log_in[lag_in, b] = wk.input_norm(kin[i, b])
+                    if lag_st <= c.k_state[b]:
+                        c.log_state[lag_st, b] = wk.state_step(jac[i, b])
+                except NumericalError as exc:
+                    raise NumericalError(
+                        f"{layer.name}: decay at step {j} of sequence {b}: {exc}"
+                    ) from None
         bar.update(len(sel))
     return dead_at
 
@@ -265,7 +272,15 @@ def decay_curves(
     with progress_bar(
         total=c.hi - c.lo, desc=f"decay {layer.name}", progress=progress, work=work
     ) as bar:
-        dead_at = _operator_walk(layer, c, bar) if operators else _dense_walk(layer, c, chunk, bar)
+        try:
+            if operators:
+                dead_at = _operator_walk(layer, c, bar)
+            else:
+                dead_at = _dense_walk(layer, c, chunk, bar)
+        except (np.linalg.LinAlgError, torch.linalg.LinAlgError) as exc:
+            raise NumericalError(
+                f"{layer.name}: the decay walk failed ({type(exc).__name__}: {exc})"
+            ) from None
     notes: list[str] = []
     if dead_at:
         first = min(dead_at.items(), key=lambda kv: -kv[1])
@@ -369,8 +384,15 @@ def decay(
     Returns:
         A :class:`Decay`.
 
+    States that overflow (NaN/inf) end a sequence: ``"state"`` and ``"input"`` curves rest
+    on the finite prefix of each sequence (:mod:`gradscope.analysis.finite`), the notes say
+    on how many steps, and norms that grow over those steps before the overflow make the
+    regime ``"exploding"``.
+
     Raises:
-        MissingDataError: ``of="loss"`` but the trace has no loss gradients.
+        MissingDataError: ``of="loss"`` but the trace has no loss gradients, or no
+            sequence has a finite step.
+        NumericalError: a numerical method failed on the data (every SVD driver, say).
         ArgumentError: an unknown ``of``, or ``probes``/``max_lag`` out of range.
     """
     t_ref = float(np.median(layer.seq_lengths)) if layer.B else 0.0
@@ -385,6 +407,11 @@ def decay(
         )
     if of not in ("state", "input"):
         raise ArgumentError(f"{layer.name}: of must be 'state', 'input' or 'loss', got {of!r}")
+    view, prefix = finite_prefix(layer)
+    if view is None:
+        raise MissingDataError(f"{layer.name}: no finite step to measure ({prefix.describe()})")
+    layer = view
+    t_ref = float(np.median(layer.seq_lengths)) if layer.B else 0.0
     log_state, log_in, p, notes = decay_curves(
         layer,
         ("state", of),
@@ -396,7 +423,7 @@ def decay(
         progress=progress,
     )
     curve = log_in if of == "input" else log_state
-    return fit_decay(
+    fitted = fit_decay(
         layer.name,
         of,
         curve,
@@ -406,6 +433,7 @@ def decay(
         probes=p,
         notes=notes,
     )
+    return with_overflow(fitted, prefix)
 
 
 __all__ = [

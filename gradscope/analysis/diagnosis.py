@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from gradscope._progress import analysis
 from gradscope.analysis.advice import advice, verdict
 from gradscope.analysis.decay import Decay, decay_curves, fit_decay, loss_log_norms
+from gradscope.analysis.finite import Prefix, finite_prefix, prefix_of, with_overflow
 from gradscope.analysis.lyapunov import lyapunov
 from gradscope.analysis.results import Diagnosis, LayerDiagnosis
 from gradscope.analysis.sampling import evenly_spaced
@@ -50,14 +53,24 @@ OPERATOR_PRODUCTS = 1200
 DEFAULT_K = 16
 
 
-def _nonfinite(layer: LayerTrace) -> dict[str, Any]:
-    bad = layer.nonfinite()
-    count = int(bad.sum())
-    if not count:
-        return {"count": 0, "first_step": None, "first_batch": None}
-    t, b = np.nonzero(bad)
-    i = int(np.lexsort((b, t))[0])
-    return {"count": count, "first_step": int(t[i]), "first_batch": int(b[i])}
+def _nonfinite(layer: LayerTrace, prefix: Prefix, bad_params: list[str]) -> dict[str, Any]:
+    """Non-finite states and weights, and the finite steps the statistics rest on."""
+    out: dict[str, Any] = {
+        "count": int(layer.nonfinite().sum()),
+        "first_step": prefix.first_step,
+        "first_batch": prefix.first_batch,
+    }
+    if prefix.cut:
+        kept = prefix.steps[prefix.kept]
+        out["finite_steps"] = float(np.median(kept)) if kept.size else 0.0
+        out["prefix"] = prefix.describe()
+    if bad_params:
+        out["params"] = bad_params
+    return out
+
+
+def _bad_params(layer: LayerTrace) -> list[str]:
+    return sorted(k for k, v in layer.params.items() if not bool(torch.isfinite(v).all()))
 
 
 def _spectrum_selection(layer: LayerTrace, steps: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +105,17 @@ def _diagnose_layer(
     progress: bool | str,
 ) -> LayerDiagnosis:
     notes: list[str] = []
-    nonfinite = _nonfinite(layer)
+    bad_params = _bad_params(layer)
+    if bad_params:
+        view, prefix = None, prefix_of(layer)
+        reason = f"the weights {', '.join(bad_params)} hold NaN/inf, and so does every Jacobian"
+    else:
+        view, prefix = finite_prefix(layer)
+        reason = "" if view is not None else prefix.describe()
+    nonfinite = _nonfinite(layer, prefix, bad_params)
+    if view is not None and view is not layer:
+        notes.append(f"every statistic rests on {prefix.describe()}")
+    full, layer = layer, (view if view is not None else layer)
     D = layer.D
     empty = {
         "median": math.nan,
@@ -108,7 +131,7 @@ def _diagnose_layer(
     eig_sum, svd_sum = dict(empty), dict(empty)
     steps, batch = _spectrum_selection(layer, spectrum_steps)
     try:
-        if len(steps) and len(batch):
+        if len(steps) and len(batch) and not reason:
             spec_eig = spectrum(layer, "eig", steps=steps, batch=batch, progress=progress)
             spec_svd = spectrum(layer, "svd", steps=steps, batch=batch, progress=progress)
             eig_sum, svd_sum = spec_eig.summary(), spec_svd.summary()
@@ -127,7 +150,7 @@ def _diagnose_layer(
     ly = None
     basis = None
     try:
-        if layer.T and layer.B:
+        if layer.T and layer.B and not reason:
             ly = lyapunov(layer, kk, disc, seed=seed, progress=progress)
             basis = ly.vectors
             notes.extend(ly.notes)
@@ -138,7 +161,7 @@ def _diagnose_layer(
     p = (D if D <= 128 else min(D, kk)) if probes is None else int(probes)
     want_input = layer.I > 0
     try:
-        if layer.T and layer.B:
+        if layer.T and layer.B and not reason:
             use_basis = basis if (p < D and ly is not None and ly.k == p) else None
             try:
                 ls, li, p_used, wnotes = decay_curves(
@@ -163,22 +186,27 @@ def _diagnose_layer(
                     seed=seed,
                     progress=progress,
                 )
-            decays["state"] = fit_decay(layer.name, "state", ls, t_med, probes=p_used, notes=wnotes)
+            st = fit_decay(layer.name, "state", ls, t_med, probes=p_used, notes=wnotes)
+            decays["state"] = with_overflow(st, prefix)
             if li is not None:
-                decays["input"] = fit_decay(
-                    layer.name, "input", li, t_med, probes=p_used, notes=list(wnotes)
-                )
+                fi = fit_decay(layer.name, "input", li, t_med, probes=p_used, notes=list(wnotes))
+                decays["input"] = with_overflow(fi, prefix)
     except (GradscopeError, np.linalg.LinAlgError) as exc:
         notes.append(f"decay not computed: {exc}")
-    if layer.grads is not None:
+        reason = reason or f"{type(exc).__name__}: {exc}"
+    if layer.grads is not None and not reason:
         decays["loss"] = fit_decay(layer.name, "loss", loss_log_norms(layer, max_lag), t_med)
     st = decays.get("state")
-    regime = st.regime if st is not None else "neutral"
+    if not reason and st is not None and math.isnan(st.rate) and prefix.cut:
+        reason = f"too few finite steps to fit a rate ({prefix.describe()})"
+    regime = "unknown" if reason else st.regime if st is not None else "neutral"
+    if st is not None and st.regime != regime:
+        decays["state"] = replace(st, regime=regime)
     d = LayerDiagnosis(
         name=layer.name,
         kind=layer.kind,
-        T=layer.T,
-        B=layer.B,
+        T=full.T,
+        B=full.B,
         D=D,
         state_names=tuple(layer.state_names),
         eig=eig_sum,
@@ -192,6 +220,7 @@ def _diagnose_layer(
         advice=[],
         nonfinite=nonfinite,
         notes=notes,
+        reason=reason,
     )
     try:
         d.memory = timescales(layer)

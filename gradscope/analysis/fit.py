@@ -255,7 +255,7 @@ def _horizon(median: np.ndarray, rate: float, intercept: float, factor: float) -
         observed = np.nonzero(np.isfinite(median))[0]
         last = float(observed.max()) if observed.size else 0.0
         return max(last, (target - intercept) / rate)
-    return math.inf
+    return math.inf if np.isfinite(rate) else float("nan")  # no fall seen, no rate: unknown
 
 
 # --------------------------------------------------------------------------- public

@@ -37,15 +37,21 @@ class LayerDiagnosis:
         lyapunov: The leading Lyapunov exponents, or None if they could not be computed.
         decay: ``{"state": Decay, "input": Decay, "loss": Decay}`` (``"loss"`` only when the
             trace holds loss gradients).
-        regime: ``"vanishing"``, ``"exploding"`` or ``"neutral"`` (of the state decay).
+        regime: ``"vanishing"``, ``"exploding"`` or ``"neutral"`` (of the state decay), or
+            ``"unknown"`` when it could not be measured (:attr:`reason` says why: NaN
+            weights, no finite step, a numerical failure, missing Jacobians).
         verdict: Plain-language summary; every claim carries its number.
         advice: What to try, keyed to the cell kind and the regime.
         nonfinite: ``dict(count, first_step, first_batch)``: real (unpadded) states holding
             NaN/inf; ``first_step`` is the state index ``t`` of ``s_t`` (0 = initial state),
-            ``first_batch`` its sequence; both None when there are none.
+            ``first_batch`` its sequence; both None when there are none. When a sequence
+            stops being finite, also ``finite_steps`` (median over sequences of the finite
+            steps every statistic rests on) and ``prefix`` (the same in words); ``params``:
+            names of weights holding NaN/inf.
         notes: Remarks (steps subsampled, exclusions, ...).
         memory: Per-coordinate memory timescales of a diagonal recurrence (Mamba, minGRU,
             LRU, ...), None for other cells.
+        reason: Why the regime is ``"unknown"`` ("" otherwise).
     """
 
     name: str
@@ -66,6 +72,7 @@ class LayerDiagnosis:
     nonfinite: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     memory: Timescales | None = None
+    reason: str = ""
 
     @property
     def lambda1(self) -> float:
@@ -95,6 +102,7 @@ class LayerDiagnosis:
             "advice": list(self.advice),
             "nonfinite": jsonable(self.nonfinite),
             "notes": list(self.notes),
+            "reason": self.reason,
         }
         if self.memory is not None:
             mem = self.memory.to_dict()
@@ -200,7 +208,7 @@ class Diagnosis:
                     "n/a" if math.isnan(d.lambda1) else f"{d.lambda1:+.4f}",
                     rate,
                     "n/a" if st is None else fmt_steps(st.half_life),
-                    "n/a" if st is None else fmt_steps(st.horizon),
+                    "n/a" if st is None or math.isnan(st.rate) else fmt_steps(st.horizon),
                     d.regime + (" (non-finite)" if d.nonfinite.get("count") else ""),
                 ]
             )

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import scipy.linalg
 import torch
 
 from gradscope._json import dataclass_dict, jsonable
@@ -177,11 +178,31 @@ def _diagonal_spectrum(layer, which, step_idx, b_idx) -> Spectrum:
     return Spectrum(layer.name, which, steps, batch, values, valid, method="diagonal")
 
 
+def _one(a: np.ndarray, which: str) -> np.ndarray:
+    """Values of one matrix by SciPy's other LAPACK drivers; NaN when they fail too."""
+    try:
+        if which == "svd":
+            return scipy.linalg.svd(a, compute_uv=False, lapack_driver="gesvd")
+        return scipy.linalg.eigvals(a)
+    except (np.linalg.LinAlgError, ValueError):
+        return np.full(a.shape[-1], np.nan)
+
+
 def _decompose(jac: torch.Tensor, which: str) -> np.ndarray:
-    """Eigen/singular values of a ``(..., D, D)`` float64 batch with finite entries."""
+    """Eigen/singular values of a ``(..., D, D)`` float64 batch with finite entries.
+
+    A batch LAPACK call that fails to converge is redone matrix by matrix with SciPy's
+    drivers (``gesvd`` for singular values); a matrix on which they fail too gets NaN
+    values (an invalid entry, left out of every statistic), never an exception.
+    """
+    try:
+        vals = torch.linalg.svdvals(jac) if which == "svd" else torch.linalg.eigvals(jac)
+        ev = vals.numpy()
+    except torch.linalg.LinAlgError:
+        flat = jac.reshape(-1, *jac.shape[-2:]).numpy()
+        ev = np.stack([_one(a, which) for a in flat]).reshape(*jac.shape[:-1])
     if which == "svd":
-        return torch.linalg.svdvals(jac).numpy()
-    ev = torch.linalg.eigvals(jac).numpy()
+        return ev
     order = np.argsort(-np.abs(ev), axis=-1, kind="stable")
     return np.take_along_axis(ev, order, axis=-1)
 
@@ -265,6 +286,7 @@ def spectrum(
             if ok.any():
                 vals = _decompose(jac[torch.from_numpy(ok)], which)
                 values[pos : pos + n][ok] = vals
+                ok[ok] = np.isfinite(vals[:, 0])
                 valid[pos : pos + n] = ok
             pos += n
             bar.update(n)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.linalg
+
+from gradscope.errors import NumericalError
 
 
 def top_sv(x: np.ndarray, w: np.ndarray | None) -> tuple[float, np.ndarray | None]:
@@ -19,7 +22,8 @@ def top_sv(x: np.ndarray, w: np.ndarray | None) -> tuple[float, np.ndarray | Non
     Power iteration on ``x xᵀ`` from ``w`` (the previous lag's vector, so one or two
     iterations usually suffice), stopped when the eigen-residual
     ``‖x xᵀ w − λ w‖ <= 1e-12 λ`` (then ``λ`` is within ``1e-12 λ`` of an eigenvalue of
-    ``x xᵀ``); SVD when that takes more than 40 iterations (close singular values).
+    ``x xᵀ``); SVD when that takes more than 40 iterations (close singular values), see
+    :func:`robust_top_sv`.
     """
     p = x.shape[0]
     if p == 1:
@@ -38,8 +42,40 @@ def top_sv(x: np.ndarray, w: np.ndarray | None) -> tuple[float, np.ndarray | Non
             return math.sqrt(lam), w
     if not np.isfinite(x).all():
         return math.nan, None
-    u, s, _ = np.linalg.svd(x, full_matrices=False)
-    return float(s[0]), u[:, 0].copy()
+    return robust_top_sv(x)
+
+
+def robust_top_sv(x: np.ndarray) -> tuple[float, np.ndarray]:
+    """Largest singular value of a finite ``x`` and its left singular vector, by SVD.
+
+    LAPACK's divide-and-conquer driver (``gesdd``, NumPy's) first; when it does not
+    converge (it can fail on matrices it should handle), the QR-iteration driver
+    ``gesvd``; then the symmetric eigenproblem of ``x xᵀ`` (the top eigenvalue is
+    ``σ₁²`` to relative rounding, enough for the leading value).
+
+    Raises:
+        NumericalError: every method failed; the message names them and their errors.
+    """
+    errors = []
+    try:
+        u, s, _ = np.linalg.svd(x, full_matrices=False)
+        return float(s[0]), u[:, 0].copy()
+    except np.linalg.LinAlgError as exc:
+        errors.append(f"gesdd: {exc}")
+    try:
+        u, s, _ = scipy.linalg.svd(x, full_matrices=False, lapack_driver="gesvd")
+        return float(s[0]), u[:, 0].copy()
+    except (np.linalg.LinAlgError, ValueError) as exc:
+        errors.append(f"gesvd: {exc}")
+    try:
+        w, v = np.linalg.eigh(x @ x.T)
+        return math.sqrt(max(float(w[-1]), 0.0)), v[:, -1].copy()
+    except np.linalg.LinAlgError as exc:
+        errors.append(f"eigh of x xᵀ: {exc}")
+    raise NumericalError(
+        f"the largest singular value of a {x.shape[0]}×{x.shape[1]} product could not be "
+        f"computed ({'; '.join(errors)})"
+    )
 
 
 class DenseWalk:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 from gradscope.cells import adapter_for, is_fused, is_registered, is_sequence
@@ -145,7 +146,18 @@ class Recorder:
         return out
 
     def _name(self, path: str, module: nn.Module) -> str:
-        return path if path else type(module).__name__.lower()
+        """The user's own module path for a layer name.
+
+        ``torch.compile``'s ``_orig_mod`` wrapper is left out, and a parametrised root module
+        is named by its own class (not ``Parametrized...``).
+        """
+        parts = [p for p in path.split(".") if p and p != "_orig_mod"]
+        if parts:
+            return ".".join(parts)
+        cls = type(module)
+        if parametrize.is_parametrized(module) and cls.__bases__:
+            cls = cls.__bases__[0]
+        return cls.__name__.lower()
 
     def start(self) -> Recorder:
         """Register the hooks (what ``with`` does on entry)."""

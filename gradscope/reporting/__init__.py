@@ -65,7 +65,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gradscope._files import atomic_write
+from gradscope._files import atomic_write, check_writable
 from gradscope.errors import GradscopeError
 from gradscope.reporting.build import build_document
 from gradscope.reporting.document import Run
@@ -128,6 +128,12 @@ def _from_path(label: str | None, obj: Any) -> Run:
     from gradscope.traces import load
 
     path = Path(obj)
+    if _format_of(path) == "gradscope.history":  # its own loader says what is wrong with it
+        from gradscope.history import load_history
+
+        run = _from_history(label, load_history(path))
+        run.source = f"training history file {path.name}"
+        return run
     try:
         trace = load(path)
     except TraceFormatError as exc:
@@ -141,6 +147,18 @@ def _from_path(label: str | None, obj: Any) -> Run:
     run.source = f"trace file {path.name}"
     run.meta["trace file"] = str(path)
     return run
+
+
+def _format_of(path: Path) -> Any:
+    """The ``format`` a gradscope ``.npz`` declares (None when it cannot be read)."""
+    from gradscope._npz import NpzArchive
+    from gradscope.errors import TraceFormatError
+
+    try:
+        with NpzArchive(path, "a gradscope file", "gradscope") as npz:
+            return npz.meta.get("format")
+    except TraceFormatError:
+        return None
 
 
 def _load_history(path: Path) -> Any | None:
@@ -319,6 +337,8 @@ def report(obj: Any, path: str | os.PathLike, *, title: str | None = None) -> Pa
         The path written.
 
     Raises:
+        OutputError: ``path`` cannot be written (checked before any work): ``cannot write
+            PATH: reason``.
         GradscopeError: an unsupported suffix or input type (and the errors of loading or
             analysing a saved trace, e.g. :class:`~gradscope.errors.TraceFormatError`).
     """
@@ -329,6 +349,7 @@ def report(obj: Any, path: str | os.PathLike, *, title: str | None = None) -> Pa
             f"gs.report: cannot tell the format of {str(path)!r} from its suffix "
             f"{path.suffix or '(none)'!r}; use one of {', '.join(sorted(set(FORMATS)))}"
         )
+    check_writable(path)  # before any analysis: a path that cannot be written fails fast
     runs = runs_of(obj)
     generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     doc = build_document(runs, title or _default_title(runs), generated, _versions())

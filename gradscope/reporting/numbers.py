@@ -49,17 +49,27 @@ def nonfinite_text(layer: Any) -> str | None:
     """A warning sentence when the layer saw NaN/inf states, else None."""
     nf = getattr(layer, "nonfinite", None) or {}
     count = int(nf.get("count", 0) or 0)
-    if count <= 0:
+    params = nf.get("params") or []
+    if count <= 0 and not params:
         return None
+    if params:
+        return (
+            f"Non-finite weights: {', '.join(map(str, params))} hold NaN/inf, so no statistic "
+            "of this layer can be computed (regime unknown); training has diverged."
+        )
     where = ""
     if nf.get("first_step") is not None:
         where = f", the first at step t = {nf.get('first_step')}"
         if nf.get("first_batch") is not None:
             where += f" of sequence {nf.get('first_batch')}"
+    rest = (
+        f"Every statistic rests on {nf['prefix']}"
+        if nf.get("prefix")
+        else "They are left out of the spectra and fits"
+    )
     return (
-        f"Non-finite values: {count} recorded state(s) hold NaN/inf{where}. They are left out "
-        "of the spectra and fits; check the input, the weights and the learning rate (an "
-        "exploding forward pass produces these)."
+        f"Non-finite values: {count} recorded state(s) hold NaN/inf{where}. {rest}; check the "
+        "input, the weights and the learning rate (an exploding forward pass produces these)."
     )
 
 

@@ -92,7 +92,14 @@ class Flow:
 
     def _put(self, x_in: float, text: str, size: float, **kw: Any) -> None:
         self.page().text(
-            x_in / PAGE[0], 1 - self.y / PAGE[1], text, fontsize=size, va="top", ha="left", **kw
+            x_in / PAGE[0],
+            1 - self.y / PAGE[1],
+            text,
+            fontsize=size,
+            va="top",
+            ha="left",
+            parse_math=False,  # names and verdicts are text: a "$" is a dollar sign
+            **kw,
         )
 
     # -- blocks
@@ -216,6 +223,7 @@ def _finish_page(pdf: PdfPages, fig: Figure, doc: Document, counter: list[int]) 
         fontsize=7,
         color=MUTED,
         va="bottom",
+        parse_math=False,
     )
     fig.text(
         1 - MARGIN / PAGE[0],
@@ -225,6 +233,7 @@ def _finish_page(pdf: PdfPages, fig: Figure, doc: Document, counter: list[int]) 
         color=MUTED,
         va="bottom",
         ha="right",
+        parse_math=False,
     )
     pdf.savefig(fig)
     fig.clear()
@@ -258,6 +267,7 @@ def figure_pages(
                 fontsize=12,
                 fontweight="bold",
                 va="baseline",
+                parse_math=False,
             )
             for i, panel in enumerate(chunk):
                 r, c = divmod(i, cols)
@@ -281,6 +291,7 @@ def figure_pages(
                     ha="left",
                     color=MUTED,
                     linespacing=1.3,
+                    parse_math=False,
                 )
             _finish_page(pdf, page, doc, counter)
 

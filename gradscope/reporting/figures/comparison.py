@@ -18,6 +18,7 @@ from gradscope.reporting.figures.theme import (
     new_axes,
     no_data,
     palette,
+    plain,
     regime_label,
     styled,
 )
@@ -69,7 +70,7 @@ def comparison_figure(curves: Mapping[str, Curve], *, ax: Axes | None = None) ->
             color=colours[i],
             ls=ls,
             lw=2,
-            label=f"{label}: {regime_label(c.regime)}, {fmt_rate(c.rate)}/step",
+            label=f"{plain(label)}: {regime_label(c.regime)}, {fmt_rate(c.rate)}/step",
         )
         shown.append(med)
     if not shown:
@@ -78,7 +79,7 @@ def comparison_figure(curves: Mapping[str, Curve], *, ax: Axes | None = None) ->
     ax.set_xlabel("lag k (timesteps back from the last step T)")
     ax.set_ylabel(DECAY_YLABEL["state"])
     set_log10_axis(ax, np.concatenate([np.ravel(s) for s in shown]))
-    ax.set_title(title + " (median, band 10–90%)")
+    ax.set_title(plain(title) + " (median, band 10–90%)")
     n = len(curves)
     if n > 4:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

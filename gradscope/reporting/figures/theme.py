@@ -133,6 +133,11 @@ def no_data(ax: Axes, reason: str, title: str | None = None) -> None:
     )
 
 
+def plain(text: str) -> str:
+    """``text`` as matplotlib shows it literally: a ``$`` in a name never starts mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def regime_label(regime: str | None) -> str:
     """``"▼ vanishing"`` etc.: the regime with its symbol (plain text for unknown regimes)."""
     if not regime:
