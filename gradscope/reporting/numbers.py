@@ -144,6 +144,18 @@ def layer_numbers(layer: Any) -> list[Number]:
                 "long-run log growth per step of the most expanding direction",
             )
         )
+    mem = getattr(layer, "memory", None)
+    if mem is not None:
+        out.append(
+            Number(
+                "Memory timescales",
+                f"{100 * mem.frac_long:.0f}% of {mem.tau.size} state coordinates have τ ≥ T = "
+                f"{mem.T:g} steps; median τ {fmt(mem.median_tau)} steps; selectivity "
+                f"{fmt(mem.median_selectivity)}",
+                "τ = −1/mean ln|λ_t| per coordinate of a diagonal transition: steps to fall by "
+                "e; selectivity: std/|mean| of ln|λ_t| over time (0: time-invariant)",
+            )
+        )
     nf = getattr(layer, "nonfinite", None) or {}
     count = int(nf.get("count", 0) or 0)
     out.append(
