@@ -212,7 +212,7 @@ def test_bad_method_names_the_choices():
         lambda: spectrum(tr, method="fast"),
         lambda: gs.decay(tr, method="fast"),
     ):
-        with pytest.raises(ArgumentError, match="'auto', 'dense' or 'operator'"):
+        with pytest.raises(ArgumentError, match="'auto', 'dense', 'operator' or 'diagonal'"):
             fn()
 
 
@@ -235,3 +235,9 @@ def test_operator_paths_skip_and_report_nonfinite_steps():
     np.testing.assert_allclose(a[0], b[0], atol=1e-9)  # the walk of sequence 1 stops at 30
     assert np.isnan(a[0][31:, 1]).all() and np.isfinite(a[0][:29, 1]).all()
     assert any("non-finite" in n for n in a[3])
+
+
+def test_diagonal_method_needs_a_diagonal_transition():
+    tr = _traces()["gru"]
+    with pytest.raises(ArgumentError, match="needs a diagonal transition"):
+        lyapunov(tr, k=2, method="diagonal")
