@@ -43,7 +43,9 @@ def has_diagonal(layer: LayerTrace) -> bool:
         return False
     adapter = layer.cell_adapter()
     fn = getattr(adapter, "diagonal", None)
-    if fn is None or layer.T == 0 or layer.B == 0:
+    if not (callable(fn) and callable(getattr(adapter, "log_decay", None))):
+        return False
+    if layer.T == 0 or layer.B == 0:
         return False
     params = {k: v.to(layer.inputs.device) for k, v in layer.params.items()}
     return fn(params, torch.nan_to_num(layer.inputs[:1, 0])) is not None

@@ -45,7 +45,12 @@ def check_method(layer: LayerTrace, method: str) -> None:
 
 
 def use_diagonal(layer: LayerTrace, method: str) -> bool:
-    """Whether an analysis takes the exact diagonal path (``"auto"`` does when it can)."""
+    """Whether an analysis takes the exact diagonal path (``"auto"`` does when it can).
+
+    Raises:
+        ArgumentError: an unknown ``method``, or ``"diagonal"`` for a non-diagonal cell.
+    """
+    check_method(layer, method)
     if method == "diagonal":
         return True
     if method != "auto":
