@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as nnf
 
 from gradscope._json import jsonable
-from gradscope._progress import analysis
+from gradscope._progress import analysis, compute_threads
 from gradscope.errors import MissingDataError
 from gradscope.traces import LayerTrace
 
@@ -289,9 +289,7 @@ def _walk(layer: LayerTrace, seed: int, max_lag: int | None) -> tuple:
     for k in range(k_max + 1):
         if k in lag_rows:
             live = lengths >= k
-            ny = torch.linalg.matrix_norm(y, ord=2).numpy()
-            ne = torch.linalg.matrix_norm(e, ord=2).numpy()
-            nt = torch.linalg.matrix_norm(y + e, ord=2).numpy()
+            ny, ne, nt = _norm2(y), _norm2(e), _norm2(y + e)
             with np.errstate(divide="ignore"):
                 path[lag_rows[k], live] = (np.log(ny) + scale)[live]
                 rest[lag_rows[k], live] = (np.log(ne) + scale)[live]
@@ -317,6 +315,15 @@ def _walk(layer: LayerTrace, seed: int, max_lag: int | None) -> tuple:
     return keep, path, rest, total, p, notes
 
 
+def _norm2(m: torch.Tensor) -> np.ndarray:
+    """Spectral norms of a batch of matrices, by NumPy's LAPACK.
+
+    torch's threaded batched SVD of small matrices was measured 100× slower on a busy
+    2-core machine.
+    """
+    return np.linalg.svd(m.numpy(), compute_uv=False)[..., 0]
+
+
 def _carried_gate(layer, params, x, s) -> torch.Tensor:
     h = s[:, : layer.state_sizes[0]]
     gi, gh = _preacts(params, x, h)
@@ -330,12 +337,12 @@ def _factor_norms(layer: LayerTrace, dphi: torch.Tensor) -> tuple[np.ndarray, np
     n = min(layer.B, WALK_SEQS)
     steps = np.unique(np.linspace(0, layer.T - 1, min(FACTOR_STEPS, layer.T)).astype(int))
     d = dphi[torch.from_numpy(steps), :n]  # (S, n, H)
-    norms = torch.linalg.matrix_norm(d.unsqueeze(-1) * w, ord=2).numpy()  # (S, n)
+    norms = _norm2(d.unsqueeze(-1) * w)  # (S, n)
     norms = np.where(layer.mask[steps, :n], norms, np.nan)
     q = np.full((len(steps), len(QUANTILES)), np.nan)
     ok = ~np.isnan(norms).all(axis=1)
     q[ok] = np.nanquantile(norms[ok], QUANTILES, axis=1).T
-    return q, steps, float(torch.linalg.matrix_norm(w, ord=2))
+    return q, steps, float(_norm2(w))
 
 
 # --------------------------------------------------------------------------- entry
@@ -401,7 +408,8 @@ def gate_view(layer: LayerTrace, *, max_lag: int | None = None, seed: int = 0) -
     view.carry = _step_quantiles(carry)
     with np.errstate(all="ignore"):
         view.carry_max = np.nanmedian(np.nanmax(carry, axis=2), axis=1)
-    keep, path, rest, total, p, notes = _walk(layer, seed, max_lag)
+    with compute_threads(1):  # many small per-step products: one thread (see _progress)
+        keep, path, rest, total, p, notes = _walk(layer, seed, max_lag)
     view.walk_lags, view.probes, view.notes = keep, p, notes
     with np.errstate(all="ignore"):
         # share = 1 / (1 + ‖E‖/‖Π‖), from the logs (no underflow)

@@ -19,6 +19,7 @@ from gradscope.reporting.document import (
     RunSection,
     SummaryRow,
 )
+from gradscope.reporting.gate_panels import GATE_PANELS, gate_note
 from gradscope.reporting.numbers import layer_numbers, nonfinite_text
 from gradscope.reporting.panels import (
     COMPARISON_PANEL,
@@ -48,6 +49,7 @@ def _flatten_meta(meta: Mapping[str, Any], prefix: str = "") -> list[tuple[str, 
 
 def _layer_section(run: Run, layer: Any, run_anchor: str) -> LayerSection:
     name = str(layer.name)
+    specs = [*LAYER_PANELS[:1], *GATE_PANELS, *LAYER_PANELS[1:]]  # the why after the what
     return LayerSection(
         run=run.label,
         name=name,
@@ -59,7 +61,8 @@ def _layer_section(run: Run, layer: Any, run_anchor: str) -> LayerSection:
         numbers=layer_numbers(layer),
         notes=[str(n) for n in getattr(layer, "notes", []) or []],
         nonfinite=nonfinite_text(layer),
-        panels=[make_panel(spec, layer) for spec in LAYER_PANELS if spec.applies(layer)],
+        panels=[make_panel(spec, layer) for spec in specs if spec.applies(layer)],
+        gate_note=gate_note(layer),
     )
 
 

@@ -121,6 +121,7 @@ class LayerSection:
     notes: list[str]
     nonfinite: str | None
     panels: list[Panel]
+    gate_note: str | None = None
 
 
 @dataclass

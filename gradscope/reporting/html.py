@@ -177,6 +177,8 @@ def _layer(sec: LayerSection) -> str:
         out.append("<p class='note'><strong>Analysis notes:</strong> ")
         out.append(" ".join(escape(n) for n in sec.notes))
         out.append("</p>")
+    if sec.gate_note:
+        out.append(f"<p class='note' data-missing='gates'>{escape(sec.gate_note)}</p>")
     out.append('<div class="figs">')
     out.extend(_panel(p, sec.anchor) for p in sec.panels)
     out.append("</div></section>")
