@@ -78,8 +78,9 @@ GATE_PANELS: list[PanelSpec] = [
         "gate-share",
         "Which path carries the gradient",
         "The part of ‖∂s_T/∂s_{T−k}‖ made of paths that stay on the additive path at every "
-        "one of the k steps (green), against paths that go through the recurrent weights at "
-        "least once (blue); share = ‖Π^A‖/(‖Π^A‖ + ‖rest‖).",
+        "one of the k steps (green), against paths through the recurrent weights (blue). "
+        "Share = ‖Π^A‖/(‖Π^A‖ + ‖rest‖): near 1 the gates carry the gradient that far back, "
+        "near 0 the weights do.",
         "an LSTM or GRU layer's gate view (gradscope.analysis.gates)",
         lambda layer: dict(
             lags=_view(layer).walk_lags, share=_view(layer).share, path=_view(layer).path
