@@ -161,6 +161,16 @@ def run_demo(
     Returns:
         The paths written: the HTML report, the PDF report and a JSON summary.
     """
+    from gradscope._progress import compute_threads
+
+    # models this small run fastest on one thread, and a busy machine's spinning worker
+    # threads made every step ~100× slower in our measurements (see gradscope._progress)
+    with compute_threads(1):
+        return _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, log)
+
+
+def _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, log):
+    """:func:`run_demo` with the threads already set."""
     import gradscope as gs
 
     out = Path(out)

@@ -154,9 +154,23 @@ class GateView:
         total = math.exp(self.total_log[i]) if self.total_log.size else math.nan
         best = math.exp(self.carry_max[lag]) if lag < len(self.carry_max) else math.nan
         return (
-            f"{lag} steps back the gradient is {total:.2g} of its size and the {what} carries "
+            f"{lag} steps back ‖∂s_T/∂s_T−{lag}‖ = {total:.2g} and the {what} carries "
             f"{100 * share:.0f}% of it (its best unit keeps ∏{g} = {best:.2g}); {gate} gates "
             f"median {self.medians.get(g, math.nan):.2f}."
+        )
+
+    def short(self) -> str:
+        """A few words for a table cell: the path's share and the median carried gate."""
+        if self.path == "none":
+            med = float(np.nanmedian(self.factor[:, 2])) if self.factor.size else math.nan
+            return f"no gate path; ‖diag(φ′)W_hh‖₂ ≈ {med:.2f} per step"
+        g = "f" if self.kind == "lstm" else "z"
+        want = min(SENTENCE_LAG, int(self.lags[-1]) if self.lags.size else 0)
+        lag, share = self.share_at(want)
+        what = "cell path" if self.kind == "lstm" else "z path"
+        return (
+            f"{what} carries {100 * share:.0f}% at lag {lag}; {g} median "
+            f"{self.medians.get(g, math.nan):.2f}"
         )
 
     def to_dict(self, arrays: bool = True) -> dict[str, Any]:

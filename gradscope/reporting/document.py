@@ -156,6 +156,7 @@ class SummaryRow:
     nonfinite: str | None
     verdict: str
     full_verdict: str = ""
+    short: str = ""
 
 
 @dataclass
