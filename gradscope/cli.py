@@ -298,9 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and write one comparison report (HTML and PDF). No data or download needed.",
     )
     p.add_argument("--out", default="reports/demo", help="output folder (default reports/demo)")
-    p.add_argument("--steps", type=int, default=300, help="training steps per model")
-    p.add_argument("--seq-len", type=int, default=100, help="sequence length T")
-    p.add_argument("--hidden", type=int, default=64, help="hidden size of every model")
+    p.add_argument("--steps", type=int, default=600, help="training steps per model")
+    p.add_argument("--seq-len", type=int, default=50, help="sequence length T")
+    p.add_argument("--hidden", type=int, default=32, help="hidden size of every model")
     p.add_argument("--batch", type=int, default=64, help="training batch size")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)

@@ -182,5 +182,9 @@ def test_demo_reduced_size(tmp_path: Path) -> None:
         assert label in html
     assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
     summary = json.loads((out / "summary.json").read_text())
+    settings = summary.pop("settings")
+    assert settings["seed"] == 0 and settings["seq_len"] == 12 and settings["steps"] == 6
     assert set(summary) == {"vanilla RNN", "LSTM", "GRU"}
     assert all(np.isfinite(v["test_mse"]) for v in summary.values())
+    for v in summary.values():  # the baseline predicts the test targets' mean
+        assert np.isfinite(v["baseline_mse"]) and v["learned"] == (v["ratio"] <= 0.5)

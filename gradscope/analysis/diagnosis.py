@@ -36,6 +36,7 @@ from gradscope._progress import analysis
 from gradscope.analysis.advice import advice, verdict
 from gradscope.analysis.decay import Decay, decay_curves, fit_decay, loss_log_norms
 from gradscope.analysis.finite import Prefix, finite_prefix, prefix_of, with_overflow
+from gradscope.analysis.gates import gate_view
 from gradscope.analysis.lyapunov import lyapunov
 from gradscope.analysis.results import Diagnosis, LayerDiagnosis
 from gradscope.analysis.sampling import evenly_spaced
@@ -226,9 +227,15 @@ def _diagnose_layer(
         d.memory = timescales(layer)
     except (GradscopeError, np.linalg.LinAlgError) as exc:
         notes.append(f"memory timescales not computed: {exc}")
+    try:
+        d.gates = gate_view(layer, max_lag=max_lag, seed=seed)
+    except (GradscopeError, np.linalg.LinAlgError, RuntimeError) as exc:
+        notes.append(f"gate view not computed: {exc}")
     d.verdict = verdict(d, layer)
     if d.memory is not None:
         d.verdict = f"{d.verdict} {d.memory.sentence()}"
+    if d.gates is not None:
+        d.verdict = f"{d.verdict} {d.gates.sentence()}"
     d.advice = advice(d, layer)
     return d
 

@@ -13,6 +13,7 @@ from typing import Any
 from gradscope._json import jsonable
 from gradscope.analysis.decay import Decay
 from gradscope.analysis.formatting import fmt_num, fmt_steps
+from gradscope.analysis.gates import GateView
 from gradscope.analysis.lyapunov import Lyapunov
 from gradscope.analysis.spectra import Spectrum
 from gradscope.analysis.timescales import Timescales
@@ -52,6 +53,9 @@ class LayerDiagnosis:
         memory: Per-coordinate memory timescales of a diagonal recurrence (Mamba, minGRU,
             LRU, ...), None for other cells.
         reason: Why the regime is ``"unknown"`` ("" otherwise).
+        gates: Gate view of an LSTM, GRU or vanilla RNN layer (gate distributions, carries,
+            the additive path's share of the gradient; :mod:`gradscope.analysis.gates`), None
+            for other cells.
     """
 
     name: str
@@ -73,6 +77,7 @@ class LayerDiagnosis:
     notes: list[str] = field(default_factory=list)
     memory: Timescales | None = None
     reason: str = ""
+    gates: GateView | None = None
 
     @property
     def lambda1(self) -> float:
@@ -109,6 +114,8 @@ class LayerDiagnosis:
             if not arrays:
                 mem = {k: v for k, v in mem.items() if k not in ("rates", "tau", "selectivity")}
             out["memory"] = mem
+        if self.gates is not None:
+            out["gates"] = self.gates.to_dict(arrays=arrays)
         if arrays:
             out["spectrum_eig"] = jsonable(self.spectrum_eig)
             out["spectrum_svd"] = jsonable(self.spectrum_svd)

@@ -19,6 +19,7 @@ from gradscope.reporting.document import (
     RunSection,
     SummaryRow,
 )
+from gradscope.reporting.gate_panels import GATE_PANELS, gate_note
 from gradscope.reporting.numbers import layer_numbers, nonfinite_text
 from gradscope.reporting.panels import (
     COMPARISON_PANEL,
@@ -48,6 +49,7 @@ def _flatten_meta(meta: Mapping[str, Any], prefix: str = "") -> list[tuple[str, 
 
 def _layer_section(run: Run, layer: Any, run_anchor: str) -> LayerSection:
     name = str(layer.name)
+    specs = [*LAYER_PANELS[:1], *GATE_PANELS, *LAYER_PANELS[1:]]  # the why after the what
     return LayerSection(
         run=run.label,
         name=name,
@@ -59,7 +61,8 @@ def _layer_section(run: Run, layer: Any, run_anchor: str) -> LayerSection:
         numbers=layer_numbers(layer),
         notes=[str(n) for n in getattr(layer, "notes", []) or []],
         nonfinite=nonfinite_text(layer),
-        panels=[make_panel(spec, layer) for spec in LAYER_PANELS if spec.applies(layer)],
+        panels=[make_panel(spec, layer) for spec in specs if spec.applies(layer)],
+        gate_note=gate_note(layer),
     )
 
 
@@ -86,7 +89,34 @@ def _summary_row(section: LayerSection, layer: Any) -> SummaryRow:
         nonfinite=None if count == 0 else f"{count} (step {nf.get('first_step')})",
         verdict=headline(section.verdict),
         full_verdict=section.verdict,
+        short=_short(layer, d),
     )
+
+
+def _short(layer: Any, d: Any) -> str:
+    """A few words for the verdict cell: the gate view's, else the regime and half-life."""
+    view = getattr(layer, "gates", None)
+    if view is not None:
+        return view.short()
+    if d is None:
+        return "no state decay"
+    return f"{F.regime_label(d.regime)}, half-life {fmt(d.half_life)} steps"
+
+
+def _outcome(run: Run) -> str:
+    """Test MSE ÷ baseline and whether that is at most one half (from ``meta["outcome"]``)."""
+    out = run.meta.get("outcome")
+    if not isinstance(out, dict) or "test_mse" not in out or "baseline_mse" not in out:
+        return "n/a"
+    ratio = float(out["test_mse"]) / float(out["baseline_mse"])
+    return f"{'yes' if ratio <= 0.5 else 'no'} ({ratio:.2g})"
+
+
+def _horizon_vs_t(layer: Any, d: Any) -> str:
+    if d is None:
+        return "n/a"
+    t = getattr(layer, "T", None)
+    return f"{fmt(d.horizon)} / {t}" if t else fmt(d.horizon)
 
 
 def _training(run: Run) -> tuple[list[tuple[str, list[Panel]]], str | None]:
@@ -123,6 +153,7 @@ def build_document(
     alerts: list[str] = []
     curves: dict[str, F.Curve] = {}
     used: set[str] = set()
+    extra: dict[tuple[str | None, str], tuple[Run, Any]] = {}
     for i, run in enumerate(runs):
         anchor = slug(f"run-{run.label}") if run.label is not None else "run"
         if anchor in used:
@@ -134,6 +165,7 @@ def build_document(
             sec = _layer_section(run, layer, anchor)
             lsecs.append(sec)
             summary.append(_summary_row(sec, layer))
+            extra[(sec.run, sec.name)] = (run, layer)
             if sec.nonfinite:
                 who = f"{run.label} / {sec.name}" if run.label else sec.name
                 alerts.append(f"{who}: {sec.nonfinite}")
@@ -173,13 +205,22 @@ def build_document(
                 None,
                 f"only {len(curves)} of the {len(runs)} runs has a state decay curve",
             )
-        table = [["model / layer", "regime", "rate per step", "half-life (steps)", "λ₁", "‖J‖₂"]]
+        learned = any(isinstance(r.meta.get("outcome"), dict) for r in runs)
+        table = [
+            ["model / layer", "regime", "rate per step", "half-life (steps)", "horizon / T"]
+            + (["learned? (test MSE ÷ baseline)"] if learned else [])
+            + ["λ₁", "‖J‖₂"]
+        ]
         for row in summary:
             who = row.run if row.run is not None else row.layer
             if row.run is not None and sum(r.run == row.run for r in summary) > 1:
                 who = f"{row.run} · {row.layer}"
+            run, layer = extra[(row.run, row.layer)]
+            d = (getattr(layer, "decay", None) or {}).get("state")
             table.append(
-                [who, F.regime_label(row.regime), row.rate, row.half_life, row.lyap, row.norm]
+                [who, F.regime_label(row.regime), row.rate, row.half_life, _horizon_vs_t(layer, d)]
+                + ([_outcome(run)] if learned else [])
+                + [row.lyap, row.norm]
             )
     common: list[tuple[str, str]] = []
     if len(sections) > 1:

@@ -121,6 +121,7 @@ class LayerSection:
     notes: list[str]
     nonfinite: str | None
     panels: list[Panel]
+    gate_note: str | None = None
 
 
 @dataclass
@@ -155,6 +156,7 @@ class SummaryRow:
     nonfinite: str | None
     verdict: str
     full_verdict: str = ""
+    short: str = ""
 
 
 @dataclass

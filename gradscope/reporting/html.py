@@ -89,6 +89,9 @@ figure.missing .nodata strong { color: var(--fg); display: block; margin-bottom:
   padding: 8px 12px; border-radius: 6px; }
 table.meta td:first-child { white-space: nowrap; color: var(--muted); width: 18em; }
 table.meta td { font-size: .88em; word-break: break-word; }
+details > summary { cursor: pointer; }
+section.run > details > summary h2 { display: inline-block; border: none; margin: 18px 0 6px; }
+table.summary td.verdict-text details summary { color: var(--fg); }
 pre { white-space: pre-wrap; margin: 0; font-size: .95em; }
 footer { margin-top: 30px; color: var(--muted); font-size: .85em;
   border-top: 1px solid var(--line); padding-top: 8px; }
@@ -177,6 +180,8 @@ def _layer(sec: LayerSection) -> str:
         out.append("<p class='note'><strong>Analysis notes:</strong> ")
         out.append(" ".join(escape(n) for n in sec.notes))
         out.append("</p>")
+    if sec.gate_note:
+        out.append(f"<p class='note' data-missing='gates'>{escape(sec.gate_note)}</p>")
     out.append('<div class="figs">')
     out.extend(_panel(p, sec.anchor) for p in sec.panels)
     out.append("</div></section>")
@@ -185,10 +190,14 @@ def _layer(sec: LayerSection) -> str:
 
 def _run(run: RunSection, several: bool) -> str:
     title = run.label if run.label is not None else "Layers"
+    regimes = ", ".join(f"{s.name}: {regime_label(s.regime)}" for s in run.layers)
     out = [
         f'<section class="run" id="{run.anchor}" data-section="run" '
         f'data-run="{escape(run.label or "")}">',
+        # several runs: each collapsed to one line until opened; a single run stays open
+        f"<details{'' if several else ' open'}><summary>",
         f"<h2>{escape(title)}</h2>" if several else "<h2>Per-layer analysis</h2>",
+        f" <span class='sub'>{escape(regimes)}</span></summary>" if several else "</summary>",
         f"<p class='sub'>Source: {escape(run.source)}</p>",
     ]
     if run.problem:
@@ -215,7 +224,7 @@ def _run(run: RunSection, several: bool) -> str:
     else:
         out.extend(_layer(sec) for sec in run.layers)
         out.extend(training)
-    out.append("</section>")
+    out.append("</details></section>")
     return "\n".join(out)
 
 
@@ -264,7 +273,8 @@ def _summary(doc: Document) -> str:
                 f"<td class='num'>{escape(r.radius)}</td>",
                 f"<td class='num'>{escape(r.lyap)}</td>",
                 f"<td>{'⚠ ' + escape(r.nonfinite) if r.nonfinite else 'none'}</td>",
-                f"<td class='verdict-text'>{escape(r.verdict)}</td>",
+                f"<td class='verdict-text'><details><summary>{escape(r.short or r.verdict)}"
+                f"</summary>{escape(r.full_verdict or r.verdict)}</details></td>",
             ]
             out.append(f"<tr data-layer='{escape(r.layer)}'>{''.join(cells)}</tr>")
         out.append("</tbody></table>")

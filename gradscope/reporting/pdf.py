@@ -179,6 +179,8 @@ def _layer_text(flow: Flow, sec: LayerSection) -> None:
     flow.table(rows, [0.18, 0.5, 0.32], size=7.8)
     if sec.notes:
         flow.text("Analysis notes: " + " ".join(sec.notes), size=8.5, color=MUTED)
+    if sec.gate_note:
+        flow.text(sec.gate_note, size=8.5, color=MUTED)
     missing = [p for p in sec.panels if p.kwargs is None]
     if missing:
         flow.heading("Not available in this run", size=10.5)

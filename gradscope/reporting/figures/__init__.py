@@ -30,6 +30,12 @@ from __future__ import annotations
 from gradscope.reporting.figures.axes import log10_ticks
 from gradscope.reporting.figures.comparison import Curve, comparison_figure
 from gradscope.reporting.figures.decay import decay_figure, lag_heatmap_figure
+from gradscope.reporting.figures.gates import (
+    carry_figure,
+    gate_distribution_figure,
+    path_share_figure,
+    repeated_factor_figure,
+)
 from gradscope.reporting.figures.lyapunov import (
     lyapunov_convergence_figure,
     lyapunov_spectrum_figure,
@@ -56,6 +62,10 @@ from gradscope.reporting.figures.theme import (
 from gradscope.reporting.figures.training import training_heatmap_figure, training_rate_figure
 
 __all__ = [
+    "carry_figure",
+    "gate_distribution_figure",
+    "path_share_figure",
+    "repeated_factor_figure",
     "FIGSIZE",
     "REGIME_COLOURS",
     "REGIME_MARKERS",

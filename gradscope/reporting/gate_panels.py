@@ -1,0 +1,119 @@
+"""The gate views of a layer section (LSTM, GRU, vanilla RNN): why gradients survive or not.
+
+Each panel applies only to the cells it explains (:attr:`PanelSpec.applies`); a layer of any
+other cell gets one visible line (:func:`gate_note`) instead of the panels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradscope.reporting import figures as F
+from gradscope.reporting.document import Missing, PanelSpec
+
+_GATED = ("lstm", "gru")
+_VANILLA = ("rnn_tanh", "rnn_relu")
+
+
+def _view(layer: Any) -> Any:
+    view = getattr(layer, "gates", None)
+    if view is None:
+        notes = " ".join(str(n) for n in getattr(layer, "notes", []) or [])
+        raise Missing("the gate view was not computed." + (f" Notes: {notes}" if notes else ""))
+    return view
+
+
+def _gated(layer: Any) -> bool:
+    return str(getattr(layer, "kind", "")) in _GATED
+
+
+def _vanilla(layer: Any) -> bool:
+    return str(getattr(layer, "kind", "")) in _VANILLA
+
+
+def _carry_kwargs(layer: Any) -> dict[str, Any]:
+    view = _view(layer)
+    d = (getattr(layer, "decay", None) or {}).get("state")
+    return dict(
+        lags=view.lags,
+        carry=view.carry,
+        carry_max=view.carry_max,
+        decay_lags=None if d is None else d.lags,
+        decay_median=None if d is None else d.median,
+        gate="f" if layer.kind == "lstm" else "z",
+    )
+
+
+def gate_note(layer: Any) -> str | None:
+    """The line shown instead of the gate views for a cell they do not explain."""
+    kind = str(getattr(layer, "kind", ""))
+    if kind in _GATED or kind in _VANILLA:
+        return None
+    if getattr(layer, "memory", None) is not None:
+        return (
+            f"Gate views: not shown for a {kind} layer; its transition is diagonal, so the "
+            "memory timescales below play their part."
+        )
+    return (
+        f"Gate views: not shown for a {kind} layer (they explain LSTM, GRU and vanilla RNN "
+        "cells, whose gates gradscope knows in closed form)."
+    )
+
+
+#: The gate views, shown after the state-gradient decay of the layers they apply to.
+GATE_PANELS: list[PanelSpec] = [
+    PanelSpec(
+        "gate-carry",
+        "The gradient highway",
+        "Green: the carry ∏f (LSTM cell state) or ∏z (GRU update gate) over the last k steps, "
+        "which a gradient on the additive path is scaled by, whatever the weights; blue: the "
+        "full ‖∂s_T/∂s_{T−k}‖. Gates near 1 keep the green line flat: that is the highway "
+        "the vanilla RNN lacks.",
+        "an LSTM or GRU layer's gate view (gradscope.analysis.gates)",
+        _carry_kwargs,
+        F.carry_figure,
+        _gated,
+    ),
+    PanelSpec(
+        "gate-share",
+        "Which path carries the gradient",
+        "The part of ‖∂s_T/∂s_{T−k}‖ made of paths that stay on the additive path at every "
+        "one of the k steps (green), against paths through the recurrent weights (blue). "
+        "Share = ‖Π^A‖/(‖Π^A‖ + ‖rest‖): near 1 the gates carry the gradient that far back, "
+        "near 0 the weights do.",
+        "an LSTM or GRU layer's gate view (gradscope.analysis.gates)",
+        lambda layer: dict(
+            lags=_view(layer).walk_lags, share=_view(layer).share, path=_view(layer).path
+        ),
+        F.path_share_figure,
+        _gated,
+    ),
+    PanelSpec(
+        "gate-distributions",
+        "Gates over time",
+        "Each gate's distribution over units and sequences at every timestep. A forget (LSTM) "
+        "or update (GRU) gate near 1 holds the state and its gradient; for a vanilla RNN the "
+        "curve is tanh′, which falls towards 0 as units saturate.",
+        "a gate view (gradscope.analysis.gates)",
+        lambda layer: dict(gates=_view(layer).gates),
+        F.gate_distribution_figure,
+        lambda layer: _gated(layer) or _vanilla(layer),
+    ),
+    PanelSpec(
+        "repeated-factor",
+        "The repeated factor",
+        "A vanilla RNN multiplies ‖diag(φ′_t) W_hh‖₂ into the gradient at every step back. "
+        "Below 1 (dotted) at every step, the gradient must vanish; the gap to ‖W_hh‖₂ (dashed) "
+        "is what tanh′ saturation takes away.",
+        "a vanilla RNN layer's gate view (gradscope.analysis.gates)",
+        lambda layer: dict(
+            steps=_view(layer).factor_steps,
+            factor=_view(layer).factor,
+            weight_norm=float(_view(layer).weight_norm),
+        ),
+        F.repeated_factor_figure,
+        _vanilla,
+    ),
+]
+
+__all__ = ["GATE_PANELS", "gate_note"]

@@ -1,0 +1,185 @@
+"""Gate views: statistics against gates computed here from the module's weights (float64),
+the additive-path split against autograd, carries in log space, path shares against dense
+products of autograd Jacobians."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from cell_cases import TensorCell
+from torch import nn
+
+import gradscope as gs
+from gradscope.analysis.gates import QUANTILES, gate_view, split_jacobian
+
+
+def _lstm_gates(mod: nn.LSTM, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """i, f, o (T, B, H) from the module's own outputs and weights."""
+    out, _ = mod(x)
+    h_prev = torch.cat([torch.zeros_like(out[:1]), out[:-1]])
+    a = x @ mod.weight_ih_l0.T + mod.bias_ih_l0 + h_prev @ mod.weight_hh_l0.T + mod.bias_hh_l0
+    H = mod.hidden_size
+    sig = torch.sigmoid
+    return {
+        "i": sig(a[..., :H]).detach().numpy(),
+        "f": sig(a[..., H : 2 * H]).detach().numpy(),
+        "o": sig(a[..., 3 * H :]).detach().numpy(),
+    }
+
+
+def _jac(adapter, params, xt, s_prev):
+    """∂s_t/∂s_{t-1} by autograd through the adapter's step (checked against the module's own
+    forward in test_cells)."""
+    return torch.func.jacrev(lambda s: adapter.step(params, xt[None], s[None])[0])(s_prev)
+
+
+def _quantiles(v: np.ndarray) -> np.ndarray:
+    return np.quantile(v.reshape(v.shape[0], -1), QUANTILES, axis=1).T
+
+
+def test_lstm_gate_statistics_match_the_modules_gates(float64, seeded):
+    mod = nn.LSTM(3, 5)
+    x = torch.randn(12, 4, 3)
+    view = gate_view(gs.trace(mod, x)["lstm.l0"])
+    ref = _lstm_gates(mod, x)
+    for g in ("i", "f", "o"):
+        np.testing.assert_allclose(view.gates[g], _quantiles(ref[g]), rtol=0, atol=1e-12)
+        assert view.medians[g] == pytest.approx(np.median(ref[g]), abs=1e-12)
+    # the carry: ∏ f over the last k steps, per unit and sequence, then quantiles
+    logf = np.log(ref["f"])
+    carry = np.concatenate([np.zeros((1, 4, 5)), np.cumsum(logf[::-1], axis=0)])
+    np.testing.assert_allclose(view.carry, _quantiles(carry), atol=1e-12)
+    np.testing.assert_allclose(view.carry_max, np.median(carry.max(axis=2), axis=1), atol=1e-12)
+
+
+def test_gru_cell_loop_gates_follow_pytorchs_convention(float64, seeded):
+    cell = nn.GRUCell(2, 4)
+    x = torch.randn(9, 3, 2)
+    with gs.record(cell) as rec:
+        h = torch.zeros(3, 4)
+        hs = [h]
+        for t in range(9):
+            h = cell(x[t], h)
+            hs.append(h)
+    view = gate_view(rec.trace.layers[0])
+    hp = torch.stack(hs[:-1])
+    gi = x @ cell.weight_ih.T + cell.bias_ih
+    gh = hp @ cell.weight_hh.T + cell.bias_hh
+    r = torch.sigmoid(gi[..., :4] + gh[..., :4])
+    z = torch.sigmoid(gi[..., 4:8] + gh[..., 4:8])
+    n = torch.tanh(gi[..., 8:] + r * gh[..., 8:])
+    # PyTorch: h' = (1 - z) n + z h, so z is the carried gate
+    torch.testing.assert_close(torch.stack(hs[1:]), (1 - z) * n + z * hp, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(view.gates["z"], _quantiles(z.detach().numpy()), atol=1e-12)
+    np.testing.assert_allclose(view.gates["r"], _quantiles(r.detach().numpy()), atol=1e-12)
+    assert view.path == "update" and set(view.gates) == {"r", "z"}
+
+
+@pytest.mark.parametrize("kind", ["lstm", "lstm_proj", "gru", "rnn"])
+def test_split_sums_to_the_autograd_jacobian(float64, seeded, kind):
+    mods = {
+        "lstm": lambda: nn.LSTM(2, 4),
+        "lstm_proj": lambda: nn.LSTM(2, 4, proj_size=3),
+        "gru": lambda: nn.GRU(2, 4),
+        "rnn": lambda: nn.RNN(2, 4),
+    }
+    mod = mods[kind]()
+    x = torch.randn(5, 2, 2)
+    layer = gs.trace(mod, x).layers[0]
+    a, r = split_jacobian(layer)
+    adapter = layer.cell_adapter()
+    for t in range(5):
+        for b in range(2):
+            s_prev, xt = layer.states[t, b], layer.inputs[t, b]
+            ref = _jac(adapter, layer.params, xt, s_prev)
+            torch.testing.assert_close(a[t, b] + r[t, b], ref, rtol=1e-12, atol=1e-13)
+            if kind == "rnn":
+                assert not a[t, b].any()
+                continue
+            if kind == "gru":  # A = diag(z), z from the module's weights here
+                p = layer.params
+                a_z = (xt @ p["weight_ih"].T + p["bias_ih"] + s_prev @ p["weight_hh"].T)[4:8]
+                z = torch.sigmoid(a_z + p["bias_hh"][4:8])
+                torch.testing.assert_close(a[t, b], torch.diag(z), rtol=1e-12, atol=1e-15)
+                continue
+            # the additive path is the c → c block of autograd's Jacobian, the rest has none
+            c = layer.part("c")
+            torch.testing.assert_close(a[t, b][c, c], ref[c, c], rtol=1e-12, atol=1e-13)
+            assert r[t, b][c, c].abs().max() < 1e-15
+
+
+def test_carry_survives_two_thousand_steps_in_log_space(float64, seeded):
+    mod = nn.LSTM(1, 3)
+    with torch.no_grad():
+        mod.bias_ih_l0[3:6] = -2.0  # f ≈ 0.12: ∏ f over 2000 steps is e^-4000, far below 1e-308
+    x = torch.randn(2000, 2, 1)
+    view = gate_view(gs.trace(mod, x)["lstm.l0"], max_lag=20)
+    assert np.isfinite(view.carry).all() and np.isfinite(view.carry_max).all()
+    f = _lstm_gates(mod, x)["f"]
+    ref = np.log(f).sum(axis=0)  # ln C_T per sequence and unit
+    assert ref.max() < -1000
+    assert view.carry[-1, 2] == pytest.approx(np.median(ref), rel=1e-10)
+    assert view.walk_lags.max() == 20 and np.isfinite(view.share).all()
+
+
+def test_path_share_against_dense_autograd_products(float64, seeded):
+    mod = nn.LSTM(2, 3)
+    with torch.no_grad():
+        mod.bias_ih_l0[3:6] = 2.0
+    x = torch.randn(6, 3, 2)
+    layer = gs.trace(mod, x)["lstm.l0"]
+    view = gate_view(layer)
+    adapter, c = layer.cell_adapter(), layer.part("c")
+    shares, totals = [], []
+    for b in range(3):
+        P, Pi = torch.eye(6), torch.eye(6)
+        row_s, row_t = [1.0], [0.0]
+        for t in range(5, -1, -1):  # P_k = J_T ⋯ J_{T-k+1}
+            s_prev, xt = layer.states[t, b], layer.inputs[t, b]
+            J = _jac(adapter, layer.params, xt, s_prev)
+            A = torch.zeros(6, 6)
+            A[c, c] = torch.diag(J[c, c].diagonal())
+            P, Pi = P @ J, Pi @ A
+            n_pi = torch.linalg.matrix_norm(Pi, 2)
+            n_e = torch.linalg.matrix_norm(P - Pi, 2)
+            row_s.append(float(n_pi / (n_pi + n_e)))
+            row_t.append(math.log(torch.linalg.matrix_norm(P, 2)))
+        shares.append(row_s)
+        totals.append(row_t)
+    np.testing.assert_array_equal(view.walk_lags, np.arange(7))
+    np.testing.assert_allclose(view.share, np.median(shares, axis=0), rtol=1e-9)
+    np.testing.assert_allclose(view.total_log, np.median(totals, axis=0), rtol=1e-9, atol=1e-12)
+    # and P_k is what gs.decay measures
+    np.testing.assert_allclose(view.total_log, gs.decay(layer).median, rtol=1e-9, atol=1e-12)
+    assert "cell path" in view.sentence() and "forget gates median" in view.sentence()
+
+
+def test_vanilla_repeated_factor_and_saturation(float64, seeded):
+    mod = nn.RNN(2, 6)
+    x = 3 * torch.randn(10, 3, 2)
+    view = gate_view(gs.trace(mod, x)["rnn.l0"])
+    out, _ = mod(x)
+    h_prev = torch.cat([torch.zeros_like(out[:1]), out[:-1]])
+    a = x @ mod.weight_ih_l0.T + mod.bias_ih_l0 + h_prev @ mod.weight_hh_l0.T + mod.bias_hh_l0
+    d = (1 - torch.tanh(a) ** 2).detach()
+    norms = torch.linalg.matrix_norm(d.unsqueeze(-1) * mod.weight_hh_l0.detach(), 2).numpy()
+    np.testing.assert_allclose(view.factor, np.quantile(norms, QUANTILES, axis=1).T, rtol=1e-12)
+    np.testing.assert_allclose(view.gates["φ'"], _quantiles(d.numpy()), atol=1e-12)
+    w_norm = float(torch.linalg.matrix_norm(mod.weight_hh_l0.detach(), 2))
+    assert view.weight_norm == pytest.approx(w_norm)
+    assert view.path == "none" and "diag(φ′) W_hh" in view.sentence()
+
+
+def test_cells_without_gates_have_no_gate_view(float64, seeded):
+    cell = TensorCell(2, 3)
+    with gs.record(cell, cells=[cell]) as rec:
+        h = torch.zeros(2, 3)
+        for _ in range(4):
+            h = cell(torch.randn(2, 2), h)
+    layer = rec.trace.layers[0]
+    assert gate_view(layer) is None
+    with pytest.raises(gs.errors.MissingDataError):
+        split_jacobian(layer)
