@@ -183,3 +183,25 @@ def test_cells_without_gates_have_no_gate_view(float64, seeded):
     assert gate_view(layer) is None
     with pytest.raises(gs.errors.MissingDataError):
         split_jacobian(layer)
+
+
+def test_report_shows_gate_views_where_they_apply_and_a_note_elsewhere(tmp_path):
+    """LSTM and vanilla sections get their gate panels; a minGRU section gets the note."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from mingru import MinGRU
+
+    torch.manual_seed(0)
+    runs = {
+        "lstm": gs.diagnose(gs.trace(torch.nn.LSTM(3, 4), torch.randn(20, 2, 3))),
+        "rnn": gs.diagnose(gs.trace(torch.nn.RNN(3, 4), torch.randn(20, 2, 3))),
+        "mingru": gs.diagnose(gs.trace(MinGRU(3, 4), torch.randn(2, 20, 3))),
+    }
+    gs.report(runs, tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    for key in ("gate-carry", "gate-share", "gate-distributions"):
+        assert f'data-figure="{key}"' in html
+    assert "data-missing='gates'" in html and "Gate views: not shown for a example:mingru" in html
+    assert 'data-figure="memory-timescales"' in html
