@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sequence_cases import SequenceCase, check_products, relative_error, replay
 
 import gradscope as gs
 from gradscope.cells.base import BLOCK
 from gradscope.layer_trace import LayerTrace
 from gradscope.sequences.deltanet import ADAPTER, MODULE_QUALNAME
-from tests.sequence_cases import SequenceCase, check_products, relative_error, replay
 
 transformers = pytest.importorskip("transformers")
 modeling = pytest.importorskip("transformers.models.qwen3_next.modeling_qwen3_next")

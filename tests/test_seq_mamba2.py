@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import gradscope as gs
-from gradscope.cells.base import SCALAR_IDENTITY
-from gradscope.layer_trace import LayerTrace
-from gradscope.sequences.mamba2 import ADAPTER, MODULE_QUALNAME
-from tests.sequence_cases import (
+from sequence_cases import (
     SequenceCase,
     check_diagonal,
     check_products,
     relative_error,
     replay,
 )
+
+import gradscope as gs
+from gradscope.cells.base import SCALAR_IDENTITY
+from gradscope.layer_trace import LayerTrace
+from gradscope.sequences.mamba2 import ADAPTER, MODULE_QUALNAME
 
 transformers = pytest.importorskip("transformers")
 modeling = pytest.importorskip("transformers.models.mamba2.modeling_mamba2")

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from gradscope.analysis.lyapunov import lyapunov
-from gradscope.sequences.rglru import ADAPTER as RGLRU
-from gradscope.traces import LayerTrace
-from tests.sequence_cases import (
+from sequence_cases import (
     SequenceCase,
     check_diagonal,
     check_products,
     relative_error,
     replay,
 )
+
+from gradscope.analysis.lyapunov import lyapunov
+from gradscope.sequences.rglru import ADAPTER as RGLRU
+from gradscope.traces import LayerTrace
 
 transformers = pytest.importorskip("transformers")
 

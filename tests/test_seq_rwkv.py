@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sequence_cases import SequenceCase, check_diagonal, check_products, replay
 
 from gradscope.analysis.lyapunov import lyapunov
 from gradscope.errors import UnsupportedModuleError
 from gradscope.sequences.rwkv import ADAPTER as RWKV
 from gradscope.traces import LayerTrace
-from tests.sequence_cases import SequenceCase, check_diagonal, check_products, replay
 
 transformers = pytest.importorskip("transformers")
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sequence_cases import SequenceCase, check_diagonal, check_products, replay
 
 from gradscope.analysis.lyapunov import lyapunov
 from gradscope.errors import UnsupportedModuleError
 from gradscope.sequences.xlstm import ADAPTER as MLSTM
 from gradscope.traces import LayerTrace
-from tests.sequence_cases import SequenceCase, check_diagonal, check_products, replay
 
 xlstm = pytest.importorskip("transformers.models.xlstm.modeling_xlstm")
 xlstm_config = pytest.importorskip("transformers.models.xlstm.configuration_xlstm")

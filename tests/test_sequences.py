@@ -14,10 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import gradscope as gs
-from gradscope.sequences.mamba import ADAPTER as MAMBA
-from tests.sequence_cases import (
+from sequence_cases import (
     SequenceCase,
     check_diagonal,
     check_products,
@@ -25,6 +22,9 @@ from tests.sequence_cases import (
     relative_error,
     replay,
 )
+
+import gradscope as gs
+from gradscope.sequences.mamba import ADAPTER as MAMBA
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import lru as lru_example
