@@ -297,6 +297,11 @@ def decay_curves(
     return c.log_state, c.log_in, c.p, notes
 
 
+#: Largest diagonal state whose input curve is computed exactly (subspace iteration on every
+#: lag, ``O(iterations · 4 · D)`` per lag); above it, the probe walk of the general path.
+EXACT_INPUT_MAX_D = 2048
+
+
 def _diagonal_curves(layer, want_input, max_lag, seed, progress):
     """The state curve of a diagonal transition exactly; the input curve on operators."""
     lengths = layer.seq_lengths
@@ -320,10 +325,20 @@ def _diagonal_curves(layer, want_input, max_lag, seed, progress):
                 "the first one met walking back"
             )
     log_in = None
-    if want_input:
+    p = layer.D
+    if want_input and layer.D <= EXACT_INPUT_MAX_D:
         log_in = input_log_norms(layer, logs, lengths, cap, seed)
-        notes.append("input curve: ‖∂s_T/∂x_t‖ by power iteration on the closed-form products")
-    return log_state, log_in, layer.D, notes
+        notes.append("input curve: ‖∂s_T/∂x_t‖ by subspace iteration on the closed-form products")
+    elif want_input:  # large states: the probe walk (a lower bound, exact in the long run)
+        c = _setup(layer, True, max_lag, None, None, seed)
+        with progress_bar(total=c.hi - c.lo, desc=f"decay {layer.name}", progress=progress) as bar:
+            _operator_walk(layer, c, bar)
+        log_in, p = c.log_in, c.p
+        notes.append(
+            f"input curve with p={c.p} probe directions out of D={layer.D} (a lower bound, "
+            "exact in the long-run rate)"
+        )
+    return log_state, log_in, p, notes
 
 
 def loss_log_norms(layer: LayerTrace, max_lag: int | None = None) -> np.ndarray:
