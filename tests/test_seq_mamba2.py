@@ -219,3 +219,13 @@ def test_packed_sequences_are_refused():
         ADAPTER.drive(
             params, (hidden,), {**kwargs, "seq_idx": torch.zeros(2, T, dtype=torch.int32)}
         )
+
+
+def test_an_unlimited_time_step_is_a_setting_not_a_broken_weight():
+    """Mamba-2's default time_step_limit is (0, inf): dt_max = inf must not read as NaN weights."""
+    model = mamba2_model(torch.float32)
+    trace = gs.trace(model, torch.randint(0, 64, (2, 10)), use_cache=False)
+    layer = trace.layers[0]
+    assert float(layer.params["dt_max"]) == float("inf")
+    d = gs.diagnose(trace, progress=False)[layer.name]
+    assert d.regime != "unknown" and not d.nonfinite.get("params")

@@ -327,8 +327,13 @@ def _diagonal_curves(layer, want_input, max_lag, seed, progress):
     log_in = None
     p = layer.D
     if want_input and layer.D <= EXACT_INPUT_MAX_D:
-        log_in = input_log_norms(layer, logs, lengths, cap, seed)
+        log_in, change = input_log_norms(layer, logs, lengths, cap, seed)
         notes.append("input curve: ‖∂s_T/∂x_t‖ by subspace iteration on the closed-form products")
+        if change:
+            notes.append(
+                f"input curve: the iteration stopped with σ still changing by up to {change:.1e}"
+                " (relative) at some lag: there a lower bound"
+            )
     elif want_input:  # large states: the probe walk (a lower bound, exact in the long run)
         c = _setup(layer, True, max_lag, None, None, seed)
         with progress_bar(total=c.hi - c.lo, desc=f"decay {layer.name}", progress=progress) as bar:

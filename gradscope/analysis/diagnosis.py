@@ -71,7 +71,14 @@ def _nonfinite(layer: LayerTrace, prefix: Prefix, bad_params: list[str]) -> dict
 
 
 def _bad_params(layer: LayerTrace) -> list[str]:
-    return sorted(k for k, v in layer.params.items() if not bool(torch.isfinite(v).all()))
+    """Names of the weights holding NaN/inf.
+
+    0-d entries are configuration numbers, not weights (a sequence adapter's ``dt_max = inf``
+    means "no limit"), and are left alone.
+    """
+    return sorted(
+        k for k, v in layer.params.items() if v.ndim and not bool(torch.isfinite(v).all())
+    )
 
 
 def _spectrum_selection(layer: LayerTrace, steps: int | None) -> tuple[np.ndarray, np.ndarray]:

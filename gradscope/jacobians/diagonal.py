@@ -127,6 +127,8 @@ def state_log_norms(logs: np.ndarray, lengths: np.ndarray, cap: int) -> tuple[np
 #: input curve (a block with Rayleigh–Ritz converges like (σ_{m+1}/σ_1)^{2n}, fast even where
 #: the leading singular values are nearly equal, as in a minGRU).
 POWER_ITERATIONS = 300
+#: ... and at most this many above ``D = 512``, where each iteration costs more.
+POWER_ITERATIONS_LARGE = 100
 POWER_TOL = 1e-11
 BLOCK_COLUMNS = 4
 #: Rows (lags × sequences) per block of the input curve (bounds memory to ~rows · D).
@@ -135,7 +137,7 @@ INPUT_BLOCK = 4096
 
 def input_log_norms(
     layer: LayerTrace, logs: np.ndarray, lengths: np.ndarray, cap: int, seed: int = 0
-) -> np.ndarray:
+) -> tuple[np.ndarray, float]:
     r"""``(K', B)`` :math:`\ln\lVert\partial s_{T_b}/\partial x_{T_b-1-k}\rVert_2`, ``k = 0..``.
 
     With :math:`P = \mathrm{diag}(c)`, :math:`c_d = \prod_{u>t}|λ_{u,d}|` (in log space,
@@ -145,7 +147,9 @@ def input_log_norms(
     found by subspace iteration (4 columns, Rayleigh–Ritz) on
     :math:`K_t^\top \mathrm{diag}(c^2) K_t` with the adapter's closed-form input products,
     all lags of all sequences at once: ``O(iterations · 4 · D)`` per lag, no probes. NaN
-    past a reset (see :func:`state_log_norms`) or a non-finite step.
+    past a reset (see :func:`state_log_norms`) or a non-finite step. Also returns the largest
+    relative change of σ in the last iteration (0 when every lag converged to
+    :data:`POWER_TOL`; a Rayleigh–Ritz value is a lower bound on σ until then).
     """
     B, D = logs.shape[1:]
     k_max = int(np.minimum(lengths - 1, cap).max(initial=-1))
@@ -166,11 +170,12 @@ def input_log_norms(
             rows.append((t, b, k))
             scale.append(later.copy())
     if not rows or D == 0:
-        return out
+        return out, 0.0
     adapter = layer.cell_adapter()
     params = {k: v.to(layer.inputs.device) for k, v in layer.params.items()}
     gen = torch.Generator().manual_seed(seed)
     dtype = layer.dtype
+    worst = 0.0
     for lo in range(0, len(rows), INPUT_BLOCK):
         block = rows[lo : lo + INPUT_BLOCK]
         ts = torch.tensor([r[0] for r in block])
@@ -185,20 +190,23 @@ def input_log_norms(
         v = torch.randn(len(block), x.shape[-1], m, generator=gen, dtype=torch.float64)
         v = torch.linalg.qr(v.to(dtype)).Q
         sigma = torch.zeros(len(block), dtype=torch.float64)
-        for _ in range(POWER_ITERATIONS):
+        change = torch.ones(len(block), dtype=torch.float64)
+        cap_iter = POWER_ITERATIONS if D <= 512 else POWER_ITERATIONS_LARGE
+        for _ in range(cap_iter):
             y = w * lin.jvp_input(v)  # (n, D, m)
             gram = (y.transpose(1, 2) @ y).to(torch.float64)
             new = torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0).sqrt()  # Rayleigh–Ritz
             v = torch.linalg.qr(lin.vjp_input(w * y)).Q
-            done = bool(((new - sigma).abs() <= POWER_TOL * new.clamp_min(1e-300)).all())
+            change = (new - sigma).abs() / new.clamp_min(1e-300)
             sigma = new
-            if done:
+            if bool((change <= POWER_TOL).all()):
                 break
+        worst = max(worst, float(change.max()))
         with np.errstate(divide="ignore"):
             vals = top + np.log(sigma.numpy())
         for (_, b, k), val, ok in zip(block, vals, good.tolist()):
             out[k, b] = val if ok else np.nan
-    return out
+    return out, (worst if worst > POWER_TOL else 0.0)
 
 
 __all__ = ["LOG_ZERO", "eigenvalues", "has_diagonal", "log_moduli", "state_log_norms"]
