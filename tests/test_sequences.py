@@ -286,3 +286,14 @@ def test_memory_panels_only_for_diagonal_layers(tmp_path):
         keys = {p.spec.key for s in doc.runs[0].layers for p in s.panels}
         assert ("memory-timescales" in keys) == (name == "mingru")
         assert ("memory-selectivity" in keys) == (name == "mingru")
+
+
+def test_recording_without_transformers_modules_never_imports_it():
+    import subprocess
+
+    code = (
+        "import sys, torch, gradscope as gs\n"
+        "gs.diagnose(gs.trace(torch.nn.LSTM(2, 3), torch.randn(6, 1, 2)))\n"
+        "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
