@@ -183,7 +183,9 @@ class Recorder:
                     )
                     self._handles.append(
                         module.register_forward_hook(
-                            self._sequence_hook(path), with_kwargs=True, prepend=True
+                            self._forward_hook("_capture_sequence", path),
+                            with_kwargs=True,
+                            prepend=True,
                         )
                     )
                     continue
@@ -194,9 +196,9 @@ class Recorder:
                     self._handles.append(
                         module.register_forward_pre_hook(self._fused_pre_hook(module))
                     )
-                    hook = self._fused_hook(path)
+                    hook = self._forward_hook("_capture_fused", path)
                 else:
-                    hook = self._cell_hook(path)
+                    hook = self._forward_hook("_capture_cell", path)
                 self._handles.append(
                     module.register_forward_hook(hook, with_kwargs=True, prepend=fused)
                 )
@@ -322,13 +324,14 @@ class Recorder:
             return True
         return not any(isinstance(t, Tensor) and t.requires_grad for t in outputs)
 
-    def _fused_hook(self, path: str) -> Callable[..., None]:
+    def _forward_hook(self, capture: str, path: str) -> Callable[..., None]:
+        """A forward hook that hands each call to the method ``capture`` of the recorder."""
         ref = weakref.ref(self)
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             rec = ref()
             if rec is not None:
-                rec._capture_fused(path, module, args, kwargs, output)
+                getattr(rec, capture)(path, module, args, kwargs, output)
 
         return hook
 
@@ -371,38 +374,22 @@ class Recorder:
 
         return hook
 
-    def _sequence_hook(self, path: str) -> Callable[..., None]:
-        ref = weakref.ref(self)
-
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            rec = ref()
-            if rec is None:
-                return
-            stack = rec._starts.get(id(module))
-            s0 = stack.pop() if stack else None
-            adapter = adapter_for(module)
-            out = adapter.module_output(output)
-            if rec._skip((out,)):
-                return
-            count = rec._fused_calls.get(id(module), 0)
-            name = rec._name(path, module)
-            call = capture_sequence(path, name, count, module, adapter, args, kwargs, output, s0)
-            rec._fused_calls[id(module)] = count + 1
-            rec._entries.append(call)
-            if rec.grads and torch.is_grad_enabled():
-                rec._hook_tensor(out, call.cot, "output", call)
-
-        return hook
-
-    def _cell_hook(self, path: str) -> Callable[..., None]:
-        ref = weakref.ref(self)
-
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            rec = ref()
-            if rec is not None:
-                rec._capture_cell(path, module, args, kwargs, output)
-
-        return hook
+    def _capture_sequence(
+        self, path: str, module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> None:
+        stack = self._starts.get(id(module))
+        s0 = stack.pop() if stack else None
+        adapter = adapter_for(module)
+        out = adapter.module_output(output)
+        if self._skip((out,)):
+            return
+        count = self._fused_calls.get(id(module), 0)
+        name = self._name(path, module)
+        call = capture_sequence(path, name, count, module, adapter, args, kwargs, output, s0)
+        self._fused_calls[id(module)] = count + 1
+        self._entries.append(call)
+        if self.grads and torch.is_grad_enabled():
+            self._hook_tensor(out, call.cot, "output", call)
 
     def _capture_cell(
         self, path: str, module: nn.Module, args: tuple, kwargs: dict, output: Any

@@ -71,7 +71,6 @@ class SequenceCall:
     s0: Tensor | None = None
     cot: dict[str, Tensor] = field(default_factory=dict)
     layer: LayerTrace | None = None
-    drive: Tensor | None = None
     #: A backward pass reached the output (set by the recorder's gradient hook).
     reached: bool = False
 
@@ -129,7 +128,6 @@ def build_sequence(call: SequenceCall, *, check: bool, layer_name: str) -> Layer
         states[1:][~valid] = float("nan")
         u = u.clone()
         u[~valid] = float("nan")
-    call.drive = u
     call.layer = LayerTrace(
         name=layer_name,
         kind=adapter.kind,
@@ -200,7 +198,7 @@ def sequence_grads(call: SequenceCall) -> Tensor | None:
     with torch.enable_grad():
         out = adapter.readout(params, u, s)
         (direct,) = torch.autograd.grad(out, s, cot.to(out.dtype))
-    T, B, _D = layer.T, layer.B, layer.D
+    T, B = layer.T, layer.B
     lin = adapter.linearize(params, u.flatten(0, 1), s.detach()[:-1].flatten(0, 1))
     valid = None if layer.lengths is None else torch.as_tensor(layer.mask)
     G = torch.empty_like(direct)
