@@ -263,7 +263,7 @@ def decay_curves(
     check_method(layer, method)
     want_input = "input" in of
     if use_diagonal(layer, method):
-        return _diagonal_curves(layer, want_input, max_lag, seed, progress)
+        return _diagonal_curves(layer, want_input, max_lag, probes, basis, seed, progress)
     c = _setup(layer, want_input, max_lag, probes, basis, seed)
     stored = layer.stored_jacobians is not None and "state" in layer.stored_jacobians
     operators = method == "operator" or (method == "auto" and c.p < layer.D and not stored)
@@ -302,8 +302,13 @@ def decay_curves(
 EXACT_INPUT_MAX_D = 2048
 
 
-def _diagonal_curves(layer, want_input, max_lag, seed, progress):
-    """The state curve of a diagonal transition exactly; the input curve on operators."""
+def _diagonal_curves(layer, want_input, max_lag, probes, basis, seed, progress):
+    """The curves of a diagonal transition.
+
+    The state curve exactly; the input curve exactly up to :data:`EXACT_INPUT_MAX_D`, above
+    it by the probe walk with the caller's ``probes`` and ``basis``, as on the general path
+    (:func:`gradscope.diagnose` passes its Lyapunov vectors, so no second basis is computed).
+    """
     lengths = layer.seq_lengths
     cap = int(lengths.max(initial=0)) if max_lag is None else int(max_lag)
     if cap < 0:
@@ -335,7 +340,7 @@ def _diagonal_curves(layer, want_input, max_lag, seed, progress):
                 " (relative) at some lag: there a lower bound"
             )
     elif want_input:  # large states: the probe walk (a lower bound, exact in the long run)
-        c = _setup(layer, True, max_lag, None, None, seed)
+        c = _setup(layer, True, max_lag, probes, basis, seed)
         with progress_bar(total=c.hi - c.lo, desc=f"decay {layer.name}", progress=progress) as bar:
             _operator_walk(layer, c, bar)
         log_in, p = c.log_in, c.p
