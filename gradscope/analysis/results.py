@@ -110,10 +110,7 @@ class LayerDiagnosis:
             "reason": self.reason,
         }
         if self.memory is not None:
-            mem = self.memory.to_dict()
-            if not arrays:
-                mem = {k: v for k, v in mem.items() if k not in ("rates", "tau", "selectivity")}
-            out["memory"] = mem
+            out["memory"] = self.memory.to_dict(arrays)
         if self.gates is not None:
             out["gates"] = self.gates.to_dict(arrays=arrays)
         if arrays:

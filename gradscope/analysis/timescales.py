@@ -98,20 +98,18 @@ class Timescales:
             f"{_steps(self.median_tau)}); {how}."
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable summary and arrays."""
-        return jsonable(
-            dict(
-                name=self.name,
-                T=self.T,
-                frac_long=self.frac_long,
-                median_tau=self.median_tau,
-                median_selectivity=self.median_selectivity,
-                rates=self.rates,
-                tau=self.tau,
-                selectivity=self.selectivity,
-            )
+    def to_dict(self, arrays: bool = True) -> dict[str, Any]:
+        """JSON-serialisable summary, and the per-coordinate arrays unless ``arrays=False``."""
+        out: dict[str, Any] = dict(
+            name=self.name,
+            T=self.T,
+            frac_long=self.frac_long,
+            median_tau=self.median_tau,
+            median_selectivity=self.median_selectivity,
         )
+        if arrays:
+            out.update(rates=self.rates, tau=self.tau, selectivity=self.selectivity)
+        return jsonable(out)
 
 
 def _steps(v: float) -> str:
