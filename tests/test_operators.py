@@ -18,7 +18,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from theory import lstm_trace, run_cell, tanh_rnn_trace
+from theory import linear_trace, lstm_trace, run_cell, stored_trace, tanh_rnn_trace
 
 import gradscope as gs
 from gradscope.analysis.decay import decay_curves
@@ -241,3 +241,57 @@ def test_diagonal_method_needs_a_diagonal_transition():
     tr = _traces()["gru"]
     with pytest.raises(ArgumentError, match="needs a diagonal transition"):
         lyapunov(tr, k=2, method="diagonal")
+
+
+def _count_blocks(monkeypatch):
+    """Spy on ForwardQR.block: the lengths of the accepted and rejected blocks."""
+    from gradscope.jacobians.products import ForwardQR
+
+    seen = {"accepted": [], "rejected": []}
+    orig = ForwardQR.block
+
+    def spy(self, t, m, batch):
+        out = orig(self, t, m, batch)
+        seen["accepted" if out is not None else "rejected"].append(m)
+        return out
+
+    monkeypatch.setattr(ForwardQR, "block", spy)
+    return seen
+
+
+def test_operator_qr_blocks_steps_and_matches_the_one_step_iteration(monkeypatch):
+    # A contracting LSTM whose leading exponents are close: blocks grow, one QR per block.
+    tr = lstm_trace(_lstm_params(20, 4, seed=1), T=400, B=2)
+    dense = lyapunov(tr, k=4, method="dense", discard=7, history=12)
+    seen = _count_blocks(monkeypatch)
+    op = lyapunov(tr, k=4, method="operator", discard=7, history=12)
+    assert sum(seen["accepted"]) > 300 and max(seen["accepted"]) > 4
+    # float64: each accepted block perturbs ln|R_ii| by at most 1e6 u ≈ 2e-10
+    np.testing.assert_allclose(op.per_sequence, dense.per_sequence, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(op.history, dense.history, rtol=0, atol=1e-9)
+
+
+def test_operator_qr_rejects_ill_conditioned_blocks(monkeypatch):
+    # 200 steps of diag(1, e^-0.3, 0.8) let the blocks grow; then diag(1, e^-8, 0.5): the next
+    # block has c ≈ 8m > ln 1e6, is rejected and redone one step at a time (and blocking
+    # stays off there). The exponents are still the exact per-step means.
+    T = 400
+    first, second = np.diag([1.0, math.exp(-0.3), 0.8]), np.diag([1.0, math.exp(-8.0), 0.5])
+    J = np.stack([first] * 200 + [second] * 200)[:, None]
+    seen = _count_blocks(monkeypatch)
+    ly = lyapunov(stored_trace(J, K=np.ones((T, 1, 3, 1))), k=3, init="identity", method="operator")
+    assert seen["accepted"] and seen["rejected"] and max(seen["accepted"]) > 4
+    expected = np.sort([0.0, (-0.3 - 8.0) / 2, (math.log(0.8) + math.log(0.5)) / 2])[::-1]
+    np.testing.assert_allclose(ly.exponents, expected, atol=1e-12)
+    assert ly.steps == T
+
+
+def test_float32_operator_blocks_rescale_instead_of_underflowing(monkeypatch):
+    # 1e-3 per step: 16 float32 steps would be 1e-48, below float32's range; blocks rescale.
+    rng = np.random.default_rng(5)
+    q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    tr = linear_trace(1e-3 * q, T=500, B=2).to(dtype=torch.float32)
+    seen = _count_blocks(monkeypatch)
+    ly = lyapunov(tr, k=3, method="operator")
+    assert max(seen["accepted"]) >= 16
+    np.testing.assert_allclose(ly.per_sequence, math.log(1e-3), rtol=0, atol=1e-6)

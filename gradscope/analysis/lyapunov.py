@@ -214,8 +214,15 @@ def _dense_engine(layer, k, discard, rng, init, bounds, starts, lengths, chunk, 
     return [s.q() if s.count > 0 else None for s in seqs], bad_steps
 
 
-def _operator_engine(layer, k, discard, rng, init, starts, lengths, acc, bar):
-    """The QR iteration on ``jvp`` operators, all live sequences per step at once."""
+def _operator_engine(layer, k, discard, rng, init, bounds, starts, lengths, acc, bar):
+    """The QR iteration on ``jvp`` operators, all live sequences per step at once.
+
+    Steps go in blocks (:meth:`ForwardQR.block`) over runs where the set of live sequences
+    does not change; a block never crosses an applied-step count in ``bounds`` (the
+    discard, the history points and the batch-means edges), so every count that the
+    accumulator records is reached exactly. Rejected blocks, and steps whose product is
+    not finite, go one step at a time (a non-finite step is skipped and reported).
+    """
     B, D = layer.B, layer.D
     q0 = torch.from_numpy(np.stack([orthonormal(D, k, init, rng) for _ in range(B)]))
     engine = ForwardQR(StepOps(layer), q0)
@@ -223,19 +230,38 @@ def _operator_engine(layer, k, discard, rng, init, starts, lengths, acc, bar):
     bad_steps: list[tuple[int, int, int]] = []
     first = int(starts.min()) if B else 0
     last = int(lengths.max()) if B else 0
-    for t in range(first, last):
+    # Steps at which the set of live sequences changes.
+    changes = np.unique(np.concatenate([starts, lengths, [last]]))
+
+    def record(done: np.ndarray, logs: np.ndarray, n: int) -> None:
+        keep = applied[done] >= discard
+        applied[done] += n
+        if keep.any():
+            acc.add(done[keep], logs[keep], n)
+
+    t = first
+    while t < last:
         live = np.nonzero((t < lengths) & (t >= starts))[0]
         if not live.size:
+            t += 1
             continue
-        ok, logs = engine.step(t, torch.from_numpy(live))
-        ok = ok.numpy()
-        bad_steps += [(int(b), 1, t) for b in live[~ok]]
-        done = live[ok]
-        keep = applied[done] >= discard
-        applied[done] += 1
-        if keep.any():
-            acc.add(done[keep], logs.numpy()[keep])
-        bar.update(1)
+        nxt = np.searchsorted(bounds, applied[live], side="right")
+        room = np.where(nxt < len(bounds), bounds[np.minimum(nxt, len(bounds) - 1)], last)
+        m = max(
+            1, min(engine.m, int(changes[changes > t][0]) - t, int((room - applied[live]).min()))
+        )
+        batch = torch.from_numpy(live)
+        logs = engine.block(t, m, batch) if m > 1 else None
+        if logs is not None:
+            record(live, logs.numpy(), m)
+        else:
+            for tt in range(t, t + m):
+                ok, one = engine.step(tt, batch)
+                ok = ok.numpy()
+                bad_steps += [(int(b), 1, tt) for b in live[~ok]]
+                record(live[ok], one.numpy(), 1)
+        t += m
+        bar.update(m)
     finals = [engine.Q[b].numpy().copy() if acc.counts[b] > 0 else None for b in range(B)]
     return finals, bad_steps
 
@@ -333,14 +359,16 @@ def _run(
         progress=progress,
         work=float(lengths.sum()) * flops,
     )
+    bounds = np.unique(np.concatenate([[discard], discard + hist_steps, discard + edges]))
     with bar_ctx as bar:
         if diagonal:
             finals, bad = _diagonal_engine(layer, k, discard, starts, lengths, acc)
             bar.update(last - first)
         elif operators:
-            finals, bad = _operator_engine(layer, k, discard, rng, init, starts, lengths, acc, bar)
+            finals, bad = _operator_engine(
+                layer, k, discard, rng, init, bounds, starts, lengths, acc, bar
+            )
         else:
-            bounds = np.unique(np.concatenate([[discard], discard + hist_steps, discard + edges]))
             finals, bad = _dense_engine(
                 layer, k, discard, rng, init, bounds, starts, lengths, chunk, acc, bar
             )

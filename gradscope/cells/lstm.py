@@ -192,10 +192,11 @@ class LSTMAdapter(CellAdapter):
         """``(δh, δc)`` from the gate pre-activation tangents ``da`` ``(N, 4H, k)``."""
         a = da.unflatten(1, (4, -1))  # (N, 4, H, k)
         al = loc.alpha.unsqueeze(-1)  # (N, 3, H, 1)
-        dc = (al * a[:, :3]).sum(dim=1)
+        dc = al[:, 0] * a[:, 0]
+        dc.addcmul_(al[:, 1], a[:, 1]).addcmul_(al[:, 2], a[:, 2])
         if dc_prev is not None:
-            dc = dc + loc.f.unsqueeze(-1) * dc_prev
-        dm = loc.ou.unsqueeze(-1) * dc + loc.beta_o.unsqueeze(-1) * a[:, 3]
+            dc.addcmul_(loc.f.unsqueeze(-1), dc_prev)
+        dm = torch.addcmul(loc.beta_o.unsqueeze(-1) * a[:, 3], loc.ou.unsqueeze(-1), dc)
         dh = weight_times(params["weight_hr"], dm) if "weight_hr" in params else dm
         return torch.cat([dh, dc], dim=1)
 

@@ -133,7 +133,11 @@ class StepOps:
         key = (t, tuple(batch.tolist()))
         if key != self._key:
             lo, chunk = self._chunk_for(t)
-            rows = (t - lo) * self.layer.B + batch
+            B = self.layer.B
+            # every sequence: a slice, so the factors are views rather than copies
+            rows = (
+                slice((t - lo) * B, (t - lo + 1) * B) if len(batch) == B else (t - lo) * B + batch
+            )
             self._lin = chunk.rows(rows)
             self._key = key
             self._last_t = t
