@@ -51,6 +51,8 @@ def weight_times(w: Tensor, v: Tensor) -> Tensor:
     GEMM), measured 1.4-2x faster on the CPU than ``N`` batched products or an explicit
     permute-reshape for ``N = 8``, ``k = 16``, ``W`` ``2048 × 512``.
     """
+    if v.shape[-1] == 1:  # one column per pair (a gradient sweep): one plain GEMM
+        return (v.squeeze(-1) @ w.T).unsqueeze(-1)
     return torch.einsum("rc,nck->nrk", w, v)
 
 
@@ -217,6 +219,16 @@ class CellAdapter(ABC):
             else:
                 out = torch.func.jvp(fn, (primal,), (cols,))[1]
         return out.detach().reshape(n, k, rows).transpose(1, 2)
+
+    def project_input(self, params: Params, x: Tensor) -> Tensor | None:
+        """The part of a step that depends on the input alone, for many steps at once.
+
+        A replay computes it for all ``T · B`` inputs of a layer in one GEMM and passes each
+        step's rows to :meth:`step` and :meth:`step_factors` as ``xp``, which then skip their
+        own input product. None (the default): the cell has no such part, and ``step`` is
+        called without ``xp``.
+        """
+        return None
 
     def step_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Any]:
         """``(s_t, linear factors at (x, s))`` from one evaluation of the gates.

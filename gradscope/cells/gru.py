@@ -57,12 +57,20 @@ class GRUAdapter(CellAdapter):
         return (int(params["weight_hh"].shape[1]),)
 
     @staticmethod
-    def _gates(params: Params, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``r, z, n, q`` (each ``(N, H)``) with ``q = W_hn h + b_hn``."""
+    def _project(params: Params, x: Tensor) -> Tensor:
+        """``W_ih x + b_ih`` ``(N, 3H)``."""
         gi = x @ params["weight_ih"].T
-        gh = h @ params["weight_hh"].T
         if "bias_ih" in params:
             gi = gi + params["bias_ih"]
+        return gi
+
+    @staticmethod
+    def _gates(
+        params: Params, x: Tensor, h: Tensor, xp: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``r, z, n, q`` (each ``(N, H)``) with ``q = W_hn h + b_hn`` (``xp``: W_ih x + b_ih)."""
+        gi = GRUAdapter._project(params, x) if xp is None else xp
+        gh = h @ params["weight_hh"].T
         if "bias_hh" in params:
             gh = gh + params["bias_hh"]
         i_r, i_z, i_n = gi.chunk(3, dim=-1)
@@ -72,9 +80,9 @@ class GRUAdapter(CellAdapter):
         n = torch.tanh(i_n + r * q)
         return r, z, n, q
 
-    def step(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+    def step(self, params: Params, x: Tensor, s: Tensor, xp: Tensor | None = None) -> Tensor:
         """``h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}``."""
-        _, z, n, _ = self._gates(params, x, s)
+        _, z, n, _ = self._gates(params, x, s, xp)
         return n + z * (s - n)
 
     def _coefficients(
@@ -130,9 +138,15 @@ class GRUAdapter(CellAdapter):
         coef, _ = self._coefficients(params, x, s, "input")
         return self._combine(coef, params["weight_ih"])
 
-    def step_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Any]:
+    def project_input(self, params: Params, x: Tensor) -> Tensor:
+        """``W_ih x + b_ih`` (see :meth:`CellAdapter.project_input`)."""
+        return self._project(params, x)
+
+    def step_factors(
+        self, params: Params, x: Tensor, s: Tensor, xp: Tensor | None = None
+    ) -> tuple[Tensor, Any]:
         """:meth:`step` and its linear factors from one gate evaluation."""
-        r, z, n, q = self._gates(params, x, s)
+        r, z, n, q = self._gates(params, x, s, xp)
         return n + z * (s - n), self._factors(s, r, z, n, q)
 
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, ...]:

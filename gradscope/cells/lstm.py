@@ -60,13 +60,21 @@ from gradscope.cells.base import (
 )
 
 
-def _gates(params: Params, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The activated gates ``i, f, g, o``, each ``(N, H)``."""
-    a = x @ params["weight_ih"].T + h @ params["weight_hh"].T
+def _project(params: Params, x: Tensor) -> Tensor:
+    """``W_ih x + b_ih + b_hh`` ``(N, 4H)``: the gate pre-activations' input part."""
+    a = x @ params["weight_ih"].T
     if "bias_ih" in params:
         a = a + params["bias_ih"]
     if "bias_hh" in params:
         a = a + params["bias_hh"]
+    return a
+
+
+def _gates(
+    params: Params, x: Tensor, h: Tensor, xp: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The activated gates ``i, f, g, o``, each ``(N, H)`` (``xp``: :func:`_project` of x)."""
+    a = (_project(params, x) if xp is None else xp) + h @ params["weight_hh"].T
     a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
     return torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
 
@@ -98,10 +106,14 @@ class LSTMAdapter(CellAdapter):
         p = int(params["weight_hh"].shape[1])
         return s[..., :p], s[..., p:]
 
-    def step(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+    def project_input(self, params: Params, x: Tensor) -> Tensor:
+        """``W_ih x + b_ih + b_hh`` (see :meth:`CellAdapter.project_input`)."""
+        return _project(params, x)
+
+    def step(self, params: Params, x: Tensor, s: Tensor, xp: Tensor | None = None) -> Tensor:
         """``s_t = (h_t, c_t)`` from ``x_t`` and ``s_{t-1} = (h_{t-1}, c_{t-1})``."""
         h, c = self._split(params, s)
-        i, f, g, o = _gates(params, x, h)
+        i, f, g, o = _gates(params, x, h, xp)
         c_new = f * c + i * g
         h_new = o * torch.tanh(c_new)
         if "weight_hr" in params:
@@ -212,10 +224,12 @@ class LSTMAdapter(CellAdapter):
         )
         return ga.flatten(1, 2), g_c
 
-    def step_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, _Local]:
+    def step_factors(
+        self, params: Params, x: Tensor, s: Tensor, xp: Tensor | None = None
+    ) -> tuple[Tensor, _Local]:
         """:meth:`step` and the local factors of its linearisation from one gate evaluation."""
         h, c = self._split(params, s)
-        i, f, g, o = _gates(params, x, h)
+        i, f, g, o = _gates(params, x, h, xp)
         c_new = f * c + i * g
         tc = torch.tanh(c_new)
         h_new = o * tc

@@ -48,11 +48,17 @@ class VanillaAdapter(CellAdapter):
     def state_sizes(self, params: Params) -> tuple[int, ...]:  # noqa: D102
         return (int(params["weight_hh"].shape[0]),)
 
-    def _preactivation(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
-        a = x @ params["weight_ih"].T + s @ params["weight_hh"].T
+    def project_input(self, params: Params, x: Tensor) -> Tensor:
+        """``W_ih x + b_ih + b_hh`` (see :meth:`CellAdapter.project_input`)."""
+        a = x @ params["weight_ih"].T
         if "bias_ih" in params:
             a = a + params["bias_ih"] + params["bias_hh"]
         return a
+
+    def _preactivation(
+        self, params: Params, x: Tensor, s: Tensor, xp: Tensor | None = None
+    ) -> Tensor:
+        return (self.project_input(params, x) if xp is None else xp) + s @ params["weight_hh"].T
 
     def _phi(self, a: Tensor) -> Tensor:
         return torch.tanh(a) if self.nonlinearity == "tanh" else torch.relu(a)
@@ -63,8 +69,8 @@ class VanillaAdapter(CellAdapter):
         # 1[a > 0], but NaN where a is NaN (like the step), not a silent 0
         return torch.where(torch.isnan(a), a, (a > 0).to(a.dtype))
 
-    def step(self, params: Params, x: Tensor, s: Tensor) -> Tensor:  # noqa: D102
-        return self._phi(self._preactivation(params, x, s))
+    def step(self, params: Params, x: Tensor, s: Tensor, xp: Tensor | None = None) -> Tensor:  # noqa: D102
+        return self._phi(self._preactivation(params, x, s, xp))
 
     def jacobian_state(self, params: Params, x: Tensor, s: Tensor) -> Tensor:  # noqa: D102
         d = self._dphi(self._preactivation(params, x, s))
@@ -74,9 +80,11 @@ class VanillaAdapter(CellAdapter):
         d = self._dphi(self._preactivation(params, x, s))
         return d.unsqueeze(-1) * params["weight_ih"]
 
-    def step_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    def step_factors(
+        self, params: Params, x: Tensor, s: Tensor, xp: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """:meth:`step` and ``φ'(a_t)`` from one pre-activation."""
-        a = self._preactivation(params, x, s)
+        a = self._preactivation(params, x, s, xp)
         return self._phi(a), self._dphi(a).unsqueeze(-1)
 
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> Tensor:

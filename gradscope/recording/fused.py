@@ -11,6 +11,7 @@ the kernel drew (:mod:`gradscope.recording.dropout`). See "Fused modules" in
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +173,16 @@ def _dropout_masks(call: FusedCall, widths: list[int]) -> list[Tensor]:
     return [lay.to_time_major(m) for m in masks] if lay.packed else masks
 
 
+def _takes_xp(adapter: Any, keep_factors: bool) -> bool:
+    """Whether the step method the replay calls accepts a precomputed input part ``xp``.
+
+    A subclass of a built-in adapter may override ``step`` with the plain signature; then
+    the replay calls it as it is.
+    """
+    fn = adapter.step_factors if keep_factors else adapter.step
+    return "xp" in inspect.signature(fn).parameters
+
+
 def replay_fused(call: FusedCall, *, keep_factors: bool = False) -> Replay:
     """Run the fused module step by step from its weights (under ``torch.no_grad``).
 
@@ -203,12 +214,23 @@ def replay_fused(call: FusedCall, *, keep_factors: bool = False) -> Replay:
                 s = call.s0[layer * call.dirs + d]
                 seq = [s]
                 seq_factors: list[Any] = []
+                # the input part of every step in one GEMM (cells that have one)
+                proj = (
+                    call.adapter.project_input(params, x.flatten(0, 1))
+                    if _takes_xp(call.adapter, keep_factors)
+                    else None
+                )
+                kw: list[dict[str, Tensor]] = (
+                    [{}] * lay.T
+                    if proj is None
+                    else [{"xp": p} for p in proj.unflatten(0, x.shape[:2])]
+                )
                 for k in range(lay.T):
                     if keep_factors:
-                        new, fac = call.adapter.step_factors(params, x[k], s)
+                        new, fac = call.adapter.step_factors(params, x[k], s, **kw[k])
                         seq_factors.append(fac)
                     else:
-                        new = call.adapter.step(params, x[k], s)
+                        new = call.adapter.step(params, x[k], s, **kw[k])
                     if valid is not None:
                         new = torch.where(valid[k].unsqueeze(-1), new, s)
                     s = new
