@@ -38,6 +38,8 @@ from gradscope.jacobians.steps import StepOps
 #: ln of the smallest positive normal float64; floor of ``ln|R_ii|`` for singular steps.
 LOG_TINY = math.log(np.finfo(np.float64).tiny)
 _TINY = float(np.finfo(np.float64).tiny)
+#: Steps between the range checks of a low-precision block product.
+_RESCALE_EVERY = 4
 
 
 def top_singular_log(z: Tensor) -> Tensor:
@@ -139,7 +141,10 @@ class ForwardQR:
         lo, hi = math.sqrt(info.tiny), math.sqrt(info.max)  # one more step cannot leave range
         for tt in range(t, t + m):
             z = self.ops.jvp(tt, batch, z)
-            if small:  # keep float32/16 columns away from under- and overflow
+            # Keep float32/16 columns away from under- and overflow: checked every few steps
+            # (a miss cannot pass silently: a column that left the range fails the
+            # conditioning or finiteness test below, and the block is redone step by step).
+            if small and ((tt - t) % _RESCALE_EVERY == _RESCALE_EVERY - 1 or tt == t + m - 1):
                 big = z.abs().amax(dim=(-2, -1))
                 far = (big < lo) | (big > hi)
                 if bool(far.any()):
