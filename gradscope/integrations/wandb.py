@@ -28,8 +28,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradscope.errors import ArgumentError, ArgumentTypeError
+from gradscope.integrations._images import Image, image_array
 from gradscope.integrations._imports import WANDB, require
-from gradscope.integrations.writers import Image, image_array
 
 
 class WandbWriter:
