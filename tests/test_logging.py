@@ -341,3 +341,68 @@ def test_hugging_face_report_to_tensorboard(tmp_path, monkeypatch):
     assert [e.step for e in events] == [0, 1, 2, 3]  # state.global_step before each update
     assert len(acc.Scalars("gradscope/rnn.l0/rate")) > 1
     assert [im.step for im in acc.Images("gradscope/rnn.l0/rate")] == [0, 2]
+
+
+def test_missing_wandb_gives_a_helpful_error(monkeypatch):
+    from gradscope.errors import OptionalDependencyError
+    from gradscope.integrations.wandb import WandbWriter
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import of it now fails
+    with pytest.raises(OptionalDependencyError, match=r"gradscope\[wandb\]"):
+        WandbWriter(project="never-started")
+
+
+def test_lightning_wandb_logger_gets_scalars_text_and_images(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    pl = _imports.lightning()
+    from gradscope.integrations.lightning import GradscopeCallback
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = pl.loggers.WandbLogger(save_dir=str(tmp_path), offline=True, project="gs-test")
+    cb = GradscopeCallback(every=2, figures_every=2, analyze=False)
+    _fit(pl, tmp_path, cb, logger=logger)
+    import wandb
+
+    wandb.finish()
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    rows = [r["history"]["item"] for r in _wandb_records(run_dir) if r["type"] == "history"]
+    tag = "gradscope/rnn.l0/log10_grad_norm_t0"
+    assert [row["trainer/global_step"] for row in rows if tag in row] == [0, 2, 4]
+    images = [row for row in rows if "gradscope/rnn.l0/heatmap._type" in row]  # log_image
+    assert [row["trainer/global_step"] for row in images] == [0, 4]
+    texts = [row for row in rows if "gradscope/verdict._type" in row]  # log_text: a table
+    assert [row["trainer/global_step"] for row in texts] == [0, 2, 4]
+
+
+def test_hugging_face_report_to_names(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    wandb = pytest.importorskip("wandb")
+    from gradscope.integrations.huggingface import GradscopeTrainerCallback, tensorboard_dir
+    from gradscope.integrations.wandb import WandbWriter
+    from gradscope.integrations.writers import TensorBoardWriter
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    args = SimpleNamespace(output_dir=str(tmp_path / "out"), report_to=["tensorboard"])
+    assert tensorboard_dir(args) == str(tmp_path / "out" / "runs" / "gradscope")
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "env"))
+    assert tensorboard_dir(args) == str(tmp_path / "env")  # where transformers 5 writes too
+    assert tensorboard_dir(SimpleNamespace(logging_dir="v4dir", output_dir="x")) == "v4dir"
+    assert GradscopeTrainerCallback(report_to="none")._destinations(args) == []
+    (dest,) = GradscopeTrainerCallback()._destinations(args)  # follows args.report_to
+    assert isinstance(dest, TensorBoardWriter) and dest.log_dir == str(tmp_path / "env")
+    dest.close()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with pytest.warns(UserWarning, match="no W&B run is active"):
+        assert GradscopeTrainerCallback(report_to=["wandb"])._destinations(args) == []
+    run = wandb.init(project="gs-test", dir=str(tmp_path))
+    try:
+        with pytest.warns(UserWarning, match="'mlflow' is not supported"):
+            (dest,) = GradscopeTrainerCallback(report_to=["wandb", "mlflow"])._destinations(args)
+        assert isinstance(dest, WandbWriter) and dest.run is run
+        assert dest.step_metric == "train/global_step"  # Trainer's own W&B x-axis
+    finally:
+        run.finish()
