@@ -17,8 +17,10 @@ What it does, hook by hook:
   gradients are those of the unscaled loss; on rank 0 it logs every sampled step to the
   trainer's loggers (``trainer.loggers``: ``TensorBoardLogger``, ``CSVLogger``,
   ``WandbLogger``, ... ; ``logger=False`` turns this off) at ``trainer.global_step``, the
-  step of Lightning's own metrics. Scalars go through each logger's ``log_metrics``; the
-  verdict text and the figures through ``log_text``/``log_image`` or the logger's
+  step of Lightning's own metrics (with ``accumulate_grad_batches > 1`` the sampled
+  backward passes of one optimizer step share that step). Scalars go through each
+  logger's ``log_metrics``; the verdict text and the figures through
+  ``log_text``/``log_image`` or the logger's
   ``SummaryWriter`` (a ``CSVLogger`` gets the scalars only). The tags and their cadence
   are listed in :mod:`gradscope.integrations.logger`;
 * ``on_after_backward``: ``monitor.step()``. Lightning calls it after every backward pass and

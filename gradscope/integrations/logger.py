@@ -48,6 +48,9 @@ a curve; ``analyze=True`` analyses every sampled step.
 redrawn from the history up to that step: ``{prefix}/{layer}/heatmap`` (``log10 ‖∂L/∂s_t‖``
 over training step × timestep) and ``{prefix}/{layer}/rate`` (the state and loss-gradient
 decay rates over training), the figures of the training report.
+
+The logging runs inside ``monitor.step()`` (a Monitor callback), so its time (mostly the
+figures) counts as the Monitor's in the time budget of ``analyze="auto"``.
 """
 
 from __future__ import annotations
