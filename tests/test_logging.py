@@ -406,3 +406,20 @@ def test_hugging_face_report_to_names(tmp_path, monkeypatch):
         assert dest.step_metric == "train/global_step"  # Trainer's own W&B x-axis
     finally:
         run.finish()
+
+
+def test_log_all_replays_a_saved_history(tmp_path):
+    from gradscope.history import load_history
+    from gradscope.integrations.logger import log_all
+
+    torch.manual_seed(0)
+    model = Seq()
+    with Monitor(model, every=1, analyze=Every(2)) as mon:
+        _train(model, mon, 3)
+    saved = load_history(mon.save(tmp_path / "hist.npz"))
+    totals = log_all(saved, tmp_path / "tb", figures_every=None)
+    acc = _events(tmp_path / "tb")
+    assert [e.step for e in acc.Scalars("gradscope/rnn.l0/log10_grad_norm_tT")] == [0, 1, 2]
+    assert [e.step for e in acc.Scalars("gradscope/rnn.l0/radius_max")] == [0, 2]
+    n_scalars = sum(len(acc.Scalars(tag)) for tag in acc.Tags()["scalars"])
+    assert totals == {"scalars": n_scalars, "texts": 3, "images": 0}
