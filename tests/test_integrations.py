@@ -37,8 +37,9 @@ def test_require_names_the_extra_to_install():
 def test_importing_integrations_imports_no_framework():
     code = (
         "import sys, gradscope, gradscope.integrations, gradscope.monitor\n"
-        "bad = [m for m in ('lightning', 'pytorch_lightning', 'tensorboard', 'transformers')"
-        " if m in sys.modules]\n"
+        "import gradscope.integrations.logger, gradscope.integrations.writers\n"
+        "frameworks = ('lightning', 'pytorch_lightning', 'tensorboard', 'transformers', 'wandb')\n"
+        "bad = [m for m in frameworks if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
     import subprocess
@@ -98,18 +99,25 @@ def test_tensorboard_writes_the_summaries(tmp_path):
     entry = mon.history.summaries("rnn.l0")
     for key, tag in SCALARS.items():
         full = f"gradscope/rnn.l0/{tag}"
-        if key == "lyapunov":  # not requested: NaN values are not logged
+        if key.startswith("lyapunov"):  # not requested: NaN values are not logged
             assert full not in tags
             continue
         assert full in tags, full
         events = acc.Scalars(full)
         assert [e.step for e in events] == [0, 2]
-        want = entry[key] if key != "regime" else [REGIME_CODES[r] for r in entry[key]]
+        if key in ("regime", "loss_regime"):
+            want = [REGIME_CODES[r] for r in entry[key]]
+        elif key in ("grad_t0", "grad_tT"):
+            assert tag == f"log10_grad_norm_{key[5:]}"
+            want = np.log10(entry[key])
+        else:
+            want = entry[key]
         # event files store float32
         np.testing.assert_allclose([e.value for e in events], want, rtol=1e-6)
     assert not math.isnan(entry["grad_t0"][0])
     images = set(acc.Tags()["images"])
     assert {"gradscope/rnn.l0/heatmap", "gradscope/rnn.l0/rate"} <= images
+    assert "gradscope/verdict/text_summary" in acc.Tags()["tensors"]  # how add_text stores
 
 
 # --------------------------------------------------------------------------- lightning

@@ -607,15 +607,16 @@ def test_history_save_load_round_trip(tmp_path):
 
 
 def test_auto_analysis_keeps_within_the_time_budget(monkeypatch):
-    """analyze="auto": analyse while (spent + last cost) <= budget x training time."""
+    """analyze="auto": analyse while (spent + last cost) <= budget x training time, and at
+    least once per doubling of the sampled steps."""
     import gradscope.monitor.monitor as monitor_mod
 
     clock = {"t": 0.0}
     monkeypatch.setattr(monitor_mod, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
     real = monitor_mod.summarize
 
-    def costly(layer, *, analyze, **kw):  # each analysis "takes" 5 s on the fake clock
-        clock["t"] += 5.0 if analyze else 0.0
+    def costly(layer, *, analyze, **kw):  # each analysis "takes" 1 s on the fake clock
+        clock["t"] += 1.0 if analyze else 0.0
         return real(layer, analyze=analyze, **kw)
 
     monkeypatch.setattr(monitor_mod, "summarize", costly)
@@ -629,9 +630,13 @@ def test_auto_analysis_keeps_within_the_time_budget(monkeypatch):
             mon.step()
     analysed = np.flatnonzero(np.isfinite(mon.history.scalar("rnn.l0", "radius_max")))
     # step 0: 0 + 0 <= 0.5·1; then 5 + 5 <= 0.5·20 at step 19; 10 + 5 <= 0.5·30 at step 29
-    assert analysed.tolist() == [0, 19, 29]
+    # step 0: the first; 1, 3, 7: the floor (n >= 2m + 1, m the latest analysed); then the
+    # budget, spent + 1 <= 0.5 · (n + 1) training seconds: 4 + 1 <= 5 at step 9, and every
+    # other step from there (so the floor is never needed again)
+    assert analysed.tolist() == [0, 1, 3, 7, *range(9, 31, 2)]
     assert np.isfinite(mon.history.scalar("rnn.l0", "grad_t0")).all()  # every sampled step
-    # the first sampled step is analysed even when recording alone exceeds the budget
+    # the first sampled step, and one per doubling of the sampled steps, are analysed even
+    # when recording alone exceeds the budget
     disarm = Monitor._disarm
 
     def slow_recording(self, harvest=False):
@@ -646,7 +651,7 @@ def test_auto_analysis_keeps_within_the_time_budget(monkeypatch):
             out.sum().backward()
             mon.step()
     analysed = np.flatnonzero(np.isfinite(mon.history.scalar("rnn.l0", "radius_max")))
-    assert analysed.tolist() == [0]
+    assert analysed.tolist() == [0, 1, 3, 7, 15]
 
 
 def test_a_layer_without_loss_gradients_is_reported_not_fatal():

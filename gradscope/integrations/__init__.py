@@ -10,6 +10,14 @@
 ``GradscopeTrainerCallback``           Hugging Face ``TrainerCallback`` running a Monitor
                                        (:mod:`gradscope.integrations.huggingface`;
                                        ``pip install "gradscope[huggingface]"``)
+``MonitorLogger``                      Monitor callback logging to any writers: the
+                                       tags and their cadence
+                                       (:mod:`gradscope.integrations.logger`)
+``Writer``, ``as_writer``,             the writer protocol and its adapters
+``TensorBoardWriter``,                 (:mod:`gradscope.integrations.writers`)
+``LightningWriter``
+``WandbWriter``                        W&B writer (:mod:`gradscope.integrations.wandb`;
+                                       ``pip install "gradscope[wandb]"``)
 =====================================  ===============================================
 
 Importing :mod:`gradscope.integrations` imports none of the frameworks; a name is loaded
@@ -26,6 +34,12 @@ _LAZY: dict[str, str] = {
     "GradscopeCallback": "gradscope.integrations.lightning",
     "TensorBoardCallback": "gradscope.integrations.tensorboard",
     "GradscopeTrainerCallback": "gradscope.integrations.huggingface",
+    "MonitorLogger": "gradscope.integrations.logger",
+    "Writer": "gradscope.integrations.writers",
+    "as_writer": "gradscope.integrations.writers",
+    "TensorBoardWriter": "gradscope.integrations.writers",
+    "LightningWriter": "gradscope.integrations.writers",
+    "WandbWriter": "gradscope.integrations.wandb",
 }
 
 __all__ = list(_LAZY)

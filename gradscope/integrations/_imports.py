@@ -1,6 +1,6 @@
 """Optional dependencies, imported lazily and in one place, with one helpful error.
 
-Lightning, TensorBoard and Hugging Face are extras of gradscope: ``import gradscope`` never
+Lightning, TensorBoard, W&B and Hugging Face are extras of gradscope: ``import gradscope`` never
 imports them, and an integration that needs one imports it through :func:`require`, which
 turns a missing package into an :class:`~gradscope.errors.OptionalDependencyError` saying
 which extra to install (the pattern of torchmetrics ``utilities/imports.py``).
@@ -36,6 +36,7 @@ LIGHTNING = Extra("lightning.pytorch", "lightning", "lightning")
 PYTORCH_LIGHTNING = Extra("pytorch_lightning", "pytorch-lightning", "lightning")
 TENSORBOARD = Extra("tensorboard", "tensorboard", "tensorboard")
 TRANSFORMERS = Extra("transformers", "transformers", "huggingface")
+WANDB = Extra("wandb", "wandb", "wandb")
 
 
 @cache
@@ -98,6 +99,7 @@ __all__ = [
     "PYTORCH_LIGHTNING",
     "TENSORBOARD",
     "TRANSFORMERS",
+    "WANDB",
     "Extra",
     "available",
     "lightning",

@@ -1,8 +1,9 @@
-"""What the framework callbacks share: their options, pausing, and the files written at the end.
+"""What the framework callbacks share: options, pausing, logging and the files written at the end.
 
 A framework callback (Lightning, Hugging Face) mixes :class:`MonitorSession` in and maps the
-framework's events onto it: :meth:`_new_monitor` when training starts, :meth:`_step` after
-each backward pass, :meth:`_pause_monitor` / :meth:`_resume` around evaluation, and
+framework's events onto it: :meth:`_new_monitor` when training starts (with the logging
+destinations the framework has, see :mod:`gradscope.integrations.logger`), :meth:`_step`
+after each backward pass, :meth:`_pause_monitor` / :meth:`_resume` around evaluation, and
 :meth:`_finish` when training ends.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +27,18 @@ class MonitorSession:
         report: Write the training report here (HTML or PDF by suffix) at the end of
             training, in the main process. None: no report.
         save: Save the history here (``.npz``) at the end of training, in the main process.
+        writers: More destinations to log to, besides the framework's own (anything
+            :func:`~gradscope.integrations.writers.as_writer` accepts: a TensorBoard log
+            directory or ``SummaryWriter``, a W&B run, a Lightning logger, a Writer).
+        figures_every: Log the heatmap and rate figures every this many sampled steps
+            (None: never); see :class:`~gradscope.integrations.logger.MonitorLogger`.
         **monitor_kwargs: Passed to :class:`gradscope.Monitor`.
 
     Attributes:
         monitor: The :class:`gradscope.Monitor` (None before training starts); it stays
             readable after training.
+        logger: The :class:`~gradscope.integrations.logger.MonitorLogger` of this run (None
+            when there is nowhere to log, or on other processes than the main one).
         report_path: The report written at the end of training (None if none was).
     """
 
@@ -40,6 +49,8 @@ class MonitorSession:
         schedule: Schedule | None = None,
         report: str | os.PathLike | None = None,
         save: str | os.PathLike | None = None,
+        writers: Sequence[Any] = (),
+        figures_every: int | None = 10,
         **monitor_kwargs: Any,
     ) -> None:
         super().__init__()  # the framework's callback base class, next in the MRO
@@ -47,16 +58,42 @@ class MonitorSession:
         self.schedule = schedule
         self.report_file = None if report is None else Path(report)
         self.save_file = None if save is None else Path(save)
+        self.writers = list(writers)
+        self.figures_every = figures_every
         self.monitor_kwargs = monitor_kwargs
         self.monitor: Monitor | None = None
+        self.logger: Any = None
         self.report_path: Path | None = None
         self._pause: contextlib.ExitStack | None = None
 
     def _live(self) -> bool:
         return self.monitor is not None and not self.monitor.closed
 
-    def _new_monitor(self, model: Any, **kwargs: Any) -> Monitor:
-        return Monitor(model, self.every, schedule=self.schedule, **kwargs)
+    def _new_monitor(
+        self,
+        model: Any,
+        destinations: Sequence[Any] | None = (),
+        step: Callable[[int], int] | None = None,
+        **kwargs: Any,
+    ) -> Monitor:
+        """A Monitor on ``model`` logging to ``destinations`` plus :attr:`writers`.
+
+        Args:
+            model: The model being trained.
+            destinations: The framework's logging destinations; None on processes other
+                than the main one, which log nothing.
+            step: Maps the Monitor's step to the framework's, for the logged points.
+            **kwargs: For :class:`gradscope.Monitor` (``callbacks`` are kept, the logger
+                runs after them).
+        """
+        from gradscope.integrations.logger import MonitorLogger
+
+        callbacks = list(kwargs.pop("callbacks", ()))
+        targets = [*destinations, *self.writers] if destinations is not None else []
+        if targets:
+            self.logger = MonitorLogger(*targets, figures_every=self.figures_every, step=step)
+            callbacks.append(self.logger)
+        return Monitor(model, self.every, schedule=self.schedule, callbacks=callbacks, **kwargs)
 
     def _step(self) -> None:
         """``monitor.step()``, if a Monitor is running."""
@@ -77,10 +114,13 @@ class MonitorSession:
             pause.close()
 
     def close(self) -> None:
-        """Remove every hook (idempotent)."""
+        """Remove every hook and close the logger's destinations (idempotent)."""
         if self.monitor is not None:
             self.monitor.close()  # first, so that leaving the pause re-attaches nothing
         self._resume()
+        logger, self.logger = self.logger, None
+        if logger is not None:
+            logger.close()
 
     def _finish(self, main_process: bool) -> None:
         """Remove the hooks; in the main process write the history and report if asked."""

@@ -16,7 +16,14 @@ followed by ``on_substep_end``, except the last, which is followed by
 
 * ``on_step_begin``: creates the Monitor on the model at the first training step (so an
   evaluation before training, ``eval_on_start``, is never recorded) and resumes it after an
-  evaluation;
+  evaluation. In the main process the Monitor logs every sampled step where
+  ``args.report_to`` says (or the callback's ``report_to``): ``"tensorboard"`` to event
+  files in ``args.logging_dir`` (transformers < 5), else ``$TENSORBOARD_LOGGING_DIR``
+  (where transformers >= 5 writes when it is set), else ``<output_dir>/runs/gradscope``;
+  ``"wandb"`` to the active W&B run (``Trainer``'s W&B callback starts it), on its x-axis
+  ``train/global_step``. Points are logged at ``state.global_step``, the optimizer steps
+  completed before this backward pass. Other integrations are skipped with a warning. The
+  tags and their cadence are listed in :mod:`gradscope.integrations.logger`;
 * ``on_substep_end`` and ``on_pre_optimizer_step``: ``monitor.step()``, after a backward
   pass and before the optimizer step (with ``gradient_accumulation_steps > 1`` each
   micro-batch is recorded on its own);
@@ -33,12 +40,33 @@ imported (``pip install "gradscope[huggingface]"``); ``import gradscope`` never 
 
 from __future__ import annotations
 
+import os
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 from gradscope.integrations._imports import TRANSFORMERS, require
 from gradscope.integrations._session import MonitorSession
+from gradscope.monitor import Schedule
 
 _transformers = require(TRANSFORMERS, "gradscope.integrations.huggingface")
+
+
+def tensorboard_dir(args: Any) -> str:
+    """Where gradscope's TensorBoard event files go in a ``Trainer`` run.
+
+    ``args.logging_dir`` (transformers < 5, where ``Trainer`` writes its own), else
+    ``$TENSORBOARD_LOGGING_DIR`` (transformers >= 5 writes there when it is set), else
+    ``<output_dir>/runs/gradscope`` (transformers >= 5 otherwise writes to a directory
+    named by the time it starts, which a callback cannot see).
+    """
+    logging_dir = getattr(args, "logging_dir", None)
+    if logging_dir:
+        return str(logging_dir)
+    env = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    if env:
+        return os.path.expanduser(env)
+    return os.path.join(str(args.output_dir), "runs", "gradscope")
 
 
 class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
@@ -50,17 +78,85 @@ class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
         report: Write the training report here (HTML or PDF by suffix) at the end of
             training, in the main process. None: no report.
         save: Save the history here (``.npz``) at the end of training, in the main process.
+        report_to: Where to log: None (default) follows ``args.report_to``; else a name or
+            list of names of the same kind (``"tensorboard"``, ``"wandb"``; ``"none"`` or
+            ``[]``: nowhere).
+        writers: More destinations (see :class:`gradscope.integrations.logger.MonitorLogger`).
+        figures_every: Log the figures every this many sampled steps (None: never).
         **monitor_kwargs: Passed to :class:`gradscope.Monitor` (``cells``, ``lyapunov``,
             ``analyze``, ``callbacks``, ...).
 
     Attributes:
         monitor: The :class:`gradscope.Monitor` (None before the first training step); it
             stays readable after training.
+        logger: The :class:`~gradscope.integrations.logger.MonitorLogger` (None when there
+            is nowhere to log).
         report_path: The report written at the end of training (None if none was).
 
     ``Trainer`` has no event for a failed run: call :meth:`close` in a ``finally`` if
     ``trainer.train()`` may raise.
     """
+
+    def __init__(
+        self,
+        every: int = 50,
+        *,
+        schedule: Schedule | None = None,
+        report: str | os.PathLike | None = None,
+        save: str | os.PathLike | None = None,
+        report_to: str | Sequence[str] | None = None,
+        writers: Sequence[Any] = (),
+        figures_every: int | None = 10,
+        **monitor_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            every,
+            schedule=schedule,
+            report=report,
+            save=save,
+            writers=writers,
+            figures_every=figures_every,
+            **monitor_kwargs,
+        )
+        self.report_to = report_to
+        self._state: Any = None
+
+    def _destinations(self, args: Any) -> list[Any]:
+        """Writers for the integrations named in ``report_to`` (or ``args.report_to``)."""
+        from gradscope.integrations.writers import TensorBoardWriter
+
+        names = self.report_to if self.report_to is not None else getattr(args, "report_to", [])
+        if isinstance(names, str):
+            names = [names]
+        names = [str(n) for n in names or () if n not in ("none", None)]
+        if "all" in names:  # TrainingArguments expands it; a callback's own "all" likewise
+            from transformers.integrations import get_available_reporting_integrations
+
+            names = list(get_available_reporting_integrations())
+        out: list[Any] = []
+        for name in dict.fromkeys(names):
+            if name == "tensorboard":
+                out.append(TensorBoardWriter(tensorboard_dir(args)))
+            elif name == "wandb":
+                import wandb
+
+                if wandb.run is None:
+                    warnings.warn(
+                        "GradscopeTrainerCallback: report_to includes 'wandb' but no W&B run "
+                        "is active; nothing is logged to W&B",
+                        stacklevel=2,
+                    )
+                    continue
+                from gradscope.integrations.wandb import WandbWriter
+
+                out.append(WandbWriter(wandb.run, step_metric="train/global_step"))
+            else:
+                warnings.warn(
+                    f"GradscopeTrainerCallback: report_to {name!r} is not supported; gradscope "
+                    "logs to 'tensorboard' and 'wandb' (or any writers=...)",
+                    stacklevel=2,
+                )
+        return out
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Forget a Monitor left from an earlier ``train()`` call (a new one starts lazily)."""
@@ -71,6 +167,7 @@ class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Create the Monitor at the first training step; resume it after an evaluation."""
         self._resume()
+        self._state = state
         if self.monitor is None:
             model = kwargs.get("model")
             if model is None:
@@ -79,7 +176,13 @@ class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
                     "create gradscope.Monitor(model) yourself and call monitor.step() after "
                     "each backward pass"
                 )
-            self.monitor = self._new_monitor(model, **self.monitor_kwargs)
+            main = getattr(state, "is_world_process_zero", True)
+            self.monitor = self._new_monitor(
+                model,
+                self._destinations(args) if main else None,
+                step=lambda _: int(self._state.global_step),
+                **self.monitor_kwargs,
+            )
 
     def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """A micro-batch's backward pass ended without an optimizer step: end the step."""
@@ -104,4 +207,4 @@ class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
         self._finish(getattr(state, "is_world_process_zero", True))
 
 
-__all__ = ["GradscopeTrainerCallback"]
+__all__ = ["GradscopeTrainerCallback", "tensorboard_dir"]

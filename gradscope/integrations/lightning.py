@@ -14,7 +14,15 @@ What it does, hook by hook:
 * ``on_train_start``: creates the Monitor on the ``LightningModule`` (after the sanity check,
   so the sanity-check validation is never recorded), with the precision plugin's
   ``GradScaler`` (``precision="16-mixed"``) as its ``grad_scaler``, so the recorded
-  gradients are those of the unscaled loss;
+  gradients are those of the unscaled loss; on rank 0 it logs every sampled step to the
+  trainer's loggers (``trainer.loggers``: ``TensorBoardLogger``, ``CSVLogger``,
+  ``WandbLogger``, ... ; ``logger=False`` turns this off) at ``trainer.global_step``, the
+  step of Lightning's own metrics (with ``accumulate_grad_batches > 1`` the sampled
+  backward passes of one optimizer step share that step). Scalars go through each
+  logger's ``log_metrics``; the verdict text and the figures through
+  ``log_text``/``log_image`` or the logger's
+  ``SummaryWriter`` (a ``CSVLogger`` gets the scalars only). The tags and their cadence
+  are listed in :mod:`gradscope.integrations.logger`;
 * ``on_after_backward``: ``monitor.step()``. Lightning calls it after every backward pass and
   before the optimizer step, so one Monitor step is one backward pass (with
   ``accumulate_grad_batches > 1``, one micro-batch: each forward/backward pair is recorded on
@@ -34,13 +42,21 @@ collectives; only rank 0 writes files. Lightning is imported when this module is
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from gradscope.integrations._imports import lightning
 from gradscope.integrations._session import MonitorSession
+from gradscope.integrations.writers import TensorBoardWriter
 from gradscope.monitor import Schedule
 
 _pl = lightning()
+
+
+def _summary_writer(logger: Any) -> Any:
+    """The ``SummaryWriter`` of a Lightning ``TensorBoardLogger`` (None for other loggers)."""
+    experiment = getattr(logger, "experiment", None)
+    return experiment if callable(getattr(experiment, "add_scalar", None)) else None
 
 
 class GradscopeCallback(MonitorSession, _pl.Callback):
@@ -52,15 +68,22 @@ class GradscopeCallback(MonitorSession, _pl.Callback):
         report: Write the training report here (HTML or PDF by suffix) at the end of
             training, on rank 0. None: no report.
         save: Save the history here (``.npz``) at the end of training, on rank 0.
-        tensorboard: Also log to TensorBoard: a log directory, or True to use the
-            trainer's logger when it exposes a ``SummaryWriter`` as ``logger.experiment``
-            (Lightning's ``TensorBoardLogger``), else TensorBoard's default directory.
+        logger: Where to log the summaries: True (default) every logger of the trainer
+            (``trainer.loggers``, none with ``Trainer(logger=False)``); False: none; or a
+            logger or list of loggers.
+        tensorboard: Also log to TensorBoard: a log directory or a ``SummaryWriter``; True:
+            the trainer's ``TensorBoardLogger`` (already used with ``logger=True``), else
+            TensorBoard's default directory (``runs/...``).
+        writers: More destinations (see :class:`gradscope.integrations.logger.MonitorLogger`).
+        figures_every: Log the figures every this many sampled steps (None: never).
         **monitor_kwargs: Passed to :class:`gradscope.Monitor` (``cells``, ``lyapunov``,
             ``analyze``, ``spectra_steps``, ...).
 
     Attributes:
         monitor: The :class:`gradscope.Monitor` (None before training starts); it stays
             readable after training.
+        logger: The :class:`~gradscope.integrations.logger.MonitorLogger` (None when there
+            is nowhere to log).
         report_path: The report written at the end of training (None if none was).
     """
 
@@ -71,47 +94,59 @@ class GradscopeCallback(MonitorSession, _pl.Callback):
         schedule: Schedule | None = None,
         report: str | os.PathLike | None = None,
         save: str | os.PathLike | None = None,
-        tensorboard: str | os.PathLike | bool | None = None,
+        logger: Any = True,
+        tensorboard: Any = None,
+        writers: Sequence[Any] = (),
+        figures_every: int | None = 10,
         **monitor_kwargs: Any,
     ) -> None:
-        super().__init__(every, schedule=schedule, report=report, save=save, **monitor_kwargs)
+        super().__init__(
+            every,
+            schedule=schedule,
+            report=report,
+            save=save,
+            writers=writers,
+            figures_every=figures_every,
+            **monitor_kwargs,
+        )
+        self.use_loggers = logger
         self.tensorboard = tensorboard
-        self._tb: Any = None
 
     # ----------------------------------------------------------------- helpers
-    def _tensorboard(self, trainer: Any) -> Any:
-        if self.tensorboard in (None, False):
-            return None
-        from gradscope.integrations.tensorboard import TensorBoardCallback
-
+    def _destinations(self, trainer: Any) -> list[Any]:
+        """The trainer's loggers (``logger``) and the TensorBoard destination asked for."""
+        trainer_loggers = list(getattr(trainer, "loggers", None) or ())
+        if self.use_loggers is True:
+            out = list(trainer_loggers)
+        elif self.use_loggers in (None, False):
+            out = []
+        elif isinstance(self.use_loggers, (list, tuple)):
+            out = list(self.use_loggers)
+        else:
+            out = [self.use_loggers]
         if self.tensorboard is True:
-            writer = getattr(getattr(trainer, "logger", None), "experiment", None)
-            if callable(getattr(writer, "add_scalar", None)):
-                return TensorBoardCallback(writer=writer)
-            return TensorBoardCallback()
-        return TensorBoardCallback(self.tensorboard)
-
-    def close(self) -> None:
-        """Remove every hook and close the TensorBoard writer (idempotent)."""
-        super().close()
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+            tb = [lg for lg in trainer_loggers if _summary_writer(lg) is not None]
+            if not any(lg in out for lg in tb):  # not logged to already
+                out.append(_summary_writer(tb[0]) if tb else TensorBoardWriter(None))
+        elif self.tensorboard not in (None, False):
+            out.append(TensorBoardWriter(self.tensorboard))  # a log dir or a SummaryWriter
+        return out
 
     # ----------------------------------------------------------------- hooks
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        """Create the Monitor on the module being trained."""
+        """Create the Monitor on the module being trained (and its logger on rank 0)."""
         self.close()
         kwargs = dict(self.monitor_kwargs)
-        callbacks = list(kwargs.pop("callbacks", ()))
         if kwargs.get("grad_scaler") is None:  # precision="16-mixed": the loss is scaled
             scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
             kwargs["grad_scaler"] = scaler if callable(getattr(scaler, "get_scale", None)) else None
-        if trainer.is_global_zero:
-            self._tb = self._tensorboard(trainer)
-            if self._tb is not None:
-                callbacks.append(self._tb)
-        self.monitor = self._new_monitor(pl_module, callbacks=callbacks, **kwargs)
+        main = trainer.is_global_zero
+        self.monitor = self._new_monitor(
+            pl_module,
+            self._destinations(trainer) if main else None,
+            step=lambda _: int(trainer.global_step),
+            **kwargs,
+        )
 
     def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
         """End the Monitor's step: the backward pass has run, the optimizer has not."""

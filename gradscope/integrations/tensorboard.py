@@ -1,4 +1,4 @@
-"""Log a Monitor's per-step summaries (and optionally its figures) to TensorBoard.
+"""Log a Monitor's per-step summaries, verdict and figures to TensorBoard.
 
 Usage::
 
@@ -9,48 +9,34 @@ Usage::
         ...                      # train; every sampled step is logged
     tb.close()
 
-After each sampled training step, for every recorded layer (``/`` in tags separates the
-parts; dots in layer names are kept), the scalars ``{prefix}/{layer}/{key}`` for ``key`` in
-:data:`SCALARS` are written at ``global_step`` = the training step (NaN values, i.e. not
-analysed at that step, are skipped). ``grad_norm_t0`` and ``grad_norm_tT`` are the batch-mean
-``‖∂L/∂s_t‖`` at the initial state and at the last state; ``regime_code`` is -1 / 0 / +1 for
-vanishing / neutral / exploding. Every ``figures_every``-th sampled step it also adds the
-training heatmap and the decay-rate figure of each layer (drawn by
-:mod:`gradscope.reporting.figures`, the same figures as in the reports).
+:class:`TensorBoardCallback` is a :class:`~gradscope.integrations.logger.MonitorLogger`
+writing to one TensorBoard destination: a log directory or an existing ``SummaryWriter``
+(given either way; it is never mistaken for a folder name). The tags, and at which steps
+each gets a point, are listed in :mod:`gradscope.integrations.logger`: gradient norms in
+``log10`` (``gradscope/{layer}/log10_grad_norm_t0``), the loss-gradient fit on every
+sampled step, the analysed summaries (``rate``, ``regime_code``, ``radius_*``,
+``sigma_max_*``, ...) on the analysed steps, the verdict as text, and the figures as images
+redrawn at their step.
 
 Uses ``torch.utils.tensorboard`` (needs the ``tensorboard`` package: ``pip install
-"gradscope[tensorboard]"``); imported only when a :class:`TensorBoardCallback` is made.
+"gradscope[tensorboard]"``); imported only when a writer for a log directory is made.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
-from gradscope.errors import ArgumentError
-from gradscope.integrations._imports import summary_writer
-
-#: History keys written as scalars, and the tag each gets.
-SCALARS: dict[str, str] = {
-    "grad_t0": "grad_norm_t0",
-    "grad_tT": "grad_norm_tT",
-    "rate": "rate",
-    "regime": "regime_code",
-    "loss_rate": "loss_rate",
-    "radius_median": "radius_median",
-    "radius_max": "radius_max",
-    "norm_median": "sigma_max_median",
-    "norm_max": "sigma_max_max",
-    "lyapunov": "lyapunov",
-}
+from gradscope.integrations.logger import SCALARS, MonitorLogger, figure_images, history_scalars
+from gradscope.integrations.writers import TensorBoardWriter, as_writer
 
 
 def log_step(writer: Any, history: Any, index: int = -1, prefix: str = "gradscope") -> int:
-    """Write one sampled step of ``history`` to ``writer`` as scalars.
+    """Write one sampled step of ``history`` to ``writer`` as scalars (finite values only).
 
     Args:
-        writer: A ``torch.utils.tensorboard.SummaryWriter`` (anything with ``add_scalar``).
+        writer: A ``SummaryWriter``, or any destination
+            :func:`~gradscope.integrations.writers.as_writer` accepts.
         history: A :class:`gradscope.monitor.History`.
         index: Which sampled step (row), -1 for the latest.
         prefix: First part of every tag.
@@ -58,95 +44,68 @@ def log_step(writer: Any, history: Any, index: int = -1, prefix: str = "gradscop
     Returns:
         The number of scalars written.
     """
-    from gradscope.history import REGIME_CODES
-
-    written = 0
-    for name in history.names:
-        entry = history.entry(name, index)
-        step = int(entry["step"])
-        for key, tag in SCALARS.items():
-            value = entry[key]
-            if key == "regime":
-                value = REGIME_CODES.get(value, math.nan)
-            if math.isnan(value):
-                continue
-            writer.add_scalar(f"{prefix}/{name}/{tag}", value, global_step=step)
-            written += 1
-    return written
+    if not len(history):
+        return 0
+    scalars = history_scalars(history, index, prefix)
+    as_writer(writer).log_scalars(scalars, int(history.steps[index]))
+    return len(scalars)
 
 
-def log_figures(writer: Any, history: Any, prefix: str = "gradscope") -> int:
-    """Add each layer's training heatmap and decay-rate figure at the latest sampled step.
+def log_figures(writer: Any, history: Any, prefix: str = "gradscope", index: int = -1) -> int:
+    """Add each layer's training heatmap and decay-rate figure, drawn up to one sampled step.
+
+    Args:
+        writer: As for :func:`log_step`.
+        history: A :class:`gradscope.monitor.History`.
+        prefix: First part of every tag.
+        index: Which sampled step (row), -1 for the latest: the figures show the history up
+            to it (the rate figure with the loss-gradient rate of every step).
 
     Returns:
         The number of figures written.
     """
-    from gradscope.reporting.figures import training_heatmap_figure, training_rate_figure
-
     if not len(history):
         return 0
-    step = int(history.steps[-1])
-    written = 0
-    for name in history.names:
-        summ = history.summaries(name)
-        figures = {
-            "heatmap": training_heatmap_figure(history.grad_norms(name), history.steps),
-            "rate": training_rate_figure(
-                summ["steps"], summ["rate"], summ["regime"], rate_ci=summ["rate_ci"]
-            ),
-        }
-        for what, fig in figures.items():
-            writer.add_figure(f"{prefix}/{name}/{what}", fig, global_step=step, close=True)
-            written += 1
-    return written
+    out = as_writer(writer)
+    step = int(history.steps[index])
+    images = figure_images(history, index)
+    for (name, what), image in images.items():
+        out.log_image(f"{prefix}/{name}/{what}", image, step)
+    return len(images)
 
 
-class TensorBoardCallback:
+class TensorBoardCallback(MonitorLogger):
     """A Monitor callback that writes every sampled step to TensorBoard.
 
     Args:
-        log_dir: Where to write event files (a new ``SummaryWriter``); ignored if ``writer``
-            is given. None: TensorBoard's default (``runs/...``).
+        log_dir: Where to write event files (a new ``SummaryWriter``, closed by
+            :meth:`close`), or an existing ``SummaryWriter``; ignored if ``writer`` is
+            given. None: TensorBoard's default (``runs/...``).
         writer: An existing ``SummaryWriter`` to write to (not closed by :meth:`close`).
         prefix: First part of every tag.
         figures_every: Add the figures every this many sampled steps (None: never).
+        text: Add the verdict text on every sampled step.
+
+    Attributes:
+        writer: The ``SummaryWriter`` written to.
 
     Raises:
+        ArgumentTypeError: ``log_dir`` is neither a path nor a ``SummaryWriter``.
         OptionalDependencyError: TensorBoard is not installed.
     """
 
     def __init__(
         self,
-        log_dir: str | os.PathLike | None = None,
+        log_dir: str | os.PathLike | Any = None,
         *,
         writer: Any = None,
         prefix: str = "gradscope",
         figures_every: int | None = None,
+        text: bool = True,
     ) -> None:
-        if figures_every is not None and figures_every < 1:
-            raise ArgumentError(f"figures_every must be >= 1 or None, got {figures_every}")
-        self._owns = writer is None
-        self.writer = (
-            writer
-            if writer is not None
-            else summary_writer()(None if log_dir is None else str(log_dir))
-        )
-        self.prefix = prefix
-        self.figures_every = figures_every
-
-    def __call__(self, monitor: Any) -> None:
-        """Log the monitor's latest sampled step (called by the Monitor)."""
-        history = monitor.history
-        log_step(self.writer, history, -1, self.prefix)
-        if self.figures_every is not None and (len(history) - 1) % self.figures_every == 0:
-            log_figures(self.writer, history, self.prefix)
-        self.writer.flush()
-
-    def close(self) -> None:
-        """Flush, and close the writer if this callback created it."""
-        self.writer.flush()
-        if self._owns:
-            self.writer.close()
+        tensorboard = TensorBoardWriter(writer if writer is not None else log_dir)
+        super().__init__(tensorboard, prefix=prefix, figures_every=figures_every, text=text)
+        self.writer = tensorboard.writer
 
 
 __all__ = ["SCALARS", "TensorBoardCallback", "log_figures", "log_step"]

@@ -69,10 +69,15 @@ class Monitor:
             shrink with ``every``). ``"auto"``: whenever the Monitor's total time (the
             recording of every sampled step plus the analyses so far, plus the last
             analysis's cost again) stays within ``budget`` of the training time measured
-            between ``step()`` calls; the first sampled step is analysed, paused blocks do
-            not count, and which later steps get analysed depends on timing (under
-            ``torch.distributed`` each rank decides on its own clock; a rank's summaries are
-            NaN where it did not analyse). Or a schedule
+            between ``step()`` calls; paused blocks do not count. Whatever the budget, the
+            first sampled step is analysed and at least one in each doubling of the sampled
+            steps: sampled step ``n`` is analysed when ``n >= 2 m + 1``, ``m`` the latest
+            analysed one (so 0, 1, 3, 7, 15, ... when the budget allows nothing more), so
+            the analysed summaries form a curve over any run, at ``O(log n)`` extra
+            analyses (early in a run these can exceed the budget). Which other steps get
+            analysed depends on timing (under ``torch.distributed`` each rank decides on
+            its own clock; a rank's summaries are NaN where it did not analyse). Or a
+            schedule
             ``n -> bool`` over the index ``n = 0, 1, ...`` of the sampled step (e.g.
             ``Every(10)``: every 10th sampled step), or True (all) / False (none). Grad
             norms are recorded on every sampled step regardless.
@@ -158,7 +163,8 @@ class Monitor:
             {
                 "model_class": type(model).__name__,
                 "schedule": repr(self.schedule),
-                "analyze": f"auto (budget {self.budget:g} of training time)"
+                "analyze": f"auto (budget {self.budget:g} of training time, and at least "
+                "once per doubling of the sampled steps)"
                 if self.analyze is None
                 else repr(self.analyze),
                 **{k: v for k, v in self.options.items()},
@@ -177,6 +183,7 @@ class Monitor:
         self._monitor_s = 0.0  # time spent inside step(): recording and analyses
         self._analysis_last = 0.0  # cost of the latest analysis
         self._analysed = 0  # sampled steps analysed so far
+        self._analysed_at = 0  # the index of the latest analysed sampled step
         self._arm()
 
     # ----------------------------------------------------------------- context
@@ -305,8 +312,13 @@ class Monitor:
         """Whether this sampled step gets the loss-independent summaries."""
         if self.analyze is not None:
             return bool(self.analyze(len(self.history)))  # the n-th sampled step
-        if not self._analysed:  # the first sampled step: the latest full analysis exists
-            return True  # from the start, and its cost is known for the budget from then on
+        n = len(self.history)  # the index of this sampled step
+        if not self._analysed or n >= 2 * self._analysed_at + 1:
+            # the first sampled step (a full analysis exists from the start and its cost is
+            # known for the budget from then on), and at least one analysis per doubling of
+            # the sampled steps (0, 1, 3, 7, 15, ... when the budget allows nothing more), so
+            # that every summary forms a curve over training
+            return True
         spent = self._monitor_s + (time.perf_counter() - entered)  # this step's recording too
         return spent + self._analysis_last <= self.budget * self._train_s
 
@@ -341,6 +353,7 @@ class Monitor:
             if analyze:
                 self._analysis_last = time.perf_counter() - start
                 self._analysed += 1
+                self._analysed_at = len(self.history)
         if self._distributed:
             gathered = all_gather(entries, self.process_group)
         else:

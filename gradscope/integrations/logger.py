@@ -1,0 +1,314 @@
+r"""Log a Monitor's history to TensorBoard, W&B or a framework's loggers: :class:`MonitorLogger`.
+
+Usage::
+
+    from gradscope.integrations.logger import MonitorLogger
+
+    log = MonitorLogger("runs/exp1")          # a log dir, a SummaryWriter, a W&B run, a
+    with gs.Monitor(model, every=50, callbacks=[log]) as monitor:   # Lightning logger, ...
+        ...                                   # train; every sampled step is logged
+    log.close()
+
+Destinations are :class:`~gradscope.integrations.writers.Writer`\ s (see
+:func:`~gradscope.integrations.writers.as_writer` for what is accepted). The framework
+callbacks make one for you from the framework's own loggers.
+
+What is logged, and when
+------------------------
+After each sampled training step (the Monitor's ``every`` / ``schedule``), for every recorded
+layer, at the step the writer is given (the Monitor's training step; the framework
+callbacks use the framework's own step, see theirs). Tags are ``{prefix}/{layer}/{name}``
+(``prefix`` ``"gradscope"``; dots in layer names are kept). A value that is NaN or infinite
+at a step is not logged at that step, so a tag's points are exactly the steps that computed
+it. Every History field is logged under its own name unless renamed below, so fields
+added to :data:`gradscope.history.SUMMARY_KEYS` later are logged too.
+
+*Every sampled step* (cheap summaries, computed on every sampled step):
+
+* ``log10_grad_norm_t0``, ``log10_grad_norm_tT``: ``log10`` of the batch-mean
+  ``‖∂L/∂s_t‖`` at the initial state (``t = 0``, the farthest back in time) and at the last
+  state (``t = T``), History fields ``grad_t0`` / ``grad_tT``;
+* ``loss_rate``, ``loss_rate_lo``, ``loss_rate_hi``, ``loss_regime_code``: the decay fit of
+  the real loss gradient over time (nats per timestep, its 95% interval, and the regime as
+  -1 / 0 / +1 for vanishing / neutral / exploding);
+* ``T``, ``B``, ``nonfinite``: timesteps and sequences recorded, real states holding NaN/inf;
+* the text ``{prefix}/verdict``: a markdown table with one row per layer, the loss-gradient
+  verdict of this step and the state-gradient verdict of the latest analysed step.
+
+*Analysed steps* (expensive summaries, when the Monitor's ``analyze`` runs them):
+``rate``, ``rate_lo``, ``rate_hi``, ``r2``, ``half_life``, ``regime_code`` (the state-gradient
+decay), ``radius_{median,mean,p05,p95,max,frac_above_1}`` (spectral radius of the one-step
+Jacobians) and ``sigma_max_{...}`` (their largest singular value, History ``norm_*``),
+``lyapunov`` and ``lyapunov_stderr`` (only with ``Monitor(lyapunov=True)``). With the default
+``analyze="auto"`` these are the sampled steps that the 5% time budget allows, and at least
+sampled steps 0, 1, 3, 7, 15, ... (one per doubling of the sampled steps), so every tag forms
+a curve; ``analyze=True`` analyses every sampled step.
+
+*Every* ``figures_every`` *sampled steps* (0, ``figures_every``, ...; None: never), as images
+redrawn from the history up to that step: ``{prefix}/{layer}/heatmap`` (``log10 ‖∂L/∂s_t‖``
+over training step × timestep) and ``{prefix}/{layer}/rate`` (the state and loss-gradient
+decay rates over training), the figures of the training report.
+
+The logging runs inside ``monitor.step()`` (a Monitor callback), so its time (mostly the
+figures) counts as the Monitor's in the time budget of ``analyze="auto"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from gradscope.errors import ArgumentError
+from gradscope.history import REGIME_CODES, SUMMARY_KEYS
+from gradscope.integrations.writers import Writers
+
+#: History fields logged as ``log10`` of their value, and their tags.
+LOG10_TAGS: dict[str, str] = {"grad_t0": "log10_grad_norm_t0", "grad_tT": "log10_grad_norm_tT"}
+
+
+def tag_of(key: str) -> str:
+    """The tag name of a History field (any field not renamed here keeps its name).
+
+    ``grad_t0`` → ``log10_grad_norm_t0`` (logged as log10), ``norm_max`` → ``sigma_max_max``,
+    ``regime`` → ``regime_code``.
+    """
+    if key in LOG10_TAGS:
+        return LOG10_TAGS[key]
+    if key.startswith("norm_"):
+        return "sigma_max_" + key[len("norm_") :]
+    if key in ("regime", "loss_regime"):
+        return key + "_code"
+    return key
+
+
+#: The tag of every field of :data:`~gradscope.history.SUMMARY_KEYS`.
+SCALARS: dict[str, str] = {key: tag_of(key) for key in SUMMARY_KEYS}
+
+
+def _number(key: str, value: Any) -> float:
+    """A History value as the number logged (NaN: nothing to log)."""
+    if isinstance(value, str):
+        value = REGIME_CODES.get(value, math.nan)
+    if not isinstance(value, (int, float, np.integer, np.floating)):
+        return math.nan  # arrays and anything else are not scalars
+    value = float(value)
+    if key in LOG10_TAGS:
+        return math.log10(value) if value > 0 else math.nan
+    return value
+
+
+def history_scalars(history: Any, index: int = -1, prefix: str = "gradscope") -> dict[str, float]:
+    """The scalars of one sampled step: ``{"{prefix}/{layer}/{tag}": value}`` (finite only).
+
+    Args:
+        history: A :class:`gradscope.monitor.History`.
+        index: Which sampled step (row), -1 for the latest.
+        prefix: First part of every tag.
+    """
+    out: dict[str, float] = {}
+    for name in history.names:
+        entry = history.entry(name, index)
+        for key in history.keys:
+            value = _number(key, entry.get(key, math.nan))
+            if math.isfinite(value):
+                out[f"{prefix}/{name}/{tag_of(key)}"] = value
+    return out
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:.3g}".replace("-", "−")
+
+
+def _rate(rate: float, lo: float, hi: float) -> str:
+    ci = f" (95% CI {_fmt(lo)} … {_fmt(hi)})" if math.isfinite(lo) and math.isfinite(hi) else ""
+    return f"rate {_fmt(rate)} per step{ci}"
+
+
+def verdict_text(history: Any, index: int = -1) -> str:
+    """A markdown table of each layer's verdict at one sampled step.
+
+    The loss-gradient verdict is this step's (its fit runs on every sampled step); the
+    state-gradient verdict and spectral radius are those of the latest analysed step up to
+    this one, and say which step that was.
+    """
+    index = index % len(history)
+    step = int(history.steps[index])
+    rows = [
+        f"**gradscope at step {step}**",
+        "",
+        "| layer | loss gradient ‖∂L/∂s_t‖ (this step) | state gradient (latest analysis) |",
+        "|---|---|---|",
+    ]
+    for name in history.names:
+        e = history.entry(name, index)
+        if e["loss_regime"]:
+            loss = (
+                f"{e['loss_regime']}: {_rate(e['loss_rate'], e['loss_rate_lo'], e['loss_rate_hi'])}"
+                f"; norm {_fmt(e['grad_t0'])} at t = 0, {_fmt(e['grad_tT'])} at t = T"
+            )
+        else:
+            loss = "no fit at this step"
+        regimes = history.regime(name)[: index + 1]
+        done = [i for i, r in enumerate(regimes) if r]
+        if done:
+            a = history.entry(name, done[-1])
+            state = (
+                f"{a['regime']} at step {a['step']}: {_rate(a['rate'], a['rate_lo'], a['rate_hi'])}"
+                f"; spectral radius median {_fmt(a['radius_median'])}"
+            )
+        else:
+            state = "not analysed yet"
+        rows.append(f"| {name} | {loss} | {state} |")
+    return "\n".join(rows)
+
+
+def figure_images(history: Any, index: int = -1) -> dict[tuple[str, str], np.ndarray]:
+    """Each layer's training heatmap and rate figure, drawn from the rows up to ``index``.
+
+    Returns:
+        ``{(layer, "heatmap" | "rate"): (H, W, 3) uint8}``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from gradscope.reporting.figures import training_heatmap_figure, training_rate_figure
+
+    stop = index % len(history) + 1
+    steps = history.steps[:stop]
+    out: dict[tuple[str, str], np.ndarray] = {}
+    for name in history.names:
+        summ = history.summaries(name)
+        figures = {
+            "heatmap": training_heatmap_figure(history.grad_norms(name)[:stop], steps),
+            "rate": training_rate_figure(
+                steps,
+                summ["rate"][:stop],
+                summ["regime"][:stop],
+                rate_ci=summ["rate_ci"][:stop],
+                loss_rates=summ["loss_rate"][:stop],
+            ),
+        }
+        for what, fig in figures.items():
+            canvas = FigureCanvasAgg(fig)
+            canvas.draw()
+            out[name, what] = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    return out
+
+
+class MonitorLogger:
+    r"""A Monitor callback that logs every sampled step (see the module docstring for tags).
+
+    Args:
+        *targets: Where to log: :class:`~gradscope.integrations.writers.Writer`\ s, or what
+            :func:`~gradscope.integrations.writers.as_writer` turns into one (a TensorBoard
+            log directory or ``SummaryWriter``, a W&B run, a Lightning logger).
+        prefix: First part of every tag.
+        figures_every: Log the figures every this many sampled steps (None: never).
+        text: Log the verdict text on every sampled step.
+        step: Maps the Monitor's training step to the step logged (default: the same);
+            the framework callbacks pass their trainer's step.
+
+    Attributes:
+        writers: The destinations, as one :class:`~gradscope.integrations.writers.Writers`.
+
+    Raises:
+        ArgumentError: no target, or ``figures_every`` < 1.
+    """
+
+    def __init__(
+        self,
+        *targets: Any,
+        prefix: str = "gradscope",
+        figures_every: int | None = 10,
+        text: bool = True,
+        step: Callable[[int], int] | None = None,
+    ) -> None:
+        if figures_every is not None and (int(figures_every) != figures_every or figures_every < 1):
+            raise ArgumentError(
+                f"figures_every must be an integer >= 1 or None, got {figures_every!r}"
+            )
+        if not targets:
+            raise ArgumentError(
+                "MonitorLogger needs at least one destination: a TensorBoard log directory or "
+                "SummaryWriter, a W&B run, a Lightning logger, or a gradscope Writer"
+            )
+        self.writers = Writers(targets)
+        self.prefix = prefix
+        self.figures_every = figures_every
+        self.text = bool(text)
+        self.step = step
+
+    def __call__(self, monitor: Any) -> None:
+        """Log the monitor's latest sampled step (called by the Monitor)."""
+        self.log(monitor.history)
+
+    def log(self, history: Any, index: int = -1) -> dict[str, int]:
+        """Log one sampled step of ``history`` (see the module docstring for what and when).
+
+        Args:
+            history: A :class:`gradscope.monitor.History`.
+            index: Which sampled step (row), -1 for the latest.
+
+        Returns:
+            ``{"scalars": n, "texts": n, "images": n}`` written to each destination.
+        """
+        if not len(history):
+            return {"scalars": 0, "texts": 0, "images": 0}
+        index = index % len(history)
+        at = int(history.steps[index])
+        step = int(self.step(at)) if self.step is not None else at
+        scalars = history_scalars(history, index, self.prefix)
+        self.writers.log_scalars(scalars, step)
+        texts = 0
+        if self.text and history.names:
+            self.writers.log_text(f"{self.prefix}/verdict", verdict_text(history, index), step)
+            texts = 1
+        images = 0
+        if self.figures_every is not None and index % self.figures_every == 0:
+            for (name, what), image in figure_images(history, index).items():
+                self.writers.log_image(f"{self.prefix}/{name}/{what}", image, step)
+                images += 1
+        self.writers.flush()
+        return {"scalars": len(scalars), "texts": texts, "images": images}
+
+    def close(self) -> None:
+        """Close every destination (each closes only what it opened itself)."""
+        self.writers.close()
+
+    def __repr__(self) -> str:
+        return f"MonitorLogger({self.writers!r}, figures_every={self.figures_every})"
+
+
+def log_all(history: Any, *targets: Any, **kwargs: Any) -> Mapping[str, int]:
+    """Log every sampled step of a (saved) history at once, e.g. after training.
+
+    Args:
+        history: A :class:`gradscope.monitor.History` (:func:`gradscope.load_history`).
+        *targets: As for :class:`MonitorLogger`.
+        **kwargs: As for :class:`MonitorLogger`.
+
+    Returns:
+        The totals of :meth:`MonitorLogger.log`.
+    """
+    logger = MonitorLogger(*targets, **kwargs)
+    total = {"scalars": 0, "texts": 0, "images": 0}
+    try:
+        for i in range(len(history)):
+            for key, n in logger.log(history, i).items():
+                total[key] += n
+    finally:
+        logger.close()
+    return total
+
+
+__all__ = [
+    "LOG10_TAGS",
+    "SCALARS",
+    "MonitorLogger",
+    "figure_images",
+    "history_scalars",
+    "log_all",
+    "tag_of",
+]

@@ -1,0 +1,425 @@
+"""The logging layer: TensorBoard event files, W&B offline runs, Lightning's and HF's loggers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gradscope.errors import ArgumentError, ArgumentTypeError
+from gradscope.history import SUMMARY_KEYS, History
+from gradscope.integrations import _imports
+from gradscope.monitor import Every, Monitor
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Seq(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(3, 6)
+        self.head = nn.Linear(6, 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[-1])
+
+
+def _train(model, monitor, steps, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(steps):
+        loss = model(torch.randn(10, 4, 3, generator=gen)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        monitor.step()
+        opt.step()
+
+
+def _events(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+# --------------------------------------------------------------------------- pure parts
+def test_every_history_field_is_logged_under_its_tag_norms_in_log10():
+    from gradscope.integrations.logger import history_scalars, verdict_text
+
+    keys = (*SUMMARY_KEYS, "forget_median")  # a field added later flows through unnamed
+    hist = History(1, keys=keys)
+    values = dict.fromkeys(keys, np.nan)
+    values.update(grad_t0=1e-11, grad_tT=0.5, loss_rate=-0.2, loss_regime=-1.0, T=9.0, B=4.0)
+    values.update(forget_median=0.8, nonfinite=0.0)
+    hist.append(7, {"lstm.l0": (np.ones((1, 10)), np.array([[values[k] for k in keys]]))})
+    got = history_scalars(hist, -1, "gs")
+    assert got == pytest.approx(
+        {
+            "gs/lstm.l0/log10_grad_norm_t0": -11.0,
+            "gs/lstm.l0/log10_grad_norm_tT": np.log10(0.5),
+            "gs/lstm.l0/loss_rate": -0.2,
+            "gs/lstm.l0/loss_regime_code": -1.0,
+            "gs/lstm.l0/T": 9.0,
+            "gs/lstm.l0/B": 4.0,
+            "gs/lstm.l0/nonfinite": 0.0,
+            "gs/lstm.l0/forget_median": 0.8,
+        }
+    )  # NaN (not analysed) fields are absent, not zero
+    text = verdict_text(hist)
+    assert "step 7" in text and "vanishing" in text and "not analysed yet" in text
+
+
+def test_bad_destinations_get_clear_errors(tmp_path):
+    from gradscope.integrations.logger import MonitorLogger
+    from gradscope.integrations.writers import TensorBoardWriter, as_writer
+
+    with pytest.raises(ArgumentTypeError, match=r"cannot log to a int.*SummaryWriter"):
+        as_writer(42)
+    with pytest.raises(ArgumentTypeError, match="SummaryWriter or a log directory"):
+        TensorBoardWriter(object())
+    with pytest.raises(ArgumentError, match="at least one destination"):
+        MonitorLogger()
+    with pytest.raises(ArgumentError, match="figures_every"):
+        MonitorLogger(tmp_path, figures_every=0)
+
+
+# --------------------------------------------------------------------------- tensorboard
+def test_tensorboard_curves_with_default_analysis_and_current_images(tmp_path):
+    """analyze="auto" (the default): every tag is a curve; figures change between steps."""
+    from gradscope.integrations.tensorboard import TensorBoardCallback
+
+    torch.manual_seed(0)
+    model = Seq()
+    tb = TensorBoardCallback(tmp_path / "tb", figures_every=2)
+    with Monitor(model, every=1, callbacks=[tb]) as mon:
+        _train(model, mon, 4)
+    tb.close()
+    acc = _events(tmp_path / "tb")
+    scalars = set(acc.Tags()["scalars"])
+    analysed = np.flatnonzero(np.isfinite(mon.history.scalar("rnn.l0", "rate")))
+    assert {0, 1, 3} <= set(analysed.tolist())  # the floor of analyze="auto"
+    for tag in ("log10_grad_norm_t0", "log10_grad_norm_tT", "loss_rate", "T"):
+        assert [e.step for e in acc.Scalars(f"gradscope/rnn.l0/{tag}")] == list(range(4))
+    for tag in ("rate", "regime_code", "radius_median", "sigma_max_max", "half_life"):
+        assert f"gradscope/rnn.l0/{tag}" in scalars
+        steps = [e.step for e in acc.Scalars(f"gradscope/rnn.l0/{tag}")]
+        assert steps == analysed.tolist() and len(steps) > 1, tag
+    np.testing.assert_allclose(
+        [e.value for e in acc.Scalars("gradscope/rnn.l0/log10_grad_norm_t0")],
+        np.log10(mon.history.scalar("rnn.l0", "grad_t0")),
+        rtol=1e-6,
+    )
+    for what in ("heatmap", "rate"):
+        images = acc.Images(f"gradscope/rnn.l0/{what}")
+        assert [im.step for im in images] == [0, 2]
+        pictures = [im.encoded_image_string for im in images]
+        assert len(set(pictures)) == len(pictures), what  # redrawn with each step's data
+    texts = acc.Tensors("gradscope/verdict/text_summary")
+    assert [t.step for t in texts] == list(range(4))
+    last = texts[-1].tensor_proto.string_val[0].decode()
+    assert "gradscope at step 3" in last and "rnn.l0" in last
+
+
+def test_a_summary_writer_is_never_taken_for_a_folder(tmp_path, monkeypatch):
+    """Regression: GradscopeCallback(tensorboard=writer) made a folder named after the object."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    _imports.lightning()
+    from gradscope.integrations.lightning import GradscopeCallback
+    from gradscope.integrations.tensorboard import TensorBoardCallback
+
+    monkeypatch.chdir(tmp_path)
+    writer = SummaryWriter(str(tmp_path / "mine"))
+    cb = GradscopeCallback(every=1, tensorboard=writer, analyze=False, figures_every=None)
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[], global_step=0)
+    model = Seq()
+    cb.on_train_start(trainer, model)
+    _train(model, cb.monitor, 2)
+    cb.close()
+    tb = TensorBoardCallback(writer)  # the first argument may be a writer too
+    assert tb.writer is writer
+    tb.close()
+    writer.flush()
+    assert sorted(os.listdir(tmp_path)) == ["mine"]  # no "<torch.utils...SummaryWriter ...>"
+    acc = _events(tmp_path / "mine")
+    # logged at the trainer's step, which this fake trainer leaves at 0
+    assert len(acc.Scalars("gradscope/rnn.l0/log10_grad_norm_t0")) == 2
+    writer.close()  # still open after cb.close(): it was the user's
+
+
+# --------------------------------------------------------------------------- W&B
+def _wandb_records(run_dir):
+    """The records of an offline run, read by wandb's own CLI (`wandb leet inspect`)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_wandb_offline_run_holds_the_curves(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from gradscope.integrations.logger import MonitorLogger
+    from gradscope.integrations.wandb import WandbWriter
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    torch.manual_seed(0)
+    model = Seq()
+    writer = WandbWriter(project="gradscope-test", dir=str(tmp_path))
+    log = MonitorLogger(writer, figures_every=2)
+    with Monitor(model, every=1, callbacks=[log], analyze=Every(2)) as mon:
+        _train(model, mon, 4)
+    log.close()  # finishes the run the writer started
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    records = _wandb_records(run_dir)
+    metrics = {r["metric"]["name"]: r["metric"] for r in records if r["type"] == "metric"}
+    tag = "gradscope/rnn.l0/log10_grad_norm_t0"
+    assert metrics[tag]["step_metric"] == "gradscope/step"
+    rows = [r["history"]["item"] for r in records if r["type"] == "history"]
+    points = [(row["gradscope/step"], row[tag]) for row in rows if tag in row]
+    assert [s for s, _ in points] == [0, 1, 2, 3]
+    np.testing.assert_allclose(
+        [v for _, v in points], np.log10(mon.history.scalar("rnn.l0", "grad_t0")), rtol=1e-12
+    )
+    rates = [row["gradscope/step"] for row in rows if "gradscope/rnn.l0/rate" in row]
+    assert rates == np.flatnonzero(np.isfinite(mon.history.scalar("rnn.l0", "rate"))).tolist()
+    assert len(rates) > 1
+    images = [row for row in rows if "gradscope/rnn.l0/heatmap.path" in row]
+    assert [row["gradscope/step"] for row in images] == [0, 2]
+    assert (
+        images[0]["gradscope/rnn.l0/heatmap.sha256"] != images[1]["gradscope/rnn.l0/heatmap.sha256"]
+    )
+    assert sum("gradscope/verdict._type" in row for row in rows) == 4
+
+
+# --------------------------------------------------------------------------- Lightning
+def _lightning_module(pl):
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(3, 5, batch_first=True)
+            self.head = nn.Linear(5, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            out, _ = self.rnn(x)
+            loss = ((self.head(out[:, -1]) - y) ** 2).mean()
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return Module()
+
+
+def _fit(pl, tmp_path, cb, **trainer_kwargs):
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(24, 7, 3), torch.randn(24, 1))
+    trainer = pl.Trainer(
+        max_steps=6,
+        callbacks=[cb],
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=str(tmp_path),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_kwargs,
+    )
+    trainer.fit(_lightning_module(pl), torch.utils.data.DataLoader(data, batch_size=4))
+    return trainer
+
+
+def test_lightning_logs_to_the_trainers_default_logger(tmp_path):
+    pl = _imports.lightning()
+    from gradscope.integrations.lightning import GradscopeCallback
+
+    cb = GradscopeCallback(every=2, figures_every=2)  # logger=True: the trainer's loggers
+    trainer = _fit(pl, tmp_path, cb)  # no logger given: Lightning's default
+    assert type(trainer.logger).__name__ == "TensorBoardLogger"
+    acc = _events(trainer.logger.log_dir)
+    scalars = set(acc.Tags()["scalars"])
+    assert "train_loss" in scalars  # Lightning's own metric, in the same event file
+    events = acc.Scalars("gradscope/rnn.l0/log10_grad_norm_t0")
+    assert [e.step for e in events] == [0, 2, 4]  # trainer.global_step of each sampled step
+    assert len(acc.Scalars("gradscope/rnn.l0/rate")) > 1
+    assert [im.step for im in acc.Images("gradscope/rnn.l0/heatmap")] == [0, 4]
+    assert "gradscope/verdict/text_summary" in acc.Tags()["tensors"]
+
+
+def test_lightning_csv_logger_gets_the_scalars(tmp_path):
+    pl = _imports.lightning()
+    from gradscope.integrations.lightning import GradscopeCallback
+
+    logger = pl.loggers.CSVLogger(str(tmp_path))
+    cb = GradscopeCallback(every=2, analyze=False)
+    _fit(pl, tmp_path, cb, logger=logger)
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    tag = "gradscope/rnn.l0/log10_grad_norm_t0"
+    logged = [(int(r["step"]), float(r[tag])) for r in rows if r.get(tag)]
+    assert [s for s, _ in logged] == [0, 2, 4]
+    np.testing.assert_allclose(
+        [v for _, v in logged], np.log10(cb.monitor.history.scalar("rnn.l0", "grad_t0"))
+    )
+
+
+def test_lightning_logger_false_logs_nothing(tmp_path):
+    pl = _imports.lightning()
+    from gradscope.integrations.lightning import GradscopeCallback
+
+    cb = GradscopeCallback(every=2, analyze=False, logger=False)
+    _fit(pl, tmp_path, cb)
+    assert cb.logger is None and len(cb.monitor.history) == 3
+
+
+# --------------------------------------------------------------------------- Hugging Face
+def test_hugging_face_report_to_tensorboard(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    from gradscope.integrations.huggingface import GradscopeTrainerCallback
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(3, 5, batch_first=True)
+            self.head = nn.Linear(5, 1)
+
+        def forward(self, x, labels=None):
+            out, _ = self.rnn(x)
+            pred = self.head(out[:, -1])
+            return {"loss": ((pred - labels) ** 2).mean(), "logits": pred}
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self, n: int) -> None:
+            gen = torch.Generator().manual_seed(0)
+            self.x, self.y = torch.randn(n, 7, 3, generator=gen), torch.randn(n, 1, generator=gen)
+
+        def __len__(self) -> int:
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return {"x": self.x[i], "labels": self.y[i]}
+
+    tb_dir = tmp_path / "tb"
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tb_dir))  # Trainer's own dir too
+    torch.manual_seed(0)
+    cb = GradscopeTrainerCallback(every=1, figures_every=2)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        logging_steps=1,
+        report_to=["tensorboard"],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = transformers.Trainer(model=Model(), args=args, train_dataset=Data(24), callbacks=[cb])
+    trainer.train()
+    acc = _events(tb_dir)
+    scalars = set(acc.Tags()["scalars"])
+    assert "train/loss" in scalars  # Trainer's own TensorBoard callback, same directory
+    events = acc.Scalars("gradscope/rnn.l0/log10_grad_norm_t0")
+    assert [e.step for e in events] == [0, 1, 2, 3]  # state.global_step before each update
+    assert len(acc.Scalars("gradscope/rnn.l0/rate")) > 1
+    assert [im.step for im in acc.Images("gradscope/rnn.l0/rate")] == [0, 2]
+
+
+def test_missing_wandb_gives_a_helpful_error(monkeypatch):
+    from gradscope.errors import OptionalDependencyError
+    from gradscope.integrations.wandb import WandbWriter
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import of it now fails
+    with pytest.raises(OptionalDependencyError, match=r"gradscope\[wandb\]"):
+        WandbWriter(project="never-started")
+
+
+def test_lightning_wandb_logger_gets_scalars_text_and_images(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    pl = _imports.lightning()
+    from gradscope.integrations.lightning import GradscopeCallback
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = pl.loggers.WandbLogger(save_dir=str(tmp_path), offline=True, project="gs-test")
+    cb = GradscopeCallback(every=2, figures_every=2, analyze=False)
+    _fit(pl, tmp_path, cb, logger=logger)
+    import wandb
+
+    wandb.finish()
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    rows = [r["history"]["item"] for r in _wandb_records(run_dir) if r["type"] == "history"]
+    tag = "gradscope/rnn.l0/log10_grad_norm_t0"
+    assert [row["trainer/global_step"] for row in rows if tag in row] == [0, 2, 4]
+    images = [row for row in rows if "gradscope/rnn.l0/heatmap._type" in row]  # log_image
+    assert [row["trainer/global_step"] for row in images] == [0, 4]
+    texts = [row for row in rows if "gradscope/verdict._type" in row]  # log_text: a table
+    assert [row["trainer/global_step"] for row in texts] == [0, 2, 4]
+
+
+def test_hugging_face_report_to_names(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    wandb = pytest.importorskip("wandb")
+    from gradscope.integrations.huggingface import GradscopeTrainerCallback, tensorboard_dir
+    from gradscope.integrations.wandb import WandbWriter
+    from gradscope.integrations.writers import TensorBoardWriter
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    args = SimpleNamespace(output_dir=str(tmp_path / "out"), report_to=["tensorboard"])
+    assert tensorboard_dir(args) == str(tmp_path / "out" / "runs" / "gradscope")
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "env"))
+    assert tensorboard_dir(args) == str(tmp_path / "env")  # where transformers 5 writes too
+    assert tensorboard_dir(SimpleNamespace(logging_dir="v4dir", output_dir="x")) == "v4dir"
+    assert GradscopeTrainerCallback(report_to="none")._destinations(args) == []
+    (dest,) = GradscopeTrainerCallback()._destinations(args)  # follows args.report_to
+    assert isinstance(dest, TensorBoardWriter) and dest.log_dir == str(tmp_path / "env")
+    dest.close()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with pytest.warns(UserWarning, match="no W&B run is active"):
+        assert GradscopeTrainerCallback(report_to=["wandb"])._destinations(args) == []
+    run = wandb.init(project="gs-test", dir=str(tmp_path))
+    try:
+        with pytest.warns(UserWarning, match="'mlflow' is not supported"):
+            (dest,) = GradscopeTrainerCallback(report_to=["wandb", "mlflow"])._destinations(args)
+        assert isinstance(dest, WandbWriter) and dest.run is run
+        assert dest.step_metric == "train/global_step"  # Trainer's own W&B x-axis
+    finally:
+        run.finish()
+
+
+def test_log_all_replays_a_saved_history(tmp_path):
+    from gradscope.history import load_history
+    from gradscope.integrations.logger import log_all
+
+    torch.manual_seed(0)
+    model = Seq()
+    with Monitor(model, every=1, analyze=Every(2)) as mon:
+        _train(model, mon, 3)
+    saved = load_history(mon.save(tmp_path / "hist.npz"))
+    totals = log_all(saved, tmp_path / "tb", figures_every=None)
+    acc = _events(tmp_path / "tb")
+    assert [e.step for e in acc.Scalars("gradscope/rnn.l0/log10_grad_norm_tT")] == [0, 1, 2]
+    assert [e.step for e in acc.Scalars("gradscope/rnn.l0/radius_max")] == [0, 2]
+    n_scalars = sum(len(acc.Scalars(tag)) for tag in acc.Tags()["scalars"])
+    assert totals == {"scalars": n_scalars, "texts": 3, "images": 0}
