@@ -174,18 +174,21 @@ def _loss_fn(weights: dict[str, torch.Tensor]):
 
 
 # --------------------------------------------------------------------------- exact gradients
+# One layer over unpadded sequences: the Monitor's replay is teacher-forced (all steps from
+# the module's outputs in one batched call); otherwise step by step. Both must be exact.
+@pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
-def test_fused_grads_match_unrolled_autograd(cls, packed, float64):
+def test_fused_grads_match_unrolled_autograd(cls, packed, layers, float64):
     torch.manual_seed(1)
     I, H, B = 3, 4, 3
-    rnn = cls(I, H, num_layers=2, bidirectional=True)
+    rnn = cls(I, H, num_layers=layers, bidirectional=True)
     model = FusedNet(rnn)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     weights = {
         "out": torch.randn(9, B, 2 * H),
-        "h": torch.randn(4, B, H),
-        "c": torch.randn(4, B, H),
+        "h": torch.randn(2 * layers, B, H),
+        "c": torch.randn(2 * layers, B, H),
     }
     loss_fn = _loss_fn(weights)
     # three training steps, T varying across batches (6, 7, 8); every=2 samples steps 0 and 2
@@ -211,7 +214,7 @@ def test_fused_grads_match_unrolled_autograd(cls, packed, float64):
                 latest = mon.latest.trace
     hist = mon.history
     assert hist.steps.tolist() == [0, 2]
-    names = ["rnn.l0", "rnn.l0_reverse", "rnn.l1", "rnn.l1_reverse"]
+    names = ["rnn.l0", "rnn.l0_reverse", "rnn.l1", "rnn.l1_reverse"][: 2 * layers]
     assert hist.names == names
     for name in names:
         _assert_grads_close(latest[name].grads, expected[2][name])
@@ -567,7 +570,7 @@ def test_analyze_schedule_and_summaries():
     assert s["rate_ci"].shape == (3, 2)
     assert (s["rate_ci"][analysed, 0] <= s["rate"][analysed]).all()
     # the spectral summaries are those of gs.spectrum on the subsampled Jacobians
-    layer = mon.latest.trace["rnn.l0"]
+    layer = mon.latest.trace.layers[0]
     steps = np.unique(np.round(np.linspace(0, layer.T - 1, 2)).astype(int))
     radius = gs.spectrum(layer, "eig", steps=steps, batch=[0], progress=False).radius
     assert s["radius_max"][2] == pytest.approx(float(np.nanmax(radius)), rel=1e-12)
@@ -684,3 +687,28 @@ def test_a_layer_without_loss_gradients_is_reported_not_fatal():
     no_backward = layer("c", None)
     with pytest.raises(MissingDataError, match="no backward pass yet"):
         trace_grad_norms(Trace([ok, no_backward], {"grads": "no backward pass yet"}))
+
+
+@pytest.mark.parametrize(("cls", "gain"), [(nn.RNN, 3.0), (nn.LSTM, 8.0)])
+def test_monitor_replays_a_chaotic_single_layer_on_its_own_trajectory(cls, gain, float64):
+    # Chaotic recurrent weights: a step-by-step replay separates from the module's trajectory
+    # (gs.trace accepts it as a shadow and warns); the Monitor's teacher-forced replay takes
+    # every previous output from the module, so its states are the module's own.
+    torch.manual_seed(0)
+    H, T, B = 32, 60, 4
+    rnn = cls(8, H)
+    with torch.no_grad():
+        rnn.weight_hh_l0.normal_(0.0, gain / H**0.5)
+    x = torch.randn(T, B, 8)
+    with pytest.warns(gs.ChaoticReplayWarning):
+        shadow = gs.trace(rnn, x).layers[0]
+    with Monitor(rnn, every=1, analyze=False) as mon:
+        out, _ = rnn(x)
+        out.square().mean().backward()
+        mon.step()
+    layer = mon.latest.trace.layers[0]
+    assert "replay" not in layer.meta  # no shadow
+    ref = out.detach().numpy()
+    forced_err = np.abs(layer.states[1:, :, :H].numpy() - ref).max()
+    shadow_err = np.abs(shadow.states[1:, :, :H].numpy() - ref).max()
+    assert forced_err < 1e-13 < 1e-11 < shadow_err  # float64: the shadow drifts ~1e-9

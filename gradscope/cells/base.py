@@ -230,6 +230,34 @@ class CellAdapter(ABC):
         """
         return None
 
+    def forced_states(
+        self, params: Params, x: Tensor, h_prev: Tensor, s0: Tensor, keep_factors: bool
+    ) -> tuple[Tensor, Any] | None:
+        """All ``T`` steps of a sequence whose outputs are known, in one batched call.
+
+        Args:
+            params: The cell's weights.
+            x: Inputs ``(T, B, I)``.
+            h_prev: The module's outputs one step back, ``(T, B, P)``: ``h_0`` (from
+                ``s0``), ``h_1 … h_{T-1}``.
+            s0: The initial states ``(B, D)``.
+            keep_factors: Also return the linear factors of every step.
+
+        Returns:
+            ``(states (T, B, D), factors with T · B rows or None)``, or None when the state
+            is not determined by the outputs. The default covers cells whose state is
+            their output (``D == P``): :meth:`step` (or :meth:`step_factors`) once on all
+            ``T · B`` pairs ``(x_t, h_{t-1})``. Cost: the step's, over ``T · B`` rows.
+        """
+        T, B = x.shape[:2]
+        if h_prev.shape[-1] != s0.shape[-1]:
+            return None
+        xs, ss = x.flatten(0, 1), h_prev.flatten(0, 1)
+        if keep_factors:
+            new, factors = self.step_factors(params, xs, ss)
+            return new.unflatten(0, (T, B)), factors
+        return self.step(params, xs, ss).unflatten(0, (T, B)), None
+
     def step_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Any]:
         """``(s_t, linear factors at (x, s))`` from one evaluation of the gates.
 

@@ -239,6 +239,39 @@ class LSTMAdapter(CellAdapter):
         loc = _Local(alpha, tc * o * (1.0 - o), o * (1.0 - tc * tc), f)
         return torch.cat([h_new, c_new], dim=-1), loc
 
+    def forced_states(
+        self, params: Params, x: Tensor, h_prev: Tensor, s0: Tensor, keep_factors: bool
+    ) -> tuple[Tensor, _Local | None] | None:
+        """All steps from the module's outputs (see :meth:`CellAdapter.forced_states`).
+
+        The gates of every step come from one GEMM over ``T · B`` rows (``h_{t-1}`` is
+        known); the cell state from ``c_t = f_t c_{t-1} + i_t g_t``, ``T`` elementwise
+        steps computed exactly as :meth:`step` does. None for a subclass that overrides
+        :meth:`step` or :meth:`step_factors` (its maths may differ).
+        """
+        cls = type(self)
+        if cls.step is not LSTMAdapter.step or cls.step_factors is not LSTMAdapter.step_factors:
+            return None
+        T, B = x.shape[:2]
+        i, f, g, o = _gates(params, x.flatten(0, 1), h_prev.flatten(0, 1))
+        c_prev = torch.empty_like(f)
+        c_prev[:B] = self._split(params, s0)[1]
+        ig = i * g
+        for t in range(T - 1):
+            rows = slice(t * B, (t + 1) * B)
+            c_prev[(t + 1) * B : (t + 2) * B] = f[rows] * c_prev[rows] + ig[rows]
+        c_new = f[(T - 1) * B :] * c_prev[(T - 1) * B :] + ig[(T - 1) * B :]
+        c = torch.cat([c_prev[B:], c_new])
+        tc = torch.tanh(c)
+        h_new = o * tc
+        if "weight_hr" in params:
+            h_new = h_new @ params["weight_hr"].T
+        states = torch.cat([h_new, c], dim=-1).unflatten(0, (T, B))
+        if not keep_factors:
+            return states, None
+        alpha = torch.stack([g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g)], dim=1)
+        return states, _Local(alpha, tc * o * (1.0 - o), o * (1.0 - tc * tc), f)
+
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> _Local:
         """The local factors ``α, β_o, o u, f`` (see the module docstring)."""
         return self._local(params, x, s)

@@ -54,6 +54,14 @@ class Monitor:
     See the module docstring for the life cycle, the required call order and the report
     protocol.
 
+    Cost of a sampled step: a replay of each recorded layer and one closed-form
+    vector-Jacobian sweep back through it (``O(T · B · w)``, ``w`` the recurrent weights;
+    no autograd graph). A single-layer fused module (``nn.LSTM``/``nn.GRU``/``nn.RNN``
+    with ``num_layers=1``) over unpadded sequences is replayed teacher-forced: every
+    step's previous output is the module's own, so all steps are one batched call (one
+    GEMM instead of ``T``) and the states are the module's trajectory to rounding, even
+    for chaotic weights (where :func:`gradscope.trace` replays a shadow trajectory).
+
     Args:
         model: The model being trained (its recurrent submodules are found by
             :func:`gradscope.record`).
@@ -252,6 +260,7 @@ class Monitor:
             check=self.check,
             reached_only=True,  # evaluation forwards, skipped batches: not this step
             loss_scale=None if scaler is None else scaler.get_scale,
+            forced_replay=True,  # the module's own trajectory, one GEMM for all steps
         )
         recorder.start()  # removes what it registered itself if registering fails
         self._recorder = recorder

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from gradscope.cells import adapter_for
-from gradscope.cells.base import CellAdapter, Params
+from gradscope.cells.base import CellAdapter, Params, _take_rows
 from gradscope.errors import ShapeError
 from gradscope.recording.arguments import autocast_dtype, bind, clone
 from gradscope.recording.dropout import MASK_REPRODUCED, draw_masks, dropout_mode
@@ -140,6 +140,8 @@ class FusedCall:
     tracked: Any = None
     #: The lower precision ``torch.autocast`` ran the call in (None: its own dtype).
     autocast: torch.dtype | None = None
+    #: Replay teacher-forced where possible (:func:`_forceable`): set by the Monitor.
+    forced: bool = False
 
     @property
     def valid(self) -> Tensor | None:
@@ -183,6 +185,74 @@ def _takes_xp(adapter: Any, keep_factors: bool) -> bool:
     return "xp" in inspect.signature(fn).parameters
 
 
+def _sequential_direction(
+    call: FusedCall, params: Params, x: Tensor, s: Tensor, keep_factors: bool
+) -> tuple[list[Tensor], list[Any]]:
+    """States ``s_0 … s_T`` (and factors) of one direction by ``T`` steps of the cell."""
+    valid = call.valid
+    seq, seq_factors = [s], []
+    # the input part of every step in one GEMM (cells that have one)
+    proj = (
+        call.adapter.project_input(params, x.flatten(0, 1))
+        if _takes_xp(call.adapter, keep_factors)
+        else None
+    )
+    kw: list[dict[str, Tensor]] = (
+        [{}] * len(x) if proj is None else [{"xp": p} for p in proj.unflatten(0, x.shape[:2])]
+    )
+    for k in range(len(x)):
+        if keep_factors:
+            new, fac = call.adapter.step_factors(params, x[k], s, **kw[k])
+            seq_factors.append(fac)
+        else:
+            new = call.adapter.step(params, x[k], s, **kw[k])
+        if valid is not None:
+            new = torch.where(valid[k].unsqueeze(-1), new, s)
+        s = new
+        seq.append(s)
+    return seq, seq_factors
+
+
+def _forceable(call: FusedCall) -> bool:
+    """Whether the call can be replayed teacher-forced (:func:`_forced_direction`).
+
+    Only when asked (``call.forced``, the Monitor's recordings), for a single-layer call
+    (whose input is the module's own, not a replayed lower layer's output) over unpadded
+    sequences run in the module's own precision.
+    """
+    return call.forced and call.num_layers == 1 and call.valid is None and call.autocast is None
+
+
+def _forced_direction(
+    call: FusedCall, params: Params, x: Tensor, s0: Tensor, d: int, keep_factors: bool
+) -> tuple[list[Tensor], list[Any]] | None:
+    """States of one direction with every step's previous output taken from the module.
+
+    The module returned ``h_1 … h_T``; a cell whose state is its output (RNN, GRU) then
+    has every ``(x_t, s_{t-1})`` pair at once, so all ``T`` steps are one batched call of
+    the cell (one GEMM over ``T · B`` rows instead of ``T`` small ones); an LSTM computes
+    its gates the same way and its cell state by the linear recursion
+    ``c_t = f_t c_{t-1} + i_t g_t`` (:meth:`~gradscope.cells.lstm.LSTMAdapter.forced_states`).
+    The states are the module's own trajectory to rounding, so even chaotic dynamics
+    replay exactly (no shadow trajectory); the replay is checked against the module's
+    outputs as usual. None: the adapter has no such path.
+    """
+    T, B = x.shape[:2]
+    p = call.adapter.state_sizes(params)[0]
+    out = call.out[..., d * p : (d + 1) * p]
+    if d == 1:
+        out = out.gather(0, call.positions(reverse=True).unsqueeze(-1).expand(-1, -1, p))
+    h_prev = torch.cat([s0[None, :, :p], out[:-1]])  # (T, B, P) processing order
+    forced = call.adapter.forced_states(params, x, h_prev, s0, keep_factors)
+    if forced is None:
+        return None
+    states, factors = forced
+    seq = [s0, *states.unbind(0)]
+    if not keep_factors:
+        return seq, []
+    return seq, [_take_rows(factors, slice(t * B, (t + 1) * B)) for t in range(T)]
+
+
 def replay_fused(call: FusedCall, *, keep_factors: bool = False) -> Replay:
     """Run the fused module step by step from its weights (under ``torch.no_grad``).
 
@@ -193,7 +263,6 @@ def replay_fused(call: FusedCall, *, keep_factors: bool = False) -> Replay:
             gradients' sweep does not evaluate the gates again.
     """
     valid = call.valid
-    lay = call.layout
     states: list[list[list[Tensor]]] = []
     inputs: list[list[Tensor]] = []
     outputs: list[Tensor] = []
@@ -211,30 +280,15 @@ def replay_fused(call: FusedCall, *, keep_factors: bool = False) -> Replay:
                     if d == 0
                     else layer_in.gather(0, pos.unsqueeze(-1).expand(-1, -1, layer_in.shape[-1]))
                 )
-                s = call.s0[layer * call.dirs + d]
-                seq = [s]
-                seq_factors: list[Any] = []
-                # the input part of every step in one GEMM (cells that have one)
-                proj = (
-                    call.adapter.project_input(params, x.flatten(0, 1))
-                    if _takes_xp(call.adapter, keep_factors)
+                s0 = call.s0[layer * call.dirs + d]
+                forced = (
+                    _forced_direction(call, params, x, s0, d, keep_factors)
+                    if _forceable(call)
                     else None
                 )
-                kw: list[dict[str, Tensor]] = (
-                    [{}] * lay.T
-                    if proj is None
-                    else [{"xp": p} for p in proj.unflatten(0, x.shape[:2])]
+                seq, seq_factors = forced or _sequential_direction(
+                    call, params, x, s0, keep_factors
                 )
-                for k in range(lay.T):
-                    if keep_factors:
-                        new, fac = call.adapter.step_factors(params, x[k], s, **kw[k])
-                        seq_factors.append(fac)
-                    else:
-                        new = call.adapter.step(params, x[k], s, **kw[k])
-                    if valid is not None:
-                        new = torch.where(valid[k].unsqueeze(-1), new, s)
-                    s = new
-                    seq.append(s)
                 p = call.adapter.state_sizes(params)[0]
                 h = torch.stack(seq[1:])[..., :p]
                 if d == 1:

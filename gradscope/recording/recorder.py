@@ -86,6 +86,7 @@ class Recorder:
         check: bool = True,
         reached_only: bool = False,
         loss_scale: Callable[[], Any] | None = None,
+        forced_replay: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise GradscopeError(
@@ -99,6 +100,9 @@ class Recorder:
         #: Base names of the layers dropped by ``reached_only`` (no gradient reached them).
         self.unreached: list[str] = []
         self.loss_scale = loss_scale if grads else None
+        #: Replay single-layer fused calls teacher-forced (their states from the module's
+        #: outputs, all steps in one batched call): the Monitor's setting.
+        self.forced_replay = bool(forced_replay)
         #: The loss scale read at the first gradient (None without ``loss_scale``).
         self.scale: Any = None
         self._paths = {id(m): p for p, m in model.named_modules()}
@@ -349,6 +353,7 @@ class Recorder:
         weights = weight_versions(module)
         with torch.no_grad():
             call = capture_fused(path, name, count, module, args, kwargs, output, rng)
+            call.forced = self.forced_replay
             hx = bind(module, args, kwargs)[1:2]
             if chain is not None and chain.continued_by(call, hx[0] if hx else None, weights):
                 chain.append(call)
