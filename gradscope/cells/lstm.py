@@ -204,13 +204,19 @@ class LSTMAdapter(CellAdapter):
         """``(δh, δc)`` from the gate pre-activation tangents ``da`` ``(N, 4H, k)``."""
         a = da.unflatten(1, (4, -1))  # (N, 4, H, k)
         al = loc.alpha.unsqueeze(-1)  # (N, 3, H, 1)
-        dc = al[:, 0] * a[:, 0]
+        n, hidden, k = a.shape[0], a.shape[2], a.shape[3]
+        proj = "weight_hr" in params
+        p = int(params["weight_hr"].shape[0]) if proj else hidden
+        out = da.new_empty((n, p + hidden, k))  # written in place: no concatenation
+        dc = torch.mul(al[:, 0], a[:, 0], out=out[:, p:])
         dc.addcmul_(al[:, 1], a[:, 1]).addcmul_(al[:, 2], a[:, 2])
         if dc_prev is not None:
             dc.addcmul_(loc.f.unsqueeze(-1), dc_prev)
-        dm = torch.addcmul(loc.beta_o.unsqueeze(-1) * a[:, 3], loc.ou.unsqueeze(-1), dc)
-        dh = weight_times(params["weight_hr"], dm) if "weight_hr" in params else dm
-        return torch.cat([dh, dc], dim=1)
+        dm = da.new_empty((n, hidden, k)) if proj else out[:, :p]
+        torch.mul(loc.beta_o.unsqueeze(-1), a[:, 3], out=dm).addcmul_(loc.ou.unsqueeze(-1), dc)
+        if proj:
+            out[:, :p] = weight_times(params["weight_hr"], dm)
+        return out
 
     def _backward(self, params: Params, loc: _Local, u: Tensor) -> tuple[Tensor, Tensor]:
         """Cotangents of the gate pre-activations ``(N, 4H, k)`` and ``g_c`` ``(N, H, k)``."""
