@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from gradscope.reporting import chart_data as C
 from gradscope.reporting import figures as F
 from gradscope.reporting.document import Missing, Panel, PanelSpec
 
@@ -166,6 +167,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "state-to-state decay (gs.decay(layer, of='state'))",
         lambda layer: _decay_kwargs(layer, "state"),
         F.decay_figure,
+        chart=C.decay_chart,
     ),
     PanelSpec(
         "heatmap",
@@ -178,6 +180,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "per-sequence decay norms (gs.decay)",
         _heatmap_kwargs,
         F.lag_heatmap_figure,
+        chart=C.lag_heatmap_chart,
     ),
     PanelSpec(
         "decay-input",
@@ -188,6 +191,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "input-to-state decay (gs.decay(layer, of='input'))",
         lambda layer: _decay_kwargs(layer, "input"),
         F.decay_figure,
+        chart=C.decay_chart,
     ),
     PanelSpec(
         "decay-loss",
@@ -198,6 +202,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "loss gradients ∂L/∂s_t (profile(..., loss_fn=...) or a Monitor)",
         lambda layer: _decay_kwargs(layer, "loss"),
         F.decay_figure,
+        chart=C.decay_chart,
     ),
     PanelSpec(
         "spectral-time",
@@ -345,6 +350,7 @@ TRAINING_PANELS: list[PanelSpec] = [
         "a Monitor history (monitor.history.grad_norms(name))",
         _training_heatmap_kwargs,
         F.training_heatmap_figure,
+        chart=C.training_heatmap_chart,
     ),
     PanelSpec(
         "training-rate",
@@ -356,6 +362,7 @@ TRAINING_PANELS: list[PanelSpec] = [
         "per-step summaries of a Monitor history (history.summaries(name): 'rate', 'loss_rate')",
         _training_rate_kwargs,
         F.training_rate_figure,
+        chart=C.training_rate_chart,
     ),
 ]
 
@@ -369,6 +376,7 @@ COMPARISON_PANEL = PanelSpec(
     "a state decay for at least one layer of two or more runs",
     lambda curves: dict(curves=curves),
     F.comparison_figure,
+    chart=C.comparison_chart,
 )
 
 
