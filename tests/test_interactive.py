@@ -115,7 +115,10 @@ def test_page_loads_nothing_from_a_network(run: SimpleNamespace) -> None:
     assert sorted(live) == [
         "decay-input",  # no loss gradients in this run: no decay-loss
         "decay-state",
+        "gate-carry",
         "heatmap",
+        "lyapunov-convergence",
+        "spectral-time",
         "training-heatmap",
         "training-rate",
     ]
@@ -266,6 +269,21 @@ def test_heatmap_hover_and_download(run: SimpleNamespace, browser: dict[str, Any
         ln_norm=d.log_norms.T.ravel(),
     )
     _downloads_match(o, expected)
+
+
+@pytest.mark.browser
+def test_spectral_time_download(run: SimpleNamespace, browser: dict[str, Any]) -> None:
+    eig, svd = run.layer.spectrum_eig, run.layer.spectrum_svd
+    np.testing.assert_array_equal(eig.steps, svd.steps)  # one step column serves both
+    expected: dict[str, np.ndarray] = {"step": np.asarray(svd.steps, dtype=float)}
+    for name, values in (("norm", svd.norm), ("radius", eig.radius)):
+        q = np.nanpercentile(np.asarray(values, dtype=float), [50, 10, 90], axis=1)
+        expected.update({f"{name}_median": q[0], f"{name}_p10": q[1], f"{name}_p90": q[2]})
+    o = browser["spectral-time"]
+    _downloads_match(o, expected)
+    lines = o["hover"].splitlines()
+    k = list(svd.steps).index(int(lines[0].split(" = ")[1]))
+    assert f"norm median: {expected['norm_median'][k]:.4g}" in lines
 
 
 @pytest.mark.browser

@@ -128,6 +128,8 @@ class Chart:
         yscale: ``"linear"``, ``"ln"`` or ``"log"`` (see the module docstring).
         hlines: Reference lines across the plot at these y values (in the data's units).
         grid: The heat map, or None.
+        yview: The y range (data units) shown first, when not all of the data (e.g. early
+            estimates that swing far off); zooming and resetting show the rest.
 
     Raises:
         ChartError: When a series names a column the chart lacks, or columns differ in length.
@@ -141,6 +143,7 @@ class Chart:
     yscale: str = "linear"
     hlines: tuple[float, ...] = ()
     grid: Grid | None = None
+    yview: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.yscale not in _SCALES:
@@ -223,6 +226,7 @@ def to_json(chart: Chart) -> str:
         "ylabel": chart.ylabel,
         "yscale": chart.yscale,
         "hlines": [float(h) for h in chart.hlines],
+        "yview": None if chart.yview is None else [float(v) for v in chart.yview],
         "series": series,
     }
     parts = [json.dumps(head, ensure_ascii=False)[:-1]]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from gradscope.reporting import chart_data as C
+from gradscope.reporting import chart_dynamics as CD
 from gradscope.reporting import figures as F
 from gradscope.reporting.document import Missing, Panel, PanelSpec
 
@@ -213,6 +214,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "eigenvalue and singular-value spectra (gs.spectrum)",
         _spectral_time_kwargs,
         F.spectral_time_figure,
+        chart=CD.spectral_time_chart,
     ),
     PanelSpec(
         "eigenvalues",
@@ -255,6 +257,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "the Lyapunov running estimate (gs.lyapunov(...).history)",
         _lyap_conv_kwargs,
         F.lyapunov_convergence_figure,
+        chart=CD.lyapunov_convergence_chart,
     ),
     PanelSpec(
         "memory-timescales",

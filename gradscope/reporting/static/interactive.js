@@ -110,7 +110,7 @@
     this.file = box.getAttribute("data-file") || "figure";
     box.insertAdjacentHTML("beforeend",
       '<div class="gs-bar"><span class="gs-title"></span><span class="gs-tools">' +
-      '<button type="button" data-act="reset" title="Show everything (or double-click the plot)">Reset zoom</button>' +
+      '<button type="button" data-act="reset" title="Back to the first view (or double-click the plot)">Reset zoom</button>' +
       '<button type="button" data-act="csv" title="The plotted numbers as CSV">CSV</button>' +
       '<button type="button" data-act="json" title="The plotted numbers as JSON">JSON</button>' +
       '</span></div><div class="gs-plot"><canvas role="img"></canvas><div class="gs-tip" hidden></div>' +
@@ -195,6 +195,9 @@
   Fig.prototype.reset = function () {
     var f = this.full, ypad = Math.max(f[3] - f[2], 0.2) * 0.05;
     this.view = this.d.grid ? f.slice() : [f[0], f[1] > f[0] ? f[1] : f[0] + 1, f[2] - ypad, f[3] + ypad];
+    if (this.d.yview && !this.d.grid) {
+      this.view[2] = tr(this.d.yview[0], this.d.yscale); this.view[3] = tr(this.d.yview[1], this.d.yscale);
+    }
     this.hover = null;
     this.draw();
   };
