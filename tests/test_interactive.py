@@ -85,6 +85,24 @@ def test_chart_json_writes_finite_numbers_and_nulls() -> None:
     assert data["columns"][0]["values"] == [1, None, None, 0.3333333, 2.5e-300]
 
 
+def test_figures_without_finite_data_or_too_large_stay_pictures() -> None:
+    from gradscope.reporting.document import Panel
+    from gradscope.reporting.interactive import MAX_VALUES, panel_html
+    from gradscope.reporting.panels import LAYER_PANELS
+
+    (spec,) = [s for s in LAYER_PANELS if s.key == "heatmap"]
+
+    def live(log_norms: np.ndarray) -> str | None:
+        return panel_html(Panel(spec, dict(log_norms=log_norms, of="state"), None), "f")
+
+    assert live(np.full((6, 3), np.nan)) is None  # the PNG says "no finite gradient norm"
+    assert live(np.zeros((MAX_VALUES // 100 + 1, 100))) is None
+    page = live(np.array([[0.0, np.nan], [-1.0, -2.0]]))
+    assert page is not None and 'data-file="f"' in page
+    data = json.loads(re.search(r'class="gs-data">(.*?)</script>', page).group(1))
+    assert data["grid"]["z"]["values"] == [[0, -1], [None, -2]]  # rows are sequences
+
+
 def test_panels_declare_their_data(run: SimpleNamespace) -> None:
     from gradscope.reporting.panels import LAYER_PANELS, make_panel
 

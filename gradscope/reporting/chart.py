@@ -174,6 +174,27 @@ class Chart:
                     f"(len(y), len(x)) = ({len(g.y)}, {len(g.x)})"
                 )
 
+    @property
+    def size(self) -> int:
+        """How many values the chart holds (what its JSON grows with)."""
+        n = sum(np.size(c.values) for c in self.columns)
+        if self.grid is not None:
+            n += np.size(self.grid.z.values) + len(self.grid.x) + len(self.grid.y)
+        return int(n)
+
+    def drawable(self) -> bool:
+        """Whether there is a finite value to draw (on a log axis: a positive one)."""
+        if self.grid is not None:
+            z = np.asarray(self.grid.z.values, dtype=float)
+            return bool(np.any(np.isfinite(z) & ((z > 0) | (self.grid.scale == "ln"))))
+        cols = {c.name: c.values for c in self.columns}
+        for s in self.series:
+            for name in [s.y] if isinstance(s.y, str) else s.y:
+                y = np.asarray(cols[name], dtype=float)
+                if np.any(np.isfinite(y) & ((y > 0) | (self.yscale != "log"))):
+                    return True
+        return False
+
 
 def _num(v: Any) -> str:
     try:

@@ -53,6 +53,10 @@ CSS = """
 @media print { .gs-tools { display: none; } }
 """
 
+#: Above this many values a figure stays a PNG: its data would weigh more than the picture
+#: (about 10 bytes a value in the page; a 200-sequence × 300-lag heat map is 60,000).
+MAX_VALUES = 60_000
+
 #: How to use a figure, appended to its caption.
 HINT = (
     "Hover for values; drag across the plot to zoom, double-click to reset; CSV and JSON "
@@ -96,10 +100,11 @@ def panel_html(panel: Panel, fid: str) -> str | None:
 
     Returns:
         A ``<figure>`` holding the chart's JSON, its caption and a hint, or None when the
-        panel declares no chart (it is then drawn as a PNG).
+        panel declares no chart, has nothing finite to draw, or holds more than
+        :data:`MAX_VALUES` values (it is then drawn as a PNG, which says what is missing).
     """
     chart = panel.chart()
-    if chart is None:
+    if chart is None or chart.size > MAX_VALUES or not chart.drawable():
         return None
     # JSON inside <script>: "</" would end the element; "<\/" is the same string in JSON
     data = to_json(chart).replace("</", "<\\/")
@@ -115,4 +120,4 @@ def panel_html(panel: Panel, fid: str) -> str | None:
     )
 
 
-__all__ = ["CSS", "HINT", "MARK", "head", "panel_html", "script", "script_bytes"]
+__all__ = ["CSS", "HINT", "MARK", "MAX_VALUES", "head", "panel_html", "script", "script_bytes"]

@@ -38,18 +38,21 @@
     return (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10) * e;
   }
   function ticks(lo, hi, n) { /* [[position, label]] on a linear axis */
+    if (!fin(lo) || !fin(hi)) return [];
     if (!(hi > lo)) return [[lo, num(lo)]];
     var st = step(hi - lo, n), out = [];
-    for (var t = Math.ceil(lo / st - 1e-9) * st; t <= hi + st * 1e-9; t += st) {
+    if (!(st > 0)) return [[lo, num(lo)]];
+    for (var t = Math.ceil(lo / st - 1e-9) * st; t <= hi + st * 1e-9 && out.length < 40; t += st) {
       out.push([t, num(Math.abs(t) < st * 1e-9 ? 0 : t)]);
     }
     return out;
   }
   function logTicks(lo, hi, n) { /* positions in log10 units, labelled with the values */
     var span = hi - lo, out = [], t, k;
+    if (!fin(lo) || !fin(hi)) return [];
     if (span >= 2) {
       var st = Math.max(1, Math.round(step(span, n)));
-      for (t = Math.ceil(lo / st) * st; t <= hi; t += st) {
+      for (t = Math.ceil(lo / st) * st; t <= hi && out.length < 40; t += st) {
         out.push([t, t >= -3 && t < 5 ? num(Math.pow(10, t)) : sup(t)]);
       }
       return out;
@@ -163,6 +166,7 @@
     (d.hlines || []).forEach(function (h) { var v = tr(h, sc); if (v !== null) { ylo = Math.min(ylo, v); yhi = Math.max(yhi, v); } });
     xs.sort(function (a, b) { return a - b; });
     this.xs = xs.filter(function (v, i) { return i === 0 || v !== xs[i - 1]; });
+    if (!this.xs.length) { this.xs = [0]; ylo = 0; yhi = 1; }
     this.full = [this.xs[0], this.xs[this.xs.length - 1], ylo, yhi];
     this.box.querySelector(".gs-legend").innerHTML = legend.join("");
   };
@@ -171,6 +175,7 @@
     this.zt = z.map(function (row) {
       return row.map(function (v) { var t = tr(v, g.grid.scale); if (t !== null) { lo = Math.min(lo, t); hi = Math.max(hi, t); } return t; });
     });
+    if (!fin(lo)) { lo = 0; hi = 1; }
     this.zr = [lo, hi > lo ? hi : lo + 1];
     var nx = g.x.values.length, ny = g.y.values.length, off = document.createElement("canvas");
     off.width = nx; off.height = ny;
