@@ -409,9 +409,13 @@
     this.tip.textContent = "";
     lines.forEach(function (t, k) { var e = document.createElement(k ? "div" : "b"); e.textContent = t; this.tip.appendChild(e); }, this);
     this.tip.hidden = false;
-    var tw = this.tip.offsetWidth, left = q[0] + 14 + tw > this.cv.clientWidth ? q[0] - 14 - tw : q[0] + 14;
+    /* beside the pointer, never over the point it describes: right of it if there is room,
+       else left; below it in the upper half of the plot, above it in the lower half */
+    var tw = this.tip.offsetWidth, th = this.tip.offsetHeight;
+    var left = q[0] + 14 + tw > this.cv.clientWidth ? q[0] - 14 - tw : q[0] + 14;
+    var top = q[1] < p.t + this.h / 2 ? q[1] + 14 : q[1] - 14 - th;
     this.tip.style.left = Math.max(0, left) + "px";
-    this.tip.style.top = Math.max(0, q[1] - 10) + "px";
+    this.tip.style.top = Math.max(0, top) + "px";
     this.draw();
   };
   Fig.prototype.band = function (a, b) {
