@@ -157,9 +157,18 @@
           if (v !== null && fin(x[i])) { ylo = Math.min(ylo, v); yhi = Math.max(yhi, v); xs.push(x[i]); }
         });
       }
-      if (s.legend !== false && rows.some(function (i) { return ys.every(function (y) { return fin(y[i]); }); })) {
-        legend.push('<span><i style="background:' + s.color + (s.kind === "band" ? ';opacity:.35' : '') +
-          '"></i>' + s.label.replace(/&/g, "&amp;").replace(/</g, "&lt;") + "</span>");
+      var shown = rows.filter(function (i) { return ys.every(function (y) { return fin(y[i]); }); });
+      function key(colour, label, faint) {
+        legend.push('<span><i style="background:' + colour + (faint ? ";opacity:.35" : "") + '"></i>' +
+          label.replace(/&/g, "&amp;").replace(/</g, "&lt;") + "</span>");
+      }
+      if (s.legend !== false && shown.length) {
+        key(s.color, s.label, s.kind === "band");
+        /* points coloured by a category: one entry per category shown */
+        if (by) {
+          shown.map(function (i) { return by[i]; }).filter(function (c, j, a) { return c && s.styles[c] && a.indexOf(c) === j; })
+            .forEach(function (c) { key(s.styles[c][0], s.label + ": " + c); });
+        }
       }
       return {s: s, x: x, ys: ys, rows: rows, by: by};
     });
@@ -168,6 +177,7 @@
     this.xs = xs.filter(function (v, i) { return i === 0 || v !== xs[i - 1]; });
     if (!this.xs.length) { this.xs = [0]; ylo = 0; yhi = 1; }
     this.full = [this.xs[0], this.xs[this.xs.length - 1], ylo, yhi];
+    this.marks = d.series.some(function (s) { return s.marker || s.kind === "points"; });
     this.box.querySelector(".gs-legend").innerHTML = legend.join("");
   };
   Fig.prototype.initGrid = function () {
@@ -199,7 +209,8 @@
 
   Fig.prototype.reset = function () {
     var f = this.full, ypad = Math.max(f[3] - f[2], 0.2) * 0.05;
-    this.view = this.d.grid ? f.slice() : [f[0], f[1] > f[0] ? f[1] : f[0] + 1, f[2] - ypad, f[3] + ypad];
+    var x1 = f[1] > f[0] ? f[1] : f[0] + 1, xpad = this.marks ? (x1 - f[0]) * 0.02 : 0;
+    this.view = this.d.grid ? f.slice() : [f[0] - xpad, x1 + xpad, f[2] - ypad, f[3] + ypad];
     if (this.d.yview && !this.d.grid) {
       this.view[2] = tr(this.d.yview[0], this.d.yscale); this.view[3] = tr(this.d.yview[1], this.d.yscale);
     }
