@@ -25,6 +25,8 @@ from gradscope.reporting.figures.theme import (
     MISSING_GREY,
     NEUTRAL_GREY,
     REGIME_COLOURS,
+    fmt_rate,
+    fmt_value,
     palette,
     regime_label,
 )
@@ -100,11 +102,11 @@ def decay_chart(
         fit[on] = intercept + rate * lags[on]
     colour = REGIME_COLOURS.get(regime or "", NEUTRAL_GREY)
     who = f"median of {n_sequences} sequences" if n_sequences else "median over sequences"
-    fit_label = f"fit: {rate:.3g}/step" if math.isfinite(rate) else "fit"
+    fit_label = f"fit: {fmt_rate(rate)}/step" if math.isfinite(rate) else "fit"
     if rate_ci is not None and all(math.isfinite(c) for c in rate_ci):
-        fit_label += f" [{rate_ci[0]:.3g}, {rate_ci[1]:.3g}]"
+        fit_label += f" [{fmt_rate(rate_ci[0])}, {fmt_rate(rate_ci[1])}]"
     if half_life is not None and math.isfinite(half_life):
-        fit_label += f", half-life {half_life:.3g} steps"
+        fit_label += f", half-life {fmt_value(half_life)} steps"
     return Chart(
         title=f"{DECAY_TITLE.get(of, of + ' decay')}: {regime_label(regime)}",
         xlabel=_LAG,
@@ -320,7 +322,7 @@ def comparison_chart(curves: Mapping[str, Curve], *, ax: Any = None) -> Chart:
                 "line",
                 "lag",
                 "ln_norm_median",
-                f"{label}: {regime_label(c.regime)}, {c.rate:.3g}/step",
+                f"{label}: {regime_label(c.regime)}, {fmt_rate(c.rate)}/step",
                 colours[i],
                 dash=DASHES[i % len(DASHES)],
                 where=where,

@@ -158,12 +158,13 @@
         });
       }
       var shown = rows.filter(function (i) { return ys.every(function (y) { return fin(y[i]); }); });
-      function key(colour, label, faint) {
-        legend.push('<span><i style="background:' + colour + (faint ? ";opacity:.35" : "") + '"></i>' +
+      function key(colour, label, faint, dash) {
+        var look = dash ? "height:0;border-top:3px dashed " + colour : "background:" + colour + (faint ? ";opacity:.35" : "");
+        legend.push('<span><i style="' + look + '"></i>' +
           label.replace(/&/g, "&amp;").replace(/</g, "&lt;") + "</span>");
       }
       if (s.legend !== false && shown.length) {
-        key(s.color, s.label, s.kind === "band");
+        key(s.color, s.label, s.kind === "band", s.dash && s.dash.length);
         /* points coloured by a category: one entry per category shown */
         if (by) {
           shown.map(function (i) { return by[i]; }).filter(function (c, j, a) { return c && s.styles[c] && a.indexOf(c) === j; })
