@@ -103,6 +103,20 @@ def test_figures_without_finite_data_or_too_large_stay_pictures() -> None:
     assert data["grid"]["z"]["values"] == [[0, -1], [None, -2]]  # rows are sequences
 
 
+def test_names_cannot_break_out_of_the_page() -> None:
+    from gradscope.reporting.document import Panel
+    from gradscope.reporting.figures import Curve
+    from gradscope.reporting.interactive import panel_html
+    from gradscope.reporting.panels import COMPARISON_PANEL
+
+    name = 'x</script><!--<script>alert("hi")</script>'
+    curves = {name: Curve(np.arange(3), -0.5 * np.arange(3), None, -0.5, "vanishing")}
+    page = panel_html(Panel(COMPARISON_PANEL, dict(curves=curves), None), "comparison")
+    assert page.count("<script") == 1 and page.count("</script>") == 1 and "<!--" not in page
+    (data,) = re.findall(r'class="gs-data">(.*?)</script>', page)
+    assert json.loads(data)["columns"][0]["values"] == [name] * 3
+
+
 def test_panels_declare_their_data(run: SimpleNamespace) -> None:
     from gradscope.reporting.panels import LAYER_PANELS, make_panel
 

@@ -107,8 +107,9 @@ def panel_html(panel: Panel, fid: str) -> str | None:
     chart = panel.chart()
     if chart is None or chart.size > MAX_VALUES or not chart.drawable():
         return None
-    # JSON inside <script>: "</" would end the element; "<\/" is the same string in JSON
-    data = to_json(chart).replace("</", "<\\/")
+    # JSON inside <script>: a "<" (as in "</script" or "<!--") could end or upset the
+    # element; "\u003c" is the same character to JSON and never markup to HTML
+    data = to_json(chart).replace("<", "\\u003c")
     spec = panel.spec
     return (
         f'<figure id="{fid}" data-figure="{spec.key}" data-interactive="true">'
