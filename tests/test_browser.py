@@ -73,8 +73,9 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _console_problems(stderr: str) -> list[str]:
-    """Console output (the report has no script, so any console message is a problem) and
-    failed loads, as Chromium logs them with ``--enable-logging=stderr``."""
+    """Console output (the report's one script logs nothing, so any console message is a
+    problem: a script error, for one) and failed loads, as Chromium logs them with
+    ``--enable-logging=stderr``."""
     bad = (":CONSOLE", "Uncaught", "net::ERR_", "Not allowed to load", "Failed to load")
     return [line for line in stderr.splitlines() if any(b in line for b in bad)]
 

@@ -42,6 +42,19 @@ LAYER_FIGURES = (
     "lyapunov-spectrum",
     "lyapunov-convergence",
 )
+#: The figures drawn interactively in the HTML report (the others are PNG images).
+INTERACTIVE = {
+    "decay-state",
+    "heatmap",
+    "decay-input",
+    "decay-loss",
+    "spectral-time",
+    "lyapunov-convergence",
+    "gate-carry",
+    "comparison",
+    "training-heatmap",
+    "training-rate",
+}
 LABELS = {"vanilla RNN": nn.RNN, "LSTM": nn.LSTM, "GRU": nn.GRU}
 T, B, H, I = 40, 4, 16, 3
 
@@ -225,7 +238,14 @@ def test_html_has_every_section_and_figure(cmp_html: Path, profiles: dict[str, g
             assert fig["attrs"].get("data-missing") is None, (attrs["id"], key, fig["text"])
     comparison = [f for f in page.figures if f["attrs"].get("data-figure") == "comparison"]
     assert len(comparison) == 1
+    live = {f["attrs"]["data-figure"] for f in page.figures if f["attrs"].get("data-interactive")}
+    assert live == INTERACTIVE & {f["attrs"]["data-figure"] for f in page.figures}
     for fig in page.figures:
+        assert fig["caption"].startswith("How to read this.")
+        if fig["attrs"].get("data-interactive"):
+            # drawn in the page from its data (tests/test_interactive.py checks the numbers)
+            assert fig["imgs"] == []
+            continue
         assert len(fig["imgs"]) == 1
         src = fig["imgs"][0]
         assert src.startswith("data:image/png;base64,")
@@ -233,7 +253,6 @@ def test_html_has_every_section_and_figure(cmp_html: Path, profiles: dict[str, g
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(io.BytesIO(png)) as im:
             assert im.width >= 400 and im.height >= 250
-        assert fig["caption"].startswith("How to read this.")
         # two sentences: what is plotted, then how to read it
         assert len(re.findall(r"[.!?](?:\s|$)", fig["caption"])) >= 3
 
@@ -267,8 +286,20 @@ def test_html_summary_and_numbers(cmp_html: Path, profiles: dict[str, gs.Profile
 
 
 def test_html_is_self_contained(cmp_html: Path) -> None:
+    from gradscope.reporting.interactive import script
+
     src, page = _parse(cmp_html)
-    lowered = src.lower()
+    # one script, inline, once: the interactive figures' (it loads nothing: no URL in it)
+    assert src.count(script()) == 1
+    assert not re.search(r"(?i)https?:|//|\bfetch\(|XMLHttpRequest|import\(|\.src\b", script())
+    rest = src.replace(script(), "")
+    # the figures' data: inert JSON blocks
+    block = r'<script type="application/json" class="gs-data">.*?</script>'
+    data = re.findall(block, rest, re.S)
+    assert len(data) == len([f for f in page.figures if f["attrs"].get("data-interactive")]) > 0
+    rest = re.sub(block, "", rest, flags=re.S)
+    rest = rest.replace("<script></script>", "", 1)
+    lowered = rest.lower()
     for banned in ("<script", "<link", "<iframe", "<object", "<embed", "@import", "url("):
         assert banned not in lowered, banned
     for _, attrs in page.tags:
@@ -312,7 +343,11 @@ def test_nan_states_are_flagged(
     assert want in _squash(summary)
     assert f"⚠ {count} (step {t})" in _squash(summary)
     # the figures still render: finite steps are analysed, the rest is excluded
-    assert all(f["imgs"] for f in page.figures if not f["attrs"].get("data-missing"))
+    assert all(
+        f["imgs"] or f["attrs"].get("data-interactive")
+        for f in page.figures
+        if not f["attrs"].get("data-missing")
+    )
 
     pdf = gs.report(prof, tmp_path / "nan.pdf")
     text = _squash(

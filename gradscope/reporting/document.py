@@ -63,6 +63,10 @@ class PanelSpec:
         applies: ``record -> bool``: whether the panel belongs to this record at all (e.g.
             memory timescales only for diagonal recurrences); a panel that does not apply is
             left out, unlike a missing one, which is shown with its reason.
+        chart: The figure's data as a :class:`~gradscope.reporting.chart.Chart`, from the
+            same keyword arguments as ``draw`` (:mod:`gradscope.reporting.chart_data`), or
+            None; a panel with one is interactive in the HTML report (hover values, zoom,
+            CSV/JSON download of exactly those numbers).
     """
 
     key: str
@@ -72,6 +76,7 @@ class PanelSpec:
     extract: Callable[[Any], dict[str, Any]]
     draw: Callable[..., Any]
     applies: Callable[[Any], bool] = lambda record: True
+    chart: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -95,6 +100,15 @@ class Panel:
                 F.no_data(ax, self.missing or "not available", self.spec.title)
             return fig
         return self.spec.draw(**self.kwargs, ax=ax)
+
+    def chart(self) -> Any:
+        """The figure's data (a :class:`~gradscope.reporting.chart.Chart`), or None.
+
+        None when the spec declares no chart or the panel is missing its data.
+        """
+        if self.kwargs is None or self.spec.chart is None:
+            return None
+        return self.spec.chart(**self.kwargs)
 
 
 @dataclass

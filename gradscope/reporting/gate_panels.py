@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gradscope.reporting import figures as F
+from gradscope.reporting.chart_dynamics import carry_chart
 from gradscope.reporting.document import Missing, PanelSpec
 
 _GATED = ("lstm", "gru")
@@ -73,6 +74,7 @@ GATE_PANELS: list[PanelSpec] = [
         _carry_kwargs,
         F.carry_figure,
         _gated,
+        chart=carry_chart,
     ),
     PanelSpec(
         "gate-share",

@@ -1,8 +1,10 @@
 """Lay a report :class:`~gradscope.reporting.document.Document` out as one self-contained HTML file.
 
-Self-contained means: every figure is an inline ``data:image/png;base64`` image, the CSS is
-inline, there is no script, and no URL to anything outside the file (no fonts, no CDN), so
-the file opens the same offline, from an e-mail attachment or a CI artifact.
+Self-contained means: every figure is an inline ``data:image/png;base64`` image or an
+interactive figure drawn from data in the page (:mod:`gradscope.reporting.interactive`: hover
+values, zoom, CSV/JSON download; its script inlined once), the CSS is inline, and there is no
+URL to anything outside the file (no fonts, no CDN), so the file opens the same offline, from
+an e-mail attachment or a CI artifact.
 
 Layout (every block carries ``id`` and ``data-section`` attributes, every figure
 ``data-figure``, so tests and readers can find them):
@@ -28,6 +30,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from gradscope.reporting import interactive as I
 from gradscope.reporting.document import Document, LayerSection, Panel, RunSection
 from gradscope.reporting.figures import REGIME_SYMBOLS, regime_label
 from gradscope.reporting.panels import slug
@@ -129,7 +132,7 @@ def _regime(regime: str | None) -> str:
     return f'<span class="regime regime-{cls}">{escape(regime_label(regime))}</span>'
 
 
-def _panel(panel: Panel, anchor: str) -> str:
+def _panel(panel: Panel, anchor: str, interactive: bool = True) -> str:
     spec = panel.spec
     fid = f"{anchor}--{spec.key}"
     if panel.kwargs is None:
@@ -139,6 +142,9 @@ def _panel(panel: Panel, anchor: str) -> str:
             f"{escape(panel.missing or '')}<br><span class='note'>Needs: "
             f"{escape(spec.needs)}.</span></div></figure>"
         )
+    live = I.panel_html(panel, fid) if interactive else None
+    if live is not None:
+        return live
     fig = panel.render()
     png = figure_png(fig)
     fig.clear()
@@ -148,7 +154,7 @@ def _panel(panel: Panel, anchor: str) -> str:
     )
 
 
-def _layer(sec: LayerSection) -> str:
+def _layer(sec: LayerSection, interactive: bool = True) -> str:
     out = [
         f'<section class="layer" id="{sec.anchor}" data-section="layer" '
         f'data-layer="{escape(sec.name)}" data-regime="{escape(sec.regime or "")}">',
@@ -183,12 +189,12 @@ def _layer(sec: LayerSection) -> str:
     if sec.gate_note:
         out.append(f"<p class='note' data-missing='gates'>{escape(sec.gate_note)}</p>")
     out.append('<div class="figs">')
-    out.extend(_panel(p, sec.anchor) for p in sec.panels)
+    out.extend(_panel(p, sec.anchor, interactive) for p in sec.panels)
     out.append("</div></section>")
     return "\n".join(out)
 
 
-def _run(run: RunSection, several: bool) -> str:
+def _run(run: RunSection, several: bool, interactive: bool = True) -> str:
     title = run.label if run.label is not None else "Layers"
     regimes = ", ".join(f"{s.name}: {regime_label(s.regime)}" for s in run.layers)
     out = [
@@ -214,15 +220,15 @@ def _run(run: RunSection, several: bool) -> str:
         )
     for name, panels in run.training:
         training.append(f"<h3>Training history: {escape(name)}</h3><div class='figs'>")
-        training.extend(_panel(p, f"{tid}--{slug(name)}") for p in panels)
+        training.extend(_panel(p, f"{tid}--{slug(name)}", interactive) for p in panels)
         training.append("</div>")
     training.append("</section>")
     # A Monitor's training views come first; a run without history notes it at the end.
     if run.training:
         out.extend(training)
-        out.extend(_layer(sec) for sec in run.layers)
+        out.extend(_layer(sec, interactive) for sec in run.layers)
     else:
-        out.extend(_layer(sec) for sec in run.layers)
+        out.extend(_layer(sec, interactive) for sec in run.layers)
         out.extend(training)
     out.append("</details></section>")
     return "\n".join(out)
@@ -289,7 +295,7 @@ def _summary(doc: Document) -> str:
     return "\n".join(out)
 
 
-def _comparison(doc: Document) -> str:
+def _comparison(doc: Document, interactive: bool = True) -> str:
     if doc.comparison is None:
         return ""
     out = ['<section id="comparison" data-section="comparison"><h2>Side by side</h2>']
@@ -297,7 +303,7 @@ def _comparison(doc: Document) -> str:
     # few models: figure and table side by side; many: the (wider) figure above the table
     cols = "minmax(0, 1fr)" if many else "minmax(0, 3fr) minmax(0, 2fr)"
     out.append(f'<div class="figs" style="grid-template-columns: {cols}">')
-    out.append(_panel(doc.comparison, "comparison"))
+    out.append(_panel(doc.comparison, "comparison", interactive))
     out.append("<div><table class='cmp'><thead><tr>")
     head, *rows = doc.comparison_table
     out.extend(f"<th>{escape(h)}</th>" for h in head)
@@ -337,8 +343,17 @@ def _meta(doc: Document) -> str:
     return "\n".join(out)
 
 
-def render(doc: Document) -> str:
-    """The report as one HTML string."""
+def render(doc: Document, interactive: bool = True) -> str:
+    """The report as one HTML string.
+
+    Args:
+        doc: The document to lay out.
+        interactive: Draw the panels that declare their data (a ``chart``) as interactive
+            figures; False draws every figure as a PNG.
+
+    Returns:
+        The page.
+    """
     several = len(doc.runs) > 1
     toc = ["<a href='#summary'>Summary</a>"]
     if doc.comparison is not None:
@@ -349,20 +364,24 @@ def render(doc: Document) -> str:
     )
     toc.append("<a href='#metadata'>Metadata</a>")
     n_layers = sum(len(r.layers) for r in doc.runs)
+    body = [
+        _summary(doc),
+        _comparison(doc, interactive),
+        *(_run(r, several, interactive) for r in doc.runs),
+    ]
+    live = I.head() if any(I.MARK in b for b in body) else ""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(doc.title)}</title><style>{CSS}</style></head><body><main>",
+        f"<title>{escape(doc.title)}</title><style>{CSS}</style>{live}</head><body><main>",
         '<header class="top" id="top" data-section="header">',
         f"<h1>{escape(doc.title)}</h1>",
         f"<div class='sub'>{len(doc.runs)} run{'s' if several else ''}, {n_layers} recurrent "
         f"layer{'s' if n_layers != 1 else ''} · generated {escape(doc.generated)} by gradscope "
         f"{escape(dict(doc.meta).get('gradscope', ''))}</div>",
         f"<nav class='toc'>{''.join(toc)}</nav></header>",
-        _summary(doc),
-        _comparison(doc),
-        *(_run(r, several) for r in doc.runs),
+        *body,
         _meta(doc),
         "<footer>Gradient norms are spectral norms of exact products of per-step Jacobians, "
         "accumulated in log space. Rates are natural log per timestep.</footer>",
@@ -371,9 +390,9 @@ def render(doc: Document) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def write(doc: Document, path: Path) -> None:
-    """Write the HTML report of ``doc`` to ``path`` (UTF-8)."""
-    Path(path).write_text(render(doc), encoding="utf-8")
+def write(doc: Document, path: Path, interactive: bool = True) -> None:
+    """Write the HTML report of ``doc`` to ``path`` (UTF-8); ``interactive`` as in render."""
+    Path(path).write_text(render(doc, interactive), encoding="utf-8")
 
 
 __all__ = ["CSS", "DPI", "figure_png", "render", "write"]

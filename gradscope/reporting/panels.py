@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from gradscope.reporting import chart_data as C
+from gradscope.reporting import chart_dynamics as CD
 from gradscope.reporting import figures as F
 from gradscope.reporting.document import Missing, Panel, PanelSpec
 
@@ -166,6 +168,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "state-to-state decay (gs.decay(layer, of='state'))",
         lambda layer: _decay_kwargs(layer, "state"),
         F.decay_figure,
+        chart=C.decay_chart,
     ),
     PanelSpec(
         "heatmap",
@@ -178,6 +181,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "per-sequence decay norms (gs.decay)",
         _heatmap_kwargs,
         F.lag_heatmap_figure,
+        chart=C.lag_heatmap_chart,
     ),
     PanelSpec(
         "decay-input",
@@ -188,6 +192,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "input-to-state decay (gs.decay(layer, of='input'))",
         lambda layer: _decay_kwargs(layer, "input"),
         F.decay_figure,
+        chart=C.decay_chart,
     ),
     PanelSpec(
         "decay-loss",
@@ -198,6 +203,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "loss gradients ∂L/∂s_t (profile(..., loss_fn=...) or a Monitor)",
         lambda layer: _decay_kwargs(layer, "loss"),
         F.decay_figure,
+        chart=C.decay_chart,
     ),
     PanelSpec(
         "spectral-time",
@@ -208,6 +214,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "eigenvalue and singular-value spectra (gs.spectrum)",
         _spectral_time_kwargs,
         F.spectral_time_figure,
+        chart=CD.spectral_time_chart,
     ),
     PanelSpec(
         "eigenvalues",
@@ -250,6 +257,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "the Lyapunov running estimate (gs.lyapunov(...).history)",
         _lyap_conv_kwargs,
         F.lyapunov_convergence_figure,
+        chart=CD.lyapunov_convergence_chart,
     ),
     PanelSpec(
         "memory-timescales",
@@ -345,6 +353,7 @@ TRAINING_PANELS: list[PanelSpec] = [
         "a Monitor history (monitor.history.grad_norms(name))",
         _training_heatmap_kwargs,
         F.training_heatmap_figure,
+        chart=C.training_heatmap_chart,
     ),
     PanelSpec(
         "training-rate",
@@ -356,6 +365,7 @@ TRAINING_PANELS: list[PanelSpec] = [
         "per-step summaries of a Monitor history (history.summaries(name): 'rate', 'loss_rate')",
         _training_rate_kwargs,
         F.training_rate_figure,
+        chart=C.training_rate_chart,
     ),
 ]
 
@@ -369,6 +379,7 @@ COMPARISON_PANEL = PanelSpec(
     "a state decay for at least one layer of two or more runs",
     lambda curves: dict(curves=curves),
     F.comparison_figure,
+    chart=C.comparison_chart,
 )
 
 
