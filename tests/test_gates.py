@@ -205,3 +205,22 @@ def test_report_shows_gate_views_where_they_apply_and_a_note_elsewhere(tmp_path)
         assert f'data-figure="{key}"' in html
     assert "data-missing='gates'" in html and "Gate views: not shown for a example:mingru" in html
     assert 'data-figure="memory-timescales"' in html
+
+
+def test_vanilla_factor_of_packed_sequences_leaves_padding_out(float64, seeded):
+    """Padded steps (NaN φ′) are left out of the factor quantiles instead of failing LAPACK."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    mod = nn.RNN(2, 4)
+    x = torch.randn(6, 3, 2)
+    lengths = [6, 4, 2]
+    view = gate_view(gs.trace(mod, pack_padded_sequence(x, torch.tensor(lengths)))["rnn.l0"])
+    w = mod.weight_hh_l0.detach()
+    out, _ = mod(x)  # the unpacked run: the same states on each sequence's real steps
+    h_prev = torch.cat([torch.zeros_like(out[:1]), out[:-1]])
+    a = x @ mod.weight_ih_l0.T + mod.bias_ih_l0 + h_prev @ w.T + mod.bias_hh_l0
+    d = (1 - torch.tanh(a) ** 2).detach()
+    norms = torch.linalg.matrix_norm(d.unsqueeze(-1) * w, 2).numpy()  # (T, B)
+    for t in range(6):
+        real = [norms[t, b] for b in range(3) if t < lengths[b]]
+        np.testing.assert_allclose(view.factor[t], np.quantile(real, QUANTILES), rtol=1e-12)

@@ -151,8 +151,8 @@ def factor_norms(
     w = layer.params["weight_hh"].detach().to("cpu", torch.float64)
     n = min(layer.B, seqs)
     at = np.unique(np.linspace(0, layer.T - 1, min(steps, layer.T)).astype(int))
-    d = dphi[torch.from_numpy(at), :n]  # (S, n, H)
-    norms = norm2(d.unsqueeze(-1) * w)  # (S, n)
+    d = dphi[torch.from_numpy(at), :n]  # (S, n, H); NaN at padded steps
+    norms = norm2(torch.nan_to_num(d, nan=0.0).unsqueeze(-1) * w)  # (S, n); LAPACK fails on NaN
     norms = np.where(layer.mask[at, :n], norms, np.nan)
     q = np.full((len(at), len(quantiles)), np.nan)
     ok = ~np.isnan(norms).all(axis=1)
