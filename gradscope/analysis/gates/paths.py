@@ -132,32 +132,38 @@ def path_share(path_log: np.ndarray, rest_log: np.ndarray) -> np.ndarray:
         return np.where(np.isnan(rest_log) | np.isnan(path_log), np.nan, share)
 
 
-def factor_norms(
-    layer: LayerTrace,
-    dphi: torch.Tensor,
-    *,
-    steps: int = FACTOR_STEPS,
-    seqs: int = WALK_SEQS,
-    quantiles: tuple[float, ...] = QUANTILES,
+def factor_samples(
+    layer: LayerTrace, dphi: torch.Tensor, *, steps: int = FACTOR_STEPS, seqs: int = WALK_SEQS
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Vanilla: quantiles over sequences of ``‖diag(φ'(a_t)) W_hh‖₂`` at sampled steps.
+    """Vanilla: ``‖diag(φ'(a_t)) W_hh‖₂`` at sampled steps of the first sequences.
 
     One ``H × H`` SVD per sampled (step, sequence): ``O(S·n·H³)`` for ``S ≤ steps`` steps
     spread over ``0 … T−1`` and the first ``n ≤ seqs`` sequences.
 
     Returns:
-        ``(quantiles (S, len(quantiles)), steps (S,), ‖W_hh‖₂)``.
+        ``(norms (S, n), NaN at padded steps; steps (S,); ‖W_hh‖₂)``.
     """
     w = layer.params["weight_hh"].detach().to("cpu", torch.float64)
     n = min(layer.B, seqs)
     at = np.unique(np.linspace(0, layer.T - 1, min(steps, layer.T)).astype(int))
     d = dphi[torch.from_numpy(at), :n]  # (S, n, H); NaN at padded steps
     norms = norm2(torch.nan_to_num(d, nan=0.0).unsqueeze(-1) * w)  # (S, n); LAPACK fails on NaN
-    norms = np.where(layer.mask[at, :n], norms, np.nan)
-    q = np.full((len(at), len(quantiles)), np.nan)
+    return np.where(layer.mask[at, :n], norms, np.nan), at, float(norm2(w))
+
+
+def factor_norms(
+    layer: LayerTrace, dphi: torch.Tensor, *, steps: int = FACTOR_STEPS, seqs: int = WALK_SEQS
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Vanilla: quantiles (:data:`QUANTILES`) over sequences of :func:`factor_samples`.
+
+    Returns:
+        ``(quantiles (S, 5), steps (S,), ‖W_hh‖₂)``.
+    """
+    norms, at, w_norm = factor_samples(layer, dphi, steps=steps, seqs=seqs)
+    q = np.full((len(at), len(QUANTILES)), np.nan)
     ok = ~np.isnan(norms).all(axis=1)
-    q[ok] = np.nanquantile(norms[ok], quantiles, axis=1).T
-    return q, at, float(norm2(w))
+    q[ok] = np.nanquantile(norms[ok], QUANTILES, axis=1).T
+    return q, at, w_norm
 
 
 def split_jacobian(layer: LayerTrace, steps=None, batch=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,6 +197,7 @@ __all__ = [
     "WALK_LAGS",
     "WALK_SEQS",
     "factor_norms",
+    "factor_samples",
     "norm2",
     "path_share",
     "split_jacobian",
