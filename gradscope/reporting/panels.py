@@ -16,6 +16,7 @@ import numpy as np
 
 from gradscope.reporting import figures as F
 from gradscope.reporting.document import Missing, Panel, PanelSpec
+from gradscope.reporting.gate_panels import TRAINING_GATE_PANEL
 
 
 # --------------------------------------------------------------------------- helpers
@@ -357,6 +358,7 @@ TRAINING_PANELS: list[PanelSpec] = [
         _training_rate_kwargs,
         F.training_rate_figure,
     ),
+    TRAINING_GATE_PANEL,
 ]
 
 #: The comparison panel (several runs).
