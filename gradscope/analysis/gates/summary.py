@@ -15,7 +15,9 @@ Cost of one call:
   GRU's; the whole ``H`` rows, i.e. one forward, for a vanilla cell: the gates are not
   stored in a trace, so this is the least any gate read-out costs), then ``O(T·B·H)`` for
   the quantiles and the carries. No ``D × D`` matrix, decomposition or Jacobian is formed at
-  any step;
+  any step. The product runs where the layer was recorded (the GPU for a CUDA model) in its
+  own precision (half precision promoted to float32; a float64 model's exactly); only its
+  ``(T, B, H)`` result goes to the CPU, in float64, for the statistics;
 * with ``paths`` only (the Monitor's analysed steps, within its time budget): LSTM/GRU the
   path walk on ``n`` sequences, ``O(T·n·p·D·4H)`` (``p = D`` up to
   :data:`~gradscope.analysis.gates.paths.EXACT_MAX_D`, else 16 probes) plus two ``D × p``
@@ -39,7 +41,7 @@ from gradscope.analysis.gates.values import (
     VANILLA,
     carried_logits,
     dphi,
-    layer_f64,
+    layer_native,
     preacts,
     previous_h,
     step_quantiles,
@@ -98,19 +100,20 @@ def gate_summary(
     if kind not in GATED and kind not in VANILLA:
         return out
     n = layer.B if seqs is None else max(1, int(seqs))
-    params, x, s = layer_f64(layer)
+    params, x, s = layer_native(layer)  # the product where the layer lives, its own precision
     h = previous_h(layer, s)
     if kind in VANILLA:
         gi, gh = preacts(params, x, h)
-        d = dphi(kind, gi + gh)
+        d = dphi(kind, (gi + gh).to("cpu", torch.float64))
         _quantiles(out, "dphi", d)
         if paths:
-            norms, _, w_norm = factor_samples(layer, d, steps=FACTOR_SAMPLES, seqs=n)
+            with compute_threads():  # small LAPACK calls: one BLAS thread (see _progress)
+                norms, _, w_norm = factor_samples(layer, d, steps=FACTOR_SAMPLES, seqs=n)
             with np.errstate(all="ignore"):
                 out["gate_factor_norm"] = float(np.nanmedian(norms)) if norms.size else math.nan
             out["gate_weight_norm"] = w_norm
         return out
-    a = carried_logits(kind, params, x, h)  # (T, B, H)
+    a = carried_logits(kind, params, x, h).to("cpu", torch.float64)  # (T, B, H)
     _quantiles(out, _NAMES[kind], torch.sigmoid(a))
     log_c = carries(nnf.logsigmoid(a).numpy(), layer.seq_lengths)  # (K, B, H)
     median = step_quantiles(log_c, (0.5,))[:, 0]  # (K,)

@@ -40,6 +40,21 @@ def layer_f64(layer: LayerTrace) -> tuple[dict[str, torch.Tensor], torch.Tensor,
     return params, x, s
 
 
+def layer_native(
+    layer: LayerTrace,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The layer's weights, inputs and states where they are, in at least float32.
+
+    For cheap read-outs (the Monitor's gate summaries): no copy to the CPU and no float64
+    conversion of ``(T, B, ·)`` tensors; half precision is promoted to float32. A float64
+    layer stays float64.
+    """
+    dtype = torch.promote_types(layer.states.dtype, torch.float32)
+    params = {k: v.detach().to(dtype=dtype) for k, v in layer.params.items()}
+    x = layer.inputs.detach().to(device=layer.states.device, dtype=dtype)
+    return params, x, layer.states.detach().to(dtype=dtype)
+
+
 def preacts(
     params: dict[str, torch.Tensor], x: torch.Tensor, h: torch.Tensor, rows: slice | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,6 +145,7 @@ __all__ = [
     "dphi",
     "gate_values",
     "layer_f64",
+    "layer_native",
     "preacts",
     "previous_h",
     "step_quantiles",
