@@ -32,6 +32,9 @@ def carries(log_g: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     out[0] = 0.0
     if k_max == 0:
         return out
+    if (lengths == k_max).all() and log_g.shape[0] == k_max:  # equal lengths: no gather
+        out[1:] = np.cumsum(log_g[::-1], axis=0)
+        return out
     k = np.arange(k_max)[:, None]
     live = k < lengths[None, :]  # (K-1, B): step T_b - 1 - k exists
     src = np.where(live, lengths[None, :] - 1 - k, 0)
@@ -41,23 +44,50 @@ def carries(log_g: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-def carry_horizon(median_log_carry: np.ndarray) -> float:
-    """The first lag at which the median carry falls below ``1/e`` (``ln C < −1``).
+def median_log_carry(log_c: np.ndarray, lags: np.ndarray | list[int]) -> np.ndarray:
+    """Median over units and sequences of ``ln C_k`` at ``lags`` (NaN-aware; NaN past ``K``).
 
     Args:
-        median_log_carry: ``(K,)`` median over units and sequences of ``ln C_k``, lags
-            ``0 … K−1`` (NaN where no sequence is that long).
+        log_c: ``(K, B, H)`` from :func:`carries`.
+        lags: The lags wanted.
+    """
+    out = np.full(len(lags), np.nan)
+    for i, k in enumerate(lags):
+        if 0 <= k < log_c.shape[0]:
+            row = log_c[k].ravel()
+            row = row[~np.isnan(row)]
+            if row.size:
+                out[i] = float(np.median(row))
+    return out
+
+
+def carry_horizon(log_c: np.ndarray, threshold: float = -1.0) -> float:
+    """The first lag at which the median carry over units and sequences falls below ``1/e``.
+
+    Exact (the NaN-aware median ``ln C_k < threshold``), yet ``O(K·B·H)``: a count per lag
+    of the values below ``threshold`` rules out every lag where fewer than half are below
+    (the median cannot be), and medians are taken only at the remaining lags, in order,
+    until one is below.
+
+    Args:
+        log_c: ``(K, B, H)`` from :func:`carries`.
+        threshold: The log carry to fall below (``−1``: ``1/e``).
 
     Returns:
-        That lag, or ``inf`` when the median carry stays at or above ``1/e`` at every
-        measured lag (the cell path keeps more than a third over the whole sequence), or
-        NaN when no lag was measured.
+        That lag, or ``inf`` when the median carry stays at or above ``1/e`` at every lag
+        (the additive path keeps more than a third over the whole sequence), or NaN when
+        no lag has a value.
     """
-    m = np.asarray(median_log_carry, dtype=float)
-    if m.size == 0 or not np.isfinite(m).any():
+    flat = log_c.reshape(log_c.shape[0], -1)
+    n = (~np.isnan(flat)).sum(axis=1)
+    if not n.any():
         return math.nan
-    below = np.nonzero(m < -1.0)[0]
-    return float(below[0]) if below.size else math.inf
+    with np.errstate(invalid="ignore"):
+        below = (flat < threshold).sum(axis=1)
+    for k in np.nonzero((n > 0) & (below >= n // 2))[0]:
+        if median_log_carry(log_c, [int(k)])[0] < threshold:
+            return float(k)
+    return math.inf
 
 
-__all__ = ["carries", "carry_horizon"]
+__all__ = ["carries", "carry_horizon", "median_log_carry"]

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as nnf
 
 from gradscope._progress import compute_threads
-from gradscope.analysis.gates.carry import carries, carry_horizon
+from gradscope.analysis.gates.carry import carries, carry_horizon, median_log_carry
 from gradscope.analysis.gates.paths import factor_samples, path_share, walk
 from gradscope.analysis.gates.values import (
     GATED,
@@ -57,7 +57,10 @@ _NAMES = {"lstm": "forget", "gru": "update", "rnn_tanh": "dphi", "rnn_relu": "dp
 
 
 def _quantiles(out: dict[str, float], name: str, values: torch.Tensor) -> None:
-    """``gate_{name}_p10/median/p90`` over every unit, step and sequence (NaN-aware)."""
+    """``gate_{name}_p10/median/p90`` over every unit, step and sequence (NaN-aware).
+
+    In the values' own precision (float32 halves the partition's memory traffic).
+    """
     q = step_quantiles(values.numpy().reshape(1, -1), SUMMARY_QUANTILES)[0]
     out[f"gate_{name}_p10"], out[f"gate_{name}_median"], out[f"gate_{name}_p90"] = map(float, q)
 
@@ -104,8 +107,9 @@ def gate_summary(
     h = previous_h(layer, s)
     if kind in VANILLA:
         gi, gh = preacts(params, x, h)
-        d = dphi(kind, (gi + gh).to("cpu", torch.float64))
+        d = dphi(kind, gi + gh).cpu()
         _quantiles(out, "dphi", d)
+        d = d.to(torch.float64)
         if paths:
             with compute_threads():  # small LAPACK calls: one BLAS thread (see _progress)
                 norms, _, w_norm = factor_samples(layer, d, steps=FACTOR_SAMPLES, seqs=n)
@@ -113,13 +117,13 @@ def gate_summary(
                 out["gate_factor_norm"] = float(np.nanmedian(norms)) if norms.size else math.nan
             out["gate_weight_norm"] = w_norm
         return out
-    a = carried_logits(kind, params, x, h).to("cpu", torch.float64)  # (T, B, H)
-    _quantiles(out, _NAMES[kind], torch.sigmoid(a))
-    log_c = carries(nnf.logsigmoid(a).numpy(), layer.seq_lengths)  # (K, B, H)
-    median = step_quantiles(log_c, (0.5,))[:, 0]  # (K,)
-    for k in CARRY_LAGS:
-        out[f"gate_log_carry_lag{k}"] = float(median[k]) if k < median.size else math.nan
-    out["gate_carry_horizon"] = carry_horizon(median)
+    a = carried_logits(kind, params, x, h)  # (T, B, H) where the layer lives
+    _quantiles(out, _NAMES[kind], torch.sigmoid(a).cpu())
+    log_g = nnf.logsigmoid(a).to("cpu", torch.float64).numpy()
+    log_c = carries(log_g, layer.seq_lengths)  # (K, B, H), summed in float64
+    for k, v in zip(CARRY_LAGS, median_log_carry(log_c, list(CARRY_LAGS))):
+        out[f"gate_log_carry_lag{k}"] = float(v)
+    out["gate_carry_horizon"] = carry_horizon(log_c)
     if paths and layer.B:
         with compute_threads(1):  # many small per-step products: one thread (see _progress)
             lags, path, rest, _, _, _ = walk(layer, seed, None, seqs=n, lags=2)
