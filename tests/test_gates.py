@@ -224,3 +224,25 @@ def test_vanilla_factor_of_packed_sequences_leaves_padding_out(float64, seeded):
     for t in range(6):
         real = [norms[t, b] for b in range(3) if t < lengths[b]]
         np.testing.assert_allclose(view.factor[t], np.quantile(real, QUANTILES), rtol=1e-12)
+
+
+def test_carries_and_the_1_over_e_lag_against_brute_force():
+    """Varied lengths (the gather) and equal lengths (the plain cumsum); the 1/e lag's
+    count prefilter never skips the first lag whose NaN-aware median is below −1."""
+    from gradscope.analysis.gates import carries, carry_horizon
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        T, B, H = (int(v) for v in rng.integers(1, 25, 3))
+        log_g = np.log(rng.uniform(0.3 if trial % 2 else 0.9, 1.0, (T, B, min(H, 4))))
+        lengths = np.full(B, T) if trial % 3 == 0 else rng.integers(0, T + 1, B)
+        lengths[0] = T
+        ref = np.full((T + 1, B, log_g.shape[2]), np.nan)
+        for b, n in enumerate(lengths):
+            ref[0, b] = 0.0
+            ref[1 : n + 1, b] = np.cumsum(log_g[:n, b][::-1], axis=0)
+        log_c = carries(log_g, lengths)
+        np.testing.assert_allclose(log_c, ref, rtol=1e-13, atol=0)
+        med = [np.median(r[~np.isnan(r)]) for r in ref.reshape(T + 1, -1)]
+        first = [k for k, m in enumerate(med) if m < -1]
+        assert carry_horizon(log_c) == (first[0] if first else math.inf)
