@@ -246,3 +246,6 @@ def test_carries_and_the_1_over_e_lag_against_brute_force():
         med = [np.median(r[~np.isnan(r)]) for r in ref.reshape(T + 1, -1)]
         first = [k for k, m in enumerate(med) if m < -1]
         assert carry_horizon(log_c) == (first[0] if first else math.inf)
+    # an even count with only half below −1, whose median is below: lag 1 (−5 and −0.1)
+    two = np.array([-5.0, -0.1])[None, None, :].repeat(3, axis=0)
+    assert carry_horizon(carries(two, np.array([3]))) == 1
