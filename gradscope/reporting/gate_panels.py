@@ -186,11 +186,10 @@ def _training_gate_kwargs(rec: tuple[Any, str]) -> dict[str, Any]:
 TRAINING_GATE_PANEL = PanelSpec(
     "training-gates",
     "Gates over training",
-    "Left: the median forget gate f (LSTM), update gate z (GRU) or tanh′ (vanilla RNN) over "
-    "units, timesteps and sequences at each sampled step (band 10–90%), and the additive "
-    "path's share of ‖∂s_T/∂s_0‖ where the step was analysed. Right: the median carry ∏f "
-    "(∏z) over the last 10 and 100 steps, or for a vanilla RNN ‖diag(tanh′) W_hh‖₂ against "
-    "‖W_hh‖₂; a rising carry means training is opening the gradient highway.",
+    "Left: the median forget gate f (LSTM), update gate z (GRU) or tanh′ (vanilla) at each "
+    "sampled step (band 10–90%), and the additive path's share of ‖∂s_T/∂s_0‖ on analysed "
+    "steps. Right: the median carry ∏f (∏z) over 10 and 100 steps, or ‖diag(tanh′) W_hh‖₂ "
+    "and ‖W_hh‖₂; a rising carry means training is opening the gradient highway.",
     "gate summaries of a Monitor history (history.summaries(name): 'gate_*')",
     _training_gate_kwargs,
     F.training_gates_figure,

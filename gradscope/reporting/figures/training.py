@@ -257,6 +257,6 @@ def training_gates_figure(
         right.set_ylim(0, 1.1 * top)
         right.set_ylabel("one-step norm (dotted: 1)")
     handles = [h for a in (ax, right) for h in a.get_legend_handles_labels()[0]]
-    ax.legend(handles=handles, loc="best", fontsize="small")
+    right.legend(handles=handles, loc="best", fontsize="small")  # the top axes: above both
     ax.set_title(title)
     return fig
