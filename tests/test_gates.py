@@ -249,3 +249,20 @@ def test_carries_and_the_1_over_e_lag_against_brute_force():
     # an even count with only half below −1, whose median is below: lag 1 (−5 and −0.1)
     two = np.array([-5.0, -0.1])[None, None, :].repeat(3, axis=0)
     assert carry_horizon(carries(two, np.array([3]))) == 1
+
+
+def test_vanilla_factor_leaves_non_finite_steps_out(float64, seeded):
+    """A sequence whose inputs turn NaN: its steps from there are left out, not counted 0."""
+    mod = nn.RNN(2, 4)
+    x = torch.randn(5, 3, 2)
+    x[2:, 1] = float("nan")
+    view = gate_view(gs.trace(mod, x)["rnn.l0"])
+    w = mod.weight_hh_l0.detach()
+    out, _ = mod(x)
+    h_prev = torch.cat([torch.zeros_like(out[:1]), out[:-1]])
+    a = x @ mod.weight_ih_l0.T + mod.bias_ih_l0 + h_prev @ w.T + mod.bias_hh_l0
+    d = (1 - torch.tanh(a) ** 2).detach()
+    norms = torch.linalg.matrix_norm(torch.nan_to_num(d).unsqueeze(-1) * w, 2).numpy()
+    for t in range(5):
+        real = [norms[t, b] for b in range(3) if t < 2 or b != 1]
+        np.testing.assert_allclose(view.factor[t], np.quantile(real, QUANTILES), rtol=1e-12)

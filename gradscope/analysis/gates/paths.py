@@ -141,14 +141,16 @@ def factor_samples(
     spread over ``0 … T−1`` and the first ``n ≤ seqs`` sequences.
 
     Returns:
-        ``(norms (S, n), NaN at padded steps; steps (S,); ‖W_hh‖₂)``.
+        ``(norms (S, n), NaN at padded steps and where φ' is not finite; steps (S,);
+        ‖W_hh‖₂)``.
     """
     w = layer.params["weight_hh"].detach().to("cpu", torch.float64)
     n = min(layer.B, seqs)
     at = np.unique(np.linspace(0, layer.T - 1, min(steps, layer.T)).astype(int))
-    d = dphi[torch.from_numpy(at), :n]  # (S, n, H); NaN at padded steps
+    d = dphi[torch.from_numpy(at), :n]  # (S, n, H); NaN at padded (and non-finite) steps
     norms = norm2(torch.nan_to_num(d, nan=0.0).unsqueeze(-1) * w)  # (S, n); LAPACK fails on NaN
-    return np.where(layer.mask[at, :n], norms, np.nan), at, float(norm2(w))
+    real = layer.mask[at, :n] & torch.isfinite(d).all(dim=-1).numpy()
+    return np.where(real, norms, np.nan), at, float(norm2(w))
 
 
 def factor_norms(
