@@ -272,3 +272,39 @@ def test_training_report_gate_panel_for_lstm_vanilla_and_a_note_for_mingru(tmp_p
     html = (tmp_path / "r.html").read_text()
     assert html.count('data-figure="training-gates">') == 2  # drawn for the LSTM and the RNN
     assert html.count('data-figure="training-gates" data-missing="true"') == 1
+
+
+@pytest.mark.parametrize("kind", ["lstm_proj_bidir_packed", "lstm_cell"])
+def test_gate_summaries_agree_with_the_full_gate_view(float64, seeded, kind):
+    """Projections, both directions, packed lengths and LSTMCell loops: the Monitor's numbers
+    are the full gate view's (gradscope.analysis.gates.gate_view) of the same recording."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from gradscope.analysis.gates import gate_view
+
+    if kind == "lstm_cell":
+        model = nn.LSTMCell(2, 3)
+
+        def forward(x):
+            h = c = torch.zeros(x.shape[1], 3)
+            for t in range(x.shape[0]):
+                h, c = model(x[t], (h, c))
+            return h
+
+    else:
+        model = nn.LSTM(2, 4, proj_size=2, bidirectional=True)
+
+        def forward(x):
+            return model(pack_padded_sequence(x, torch.tensor([12, 9, 5])))[0].data
+
+    with gs.Monitor(model, every=1, analyze=True, decay_batch=None) as mon:
+        forward(torch.randn(12, 3, 2)).sum().backward()
+        mon.step()
+    for layer in mon.latest.trace.layers:
+        view = gate_view(layer)
+        s = mon.history.entry(layer.name)
+        assert s["gate_forget_median"] == pytest.approx(view.medians["f"], rel=1e-12)
+        assert s["gate_log_carry_lag10"] == pytest.approx(view.carry[10, 2], rel=1e-12)
+        assert s["gate_path_share"] == pytest.approx(view.share[-1], rel=1e-12)
+        assert s["gate_path_share_lag"] == view.walk_lags[-1] == 12
+    assert len(mon.latest.trace.layers) == (1 if kind == "lstm_cell" else 2)

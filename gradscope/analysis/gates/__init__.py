@@ -53,6 +53,8 @@ the vanilla factor), :mod:`.view` (:class:`GateView` and its plain-language line
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from gradscope._progress import analysis, compute_threads
@@ -118,7 +120,8 @@ def gate_view(layer: LayerTrace, *, max_lag: int | None = None, seed: int = 0) -
     carry = carries(log_g.numpy(), layer.seq_lengths)
     view.lags = np.arange(carry.shape[0])
     view.carry = step_quantiles(carry)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: lags past a sequence's end
         view.carry_max = np.nanmedian(np.nanmax(carry, axis=2), axis=1)
     with compute_threads(1):  # many small per-step products: one thread (see _progress)
         keep, path, rest, total, p, notes = walk(layer, seed, max_lag)
