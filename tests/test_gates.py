@@ -205,3 +205,64 @@ def test_report_shows_gate_views_where_they_apply_and_a_note_elsewhere(tmp_path)
         assert f'data-figure="{key}"' in html
     assert "data-missing='gates'" in html and "Gate views: not shown for a example:mingru" in html
     assert 'data-figure="memory-timescales"' in html
+
+
+def test_vanilla_factor_of_packed_sequences_leaves_padding_out(float64, seeded):
+    """Padded steps (NaN φ′) are left out of the factor quantiles instead of failing LAPACK."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    mod = nn.RNN(2, 4)
+    x = torch.randn(6, 3, 2)
+    lengths = [6, 4, 2]
+    view = gate_view(gs.trace(mod, pack_padded_sequence(x, torch.tensor(lengths)))["rnn.l0"])
+    w = mod.weight_hh_l0.detach()
+    out, _ = mod(x)  # the unpacked run: the same states on each sequence's real steps
+    h_prev = torch.cat([torch.zeros_like(out[:1]), out[:-1]])
+    a = x @ mod.weight_ih_l0.T + mod.bias_ih_l0 + h_prev @ w.T + mod.bias_hh_l0
+    d = (1 - torch.tanh(a) ** 2).detach()
+    norms = torch.linalg.matrix_norm(d.unsqueeze(-1) * w, 2).numpy()  # (T, B)
+    for t in range(6):
+        real = [norms[t, b] for b in range(3) if t < lengths[b]]
+        np.testing.assert_allclose(view.factor[t], np.quantile(real, QUANTILES), rtol=1e-12)
+
+
+def test_carries_and_the_1_over_e_lag_against_brute_force():
+    """Varied lengths (the gather) and equal lengths (the plain cumsum); the 1/e lag's
+    count prefilter never skips the first lag whose NaN-aware median is below −1."""
+    from gradscope.analysis.gates import carries, carry_horizon
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        T, B, H = (int(v) for v in rng.integers(1, 25, 3))
+        log_g = np.log(rng.uniform(0.3 if trial % 2 else 0.9, 1.0, (T, B, min(H, 4))))
+        lengths = np.full(B, T) if trial % 3 == 0 else rng.integers(0, T + 1, B)
+        lengths[0] = T
+        ref = np.full((T + 1, B, log_g.shape[2]), np.nan)
+        for b, n in enumerate(lengths):
+            ref[0, b] = 0.0
+            ref[1 : n + 1, b] = np.cumsum(log_g[:n, b][::-1], axis=0)
+        log_c = carries(log_g, lengths)
+        np.testing.assert_allclose(log_c, ref, rtol=1e-13, atol=0)
+        med = [np.median(r[~np.isnan(r)]) for r in ref.reshape(T + 1, -1)]
+        first = [k for k, m in enumerate(med) if m < -1]
+        assert carry_horizon(log_c) == (first[0] if first else math.inf)
+    # an even count with only half below −1, whose median is below: lag 1 (−5 and −0.1)
+    two = np.array([-5.0, -0.1])[None, None, :].repeat(3, axis=0)
+    assert carry_horizon(carries(two, np.array([3]))) == 1
+
+
+def test_vanilla_factor_leaves_non_finite_steps_out(float64, seeded):
+    """A sequence whose inputs turn NaN: its steps from there are left out, not counted 0."""
+    mod = nn.RNN(2, 4)
+    x = torch.randn(5, 3, 2)
+    x[2:, 1] = float("nan")
+    view = gate_view(gs.trace(mod, x)["rnn.l0"])
+    w = mod.weight_hh_l0.detach()
+    out, _ = mod(x)
+    h_prev = torch.cat([torch.zeros_like(out[:1]), out[:-1]])
+    a = x @ mod.weight_ih_l0.T + mod.bias_ih_l0 + h_prev @ w.T + mod.bias_hh_l0
+    d = (1 - torch.tanh(a) ** 2).detach()
+    norms = torch.linalg.matrix_norm(torch.nan_to_num(d).unsqueeze(-1) * w, 2).numpy()
+    for t in range(5):
+        real = [norms[t, b] for b in range(3) if t < 2 or b != 1]
+        np.testing.assert_allclose(view.factor[t], np.quantile(real, QUANTILES), rtol=1e-12)

@@ -37,11 +37,15 @@ all and the step costs nothing. On a sampled step, ``step()``
    chosen by ``analyze``, to the analyses of :func:`summarize`: the decay fits of the loss
    gradient and of the state-to-state gradient (rate with its confidence interval, regime),
    spectral radius and norm statistics on a subsample, optionally the leading Lyapunov
-   exponent. Those cost dense ``D × D`` linear algebra (``O(D³)`` per Jacobian), which for
-   large states outweighs many training steps, so by default (``analyze="auto"``) they run
-   only as often as keeps the Monitor's total cost within ``budget`` (5%) of the measured
-   training time, and at least once per doubling of the sampled steps (sampled steps 0, 1,
-   3, 7, 15, ... when the budget allows nothing more), so that they form curves;
+   exponent; and for LSTM, GRU and vanilla RNN layers the gate summaries on every sampled
+   step (:data:`~gradscope.history.GATE_KEYS`: gate quantiles and cell-path carries, one
+   product with the carried gate's weight rows; the path share or the vanilla factor norm on
+   analysed steps). The analyses cost dense ``D × D`` linear algebra (``O(D³)`` per
+   Jacobian), which for large states outweighs many training steps, so by default
+   (``analyze="auto"``) they run only as often as keeps the Monitor's total cost within
+   ``budget`` (5%) of the measured training time, and at least once per doubling of the
+   sampled steps (sampled steps 0, 1, 3, 7, 15, ... when the budget allows nothing more), so
+   that they form curves;
 3. under ``torch.distributed``, all-gathers those fixed-size float64 rows from every rank
    (tensor collectives only, no pickling) so the history holds every rank's batch;
 4. appends one row to :attr:`Monitor.history`, keeps this step's trace as
@@ -103,7 +107,8 @@ reads only:
   names), ``grad_norms(name)`` ``(n, T+1)`` (``KeyError`` for an unknown name),
   ``summaries(name)`` (a dict of ``(n,)`` arrays: ``"steps"``, ``"rate"``, ``"rate_ci"``
   ``(n, 2)``, ``"regime"`` (str, ``""`` where not analysed), and every key of
-  :data:`SUMMARY_KEYS`) and ``meta`` (a JSON-able dict);
+  :data:`SUMMARY_KEYS`; a history saved before a key existed lacks it) and ``meta`` (a
+  JSON-able dict; a Monitor's holds each layer's cell kind under ``"kinds"``);
 * ``monitor.latest``: ``None`` before the first sampled step, else a :class:`Snapshot` of
   the latest sampled step with ``.trace`` (its :class:`~gradscope.traces.Trace`, loss
   gradients included) and ``.diagnosis`` (:func:`gradscope.diagnose` of that trace, computed

@@ -72,6 +72,11 @@ class Monitor:
         cells: Extra modules to record call by call (cells called in a Python loop), as in
             :func:`gradscope.record`.
         lyapunov: Also estimate the leading Lyapunov exponent on analysed steps.
+        gates: Record the gate summaries of LSTM, GRU and vanilla RNN layers on every
+            sampled step (:data:`gradscope.history.GATE_KEYS`: gate quantiles, cell-path
+            carries; the path share or the vanilla factor norm on analysed steps). Their
+            cost is one product of the recorded inputs and states with the carried gate's
+            weight rows, ``O(T·B·H·(I + P))``, no ``D × D`` matrix per timestep.
         analyze: On which sampled steps to compute the analyses of :func:`summarize` (decay
             fits, spectra, Lyapunov: dense ``D × D`` linear algebra, whose cost does not
             shrink with ``every``). ``"auto"``: whenever the Monitor's total time (the
@@ -122,6 +127,7 @@ class Monitor:
         schedule: Schedule | None = None,
         cells: Sequence[nn.Module] | None = None,
         lyapunov: bool = False,
+        gates: bool = True,
         analyze: Schedule | bool | str = "auto",
         budget: float = 0.05,
         spectra_steps: int = 2,
@@ -157,6 +163,7 @@ class Monitor:
         self.cells = list(cells) if cells is not None else None
         self.options = dict(
             lyapunov=bool(lyapunov),
+            gates=bool(gates),
             spectra_steps=int(spectra_steps),
             spectra_batch=int(spectra_batch),
             decay_batch=None if decay_batch is None else int(decay_batch),
@@ -355,6 +362,7 @@ class Monitor:
                 norms, more = trace_grad_norms(trace) if trace is not None else ({}, [])
                 notes.extend(more)
                 for layer in trace.layers if trace is not None else ():
+                    self.history.meta.setdefault("kinds", {})[layer.name] = layer.kind
                     gn = norms[layer.name]
                     values, msgs = summarize(layer, analyze=analyze, norms=gn, **self.options)
                     entries[layer.name] = (gn, np.array([values[k] for k in SUMMARY_KEYS]))

@@ -110,6 +110,7 @@ def summarize(
     spectra_batch: int = 1,
     decay_batch: int | None = 2,
     lyapunov: bool = False,
+    gates: bool = True,
     norms: np.ndarray | None = None,
 ) -> tuple[dict[str, float], list[str]]:
     """The scalars of :data:`SUMMARY_KEYS` for one recorded layer.
@@ -130,6 +131,14 @@ def summarize(
     * ``lyapunov``, ``lyapunov_stderr`` (only with ``lyapunov``): :func:`gradscope.lyapunov`
       ``(layer, k=1)`` on the ``decay_batch`` sequences.
 
+    With ``gates``, LSTM, GRU and vanilla RNN layers also get the gate summaries
+    (:data:`~gradscope.history.GATE_KEYS`,
+    :func:`~gradscope.analysis.gates.summary.gate_summary`): gate quantiles and carries on
+    every call (``O(T·B·H·(I + P))``: the carried gate's weight rows times the recorded
+    inputs and states, no ``D × D`` matrix per step), the additive path's share (LSTM/GRU)
+    or the repeated factor's norm (vanilla) only with ``analyze``, on the ``decay_batch``
+    sequences.
+
     An analysis that cannot be done on this layer (e.g. a trace too short for a fit, or no
     loss gradients) leaves its entries NaN and adds a note instead of stopping training.
 
@@ -140,6 +149,7 @@ def summarize(
         spectra_batch: Sequences used for the spectral statistics.
         decay_batch: Sequences used for the state-decay fit and Lyapunov (None: all).
         lyapunov: Also estimate the leading Lyapunov exponent.
+        gates: Record the gate summaries of LSTM, GRU and vanilla RNN layers.
         norms: ``grad_norms(layer)`` if already computed.
 
     Returns:
@@ -147,6 +157,7 @@ def summarize(
         plain-language notes about what could not be computed.
     """
     from gradscope.analysis.decay import decay
+    from gradscope.analysis.gates.summary import gate_summary
     from gradscope.analysis.lyapunov import lyapunov as lyapunov_fn
     from gradscope.analysis.spectra import spectrum
 
@@ -174,6 +185,11 @@ def summarize(
 
     if layer.grads is not None:  # a fit of T + 1 numbers per sequence: cheap, always
         attempt("the loss-gradient decay fit", lambda: fit("loss_", "loss", None))
+    if gates:  # cheap, always; the path share / factor norm on analysed steps only
+        attempt(
+            "the gate summaries",
+            lambda: out.update(gate_summary(layer, paths=analyze, seqs=decay_batch)),
+        )
     if not analyze:
         return out, notes
     seqs = None if decay_batch is None else evenly_spaced(layer.B, decay_batch)

@@ -1,12 +1,17 @@
 """The gate views of a layer section (LSTM, GRU, vanilla RNN): why gradients survive or not.
 
 Each panel applies only to the cells it explains (:attr:`PanelSpec.applies`); a layer of any
-other cell gets one visible line (:func:`gate_note`) instead of the panels.
+other cell gets one visible line (:func:`gate_note`) instead of the panels. The training
+section's gate panel (:data:`TRAINING_GATE_PANEL`) reads a Monitor history's gate summaries
+and, for a layer without them, is shown as missing with the reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from gradscope.reporting import figures as F
 from gradscope.reporting.chart_dynamics import carry_chart
@@ -118,4 +123,78 @@ GATE_PANELS: list[PanelSpec] = [
     ),
 ]
 
-__all__ = ["GATE_PANELS", "gate_note"]
+
+# --------------------------------------------------------------------------- training
+#: Gate family in a history's keys -> the gate's symbol.
+_FAMILIES = (("forget", "f"), ("update", "z"), ("dphi", "φ'"))
+
+
+def _training_gate_kwargs(rec: tuple[Any, str]) -> dict[str, Any]:
+    history, name = rec
+    getter = getattr(history, "summaries", None)
+    if getter is None:
+        raise Missing("the history keeps no per-step summaries (no .summaries(name))")
+    try:
+        summ = getter(name)
+    except (KeyError, LookupError) as exc:
+        raise Missing(f"the history has no summaries for {name} ({exc})") from None
+
+    def recorded(family: str) -> bool:
+        median = summ.get(f"gate_{family}_median") if isinstance(summ, Mapping) else None
+        return median is not None and np.isfinite(np.asarray(median, dtype=float)).any()
+
+    found = [(family, gate) for family, gate in _FAMILIES if recorded(family)]
+    if not found:
+        kinds = (getattr(history, "meta", None) or {}).get("kinds")
+        kind = kinds.get(name) if isinstance(kinds, Mapping) else None
+        if kind is not None and kind not in _GATED and kind not in _VANILLA:
+            raise Missing(
+                f"gates over training: not recorded for a {kind} layer (the Monitor keeps gate "
+                "summaries of LSTM, GRU and vanilla RNN cells, whose gates gradscope knows in "
+                "closed form)"
+            )
+        if not isinstance(summ, Mapping) or "gate_forget_median" not in summ:
+            raise Missing(
+                "this history holds no gate summaries (it was saved by a gradscope that did "
+                "not record them); a Monitor records them on every sampled step"
+            )
+        raise Missing(
+            "no sampled step has gate summaries (Monitor(gates=False), or they could not be "
+            "computed: see the history's notes)"
+        )
+    family, gate = found[0]
+
+    def arr(key: str) -> np.ndarray | None:
+        v = summ.get(key)
+        return None if v is None else np.asarray(v, dtype=float)
+
+    steps = np.asarray(summ.get("steps", history.steps))
+    lags = sorted(int(k.rsplit("lag", 1)[1]) for k in summ if k.startswith("gate_log_carry_lag"))
+    gated = family != "dphi"
+    return dict(
+        steps=steps,
+        median=arr(f"gate_{family}_median"),
+        lo=arr(f"gate_{family}_p10"),
+        hi=arr(f"gate_{family}_p90"),
+        gate=gate,
+        log_carry={k: arr(f"gate_log_carry_lag{k}") for k in lags} if gated else None,
+        share=arr("gate_path_share") if gated else None,
+        factor=None if gated else arr("gate_factor_norm"),
+        weight_norm=None if gated else arr("gate_weight_norm"),
+    )
+
+
+#: The training section's gate panel: the carried gate and its carry over training steps.
+TRAINING_GATE_PANEL = PanelSpec(
+    "training-gates",
+    "Gates over training",
+    "Left: the median forget gate f (LSTM), update gate z (GRU) or tanh′ (vanilla) at each "
+    "sampled step (band 10–90%), and the additive path's share of ‖∂s_T/∂s_0‖ on analysed "
+    "steps. Right: the median carry ∏f (∏z) over 10 and 100 steps, or ‖diag(tanh′) W_hh‖₂ "
+    "and ‖W_hh‖₂; a rising carry means training is opening the gradient highway.",
+    "gate summaries of a Monitor history (history.summaries(name): 'gate_*')",
+    _training_gate_kwargs,
+    F.training_gates_figure,
+)
+
+__all__ = ["GATE_PANELS", "TRAINING_GATE_PANEL", "gate_note"]

@@ -18,6 +18,7 @@ from gradscope.reporting import chart_data as C
 from gradscope.reporting import chart_dynamics as CD
 from gradscope.reporting import figures as F
 from gradscope.reporting.document import Missing, Panel, PanelSpec
+from gradscope.reporting.gate_panels import TRAINING_GATE_PANEL
 
 
 # --------------------------------------------------------------------------- helpers
@@ -367,6 +368,7 @@ TRAINING_PANELS: list[PanelSpec] = [
         F.training_rate_figure,
         chart=C.training_rate_chart,
     ),
+    TRAINING_GATE_PANEL,
 ]
 
 #: The comparison panel (several runs).

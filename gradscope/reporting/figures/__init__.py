@@ -59,7 +59,11 @@ from gradscope.reporting.figures.theme import (
     regime_label,
     style,
 )
-from gradscope.reporting.figures.training import training_heatmap_figure, training_rate_figure
+from gradscope.reporting.figures.training import (
+    training_gates_figure,
+    training_heatmap_figure,
+    training_rate_figure,
+)
 
 __all__ = [
     "carry_figure",
@@ -89,6 +93,7 @@ __all__ = [
     "spectral_time_figure",
     "style",
     "timescale_figure",
+    "training_gates_figure",
     "training_heatmap_figure",
     "training_rate_figure",
 ]

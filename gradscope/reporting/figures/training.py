@@ -1,16 +1,16 @@
-"""The Monitor's views over training: the gradient heatmap and the decay rate per step."""
+"""The Monitor's views over training: the gradient heatmap, the decay rate, the gates per step."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib as mpl
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from gradscope.reporting.figures.axes import log10_ticks
+from gradscope.reporting.figures.axes import log10_ticks, set_log10_axis
 from gradscope.reporting.figures.theme import (
     HEAT_CMAP,
     MISSING_GREY,
@@ -153,4 +153,110 @@ def training_rate_figure(
     ax.set_ylabel("decay rate (nats per timestep)")
     ax.set_title(title)
     ax.legend(loc="best")
+    return fig
+
+
+#: What the gate of each family is called on the axes.
+TRAINING_GATE_NAMES = {
+    "f": "forget gate f",
+    "z": "update gate z",
+    "φ'": "φ′(a_t) (tanh′)",
+}
+
+
+@styled
+def training_gates_figure(
+    steps: np.ndarray,
+    median: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    *,
+    gate: str,
+    log_carry: Mapping[int, np.ndarray] | None = None,
+    share: np.ndarray | None = None,
+    factor: np.ndarray | None = None,
+    weight_norm: np.ndarray | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """A layer's gates over training, from the gate summaries of a Monitor's history.
+
+    Left axis (0 to 1): the carried gate's median (LSTM ``f``, GRU ``z``; vanilla ``φ′``)
+    over units, timesteps and sequences at each sampled step, with its 10–90% band, and
+    (LSTM/GRU, on analysed steps) the additive path's share of ``‖∂s_T/∂s_0‖``. Right axis:
+    LSTM/GRU the median carry ``∏ g`` over the last ``k`` steps (log scale, one line per
+    lag); vanilla ``‖diag(φ′) W_hh‖₂`` (analysed steps) and ``‖W_hh‖₂``.
+
+    Args:
+        steps: ``(n,)`` training-step numbers.
+        median: ``(n,)`` the gate's median.
+        lo: ``(n,)`` its 10% quantile.
+        hi: ``(n,)`` its 90% quantile.
+        gate: ``"f"``, ``"z"`` or ``"φ'"``.
+        log_carry: Lag -> ``(n,)`` natural log of the median carry (LSTM/GRU), or None.
+        share: ``(n,)`` path share at the longest lag (NaN where not analysed), or None.
+        factor: ``(n,)`` vanilla median ``‖diag(φ′) W_hh‖₂`` (NaN where not analysed).
+        weight_norm: ``(n,)`` vanilla ``‖W_hh‖₂``.
+        ax: Axes to draw into.
+
+    Returns:
+        The figure drawn on.
+    """
+    fig, ax = new_axes(ax)
+    name = TRAINING_GATE_NAMES.get(gate, gate)
+    title = f"{'The ' if gate in TRAINING_GATE_NAMES else ''}{name} over training"
+    x = np.asarray(steps, dtype=float)
+    med = np.asarray(median, dtype=float)
+    if x.size == 0 or med.shape != x.shape or not np.isfinite(med).any():
+        no_data(ax, "no sampled step has gate summaries", title)
+        return fig
+    blue, green, grey = REGIME_COLOURS["vanishing"], REGIME_COLOURS["neutral"], NEUTRAL_GREY
+    ok = np.isfinite(med)
+    band = ok & np.isfinite(lo) & np.isfinite(hi)
+    ax.fill_between(x, lo, hi, where=band, color=blue, alpha=0.2, lw=0, label=f"{gate}: 10–90%")
+    ax.plot(x[ok], med[ok], color=blue, lw=1.8, marker="o", ms=3, label=f"{gate}: median")
+    if share is not None and np.isfinite(share).any():
+        sok = np.isfinite(share)
+        ax.plot(
+            x[sok], np.asarray(share)[sok], ls="none", marker="D", ms=5, color=green,
+            label="additive path's share of ‖∂s_T/∂s_0‖",
+        )  # fmt: skip
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("gate value / share")
+    right = ax.twinx()
+    right.grid(False)
+    if log_carry:
+        shown = []
+        for (lag, vals), ls in zip(sorted(log_carry.items()), ("--", "-.", ":")):
+            v = np.asarray(vals, dtype=float) / math.log(10.0)
+            if not np.isfinite(v).any():
+                continue
+            vok = np.isfinite(v)
+            right.plot(
+                x[vok], v[vok], color=grey, ls=ls, lw=1.6, label=f"carry ∏{gate} over {lag} steps"
+            )
+            shown.append(v)
+        if shown:
+            set_log10_axis(right, np.concatenate(shown))
+            right.set_ylabel(f"median carry ∏{gate} (log scale)")
+        else:
+            right.set_yticks([])
+    elif factor is not None or weight_norm is not None:
+        f = np.full(x.shape, np.nan) if factor is None else np.asarray(factor, dtype=float)
+        w = np.full(x.shape, np.nan) if weight_norm is None else np.asarray(weight_norm, float)
+        if np.isfinite(f).any():
+            fok = np.isfinite(f)
+            right.plot(x[fok], f[fok], ls="none", marker="s", ms=5, color=grey,
+                       label="‖diag(φ′) W_hh‖₂ (median)")  # fmt: skip
+        if np.isfinite(w).any():
+            wok = np.isfinite(w)
+            right.plot(x[wok], w[wok], color=grey, ls="--", lw=1.2, marker="_", ms=10,
+                       label="‖W_hh‖₂")  # fmt: skip
+        right.axhline(1.0, color="#333333", ls=":", lw=1.0)
+        top = np.nanmax(np.concatenate([f, w, [1.0]]))
+        right.set_ylim(0, 1.1 * top)
+        right.set_ylabel("one-step norm (dotted: 1)")
+    handles = [h for a in (ax, right) for h in a.get_legend_handles_labels()[0]]
+    right.legend(handles=handles, loc="best", fontsize="small")  # the top axes: above both
+    ax.set_title(title)
     return fig

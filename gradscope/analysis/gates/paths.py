@@ -1,0 +1,207 @@
+r"""The one-step Jacobian split ``J_t = A_t + R_t`` and how the long-run gradient travels.
+
+``A_t`` is the additive path (LSTM ``diag(f_t)`` on the ``c → c`` block, GRU ``diag(z_t)``,
+vanilla 0) and ``R_t = J_t − A_t`` the rest. Expanding ``P_k = ∂s_T/∂s_{T−k} = ∏ (A_u + R_u)``
+into paths, ``P_k = Π^A_k + E_k``: the pure-path product and every path that leaves the
+additive path at least once. :func:`walk` measures ``‖Uᵀ Π^A_k‖₂``, ``‖Uᵀ E_k‖₂`` and
+``‖Uᵀ P_k‖₂`` with vector-Jacobian products, ``E_{k+1} = E_k J + Π^A_k R`` (``Rᵀ y = Jᵀ y −
+A y``), both terms on one common log scale so that nothing underflows; ``U = I`` (exact) for
+``D ≤`` :data:`EXACT_MAX_D`, else random orthonormal probe columns (an estimate).
+
+A vanilla RNN has no additive path: its repeated factor is ``diag(φ'(a_t)) W_hh``, whose
+norms :func:`factor_norms` measures against ``‖W_hh‖₂``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gradscope.analysis.gates.values import (
+    GATED,
+    QUANTILES,
+    carried_gate,
+    gate_values,
+    layer_f64,
+)
+from gradscope.errors import MissingDataError
+from gradscope.traces import LayerTrace
+
+#: States up to this size get exact norms in the path walk (``U = I``).
+EXACT_MAX_D = 128
+#: Probe columns for larger states.
+PROBES = 16
+#: Sequences the path walk and the vanilla factor norms use (the first ones).
+WALK_SEQS = 8
+#: Lags at which the walk measures its norms (evenly spaced, the last one included).
+WALK_LAGS = 64
+#: Steps sampled for the vanilla factor norms.
+FACTOR_STEPS = 256
+
+
+def norm2(m: torch.Tensor) -> np.ndarray:
+    """Spectral norms of a batch of matrices, by NumPy's LAPACK.
+
+    torch's threaded batched SVD of small matrices was measured 100× slower on a busy
+    2-core machine.
+    """
+    return np.linalg.svd(m.numpy(), compute_uv=False)[..., 0]
+
+
+def walk(
+    layer: LayerTrace,
+    seed: int,
+    max_lag: int | None,
+    *,
+    seqs: int = WALK_SEQS,
+    lags: int = WALK_LAGS,
+) -> tuple:
+    """The path walk on the first ``seqs`` sequences, measured at ``lags`` lags.
+
+    Cost ``O(K·n·p·D·(4H))`` for ``K`` steps back, ``n`` sequences and ``p`` probe columns
+    (one vector-Jacobian product per step), plus one ``D × p`` SVD per sequence at each of
+    the ``lags`` measured lags.
+
+    Returns:
+        ``(lags (L,), ln ‖Uᵀ Π^A_k‖₂, ln ‖Uᵀ E_k‖₂, ln ‖Uᵀ P_k‖₂ (each (L, n)), p, notes)``.
+    """
+    params, x, s = layer_f64(layer)
+    adapter = layer.cell_adapter()
+    n = min(layer.B, seqs)
+    lengths = layer.seq_lengths[:n]
+    D = layer.D
+    notes = []
+    p = D if D <= EXACT_MAX_D else min(D, PROBES)
+    rng = np.random.default_rng(seed)
+    if p == D:
+        u = torch.eye(D, dtype=torch.float64).expand(n, D, D).clone()
+    else:
+        q = np.linalg.qr(rng.standard_normal((n, D, p)))[0]
+        u = torch.from_numpy(np.ascontiguousarray(q))
+        notes.append(f"path shares on {p} random probe directions of D = {D} (an estimate)")
+    if n < layer.B:
+        notes.append(f"path shares on the first {n} of {layer.B} sequences")
+    k_max = int(lengths.max(initial=0))
+    if max_lag is not None and max_lag < k_max:
+        k_max = max(int(max_lag), 0)
+        notes.append(f"path shares up to lag {k_max}")
+    keep = np.unique(np.linspace(0, k_max, min(lags, k_max + 1)).round().astype(int))
+    lag_rows = {int(k): i for i, k in enumerate(keep)}
+    path = np.full((len(keep), n), np.nan)
+    rest = np.full((len(keep), n), np.nan)
+    total = np.full((len(keep), n), np.nan)
+    c = layer.part("c") if layer.kind == "lstm" else slice(0, D)
+    hid = layer.state_sizes[0]
+    y = u.clone()  # (Π^A_k)ᵀ U with Π^A_0 = I, on the common scale
+    e = torch.zeros_like(u)  # E_kᵀ U, E_0 = 0
+    scale = np.zeros(n)
+    for k in range(k_max + 1):
+        if k in lag_rows:
+            live = lengths >= k
+            ny, ne, nt = norm2(y), norm2(e), norm2(y + e)
+            with np.errstate(divide="ignore"):
+                path[lag_rows[k], live] = (np.log(ny) + scale)[live]
+                rest[lag_rows[k], live] = (np.log(ne) + scale)[live]
+                total[lag_rows[k], live] = (np.log(nt) + scale)[live]
+        if k == k_max:
+            break
+        live = np.nonzero(lengths > k)[0]
+        idx = torch.from_numpy(lengths[live] - 1 - k)
+        bl = torch.from_numpy(live)
+        xs, ss = x[idx, bl], s[idx, bl]
+        lin = adapter.linearize(params, xs, ss)
+        gate = carried_gate(layer.kind, params, xs, ss[:, :hid])  # (m, H)
+        yl, el = y[bl], e[bl]
+        jy = lin.vjp_state(yl)
+        ay = torch.zeros_like(yl)
+        ay[:, c] = gate.unsqueeze(-1) * yl[:, c]
+        e_new = lin.vjp_state(el) + (jy - ay)
+        big = torch.maximum(
+            torch.linalg.matrix_norm(ay), torch.linalg.matrix_norm(e_new)
+        ).clamp_min(1e-300)
+        y[bl] = ay / big[:, None, None]
+        e[bl] = e_new / big[:, None, None]
+        scale[live] += np.log(big.numpy())
+    return keep, path, rest, total, p, notes
+
+
+def path_share(path_log: np.ndarray, rest_log: np.ndarray) -> np.ndarray:
+    """``‖Π^A‖ / (‖Π^A‖ + ‖E‖)`` from both norms' logs (no underflow); NaN where unmeasured."""
+    with np.errstate(all="ignore"):
+        share = 1.0 / (1.0 + np.exp(np.clip(rest_log - path_log, -700, 700)))
+        return np.where(np.isnan(rest_log) | np.isnan(path_log), np.nan, share)
+
+
+def factor_samples(
+    layer: LayerTrace, dphi: torch.Tensor, *, steps: int = FACTOR_STEPS, seqs: int = WALK_SEQS
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Vanilla: ``‖diag(φ'(a_t)) W_hh‖₂`` at sampled steps of the first sequences.
+
+    One ``H × H`` SVD per sampled (step, sequence): ``O(S·n·H³)`` for ``S ≤ steps`` steps
+    spread over ``0 … T−1`` and the first ``n ≤ seqs`` sequences.
+
+    Returns:
+        ``(norms (S, n), NaN at padded steps and where φ' is not finite; steps (S,);
+        ‖W_hh‖₂)``.
+    """
+    w = layer.params["weight_hh"].detach().to("cpu", torch.float64)
+    n = min(layer.B, seqs)
+    at = np.unique(np.linspace(0, layer.T - 1, min(steps, layer.T)).astype(int))
+    d = dphi[torch.from_numpy(at), :n]  # (S, n, H); NaN at padded (and non-finite) steps
+    norms = norm2(torch.nan_to_num(d, nan=0.0).unsqueeze(-1) * w)  # (S, n); LAPACK fails on NaN
+    real = layer.mask[at, :n] & torch.isfinite(d).all(dim=-1).numpy()
+    return np.where(real, norms, np.nan), at, float(norm2(w))
+
+
+def factor_norms(
+    layer: LayerTrace, dphi: torch.Tensor, *, steps: int = FACTOR_STEPS, seqs: int = WALK_SEQS
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Vanilla: quantiles (:data:`QUANTILES`) over sequences of :func:`factor_samples`.
+
+    Returns:
+        ``(quantiles (S, 5), steps (S,), ‖W_hh‖₂)``.
+    """
+    norms, at, w_norm = factor_samples(layer, dphi, steps=steps, seqs=seqs)
+    q = np.full((len(at), len(QUANTILES)), np.nan)
+    ok = ~np.isnan(norms).all(axis=1)
+    q[ok] = np.nanquantile(norms[ok], QUANTILES, axis=1).T
+    return q, at, w_norm
+
+
+def split_jacobian(layer: LayerTrace, steps=None, batch=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one-step Jacobians split as ``J = A + R`` (dense, float64, ``(T', B', D, D)``).
+
+    ``A``: the additive path (LSTM ``diag(f_t)`` on the ``c → c`` block, GRU ``diag(z_t)``,
+    vanilla 0); ``R = J − A``: the rest, with ``J`` the adapter's closed form.
+
+    Raises:
+        MissingDataError: the layer is not an LSTM, GRU or vanilla RNN.
+    """
+    if layer.kind not in GATED and not layer.kind.startswith("rnn_"):
+        raise MissingDataError(f"{layer.name} ({layer.kind}) has no gates to split by")
+    j = layer.to(torch.float64).jacobians(steps=steps, batch=batch).to("cpu")
+    a = torch.zeros_like(j)
+    if layer.kind in GATED:
+        gates, _ = gate_values(layer)
+        g = gates["f" if layer.kind == "lstm" else "z"]
+        t_idx = torch.arange(layer.T) if steps is None else torch.as_tensor(steps).reshape(-1)
+        b_idx = torch.arange(layer.B) if batch is None else torch.as_tensor(batch).reshape(-1)
+        g = g[t_idx][:, b_idx]
+        c = layer.part("c") if layer.kind == "lstm" else slice(0, layer.D)
+        a[..., c, c] = torch.diag_embed(g)
+    return a, j - a
+
+
+__all__ = [
+    "EXACT_MAX_D",
+    "FACTOR_STEPS",
+    "PROBES",
+    "WALK_LAGS",
+    "WALK_SEQS",
+    "factor_norms",
+    "factor_samples",
+    "norm2",
+    "path_share",
+    "split_jacobian",
+    "walk",
+]

@@ -1,0 +1,148 @@
+"""Plain-language lines of a gate view: :class:`GateView`, its sentence and its table cell.
+
+The numbers come from :mod:`~gradscope.analysis.gates.values` (gate distributions),
+:mod:`~gradscope.analysis.gates.carry` (carries) and :mod:`~gradscope.analysis.gates.paths`
+(the Jacobian split); this module only holds them and says what they mean.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradscope._json import jsonable
+from gradscope.analysis.gates.values import QUANTILES
+
+#: Lag of the plain-language sentence (or the longest lag, if shorter).
+SENTENCE_LAG = 100
+
+
+@dataclass
+class GateView:
+    """Gate statistics of one LSTM, GRU or vanilla RNN layer (see the module docstring).
+
+    Attributes:
+        name: The layer's name.
+        kind: ``"lstm"``, ``"gru"``, ``"rnn_tanh"`` or ``"rnn_relu"``.
+        T: Median sequence length.
+        path: ``"cell"`` (LSTM ``diag(f)`` on ``c → c``), ``"update"`` (GRU ``diag(z)``) or
+            ``"none"`` (vanilla: no additive path).
+        gates: Gate name -> ``(T, 5)`` quantiles per timestep over units and sequences.
+        medians: Gate name -> median over every unit, step and sequence.
+        lags: ``(K,)`` lags ``0 .. K-1`` of :attr:`carry` (empty for vanilla).
+        carry: ``(K, 5)`` quantiles over units and sequences of ``ln C_k`` (natural log).
+        carry_max: ``(K,)`` median over sequences of ``max_j ln C_k[j] = ln ‖Π^A_k‖₂``.
+        walk_lags: ``(L,)`` lags where the walk measured its norms.
+        path_log: ``(L,)`` median over sequences of ``ln ‖Uᵀ Π^A_k‖₂``.
+        rest_log: ``(L,)`` median over sequences of ``ln ‖Uᵀ E_k‖₂``.
+        share: ``(L,)`` median over sequences of the share of the additive path.
+        total_log: ``(L,)`` median over sequences of ``ln ‖Uᵀ P_k‖₂`` (``P_k = Π^A_k + E_k``;
+            with ``U = I`` the state decay ``‖∂s_T/∂s_{T−k}‖₂`` of :func:`gradscope.decay`).
+        probes: Probe columns of the walk (``D``: exact).
+        factor: ``(S, 5)`` vanilla only: quantiles over sequences of
+            ``‖diag(φ'(a_t)) W_hh‖₂`` at the steps :attr:`factor_steps`.
+        factor_steps: ``(S,)`` those steps (0-based).
+        weight_norm: ``‖W_hh‖₂`` (vanilla; NaN otherwise).
+        notes: What was sampled or left out.
+    """
+
+    name: str
+    kind: str
+    T: float
+    path: str
+    gates: dict[str, np.ndarray]
+    medians: dict[str, float]
+    lags: np.ndarray
+    carry: np.ndarray
+    carry_max: np.ndarray
+    walk_lags: np.ndarray
+    path_log: np.ndarray
+    rest_log: np.ndarray
+    share: np.ndarray
+    total_log: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    probes: int = 0
+    factor: np.ndarray = field(default_factory=lambda: np.zeros((0, len(QUANTILES))))
+    factor_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    weight_norm: float = math.nan
+    notes: list[str] = field(default_factory=list)
+
+    def share_at(self, lag: int) -> tuple[int, float]:
+        """``(lag actually used, share)``: the measured lag closest to ``lag``."""
+        if self.walk_lags.size == 0:
+            return lag, math.nan
+        i = int(np.argmin(np.abs(self.walk_lags - lag)))
+        return int(self.walk_lags[i]), float(self.share[i])
+
+    def sentence(self) -> str:
+        """One plain-language line: which path carries the gradient, how far, the gates."""
+        if self.path == "none":
+            ratio = float(np.nanmedian(self.factor[:, 2])) / self.weight_norm
+            med = float(np.nanmedian(self.factor[:, 2]))
+            d = self.medians.get("φ'", math.nan)
+            return (
+                f"No additive path: every step back multiplies by diag(φ′) W_hh, median norm "
+                f"{med:.2f} per step (‖W_hh‖₂ = {self.weight_norm:.2f}, φ′ median {d:.2f}, so "
+                f"saturation shrinks it ×{ratio:.2f})."
+            )
+        gate = "forget" if self.kind == "lstm" else "update"
+        g = "f" if self.kind == "lstm" else "z"
+        want = min(SENTENCE_LAG, int(self.lags[-1]) if self.lags.size else 0)
+        lag, share = self.share_at(want)
+        what = "cell path (diag f on c)" if self.kind == "lstm" else "update-gate path (diag z)"
+        i = int(np.argmin(np.abs(self.walk_lags - lag))) if self.walk_lags.size else 0
+        total = math.exp(self.total_log[i]) if self.total_log.size else math.nan
+        best = math.exp(self.carry_max[lag]) if lag < len(self.carry_max) else math.nan
+        return (
+            f"{lag} steps back ‖∂s_T/∂s_T−{lag}‖ = {total:.2g} and the {what} carries "
+            f"{100 * share:.0f}% of it (its best unit keeps ∏{g} = {best:.2g}); {gate} gates "
+            f"median {self.medians.get(g, math.nan):.2f}."
+        )
+
+    def short(self) -> str:
+        """A few words for a table cell: the path's share and the median carried gate."""
+        if self.path == "none":
+            med = float(np.nanmedian(self.factor[:, 2])) if self.factor.size else math.nan
+            return f"no gate path; ‖diag(φ′)W_hh‖₂ ≈ {med:.2f} per step"
+        g = "f" if self.kind == "lstm" else "z"
+        want = min(SENTENCE_LAG, int(self.lags[-1]) if self.lags.size else 0)
+        lag, share = self.share_at(want)
+        what = "cell path" if self.kind == "lstm" else "z path"
+        return (
+            f"{what} carries {100 * share:.0f}% at lag {lag}; {g} median "
+            f"{self.medians.get(g, math.nan):.2f}"
+        )
+
+    def to_dict(self, arrays: bool = True) -> dict[str, Any]:
+        """JSON-serialisable form (summaries; per-step arrays when ``arrays``)."""
+        out: dict[str, Any] = dict(
+            name=self.name,
+            kind=self.kind,
+            T=self.T,
+            path=self.path,
+            medians=self.medians,
+            probes=self.probes,
+            weight_norm=self.weight_norm,
+            sentence=self.sentence(),
+            notes=list(self.notes),
+        )
+        if arrays:
+            out.update(
+                quantiles=list(QUANTILES),
+                gates=self.gates,
+                carry=self.carry,
+                carry_max=self.carry_max,
+                walk_lags=self.walk_lags,
+                path_log=self.path_log,
+                rest_log=self.rest_log,
+                total_log=self.total_log,
+                share=self.share,
+                factor=self.factor,
+                factor_steps=self.factor_steps,
+            )
+        return jsonable(out)
+
+
+__all__ = ["SENTENCE_LAG", "GateView"]
