@@ -612,10 +612,13 @@ def test_history_save_load_round_trip(tmp_path):
 def test_auto_analysis_keeps_within_the_time_budget(monkeypatch):
     """analyze="auto": analyse while (spent + last cost) <= budget x training time, and at
     least once per doubling of the sampled steps."""
+    import gradscope.monitor.budget as budget_mod
     import gradscope.monitor.monitor as monitor_mod
 
     clock = {"t": 0.0}
-    monkeypatch.setattr(monitor_mod, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
+    fake = SimpleNamespace(perf_counter=lambda: clock["t"])
+    monkeypatch.setattr(monitor_mod, "time", fake)
+    monkeypatch.setattr(budget_mod, "time", fake)
     real = monitor_mod.summarize
 
     def costly(layer, *, analyze, **kw):  # each analysis "takes" 1 s on the fake clock

@@ -23,6 +23,7 @@ from gradscope.errors import (
     NoRecurrentModuleError,
 )
 from gradscope.history import SUMMARY_KEYS, Entry, History
+from gradscope.monitor.budget import AnalysisBudget
 from gradscope.monitor.gather import Snapshot, all_gather
 from gradscope.monitor.schedules import Every, Schedule, as_schedule
 from gradscope.monitor.summaries import summarize, trace_grad_norms
@@ -191,14 +192,7 @@ class Monitor:
         self._closed = False
         self._paused = 0
         self._recorder: Any = None
-        # time accounting for analyze="auto" (perf_counter seconds)
-        self._clock = time.perf_counter()  # when the previous step() returned
-        self._excluded = 0.0  # paused time since then
-        self._train_s = 0.0  # training time between step() calls
-        self._monitor_s = 0.0  # time spent inside step(): recording and analyses
-        self._analysis_last = 0.0  # cost of the latest analysis
-        self._analysed = 0  # sampled steps analysed so far
-        self._analysed_at = 0  # the index of the latest analysed sampled step
+        self._budget = AnalysisBudget(self.budget)  # time accounting for analyze="auto"
         self._arm()
 
     # ----------------------------------------------------------------- context
@@ -248,7 +242,7 @@ class Monitor:
         finally:
             self._paused -= 1
             if not self._paused:  # the outermost block: its time is not training time
-                self._excluded += time.perf_counter() - start
+                self._budget.pause(time.perf_counter() - start)
         if not self._paused:
             self._arm()
 
@@ -309,8 +303,7 @@ class Monitor:
         """
         if self._closed:
             raise GradscopeError("Monitor.step() on a closed Monitor; create a new one")
-        entered = time.perf_counter()
-        self._train_s += max(0.0, entered - self._clock - self._excluded)
+        entered = self._budget.enter()
         step, sampled = self.global_step, self._recorder is not None
         try:
             if sampled:
@@ -319,24 +312,14 @@ class Monitor:
             self._disarm()
             self.global_step += 1
             self._arm()
-            self._excluded = 0.0
-            self._clock = time.perf_counter()
-            self._monitor_s += self._clock - entered
+            self._budget.leave(entered)
         return sampled
 
     def _should_analyze(self, entered: float) -> bool:
         """Whether this sampled step gets the loss-independent summaries."""
         if self.analyze is not None:
             return bool(self.analyze(len(self.history)))  # the n-th sampled step
-        n = len(self.history)  # the index of this sampled step
-        if not self._analysed or n >= 2 * self._analysed_at + 1:
-            # the first sampled step (a full analysis exists from the start and its cost is
-            # known for the budget from then on), and at least one analysis per doubling of
-            # the sampled steps (0, 1, 3, 7, 15, ... when the budget allows nothing more), so
-            # that every summary forms a curve over training
-            return True
-        spent = self._monitor_s + (time.perf_counter() - entered)  # this step's recording too
-        return spent + self._analysis_last <= self.budget * self._train_s
+        return self._budget.should_analyze(len(self.history), entered)
 
     def _collect(self) -> tuple[Trace | None, list[str]]:
         """This step's trace (None if nothing was reached) and the notes about what was not."""
@@ -368,9 +351,7 @@ class Monitor:
                     entries[layer.name] = (gn, np.array([values[k] for k in SUMMARY_KEYS]))
                     notes.extend(msgs)
             if analyze:
-                self._analysis_last = time.perf_counter() - start
-                self._analysed += 1
-                self._analysed_at = len(self.history)
+                self._budget.record(len(self.history), time.perf_counter() - start)
         if self._distributed:
             gathered = all_gather(entries, self.process_group)
         else:
