@@ -30,7 +30,7 @@ def _hook_count(model: nn.Module) -> int:
 def test_require_names_the_extra_to_install():
     missing = _imports.Extra("gradscope_no_such_module", "no-such-package", "nothing")
     assert not _imports.available("gradscope_no_such_module")
-    with pytest.raises(OptionalDependencyError, match=r'pip install "gradscope\[nothing\]"'):
+    with pytest.raises(OptionalDependencyError, match=r'pip install "gradscope-rnn\[nothing\]"'):
         _imports.require(missing, "a test")
 
 

@@ -19,7 +19,7 @@ training heatmap and the decay-rate figure of each layer (drawn by
 :mod:`gradscope.reporting.figures`, the same figures as in the reports).
 
 Uses ``torch.utils.tensorboard`` (needs the ``tensorboard`` package: ``pip install
-"gradscope[tensorboard]"``); imported only when a :class:`TensorBoardCallback` is made.
+"gradscope-rnn[tensorboard]"``); imported only when a :class:`TensorBoardCallback` is made.
 """
 
 from __future__ import annotations
