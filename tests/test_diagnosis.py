@@ -217,9 +217,9 @@ def test_progress_off_a_terminal_is_occasional_plain_lines(monkeypatch):
     with _progress.progress_bar(3, "work", progress=True, unit="figure") as bar:
         for _ in range(3):
             bar.update()
-    lines = buf.getvalue().splitlines()
-    assert lines[:3] == [f"work: {i}/3 figures, 0 s" for i in (1, 2, 3)]
-    assert lines[3] == "work: done, 3 figures in 0 s" and len(lines) == 4
+    lines = re.sub(r"\d+ s\b", "N s", buf.getvalue()).splitlines()  # times vary
+    assert lines[:3] == [f"work: {i}/3 figures, N s" for i in (1, 2, 3)]
+    assert lines[3] == "work: done, 3 figures in N s" and len(lines) == 4
     assert "\r" not in buf.getvalue() and "\x1b" not in buf.getvalue()
 
 
