@@ -297,6 +297,12 @@ class History:
 
         return history_table(self)
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the latest sampled step's numbers per layer, as a table."""
+        from gradscope.reporting.notebook import notebook_html
+
+        return notebook_html(self)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope._json.jsonable`)."""
         from gradscope._json import jsonable

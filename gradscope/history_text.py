@@ -9,12 +9,12 @@ regime moved over training. ``str(history)`` and ``gradscope diagnose hist.npz``
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gradscope.analysis.formatting import fmt_num, fmt_steps
 
-if TYPE_CHECKING:
-    from gradscope.history import History
+# ``History`` is not imported, not even for type checking: history.py imports this module.
+History = Any
 
 
 def _rate(e: dict[str, Any], prefix: str = "") -> str:

@@ -386,4 +386,24 @@ def report(
     return path
 
 
-__all__ = ["FORMATS", "report", "runs_of"]
+def first_screen_html(obj: Any, *, figures: bool = False, title: str | None = None) -> str:
+    """The first screen of ``obj``'s report (verdict table, comparison) as an HTML fragment.
+
+    What a notebook shows for a Profile, a Diagnosis or a History (their ``_repr_html_``),
+    for anything :func:`report` accepts. One ``<div>`` with its own scoped CSS.
+
+    Args:
+        obj: What :func:`report` accepts (a saved trace's path is analysed first).
+        figures: Draw the comparison figure of several runs (off: fast, no matplotlib).
+        title: A line above the table (default: as the report's title).
+
+    Returns:
+        The HTML fragment.
+    """
+    from gradscope.reporting.notebook import first_screen
+
+    runs = runs_of(obj, progress=False)
+    return first_screen(runs, title or _default_title(runs), figures=figures)
+
+
+__all__ = ["FORMATS", "first_screen_html", "report", "runs_of"]
