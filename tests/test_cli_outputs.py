@@ -20,6 +20,8 @@ import gradscope as gs
 from gradscope import _progress, cli
 from gradscope._cli_output import FAIL_ON_EXIT, REGIMES, diagnosis_text
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only spin
+
 USER_MODULE = """
 import torch
 

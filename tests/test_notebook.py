@@ -11,6 +11,8 @@ import gradscope as gs
 from gradscope.reporting import first_screen_html
 from gradscope.reporting.notebook import SCOPE, scoped_css
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only spin
+
 
 @pytest.fixture(scope="module")
 def prof():
