@@ -62,7 +62,7 @@ def test_missing_tensorboard_gives_a_helpful_error(monkeypatch, tmp_path):
     from gradscope.integrations.tensorboard import TensorBoardCallback
 
     monkeypatch.setitem(sys.modules, "tensorboard", None)
-    with pytest.raises(OptionalDependencyError, match=r"gradscope\[tensorboard\]"):
+    with pytest.raises(OptionalDependencyError, match=r"gradscope-rnn\[tensorboard\]"):
         TensorBoardCallback(tmp_path)
 
 
@@ -174,7 +174,7 @@ def test_lightning_trainer_runs_the_monitor(tmp_path):
 def test_missing_transformers_gives_a_helpful_error(monkeypatch):
     monkeypatch.delitem(sys.modules, "gradscope.integrations.huggingface", raising=False)
     monkeypatch.setitem(sys.modules, "transformers", None)  # import of it now fails
-    with pytest.raises(OptionalDependencyError, match=r"gradscope\[huggingface\]"):
+    with pytest.raises(OptionalDependencyError, match=r"gradscope-rnn\[huggingface\]"):
         importlib.import_module("gradscope.integrations.huggingface")
 
 
