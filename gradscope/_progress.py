@@ -149,10 +149,8 @@ def progress_bar(
         return
     if not _isatty():
         line = _LineBar(total, desc, unit)
-        try:
-            yield line
-        finally:
-            line.close()
+        yield line
+        line.close()  # not reached on error: no "done" line for work that failed
         return
     from tqdm import tqdm
 
