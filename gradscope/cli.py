@@ -44,7 +44,7 @@ examples:
   gradscope report rnn.npz lstm.npz -o cmp.html   compare several saved traces
   gradscope diagnose run.npz                      the verdict table in the terminal
   gradscope diagnose hist.npz                     a saved training history (Monitor.save)
-  gradscope profile mypkg.models:model --input random:100,8,32 --loss mypkg.losses:mse \
+  gradscope profile mypkg.models:model --input random:100,8,32 --loss mypkg.losses:mse \\
       --json --fail-on vanishing,exploding        CI: JSON on stdout, exit 3 on a bad regime
 
 exit codes: 0 ok, 1 internal error (a bug), 2 bad input or usage, 3 a layer's regime is one

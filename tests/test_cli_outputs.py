@@ -176,6 +176,11 @@ def test_report_help_has_a_description(capsys) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "Write an HTML or PDF report" in out and "comparison" in out
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "3 a layer's regime is one\nnamed by --fail-on" in out  # the exit codes
+    assert any(line.rstrip().endswith("\\") for line in out.splitlines())  # shell continuation
 
 
 def test_report_progress_counts_every_figure(history_file, tmp_path, capsys, monkeypatch):
