@@ -11,6 +11,9 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "torch==2.13.0"
+	@# this project's distribution was once named "gradscope" (the name of another project
+	@# on PyPI); drop an old install of it so that only gradscope-rnn owns the package
+	-$(BIN)/python -m pip uninstall -q -y gradscope 2>/dev/null
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 

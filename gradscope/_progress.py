@@ -2,10 +2,15 @@
 
 Every long function of the analysis layer takes ``progress=`` with three settings:
 
-* ``True``: always show a bar (on stderr);
+* ``True``: always show progress (on stderr);
 * ``False``: never;
-* ``"auto"`` (default): show one only when the computation is long (its estimated work, in
+* ``"auto"`` (default): show it only when the computation is long (its estimated work, in
   floating-point operations, is above :data:`AUTO_WORK`) *and* stderr is a terminal.
+
+On a terminal progress is a ``tqdm`` bar. Anywhere else (a log file, a CI job, a pipe) a bar
+would write a line per refresh, so progress is a plain line at most every
+:data:`LINE_EVERY` seconds (``decay lstm.l0: 120/200 steps, 12 s``) and one closing line
+when any was written: a computation shorter than that writes nothing.
 
 The environment variable ``GRADSCOPE_PROGRESS=0`` (or ``false``/``no``/``off``) turns every bar
 off, whatever the argument says; ``GRADSCOPE_PROGRESS=1`` turns ``"auto"`` bars on.
@@ -15,17 +20,17 @@ off, whatever the argument says; ``GRADSCOPE_PROGRESS=1`` turns ``"auto"`` bars 
 little on such sizes and loses badly when the cores are shared: spinning worker threads on
 an oversubscribed machine made one such product 40× slower than single-threaded in our
 measurements (``benchmarks/analysis.py``). :func:`compute_threads` therefore runs the
-analyses with one thread in torch and in the OpenBLAS libraries NumPy/SciPy loaded, and
-restores the previous settings afterwards. ``GRADSCOPE_THREADS=n`` chooses another count.
+analyses with one thread in the BLAS libraries NumPy/SciPy loaded (through
+``threadpoolctl``), and restores the previous settings afterwards. ``GRADSCOPE_THREADS=n``
+chooses another count.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +46,9 @@ if TYPE_CHECKING:
 #: second or more of dense linear algebra on one core).
 AUTO_WORK = 2e9
 
+#: Seconds between the plain progress lines written when stderr is not a terminal.
+LINE_EVERY = 10.0
+
 _OFF = {"0", "false", "no", "off"}
 _ON = {"1", "true", "yes", "on"}
 
@@ -53,6 +61,47 @@ class _NoBar:
 
     def set_postfix_str(self, s: str) -> None:
         """Ignore the status text."""
+
+
+class _LineBar:
+    """Progress as occasional plain lines, for a stderr that is not a terminal."""
+
+    def __init__(self, total: int, desc: str, unit: str) -> None:
+        self.total, self.desc, self.unit = total, desc, unit
+        self.n = 0
+        self.start = self.last = time.monotonic()
+        self.written = False
+        self.postfix = ""
+
+    def _write(self, text: str) -> None:
+        print(f"{self.desc}: {text}", file=sys.stderr, flush=True)
+        self.written = True
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more units; write a line if :data:`LINE_EVERY` seconds have passed."""
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= LINE_EVERY:
+            self.last = now
+            extra = f", {self.postfix}" if self.postfix else ""
+            self._write(f"{self.n}/{self.total} {self.unit}s, {now - self.start:.0f} s{extra}")
+
+    def set_postfix_str(self, s: str) -> None:
+        """Keep a status text for the next line."""
+        self.postfix = s
+
+    def close(self) -> None:
+        """Write the closing line, if any line was written."""
+        if self.written:
+            self._write(f"done, {self.n} {self.unit}s in {time.monotonic() - self.start:.0f} s")
+
+
+def _isatty() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except ValueError:  # a closed stream
+        return False
 
 
 def enabled(progress: bool | str = "auto", work: float = float("inf")) -> bool:
@@ -72,21 +121,25 @@ def enabled(progress: bool | str = "auto", work: float = float("inf")) -> bool:
         return False
     if progress is True or env in _ON:
         return True
-    isatty = getattr(sys.stderr, "isatty", None)
-    return bool(work >= AUTO_WORK and isatty is not None and isatty())
+    return bool(work >= AUTO_WORK and _isatty())
 
 
 @contextmanager
 def progress_bar(
-    total: int, desc: str, progress: bool | str = "auto", work: float = float("inf")
+    total: int,
+    desc: str,
+    progress: bool | str = "auto",
+    work: float = float("inf"),
+    unit: str = "step",
 ) -> Iterator[Any]:
-    """A ``tqdm`` bar over ``total`` units, or a do-nothing bar when progress is off.
+    """Progress over ``total`` units: a ``tqdm`` bar on a terminal, plain lines elsewhere.
 
     Args:
         total: Number of units (e.g. timesteps).
         desc: Label shown before the bar.
         progress: ``True``, ``False`` or ``"auto"`` (see the module docstring).
         work: Estimated floating-point operations, for ``"auto"``.
+        unit: What one unit is (``"step"``, ``"figure"``, ...).
 
     Yields:
         An object with ``update(n)`` and ``set_postfix_str(s)``.
@@ -94,54 +147,37 @@ def progress_bar(
     if not enabled(progress, work):
         yield _NoBar()
         return
-    from tqdm.auto import tqdm
+    if not _isatty():
+        line = _LineBar(total, desc, unit)
+        yield line
+        line.close()  # not reached on error: no "done" line for work that failed
+        return
+    from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr)
+    bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
     try:
         yield bar
     finally:
         bar.close()
 
 
-def _openblas() -> list[tuple[Any, Any]]:
-    """``(set, get)`` num-threads functions of every OpenBLAS loaded in this process."""
-    out: list[tuple[Any, Any]] = []
-    try:
-        with open("/proc/self/maps") as fh:  # Linux; elsewhere BLAS threads are left alone
-            paths = sorted({ln.split()[-1] for ln in fh if "openblas" in ln.lower()})
-    except OSError:
-        return out
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for stem in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                setter = getattr(lib, f"{stem}_set_num_threads{suffix}", None)
-                getter = getattr(lib, f"{stem}_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None:
-                    out.append((setter, getter))
-                    break
-            else:
-                continue
-            break
-    return out
-
-
 @contextmanager
 def compute_threads(n: int | None = None) -> Iterator[None]:
-    """Run the block with ``n`` threads in torch and OpenBLAS.
+    """Run the block with ``n`` threads in torch and in every BLAS library loaded.
 
-    The default (``n`` None and no ``GRADSCOPE_THREADS``) gives OpenBLAS one thread, which
-    is fastest for the many small per-sequence LAPACK calls of the dense paths, and leaves
-    torch's thread count as the user set it: the operator paths are large GEMMs over all
-    sequences at once, which use every core. The previous settings are restored on exit,
-    also on error.
+    The default (``n`` None and no ``GRADSCOPE_THREADS``) gives the BLAS libraries one
+    thread, which is fastest for the many small per-sequence LAPACK calls of the dense
+    paths, and leaves torch's thread count as the user set it: the operator paths are large
+    GEMMs over all sequences at once, which use every core. The BLAS libraries are found and
+    limited by ``threadpoolctl`` (OpenBLAS, MKL, BLIS, Accelerate... whichever NumPy, SciPy
+    or torch loaded, on any platform); torch's own OpenMP pool is left to
+    ``torch.set_num_threads``. The previous settings are restored on exit, also on error.
 
     Args:
         n: Thread count for both; None reads ``GRADSCOPE_THREADS`` (see above if unset).
     """
+    from threadpoolctl import threadpool_limits
+
     old_torch = torch.get_num_threads()
     if n is None:
         try:
@@ -149,24 +185,14 @@ def compute_threads(n: int | None = None) -> Iterator[None]:
         except ValueError:
             n = 0
     torch_n = n if n else old_torch
-    n = n or 1
-    blas = []
-    try:
-        for setter, getter in _openblas():
-            blas.append((setter, int(getter())))
-            setter(ctypes.c_int(n))
-    except Exception:
-        pass
-    if old_torch != torch_n:
-        torch.set_num_threads(torch_n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != old_torch:
-            torch.set_num_threads(old_torch)
-        for setter, old in blas:
-            with contextlib.suppress(Exception):
-                setter(ctypes.c_int(old))
+    with threadpool_limits(limits=n or 1, user_api="blas"):
+        if old_torch != torch_n:
+            torch.set_num_threads(torch_n)
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != old_torch:
+                torch.set_num_threads(old_torch)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -202,4 +228,12 @@ def analysis(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-__all__ = ["AUTO_WORK", "analysis", "as_float64", "compute_threads", "enabled", "progress_bar"]
+__all__ = [
+    "AUTO_WORK",
+    "LINE_EVERY",
+    "analysis",
+    "as_float64",
+    "compute_threads",
+    "enabled",
+    "progress_bar",
+]

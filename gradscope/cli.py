@@ -2,15 +2,18 @@
 
 Exit codes: 0 success; 1 an unexpected internal error (a bug: please report it, rerun with
 ``--debug`` for the traceback); 2 bad input or usage (a missing module, a corrupt trace, a
-tensor of the wrong shape, ...). Errors are one line on stderr unless ``--debug``.
+tensor of the wrong shape, ...); 3 (``--fail-on REGIME``) a layer is in that regime, after
+every output was written. Errors are one line on stderr unless ``--debug``.
+
+Results go to stdout (the verdicts, the paths written, or JSON with ``--json``); progress
+goes to stderr, and ``-q`` silences progress only.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import os
-import pickle
 import re
 import sys
 import time
@@ -18,7 +21,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gradscope._cli_inputs import UsageError, exited_message, load_input, load_loss, load_target
+from gradscope._cli_output import (
+    FAIL_ON_EXIT,
+    REGIMES,
+    diagnosis_text,
+    failing,
+    parse_fail_on,
+    summary,
+)
 from gradscope._files import check_outputs
+from gradscope._json import jsonable
 from gradscope._version import __version__
 from gradscope.errors import GradscopeError, ShapeError
 
@@ -30,134 +43,18 @@ examples:
   gradscope report run.npz -o run.html            report a saved trace
   gradscope report rnn.npz lstm.npz -o cmp.html   compare several saved traces
   gradscope diagnose run.npz                      the verdict table in the terminal
+  gradscope diagnose hist.npz                     a saved training history (Monitor.save)
+  gradscope profile mypkg.models:model --input random:100,8,32 --loss mypkg.losses:mse \\
+      --json --fail-on vanishing,exploding        CI: JSON on stdout, exit 3 on a bad regime
+
+exit codes: 0 ok, 1 internal error (a bug), 2 bad input or usage, 3 a layer's regime is one
+named by --fail-on (the outputs are written first)
 """
-
-
-class UsageError(GradscopeError):
-    """Wrong command-line input (a bad TARGET, --input spec or file)."""
 
 
 def _say(args: argparse.Namespace, msg: str) -> None:
     if not getattr(args, "quiet", False):
         print(msg, file=sys.stderr)
-
-
-# --------------------------------------------------------------------------- inputs
-def _user_error(exc: BaseException) -> str:
-    """``"Type: first line"`` of an exception raised by the user's code."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-
-
-def _exited(what: str, exc: SystemExit) -> str:
-    return (
-        f"{what} called sys.exit({exc.code!r}); gradscope needs a module that defines the "
-        "model without running a script (put the script part under "
-        "`if __name__ == '__main__':`)"
-    )
-
-
-def load_target(spec: str) -> Any:
-    """Resolve ``package.module:attr`` to a model: a callable is called with no arguments.
-
-    Raises:
-        UsageError: malformed spec, missing module or attribute, a factory that raises, or
-            something that is not an ``nn.Module``.
-    """
-    from torch import nn
-
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(
-            f"TARGET must look like 'package.module:factory' (a callable returning the model, "
-            f"or the model object), got {spec!r}"
-        )
-    # The working directory goes *last*: the user's module is found there, but a stray
-    # seaborn.py (or numpy.py, ...) next to it never shadows gradscope's dependencies.
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
-            raise UsageError(
-                f"cannot import module {module_name!r} ({exc}); run from the directory that "
-                "contains it or install it"
-            ) from None
-        raise UsageError(f"importing {module_name!r} failed: {_user_error(exc)}") from None
-    except SystemExit as exc:
-        raise UsageError(_exited(f"importing {module_name!r}", exc)) from None
-    except Exception as exc:  # ImportError, SyntaxError, ...: the user's module, not gradscope
-        raise UsageError(f"importing {module_name!r} failed: {_user_error(exc)}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UsageError(f"module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not isinstance(obj, nn.Module):
-        if not callable(obj):
-            raise UsageError(f"{spec} is neither an nn.Module nor a callable returning one")
-        try:
-            obj = obj()
-        except SystemExit as exc:
-            raise UsageError(_exited(f"{spec}()", exc)) from None
-        except Exception as exc:
-            raise UsageError(f"{spec}() raised {_user_error(exc)}") from None
-    if not isinstance(obj, nn.Module):
-        raise UsageError(f"{spec} gave a {type(obj).__name__}, expected a torch.nn.Module")
-    return obj
-
-
-def load_input(spec: str, model: Any, batch_first: bool, dtype: Any = None) -> Any:
-    """An input tensor from ``random:T,B,I`` or a ``.npy`` / ``.pt`` file (loaded safely).
-
-    ``random:T,B,I`` is standard normal in the model's dtype, laid out ``(T, B, I)``, or
-    ``(B, T, I)`` with ``--batch-first``. Files are loaded with ``allow_pickle=False`` /
-    ``weights_only=True``: they can hold data, never code.
-    """
-    import numpy as np
-    import torch
-
-    params = list(model.parameters())
-    dtype = dtype or (params[0].dtype if params else torch.float32)
-    device = params[0].device if params else torch.device("cpu")
-    if spec.startswith("random:"):
-        try:
-            t, b, i = (int(v) for v in spec[len("random:") :].split(","))
-        except ValueError:
-            raise UsageError(
-                f"--input {spec!r}: expected random:T,B,I with three integers"
-            ) from None
-        if min(t, b, i) < 1:
-            raise UsageError(f"--input {spec!r}: T, B and I must be >= 1")
-        gen = torch.Generator().manual_seed(0)
-        shape = (b, t, i) if batch_first else (t, b, i)
-        return torch.randn(shape, generator=gen, dtype=dtype).to(device)
-    path = Path(spec)
-    if not path.is_file():
-        raise UsageError(f"--input {spec!r}: no such file (or use random:T,B,I)")
-    try:
-        if path.suffix == ".npy":
-            tensor = torch.from_numpy(np.load(path, allow_pickle=False))
-        elif path.suffix in (".pt", ".pth"):
-            tensor = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            raise UsageError(f"--input {spec!r}: expected a .npy or .pt file")
-    except UsageError:
-        raise
-    except Exception as exc:
-        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
-            raise UsageError(
-                f"--input {spec!r}: holds pickled Python objects, not just a tensor; gradscope "
-                "never unpickles them. Save the tensor alone (torch.save(tensor, path)) or "
-                "as .npy"
-            ) from None
-        raise UsageError(f"--input {spec!r}: cannot read it ({_user_error(exc)})") from None
-    if not isinstance(tensor, torch.Tensor):
-        raise UsageError(f"--input {spec!r}: holds a {type(tensor).__name__}, not one tensor")
-    if tensor.is_floating_point():
-        tensor = tensor.to(dtype)
-    return tensor.to(device)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -191,6 +88,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results(args: argparse.Namespace, diagnosis: Any, extra: dict[str, Any]) -> int:
+    """Print the verdicts (or JSON) and the paths; the exit code of ``--fail-on``."""
+    regimes = {d.name: d.regime for d in diagnosis.layers}
+    bad = failing(regimes, args.fail_on)
+    if args.json:
+        doc = {**extra, "layers": summary(diagnosis, getattr(args, "arrays", False))}
+        if args.fail_on:
+            doc["fail_on"] = {"regimes": sorted(args.fail_on), "failing": bad}
+        print(json.dumps(doc, indent=2))
+    else:
+        print(diagnosis_text(diagnosis))
+        for value in extra.values():
+            if isinstance(value, str):
+                print(value)
+    return _exit_code(args, regimes)
+
+
+def _exit_code(args: argparse.Namespace, regimes: dict[str, str]) -> int:
+    """:data:`FAIL_ON_EXIT` (saying which layers, on stderr) if ``--fail-on`` matches, else 0."""
+    bad = failing(regimes, args.fail_on)
+    if not bad:
+        return 0
+    print(
+        f"gradscope: --fail-on {','.join(sorted(args.fail_on))}: {', '.join(bad)}; "
+        f"exit code {FAIL_ON_EXIT}",
+        file=sys.stderr,
+    )
+    return FAIL_ON_EXIT
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     """Profile a user's model on one input and write a report and the trace."""
     import gradscope as gs
@@ -202,27 +129,37 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if trace_path.resolve() == out.resolve():
         raise UsageError(f"the report and the trace would both be {out}; use --trace PATH")
     check_outputs([out, trace_path], args.force, "pass --force to overwrite it")
+    progress = not args.quiet
+    t0 = time.perf_counter()
+    _say(args, f"loading {args.target} ...")
     model = load_target(args.target)
     x = load_input(args.input, model, args.batch_first)
-    _say(args, f"profiling {type(model).__name__} on input {tuple(x.shape)}")
+    loss_fn = load_loss(args.loss, x) if args.loss else None
+    what = "recording, loss gradients" if loss_fn else "recording"
+    _say(args, f"profiling {type(model).__name__} on input {tuple(x.shape)}: {what}, analysis")
     try:
-        prof = gs.profile(model, x, analysis={"progress": "auto" if not args.quiet else False})
+        prof = gs.profile(model, x, loss_fn=loss_fn, analysis={"progress": progress})
     except GradscopeError:
         raise
     except SystemExit as exc:
-        raise UsageError(_exited(f"the forward of {args.target}", exc)) from None
+        raise UsageError(exited_message(f"the forward of {args.target}", exc)) from None
     except RuntimeError as exc:
         # PyTorch's own shape errors from the user's forward.
         raise ShapeError(
             f"{args.target} failed on input of shape {tuple(x.shape)}: {exc}".splitlines()[0]
         ) from None
+    n = len(prof.diagnosis.layers)
+    _say(args, f"analysed {n} layer{'s' * (n != 1)} in {time.perf_counter() - t0:.1f} s")
     trace_written = prof.trace.save(trace_path)
-    written = gs.report(prof, out)
-    if not args.quiet:
-        print(prof.diagnosis)
-    print(written)
-    print(trace_written)
-    return 0
+    _say(args, f"writing {out} ...")
+    t1 = time.perf_counter()
+    written = gs.report(prof, out, progress=progress)
+    _say(args, f"wrote {out} in {time.perf_counter() - t1:.1f} s")
+    extra: dict[str, Any] = {"report": str(written), "trace": str(trace_written)}
+    if args.json:
+        extra["loss"] = prof.loss
+        extra["input_shape"] = list(x.shape)
+    return _results(args, prof.diagnosis, extra)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -247,31 +184,75 @@ def cmd_report(args: argparse.Namespace) -> int:
         if len(set(names)) != len(names):
             raise UsageError(f"run names must be unique, got {names}; use --names")
         obj = dict(zip(names, runs))
-    print(gs.report(obj, out))
+    t0 = time.perf_counter()
+    _say(args, f"analysing {', '.join(map(str, runs))} and writing {out} ...")
+    written = gs.report(obj, out, progress=not args.quiet)
+    _say(args, f"done in {time.perf_counter() - t0:.1f} s")
+    print(written)
     return 0
+
+
+def _history_of(path: Path) -> Any | None:
+    """The training history saved at ``path``, or None when the file is not one."""
+    from gradscope._npz import NpzArchive
+    from gradscope.errors import TraceFormatError
+    from gradscope.history import HISTORY_FORMAT, History
+
+    try:
+        with NpzArchive(path, "a gradscope file", "gradscope") as npz:
+            is_history = npz.meta.get("format") == HISTORY_FORMAT
+    except TraceFormatError:
+        return None  # gs.load below says what is wrong with the file
+    return History.load(path) if is_history else None
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    """Print the verdict table of a saved trace."""
-    import json
-
+    """Print the verdict table of a saved trace, or the latest numbers of a saved history."""
     import gradscope as gs
 
-    diagnosis = gs.diagnose(gs.load(args.run), progress="auto" if not args.quiet else False)
-    if args.json:
-        print(json.dumps(diagnosis.to_dict(), indent=2))
-    else:
-        print(diagnosis)
-    return 0
+    path = Path(args.run)
+    history = _history_of(path) if path.is_file() else None
+    if history is not None:
+        from gradscope.history_text import history_summary
+
+        if args.json:
+            print(json.dumps(history_summary(history), indent=2))
+        else:
+            print(history)
+        names = history.names if len(history) else []
+        return _exit_code(args, {n: history.entry(n)["regime"] or "unknown" for n in names})
+    diagnosis = gs.diagnose(gs.load(path), progress=not args.quiet)
+    extra = {"meta": jsonable(diagnosis.meta)} if args.json else {}
+    return _results(args, diagnosis, extra)
 
 
 # --------------------------------------------------------------------------- parser
+def _json_and_fail_on(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="results as JSON on stdout (per layer: regime, decay rates with intervals, "
+        "half-life, horizon, spectra summaries, Lyapunov exponents; the paths written)",
+    )
+    p.add_argument(
+        "--fail-on",
+        metavar="REGIME",
+        action="append",
+        help=f"exit with code {FAIL_ON_EXIT} when any layer's regime is REGIME, one of "
+        f"{', '.join(REGIMES)}; repeat the flag or give a comma list",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so tests and docs can inspect it)."""
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a flag given before the command must survive the subcommand's defaults.
     common.add_argument(
-        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress"
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress on stderr (results are still printed)",
     )
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
@@ -323,22 +304,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="profile.html", help="report path (.html/.pdf)")
     p.add_argument("--trace", help="where to save the trace (default: report path, .npz)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument(
+        "--loss",
+        metavar="MODULE:FUNCTION",
+        help="a loss called as function(output, batch) -> scalar tensor (output: what the "
+        "model returned, batch: the --input tensor); adds the loss-gradient decay per layer",
+    )
+    _json_and_fail_on(p)
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(
         "report",
         parents=[common],
         help="write a report from saved traces (several make a comparison)",
+        description="Write an HTML or PDF report (by the suffix of -o) from traces saved by "
+        "`gradscope profile` or Trace.save, or training histories saved by Monitor.save. One "
+        "file gives a single report; several give a side-by-side comparison, named after "
+        "the files or --names. Saved traces are analysed again (gs.diagnose).",
+        epilog="example: gradscope report rnn.npz lstm.npz --names RNN LSTM -o cmp.html",
     )
-    p.add_argument("runs", metavar="RUN.npz", nargs="+")
+    p.add_argument("runs", metavar="RUN.npz", nargs="+", help="saved traces or histories")
     p.add_argument("-o", "--output", required=True, help="OUT.html or OUT.pdf")
     p.add_argument("--names", nargs="+", help="display names for the runs")
     p.add_argument("--force", action="store_true", help="overwrite an existing report")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("diagnose", parents=[common], help="print the verdict table of a trace")
-    p.add_argument("run", metavar="RUN.npz")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser(
+        "diagnose",
+        parents=[common],
+        help="print the verdict table of a saved trace or history",
+        description="Analyse a saved trace and print the verdict table and each layer's "
+        "verdict; for a saved training history (Monitor.save), print the numbers of its "
+        "latest sampled step and how each layer's regime moved over training.",
+    )
+    p.add_argument("run", metavar="RUN.npz", help="a saved trace or training history")
+    _json_and_fail_on(p)
+    p.add_argument(
+        "--arrays", action="store_true", help="with --json: also the spectra and decay curves"
+    )
     p.set_defaults(func=cmd_diagnose)
     return parser
 
@@ -361,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet:
         os.environ.setdefault("GRADSCOPE_PROGRESS", "0")
     try:
+        if hasattr(args, "fail_on"):
+            args.fail_on = parse_fail_on(args.fail_on)
         return int(args.func(args) or 0)
     except GradscopeError as exc:
         if args.debug:

@@ -155,7 +155,8 @@ def run_demo(
         lr: Adam's learning rate.
         chrono: Chrono initialisation of the LSTM's gate biases (:func:`chrono_init`).
         every: Monitor sampling period (default: about 10 samples per run).
-        progress: Show a progress bar over training.
+        progress: Show progress of training and of drawing the reports' figures (a bar on
+            a terminal, an occasional line elsewhere).
         log: Where progress messages go.
 
     Returns:
@@ -237,9 +238,14 @@ def _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, 
             f"{label}: test MSE {test_mse:.4f} (predict-the-mean baseline {baseline:.4f}, "
             f"ratio {test_mse / baseline:.3f}), trained {steps} steps in {train_s:.1f} s"
         )
-    log("writing reports ...")
-    html = gs.report(entries, out / "report.html", title="gradscope demo: the adding problem")
-    pdf = gs.report(entries, out / "report.pdf", title="gradscope demo: the adding problem")
+    title = "gradscope demo: the adding problem"
+    written = []
+    for name in ("report.html", "report.pdf"):
+        log(f"writing {out / name} ...")
+        t0 = time.perf_counter()
+        written.append(gs.report(entries, out / name, title=title, progress=progress))
+        log(f"wrote {out / name} in {time.perf_counter() - t0:.0f} s")
+    html, pdf = written
     summary_path = out / "summary.json"
     settings = dict(
         task="adding problem",

@@ -318,6 +318,17 @@ class History:
             f"History({len(self)} sampled steps, layers={self.names}, world_size={self.world_size})"
         )
 
+    def __str__(self) -> str:
+        from gradscope.history_text import history_table
+
+        return history_table(self)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the latest sampled step's numbers per layer, as a table."""
+        from gradscope.reporting.notebook import notebook_html
+
+        return notebook_html(self)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope._json.jsonable`)."""
         from gradscope._json import jsonable

@@ -194,6 +194,7 @@ def test_progress_switches(monkeypatch):
 def test_progress_bar_writes_only_when_on(monkeypatch):
     buf = io.StringIO()
     monkeypatch.setattr(_progress.sys, "stderr", buf)
+    monkeypatch.setattr(_progress, "_isatty", lambda: True)  # a terminal: a tqdm bar
     monkeypatch.delenv("GRADSCOPE_PROGRESS", raising=False)
     lyapunov(tanh_rnn_trace(N=4, g=1.0, T=50, B=1), progress=True)
     assert "lyapunov" in buf.getvalue()
@@ -202,3 +203,43 @@ def test_progress_bar_writes_only_when_on(monkeypatch):
     monkeypatch.setenv("GRADSCOPE_PROGRESS", "0")
     lyapunov(tanh_rnn_trace(N=4, g=1.0, T=50, B=1), progress=True)
     assert buf.getvalue() == ""
+
+
+def test_progress_off_a_terminal_is_occasional_plain_lines(monkeypatch):
+    buf = io.StringIO()  # not a terminal: no bar redraws
+    monkeypatch.setattr(_progress.sys, "stderr", buf)
+    monkeypatch.delenv("GRADSCOPE_PROGRESS", raising=False)
+    with _progress.progress_bar(5, "work", progress=True, unit="figure") as bar:
+        for _ in range(5):
+            bar.update()
+    assert buf.getvalue() == ""  # shorter than LINE_EVERY: nothing at all
+    monkeypatch.setattr(_progress, "LINE_EVERY", 0.0)
+    with _progress.progress_bar(3, "work", progress=True, unit="figure") as bar:
+        for _ in range(3):
+            bar.update()
+    lines = re.sub(r"\d+ s\b", "N s", buf.getvalue()).splitlines()  # times vary
+    assert lines[:3] == [f"work: {i}/3 figures, N s" for i in (1, 2, 3)]
+    assert lines[3] == "work: done, 3 figures in N s" and len(lines) == 4
+    assert "\r" not in buf.getvalue() and "\x1b" not in buf.getvalue()
+
+
+def test_compute_threads_limits_blas_and_restores(monkeypatch):
+    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS too)
+    from threadpoolctl import threadpool_info
+
+    def blas():
+        return {
+            i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"
+        }
+
+    monkeypatch.delenv("GRADSCOPE_THREADS", raising=False)
+    before, torch_before = blas(), torch.get_num_threads()
+    assert before, "NumPy loads a BLAS library that threadpoolctl can see"
+    with _progress.compute_threads():
+        assert set(blas().values()) == {1}
+        assert torch.get_num_threads() == torch_before  # torch left as the user set it
+    assert blas() == before
+    with pytest.raises(RuntimeError, match="boom"), _progress.compute_threads(2):
+        assert set(blas().values()) == {2} and torch.get_num_threads() == 2
+        raise RuntimeError("boom")
+    assert blas() == before and torch.get_num_threads() == torch_before

@@ -30,7 +30,7 @@ def _hook_count(model: nn.Module) -> int:
 def test_require_names_the_extra_to_install():
     missing = _imports.Extra("gradscope_no_such_module", "no-such-package", "nothing")
     assert not _imports.available("gradscope_no_such_module")
-    with pytest.raises(OptionalDependencyError, match=r'pip install "gradscope\[nothing\]"'):
+    with pytest.raises(OptionalDependencyError, match=r'pip install "gradscope-rnn\[nothing\]"'):
         _imports.require(missing, "a test")
 
 
@@ -63,7 +63,7 @@ def test_missing_tensorboard_gives_a_helpful_error(monkeypatch, tmp_path):
     from gradscope.integrations.tensorboard import TensorBoardCallback
 
     monkeypatch.setitem(sys.modules, "tensorboard", None)
-    with pytest.raises(OptionalDependencyError, match=r"gradscope\[tensorboard\]"):
+    with pytest.raises(OptionalDependencyError, match=r"gradscope-rnn\[tensorboard\]"):
         TensorBoardCallback(tmp_path)
 
 
@@ -186,7 +186,7 @@ def test_lightning_trainer_runs_the_monitor(tmp_path):
 def test_missing_transformers_gives_a_helpful_error(monkeypatch):
     monkeypatch.delitem(sys.modules, "gradscope.integrations.huggingface", raising=False)
     monkeypatch.setitem(sys.modules, "transformers", None)  # import of it now fails
-    with pytest.raises(OptionalDependencyError, match=r"gradscope\[huggingface\]"):
+    with pytest.raises(OptionalDependencyError, match=r"gradscope-rnn\[huggingface\]"):
         importlib.import_module("gradscope.integrations.huggingface")
 
 

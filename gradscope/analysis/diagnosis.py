@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradscope._progress import analysis
+from gradscope._progress import analysis, progress_bar
 from gradscope.analysis.advice import advice, verdict
 from gradscope.analysis.decay import Decay, decay_curves, fit_decay, loss_log_norms
 from gradscope.analysis.finite import Prefix, finite_prefix, prefix_of, with_overflow
@@ -272,7 +272,8 @@ def diagnose(
         spectrum_steps: Steps whose one-step spectra are computed (default: as many as a
             fixed flop budget allows, evenly spaced, on up to 4 sequences).
         seed: Seed of the random starting bases.
-        progress: Progress bars: True, False or ``"auto"`` (long layers on a terminal).
+        progress: Progress bars: True (also a count of layers), False or ``"auto"`` (long
+            computations on a terminal).
 
     Returns:
         A :class:`Diagnosis`.
@@ -296,7 +297,13 @@ def diagnose(
         spectrum_steps=spectrum_steps,
         seed=seed,
     )
-    out = [_diagnose_layer(layer, progress=progress, **opts) for layer in layers]
+    out = []
+    # a count of layers only when asked for (True): "auto" keeps to the long computations
+    with progress_bar(len(layers), "diagnose", progress is True, unit="layer") as bar:
+        for layer in layers:
+            bar.set_postfix_str(str(layer.name))
+            out.append(_diagnose_layer(layer, progress=progress, **opts))
+            bar.update()
     meta = {**meta, "analysis": {key: v for key, v in opts.items()}}
     return Diagnosis(out, meta)
 

@@ -40,6 +40,12 @@ class Profile:
     def __str__(self) -> str:
         return str(self.diagnosis)
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the verdict table, as on the report's first screen."""
+        from gradscope.reporting.notebook import notebook_html
+
+        return notebook_html(self)
+
 
 def _leaf_tensors(obj: Any, out: list[torch.Tensor]) -> None:
     if isinstance(obj, torch.Tensor):

@@ -233,6 +233,12 @@ class Diagnosis:
     def __repr__(self) -> str:
         return f"Diagnosis({len(self.layers)} layers: {', '.join(self.names)})"
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the verdict table, as on the report's first screen."""
+        from gradscope.reporting.notebook import notebook_html
+
+        return notebook_html(self)
+
     def to_dict(self, arrays: bool = True) -> dict[str, Any]:
         """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope._json.jsonable`).
 

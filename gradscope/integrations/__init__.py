@@ -3,13 +3,13 @@
 =====================================  ===============================================
 ``GradscopeCallback``                  Lightning ``Callback`` running a Monitor
                                        (:mod:`gradscope.integrations.lightning`;
-                                       ``pip install "gradscope[lightning]"``)
+                                       ``pip install "gradscope-rnn[lightning]"``)
 ``TensorBoardCallback``                Monitor callback logging summaries and figures
                                        (:mod:`gradscope.integrations.tensorboard`;
-                                       ``pip install "gradscope[tensorboard]"``)
+                                       ``pip install "gradscope-rnn[tensorboard]"``)
 ``GradscopeTrainerCallback``           Hugging Face ``TrainerCallback`` running a Monitor
                                        (:mod:`gradscope.integrations.huggingface`;
-                                       ``pip install "gradscope[huggingface]"``)
+                                       ``pip install "gradscope-rnn[huggingface]"``)
 ``MonitorLogger``                      Monitor callback logging to any writers: the
                                        tags and their cadence
                                        (:mod:`gradscope.integrations.logger`)
@@ -17,7 +17,7 @@
 ``TensorBoardWriter``,                 (:mod:`gradscope.integrations.writers`)
 ``LightningWriter``
 ``WandbWriter``                        W&B writer (:mod:`gradscope.integrations.wandb`;
-                                       ``pip install "gradscope[wandb]"``)
+                                       ``pip install "gradscope-rnn[wandb]"``)
 =====================================  ===============================================
 
 Importing :mod:`gradscope.integrations` imports none of the frameworks; a name is loaded

@@ -16,6 +16,10 @@ from types import ModuleType
 
 from gradscope.errors import OptionalDependencyError
 
+#: The distribution name on the package index (``gradscope`` there is an unrelated project);
+#: the import name stays ``gradscope``.
+DISTRIBUTION = "gradscope-rnn"
+
 
 @dataclass(frozen=True)
 class Extra:
@@ -24,7 +28,8 @@ class Extra:
     Attributes:
         module: The module to import (``"lightning.pytorch"``).
         package: The pip package that provides it (``"lightning"``).
-        extra: The gradscope extra that pulls it in (``pip install "gradscope[extra]"``).
+        extra: The gradscope extra that pulls it in (``pip install "gradscope-rnn[extra]"``,
+            or ``pip install -e ".[extra]"`` in a clone).
     """
 
     module: str
@@ -67,7 +72,8 @@ def require(extra: Extra, purpose: str) -> ModuleType:
         raise OptionalDependencyError(
             f"{purpose} needs the optional package {extra.package!r} (module "
             f"{extra.module!r}), which could not be imported: {exc}. Install it with "
-            f'`pip install "gradscope[{extra.extra}]"` or `pip install {extra.package}`.'
+            f'`pip install "{DISTRIBUTION}[{extra.extra}]"` (in a clone of gradscope: '
+            f'`pip install -e ".[{extra.extra}]"`) or `pip install {extra.package}`.'
         ) from exc
 
 
@@ -95,6 +101,7 @@ def summary_writer() -> type:
 
 
 __all__ = [
+    "DISTRIBUTION",
     "LIGHTNING",
     "PYTORCH_LIGHTNING",
     "TENSORBOARD",

@@ -35,7 +35,7 @@ followed by ``on_substep_end``, except the last, which is followed by
 
 Under ``torch.distributed`` each rank monitors its own batch and rank 0 gathers the
 summaries (see :class:`gradscope.Monitor`). ``transformers`` is imported when this module is
-imported (``pip install "gradscope[huggingface]"``); ``import gradscope`` never imports it.
+imported (``pip install "gradscope-rnn[huggingface]"``); ``import gradscope`` never imports it.
 """
 
 from __future__ import annotations

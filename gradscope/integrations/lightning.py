@@ -36,7 +36,7 @@ What it does, hook by hook:
 
 Under DDP each rank monitors its own batch and the Monitor gathers the summaries with tensor
 collectives; only rank 0 writes files. Lightning is imported when this module is imported
-(``pip install "gradscope[lightning]"``); ``import gradscope`` never imports it.
+(``pip install "gradscope-rnn[lightning]"``); ``import gradscope`` never imports it.
 """
 
 from __future__ import annotations

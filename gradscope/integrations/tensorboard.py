@@ -19,7 +19,7 @@ sampled step, the analysed summaries (``rate``, ``regime_code``, ``radius_*``,
 redrawn at their step.
 
 Uses ``torch.utils.tensorboard`` (needs the ``tensorboard`` package: ``pip install
-"gradscope[tensorboard]"``); imported only when a writer for a log directory is made.
+"gradscope-rnn[tensorboard]"``); imported only when a writer for a log directory is made.
 """
 
 from __future__ import annotations

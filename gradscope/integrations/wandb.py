@@ -18,7 +18,7 @@ W&B's own step counter, which other loggers in the same run advance (Lightning,
 
 Offline runs (``WANDB_MODE=offline``) work the same; their ``.wandb`` file reads back with
 ``wandb leet inspect --json <run dir>``. ``wandb`` is imported when a :class:`WandbWriter`
-is made (``pip install "gradscope[wandb]"``).
+is made (``pip install "gradscope-rnn[wandb]"``).
 """
 
 from __future__ import annotations

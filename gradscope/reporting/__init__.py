@@ -110,7 +110,7 @@ def _trace_meta(trace: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     return meta, per_layer
 
 
-def _from_profile(label: str | None, obj: Any) -> Run:
+def _from_profile(label: str | None, obj: Any, progress: bool | str = False) -> Run:
     meta, per_layer = _trace_meta(obj.trace)
     meta.update(dict(getattr(obj.diagnosis, "meta", {}) or {}))
     if getattr(obj, "loss", None) is not None:
@@ -118,11 +118,11 @@ def _from_profile(label: str | None, obj: Any) -> Run:
     return Run(label, "Profile", obj.diagnosis, None, meta, per_layer)
 
 
-def _from_diagnosis(label: str | None, obj: Any) -> Run:
+def _from_diagnosis(label: str | None, obj: Any, progress: bool | str = False) -> Run:
     return Run(label, "Diagnosis", obj, None, dict(getattr(obj, "meta", {}) or {}))
 
 
-def _from_path(label: str | None, obj: Any) -> Run:
+def _from_path(label: str | None, obj: Any, progress: bool | str = False) -> Run:
     from gradscope.analysis.diagnosis import diagnose
     from gradscope.errors import TraceFormatError
     from gradscope.traces import load
@@ -143,7 +143,7 @@ def _from_path(label: str | None, obj: Any) -> Run:
         run = _from_history(label, history)
         run.source = f"training history file {path.name}"
         return run
-    run = _from_profile(label, _Loaded(trace, diagnose(trace, progress=False)))
+    run = _from_profile(label, _Loaded(trace, diagnose(trace, progress=progress)))
     run.source = f"trace file {path.name}"
     run.meta["trace file"] = str(path)
     return run
@@ -192,7 +192,7 @@ def _latest(obj: Any) -> Any:
     return None
 
 
-def _from_monitor(label: str | None, obj: Any) -> Run:
+def _from_monitor(label: str | None, obj: Any, progress: bool | str = False) -> Run:
     latest = _latest(obj)
     if latest is not None and hasattr(latest, "trace") and hasattr(latest, "diagnosis"):
         run = _from_profile(label, latest)
@@ -218,7 +218,7 @@ def _from_monitor(label: str | None, obj: Any) -> Run:
     return run
 
 
-def _from_history(label: str | None, obj: Any) -> Run:
+def _from_history(label: str | None, obj: Any, progress: bool | str = False) -> Run:
     hmeta = getattr(obj, "meta", None)
     return Run(
         label,
@@ -247,16 +247,16 @@ def _is_trace(obj: Any) -> bool:
     return isinstance(obj, Trace)
 
 
-def _from_trace(label: str | None, obj: Any) -> Run:
+def _from_trace(label: str | None, obj: Any, progress: bool | str = False) -> Run:
     from gradscope.analysis.diagnosis import diagnose
 
-    run = _from_profile(label, _Loaded(obj, diagnose(obj, progress=False)))
+    run = _from_profile(label, _Loaded(obj, diagnose(obj, progress=progress)))
     run.source = "Trace"
     return run
 
 
 #: How each kind of input becomes a Run, tried in order (first match wins).
-_SOURCES: list[tuple[Callable[[Any], bool], Callable[[str | None, Any], Run]]] = [
+_SOURCES: list[tuple[Callable[[Any], bool], Callable[[str | None, Any, bool | str], Run]]] = [
     (lambda o: isinstance(o, (str, os.PathLike)), _from_path),
     (_is_trace, _from_trace),
     (_is_diagnosis, _from_diagnosis),
@@ -266,10 +266,10 @@ _SOURCES: list[tuple[Callable[[Any], bool], Callable[[str | None, Any], Run]]] =
 ]
 
 
-def _run(label: str | None, obj: Any) -> Run:
+def _run(label: str | None, obj: Any, progress: bool | str = False) -> Run:
     for test, convert in _SOURCES:
         if test(obj):
-            return convert(label, obj)
+            return convert(label, obj, progress)
     where = f" (entry {label!r})" if label is not None else ""
     raise GradscopeError(
         f"gs.report cannot report a {type(obj).__name__}{where}: pass a Diagnosis, a Profile, "
@@ -278,8 +278,16 @@ def _run(label: str | None, obj: Any) -> Run:
     )
 
 
-def runs_of(obj: Any) -> list[Run]:
-    """Normalise what :func:`report` accepts into a list of :class:`Run` (a mapping: several)."""
+def runs_of(obj: Any, progress: bool | str = False) -> list[Run]:
+    """Normalise what :func:`report` accepts into a list of :class:`Run` (a mapping: several).
+
+    Args:
+        obj: What :func:`report` accepts.
+        progress: Progress of the analysis of saved traces: True, False or ``"auto"``.
+
+    Returns:
+        The runs, in order.
+    """
     if isinstance(obj, Mapping):
         if not obj:
             raise GradscopeError("gs.report got an empty mapping: nothing to compare")
@@ -290,9 +298,9 @@ def runs_of(obj: Any) -> list[Run]:
                     f"gs.report: entry {name!r} is itself a mapping; a comparison takes "
                     "{name: Diagnosis | Profile | Monitor | trace path}"
                 )
-            out.append(_run(str(name), value))
+            out.append(_run(str(name), value, progress))
         return out
-    return [_run(None, obj)]
+    return [_run(None, obj, progress)]
 
 
 # --------------------------------------------------------------------------- metadata
@@ -323,7 +331,13 @@ def _default_title(runs: list[Run]) -> str:
 
 
 # --------------------------------------------------------------------------- writing
-def report(obj: Any, path: str | os.PathLike, *, title: str | None = None) -> Path:
+def report(
+    obj: Any,
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    progress: bool | str = "auto",
+) -> Path:
     """Write a report of ``obj`` to ``path``; the format follows the suffix.
 
     Args:
@@ -332,6 +346,8 @@ def report(obj: Any, path: str | os.PathLike, *, title: str | None = None) -> Pa
         path: Destination ending in ``.html`` (one self-contained file: figures inline, no
             network access when opened) or ``.pdf`` (multi-page, searchable text).
         title: Report title (default: derived from the model / the compared names).
+        progress: Progress of the analysis of saved traces and of drawing the figures:
+            True, False or ``"auto"`` (a bar on a terminal; see :mod:`gradscope._progress`).
 
     Returns:
         The path written.
@@ -350,14 +366,44 @@ def report(obj: Any, path: str | os.PathLike, *, title: str | None = None) -> Pa
             f"{path.suffix or '(none)'!r}; use one of {', '.join(sorted(set(FORMATS)))}"
         )
     check_writable(path)  # before any analysis: a path that cannot be written fails fast
-    runs = runs_of(obj)
+    runs = runs_of(obj, progress)
     generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     doc = build_document(runs, title or _default_title(runs), generated, _versions())
     import importlib
 
+    from gradscope._progress import progress_bar
+
     writer = importlib.import_module(module_name)
-    atomic_write(path, lambda tmp: writer.write(doc, tmp))
+    figures = doc.figures()
+    with progress_bar(len(figures), f"figures of {path.name}", progress, unit="figure") as bar:
+        for panel in figures:
+            panel.observer = bar
+        try:
+            atomic_write(path, lambda tmp: writer.write(doc, tmp))
+        finally:
+            for panel in figures:
+                panel.observer = None
     return path
 
 
-__all__ = ["FORMATS", "report", "runs_of"]
+def first_screen_html(obj: Any, *, figures: bool = False, title: str | None = None) -> str:
+    """The first screen of ``obj``'s report (verdict table, comparison) as an HTML fragment.
+
+    What a notebook shows for a Profile, a Diagnosis or a History (their ``_repr_html_``),
+    for anything :func:`report` accepts. One ``<div>`` with its own scoped CSS.
+
+    Args:
+        obj: What :func:`report` accepts (a saved trace's path is analysed first).
+        figures: Draw the comparison figure of several runs (off: fast, no matplotlib).
+        title: A line above the table (default: as the report's title).
+
+    Returns:
+        The HTML fragment.
+    """
+    from gradscope.reporting.notebook import first_screen
+
+    runs = runs_of(obj, progress=False)
+    return first_screen(runs, title or _default_title(runs), figures=figures)
+
+
+__all__ = ["FORMATS", "first_screen_html", "report", "runs_of"]

@@ -81,11 +81,16 @@ class PanelSpec:
 
 @dataclass
 class Panel:
-    """A panel of a concrete section: either data to draw or the reason it is missing."""
+    """A panel of a concrete section: either data to draw or the reason it is missing.
+
+    ``observer``, when set (by :func:`gradscope.reporting.report`), is told with
+    ``update(1)`` each time the figure has been drawn: the report's progress.
+    """
 
     spec: PanelSpec
     kwargs: dict[str, Any] | None
     missing: str | None
+    observer: Any = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -99,7 +104,10 @@ class Panel:
             with F.style():
                 F.no_data(ax, self.missing or "not available", self.spec.title)
             return fig
-        return self.spec.draw(**self.kwargs, ax=ax)
+        fig = self.spec.draw(**self.kwargs, ax=ax)
+        if self.observer is not None:
+            self.observer.update(1)
+        return fig
 
     def chart(self) -> Any:
         """The figure's data (a :class:`~gradscope.reporting.chart.Chart`), or None.
@@ -186,3 +194,11 @@ class Document:
     comparison_table: list[list[str]]
     meta: list[tuple[str, str]]
     common_meta: list[tuple[str, str]] = field(default_factory=list)
+
+    def figures(self) -> list[Panel]:
+        """Every panel with data to draw (missing ones are a box of text), in document order."""
+        panels = [self.comparison] if self.comparison is not None else []
+        for run in self.runs:
+            panels.extend(p for _, ps in run.training for p in ps)
+            panels.extend(p for sec in run.layers for p in sec.panels)
+        return [p for p in panels if p.kwargs is not None]

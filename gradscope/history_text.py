@@ -1,0 +1,140 @@
+"""A :class:`~gradscope.history.History` in words: the table of its latest sampled step.
+
+A history keeps per sampled step and layer a row of summaries (no traces, no Jacobians), so
+what can be said about it is the state-gradient decay fit, the loss-gradient decay fit, the
+one-step spectra and the gradient norms at both ends, at one sampled step, and how the
+regime moved over training. ``str(history)`` and ``gradscope diagnose hist.npz`` print this.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gradscope.analysis.formatting import fmt_num, fmt_steps
+
+# ``History`` is not imported, not even for type checking: history.py imports this module.
+History = Any
+
+
+def _rate(e: dict[str, Any], prefix: str = "") -> str:
+    rate = e.get(f"{prefix}rate", math.nan)
+    if not math.isfinite(rate):
+        return "n/a"
+    lo, hi = e.get(f"{prefix}rate_lo", math.nan), e.get(f"{prefix}rate_hi", math.nan)
+    half = (hi - lo) / 2
+    return f"{rate:+.4f} ±{fmt_num(half, 4)}" if math.isfinite(half) else f"{rate:+.4f}"
+
+
+def _trend(regimes: list[str]) -> str:
+    """``"vanishing → neutral"``: the regimes in the order training went through them."""
+    seen = [r for r in regimes if r]
+    if not seen:
+        return "not analysed"
+    path = [seen[0]]
+    for r in seen[1:]:
+        if r != path[-1]:
+            path.append(r)
+    return " → ".join(path) if len(path) <= 4 else f"{path[0]} → … → {path[-1]}"
+
+
+def history_summary(history: History, index: int = -1) -> dict[str, Any]:
+    """The numbers of one sampled step of every layer, JSON-able.
+
+    Args:
+        history: The history.
+        index: Which sampled step (row), -1 for the latest.
+
+    Returns:
+        ``{"step", "sampled_steps", "first_step", "layers": [{"name", "regime",
+        "loss_regime", "rate", "rate_ci", "half_life", "loss_rate", "radius_median",
+        "norm_median", "lyapunov", "grad_t0", "grad_tT", "T", "B", "regimes_over_training"}]}``.
+    """
+    from gradscope._json import jsonable
+
+    if not len(history):
+        return {"sampled_steps": 0, "layers": []}
+    layers = []
+    for name in history.names:
+        e = history.entry(name, index)
+        layers.append(
+            {
+                "name": name,
+                "regime": e["regime"] or "not analysed",
+                "loss_regime": e["loss_regime"] or "not analysed",
+                "rate": e["rate"],
+                "rate_ci": [e["rate_lo"], e["rate_hi"]],
+                "half_life": e["half_life"],
+                "loss_rate": e["loss_rate"],
+                "radius_median": e["radius_median"],
+                "norm_median": e["norm_median"],
+                "lyapunov": e["lyapunov"],
+                "grad_t0": e["grad_t0"],
+                "grad_tT": e["grad_tT"],
+                "T": e["T"],
+                "B": e["B"],
+                "regimes_over_training": _trend(history.regime(name)),
+            }
+        )
+    steps = history.steps
+    return jsonable(
+        {
+            "step": int(steps[index]),
+            "sampled_steps": len(history),
+            "first_step": int(steps[0]),
+            "layers": layers,
+        }
+    )
+
+
+def history_table(history: History, index: int = -1) -> str:
+    """A fixed-width table of one sampled step (default the latest), one row per layer.
+
+    Args:
+        history: The history.
+        index: Which sampled step (row), -1 for the latest.
+
+    Returns:
+        A heading line, the table, and per layer how its regime moved over training.
+    """
+    if not len(history):
+        return "History: no sampled step yet (call monitor.step() after loss.backward())."
+    steps = history.steps
+    head = ["layer", "T×B", "radius med", "σmax med", "λ1", "rate/step ±95%", "half-life"]
+    head += ["loss rate/step", "regime", "loss regime"]
+    rows = []
+    for name in history.names:
+        e = history.entry(name, index)
+        tb = f"{e['T']:.0f}×{e['B']:.0f}" if math.isfinite(e["T"]) else "n/a"
+        lam = e["lyapunov"]
+        rows.append(
+            [
+                name,
+                tb,
+                fmt_num(e["radius_median"], 3),
+                fmt_num(e["norm_median"], 3),
+                f"{lam:+.4f}" if math.isfinite(lam) else "n/a",
+                _rate(e),
+                fmt_steps(e["half_life"]) if math.isfinite(e["rate"]) else "n/a",
+                _rate(e, "loss_"),
+                e["regime"] or "not analysed",
+                e["loss_regime"] or "not analysed",
+            ]
+        )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = [
+        f"Training history: {len(history)} sampled steps ({int(steps[0])} … {int(steps[-1])}); "
+        f"the numbers of step {int(steps[index])}:",
+        "",
+        "  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    lines.append("")
+    lines.extend(
+        f"{name}: regime over training {_trend(history.regime(name))}" for name in history.names
+    )
+    return "\n".join(lines)
+
+
+__all__ = ["history_summary", "history_table"]

@@ -1,0 +1,152 @@
+"""The report's first screen as an HTML fragment: what a Jupyter notebook shows for an object.
+
+``Profile``, ``Diagnosis`` and ``History`` have a ``_repr_html_`` that returns
+:func:`notebook_html` of themselves, so the last line of a cell shows the verdict table
+instead of a text repr. :func:`first_screen` lays out the same summary table and comparison
+as the top of the HTML report (:func:`gradscope.reporting.build.build_document` and the
+renderers of :mod:`gradscope.reporting.html`), inside one ``<div>`` with its own CSS scoped
+to it, so it neither restyles the notebook nor is restyled by it.
+
+It is fast: no figure is drawn unless ``figures=True`` (the comparison's decay curves, the
+one figure of the first screen), so a repr returns in milliseconds, not the seconds of a
+full report. This module imports neither the analysis nor the Monitor: objects are
+recognised by their attributes, as the report does.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from html import escape
+from typing import Any
+
+from gradscope.reporting.build import build_document
+from gradscope.reporting.document import Panel, Run
+from gradscope.reporting.html import CSS, _comparison, _regime, _summary
+
+#: The class of the fragment's outer ``<div>``; every CSS rule is scoped under it.
+SCOPE = "gradscope-first-screen"
+
+_NO_FIGURE = (
+    "left out of the notebook view to keep it fast: first_screen_html(obj, figures=True) or "
+    "the full report (gs.report) draws it"
+)
+
+
+def scoped_css(css: str = CSS, scope: str = SCOPE) -> str:
+    """The report's CSS with every selector under ``.scope`` (print rules dropped).
+
+    ``:root``, ``body``, ``main`` and ``*`` become the scope element itself, so the page
+    variables and fonts apply inside the fragment only.
+    """
+    css = re.sub(r"@media[^{]*\{(?:[^{}]*\{[^{}]*\})*[^{}]*\}", "", css)
+    out = []
+    for selectors, body in re.findall(r"([^{}]+)\{([^{}]*)\}", css):
+        scoped = []
+        for sel in selectors.split(","):
+            sel = sel.strip()
+            if sel in (":root", "body", "main"):
+                scoped.append(f".{scope}")
+            elif sel == "*":
+                scoped.append(f".{scope}, .{scope} *")
+            else:
+                scoped.append(f".{scope} {sel}")
+        out.append(f"{', '.join(scoped)} {{{body.strip()}}}")
+    return "\n".join(out)
+
+
+def _wrap(body: str, title: str) -> str:
+    return (
+        f'<div class="{SCOPE}"><style>{scoped_css()}</style>'
+        f"<div class='sub'>{escape(title)}</div>{body}</div>"
+    )
+
+
+def first_screen(runs: list[Run], title: str, figures: bool = False) -> str:
+    """The summary table (and, for several runs, the comparison) of ``runs`` as a fragment.
+
+    Args:
+        runs: Normalised runs (:func:`gradscope.reporting.runs_of`).
+        title: A line above the table.
+        figures: Draw the comparison figure (off: a note in its place, and no matplotlib).
+
+    Returns:
+        An HTML ``<div>`` with its own scoped ``<style>``.
+    """
+    doc = build_document(runs, title, "", {})
+    if doc.comparison is not None and not figures:
+        doc.comparison = Panel(doc.comparison.spec, None, _NO_FIGURE)
+    if not doc.summary and not any(r.history is not None for r in runs):
+        why = "; ".join(r.problem for r in runs if r.problem) or "no recurrent layer was recorded"
+        return _wrap(f"<p class='missing-line'>Nothing to show: {escape(why)}.</p>", title)
+    # the fragment has no per-layer sections: the layer names are text, not links
+    body = re.sub(r"<a href='#[^']*'>(.*?)</a>", r"\1", _summary(doc)) if doc.summary else ""
+    body += _comparison(doc)
+    histories = [r for r in runs if r.history is not None and r.diagnosis is None]
+    body += "".join(_history(r.history, r.label) for r in histories)
+    return _wrap(body, title)
+
+
+def _cell(x: Any, fmt: str = "{:+.4f}") -> str:
+    ok = isinstance(x, (int, float)) and math.isfinite(x)
+    return f"<td class='num'>{escape(fmt.format(x)) if ok else 'n/a'}</td>"
+
+
+def _history(history: Any, label: str | None) -> str:
+    """A history's latest sampled step: one row per layer (what ``str(history)`` says)."""
+    from gradscope.history_text import history_summary
+
+    s = history_summary(history)
+    name = f"{label}: " if label else ""
+    if not s["layers"]:
+        return f"<p class='missing-line'>{escape(name)}the history has no sampled step yet.</p>"
+    head = ["Layer", "Regime", "Rate / step", "Half-life (steps)", "Loss rate / step"]
+    head += ["median ρ(J)", "median ‖J‖₂", "Regime over training"]
+    rows = []
+    for layer in s["layers"]:
+        regime = (
+            layer["regime"] if layer["regime"] in ("vanishing", "exploding", "neutral") else None
+        )
+        rows.append(
+            f"<tr data-layer='{escape(layer['name'])}'><td>{escape(layer['name'])}</td>"
+            f"<td>{_regime(regime)}</td>{_cell(layer['rate'])}"
+            f"{_cell(layer['half_life'], '{:.1f}')}{_cell(layer['loss_rate'])}"
+            f"{_cell(layer['radius_median'], '{:.3g}')}{_cell(layer['norm_median'], '{:.3g}')}"
+            f"<td>{escape(layer['regimes_over_training'])}</td></tr>"
+        )
+    return (
+        f"<section data-section='history'><h2>{escape(name)}Training history</h2>"
+        f"<p class='sub'>{s['sampled_steps']} sampled steps ({s['first_step']} … {s['step']}); "
+        f"the numbers of step {s['step']}:</p><table class='summary'><thead><tr>"
+        + "".join(f"<th>{escape(h)}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></section>"
+    )
+
+
+def notebook_html(obj: Any) -> str:
+    """``_repr_html_`` of a Profile, a Diagnosis or a History (recognised by attributes).
+
+    Args:
+        obj: The object a notebook cell returned.
+
+    Returns:
+        :func:`first_screen` of it.
+    """
+    if hasattr(obj, "trace") and hasattr(obj, "diagnosis"):  # a Profile
+        run = Run(None, "Profile", obj.diagnosis)
+        what = "Profile"
+    elif hasattr(obj, "grad_norms") and hasattr(obj, "steps"):  # a History
+        run = Run(None, "History", None, obj, problem="a training history alone")
+        what = "Training history"
+    else:  # a Diagnosis
+        run = Run(None, "Diagnosis", obj)
+        what = "Diagnosis"
+    diagnosis = run.diagnosis
+    n = len(diagnosis.layers) if diagnosis is not None else len(getattr(obj, "names", []))
+    title = f"gradscope {what}: {n} recurrent layer{'s' * (n != 1)}"
+    return first_screen([run], title)
+
+
+__all__ = ["SCOPE", "first_screen", "notebook_html", "scoped_css"]
