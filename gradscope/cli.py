@@ -182,6 +182,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         hidden=args.hidden,
         batch=args.batch,
         seed=args.seed,
+        pdf=not args.no_pdf,
+        pdf_detail=args.pdf_detail,
         progress=not args.quiet,
         log=(lambda m: _say(args, m)),
     )
@@ -217,7 +219,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             f"{args.target} failed on input of shape {tuple(x.shape)}: {exc}".splitlines()[0]
         ) from None
     trace_written = prof.trace.save(trace_path)
-    written = gs.report(prof, out)
+    written = gs.report(prof, out, pdf_detail=args.pdf_detail)
     if not args.quiet:
         print(prof.diagnosis)
     print(written)
@@ -247,7 +249,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if len(set(names)) != len(names):
             raise UsageError(f"run names must be unique, got {names}; use --names")
         obj = dict(zip(names, runs))
-    print(gs.report(obj, out))
+    print(gs.report(obj, out, pdf_detail=args.pdf_detail))
     return 0
 
 
@@ -303,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=32, help="hidden size of every model")
     p.add_argument("--batch", type=int, default=64, help="training batch size")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pdf-detail",
+        action="store_true",
+        help="PDF: add every layer's figures and all metadata (default: the first screen only)",
+    )
+    p.add_argument("--no-pdf", action="store_true", help="write the HTML report only")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -323,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="profile.html", help="report path (.html/.pdf)")
     p.add_argument("--trace", help="where to save the trace (default: report path, .npz)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument(
+        "--pdf-detail",
+        action="store_true",
+        help="PDF: add every layer's figures and all metadata (default: the first screen only)",
+    )
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(
@@ -334,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="OUT.html or OUT.pdf")
     p.add_argument("--names", nargs="+", help="display names for the runs")
     p.add_argument("--force", action="store_true", help="overwrite an existing report")
+    p.add_argument(
+        "--pdf-detail",
+        action="store_true",
+        help="PDF: add every layer's figures and all metadata (default: the first screen only)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("diagnose", parents=[common], help="print the verdict table of a trace")

@@ -142,6 +142,8 @@ def run_demo(
     every: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    pdf: bool = True,
+    pdf_detail: bool = False,
 ) -> list[Path]:
     """Profile, train with the Monitor, profile again; write the comparison report.
 
@@ -157,19 +159,32 @@ def run_demo(
         every: Monitor sampling period (default: about 10 samples per run).
         progress: Show a progress bar over training.
         log: Where progress messages go.
+        pdf: Also write the PDF report (needs headless Chromium, checked before training).
+        pdf_detail: The PDF with every layer's figures (default: the first screen only).
 
     Returns:
-        The paths written: the HTML report, the PDF report and a JSON summary.
+        The paths written: the HTML report, the PDF report (when ``pdf``) and a JSON summary.
+
+    Raises:
+        PdfEngineError: ``pdf`` and no headless Chromium is installed (before any training).
     """
     from gradscope._progress import compute_threads
+
+    if pdf:
+        from gradscope.reporting.pdf import engine
+
+        engine()  # fail before minutes of training, saying what to install
+    opts = dict(pdf=pdf, pdf_detail=pdf_detail)
 
     # models this small run fastest on one thread, and a busy machine's spinning worker
     # threads made every step ~100× slower in our measurements (see gradscope._progress)
     with compute_threads(1):
-        return _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, log)
+        return _run(
+            out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, log, **opts
+        )
 
 
-def _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, log):
+def _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, log, **opts):
     """:func:`run_demo` with the threads already set."""
     import gradscope as gs
 
@@ -238,8 +253,13 @@ def _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, 
             f"ratio {test_mse / baseline:.3f}), trained {steps} steps in {train_s:.1f} s"
         )
     log("writing reports ...")
-    html = gs.report(entries, out / "report.html", title="gradscope demo: the adding problem")
-    pdf = gs.report(entries, out / "report.pdf", title="gradscope demo: the adding problem")
+    title = "gradscope demo: the adding problem"
+    html = gs.report(entries, out / "report.html", title=title)
+    written = [html]
+    if opts["pdf"]:
+        written.append(
+            gs.report(entries, out / "report.pdf", title=title, pdf_detail=opts["pdf_detail"])
+        )
     summary_path = out / "summary.json"
     settings = dict(
         task="adding problem",
@@ -253,4 +273,4 @@ def _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, 
     )
     summary_path.write_text(json.dumps(jsonable({"settings": settings, **summary}), indent=2))
     log(f"report: {html}")
-    return [html, pdf, summary_path]
+    return [*written, summary_path]

@@ -1,4 +1,4 @@
-"""Reports a person reads at a glance: one self-contained HTML file, or a multi-page PDF.
+"""Reports a person reads at a glance: one self-contained HTML file, or a PDF printed from it.
 
     import gradscope as gs
     gs.report(prof, "run.html")                       # a Profile, Diagnosis, Monitor, ...
@@ -8,8 +8,11 @@ The format follows the suffix (``.html``/``.htm`` or ``.pdf``). Reports read rec
 live models: what goes in is normalised to :class:`~gradscope.reporting.document.Run` objects
 (a diagnosis and/or a training history plus metadata), :func:`~gradscope.reporting.build.\
 build_document` decides what is shown (every figure declares the data it needs and is shown
-as missing, with the reason, when that data is absent), and :mod:`~gradscope.reporting.html` /
-:mod:`~gradscope.reporting.pdf` lay it out. Figures live in :mod:`gradscope.reporting.figures`.
+as missing, with the reason, when that data is absent), and :mod:`~gradscope.reporting.html`
+lays it out; :mod:`~gradscope.reporting.pdf` prints the HTML's print rendering with headless
+Chromium (short by default: the first screen; ``pdf_detail=True`` for every layer). Figures
+live in :mod:`gradscope.reporting.figures`. :func:`first_screen_html` gives the first screen
+(verdicts, comparison, the mechanism picture) as an HTML fragment to embed elsewhere.
 
 Accepted inputs (``obj`` of :func:`report`):
 
@@ -323,15 +326,21 @@ def _default_title(runs: list[Run]) -> str:
 
 
 # --------------------------------------------------------------------------- writing
-def report(obj: Any, path: str | os.PathLike, *, title: str | None = None) -> Path:
+def report(
+    obj: Any, path: str | os.PathLike, *, title: str | None = None, pdf_detail: bool = False
+) -> Path:
     """Write a report of ``obj`` to ``path``; the format follows the suffix.
 
     Args:
         obj: A Diagnosis, a Profile, a Monitor (or history), the path of a saved trace, or a
             ``{name: one of those}`` mapping for a side-by-side comparison.
         path: Destination ending in ``.html`` (one self-contained file: figures inline, no
-            network access when opened) or ``.pdf`` (multi-page, searchable text).
+            network access when opened) or ``.pdf`` (printed from the HTML by headless
+            Chromium: searchable text, bookmarks).
         title: Report title (default: derived from the model / the compared names).
+        pdf_detail: For a PDF, add every layer's section, the figures shared by all entries
+            and all metadata; by default the PDF holds the first screen only (verdicts,
+            comparison, the mechanism picture). The HTML report always holds everything.
 
     Returns:
         The path written.
@@ -339,6 +348,8 @@ def report(obj: Any, path: str | os.PathLike, *, title: str | None = None) -> Pa
     Raises:
         OutputError: ``path`` cannot be written (checked before any work): ``cannot write
             PATH: reason``.
+        PdfEngineError: a ``.pdf`` was asked for and no headless Chromium is installed
+            (checked before any work; the message says what to install).
         GradscopeError: an unsupported suffix or input type (and the errors of loading or
             analysing a saved trace, e.g. :class:`~gradscope.errors.TraceFormatError`).
     """
@@ -350,14 +361,40 @@ def report(obj: Any, path: str | os.PathLike, *, title: str | None = None) -> Pa
             f"{path.suffix or '(none)'!r}; use one of {', '.join(sorted(set(FORMATS)))}"
         )
     check_writable(path)  # before any analysis: a path that cannot be written fails fast
-    runs = runs_of(obj)
-    generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-    doc = build_document(runs, title or _default_title(runs), generated, _versions())
     import importlib
 
     writer = importlib.import_module(module_name)
-    atomic_write(path, lambda tmp: writer.write(doc, tmp))
+    if hasattr(writer, "engine"):
+        writer.engine()  # a PDF without a PDF engine fails fast too, saying what to install
+    doc = _document(obj, title)
+    atomic_write(path, lambda tmp: writer.write(doc, tmp, detail=pdf_detail))
     return path
 
 
-__all__ = ["FORMATS", "report", "runs_of"]
+def _document(obj: Any, title: str | None) -> Any:
+    runs = runs_of(obj)
+    generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    return build_document(runs, title or _default_title(runs), generated, _versions())
+
+
+def first_screen_html(obj: Any, *, title: str | None = None) -> str:
+    """The report's first screen as an HTML fragment with its own (scoped) CSS.
+
+    The verdicts, the comparison (for several models or layers) and the picture of the
+    mechanism, as one ``<div class="gradscope-report">`` whose style applies only inside it,
+    so it can be embedded in another page (e.g. a notebook's ``_repr_html_``). Figures are
+    inline PNGs; there is no script.
+
+    Args:
+        obj: Anything :func:`report` accepts.
+        title: Heading of the fragment (default as in :func:`report`).
+
+    Returns:
+        The HTML fragment.
+    """
+    from gradscope.reporting.html import fragment
+
+    return fragment(_document(obj, title))
+
+
+__all__ = ["FORMATS", "first_screen_html", "report", "runs_of"]

@@ -4,7 +4,8 @@ A report is built in two steps. :func:`~gradscope.reporting.build.build_document
 records (diagnoses and Monitor histories, already normalised to :class:`Run` objects) into a
 :class:`Document`: a summary table, an optional comparison, and per run and layer the verdict,
 the numbers behind it and a list of :class:`Panel` objects. The renderers
-(:mod:`gradscope.reporting.html`, :mod:`gradscope.reporting.pdf`) only lay the document out.
+(:mod:`gradscope.reporting.html`; the PDF is printed from its print rendering by
+:mod:`gradscope.reporting.pdf`) only lay the document out.
 
 Each figure a section can show is declared once, as a :class:`PanelSpec` in
 :mod:`gradscope.reporting.panels` (``LAYER_PANELS`` / ``TRAINING_PANELS``): its title, its
@@ -81,6 +82,7 @@ class Panel:
     spec: PanelSpec
     kwargs: dict[str, Any] | None
     missing: str | None
+    note: str | None = None  # e.g. which entries of a comparison figure lack its data
 
     @property
     def key(self) -> str:
@@ -172,3 +174,5 @@ class Document:
     comparison_table: list[list[str]]
     meta: list[tuple[str, str]]
     common_meta: list[tuple[str, str]] = field(default_factory=list)
+    mechanism: Panel | None = None
+    shared: list[Panel] = field(default_factory=list)
