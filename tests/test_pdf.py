@@ -20,13 +20,12 @@ import torch
 from torch import nn
 
 import gradscope as gs
-from gradscope.errors import ArgumentError
+from gradscope.errors import ArgumentError, PdfEngineError
 from gradscope.reporting import first_screen_html, runs_of
 from gradscope.reporting import html as H
 from gradscope.reporting.build import build_document
 from gradscope.reporting.document import Panel
 from gradscope.reporting.html import render
-from gradscope.reporting.pdf import PdfEngineError
 
 pytestmark = pytest.mark.browser
 

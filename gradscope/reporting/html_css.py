@@ -91,7 +91,12 @@ PRINT_CSS = """
   table.meta { break-inside: auto; }
   tr { break-inside: avoid; }
   thead { display: table-header-group; }
-  .figs { grid-template-columns: 1fr 1fr; }
+  .figs { grid-template-columns: 1fr 1fr 1fr; gap: 8px; }
+  figcaption { font-size: .78em; }
+  table.numbers, table.meta td { font-size: .8em; }
+  table.numbers td, table.meta td { padding: 2px 6px; }
+  .verdict { font-size: .92em; padding: 6px 10px; }
+  ul.advice { font-size: .92em; }
   section.run, section#shared, body.detail section#metadata { break-before: page; }
   figure { padding: 4px; }
 }

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gradscope.errors import GradscopeError
+from gradscope.errors import PdfEngineError
 from gradscope.reporting.document import Document
 from gradscope.reporting.html import render
 
@@ -36,10 +36,6 @@ from gradscope.reporting.html import render
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 #: Seconds Chromium may take to print one report.
 TIMEOUT = 180
-
-
-class PdfEngineError(GradscopeError):
-    """No PDF engine is installed, or it failed to print the report."""
 
 
 def engine() -> str:

@@ -53,7 +53,7 @@ def comparison_figure(
     """
     # many curves: a taller figure, the legend below the axes instead of over the curves
     n = len(curves)
-    fig, ax = new_axes(ax, (7.2, 4.2) if n <= 4 else (7.2, 4.4 + 0.2 * n))
+    fig, ax = new_axes(ax, (7.2, 4.2) if n <= 4 else (5.4, 3.4 + 0.2 * n))
     title = f"{DECAY_TITLE.get(of, of)}, all models"
     shown = []
     colours = palette(len(curves))
@@ -85,7 +85,7 @@ def comparison_figure(
     set_log10_axis(ax, np.concatenate([np.ravel(s) for s in shown]))
     ax.set_title(plain(title) + " (median, band 10–90%)")
     if n > 4:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), borderaxespad=0)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), borderaxespad=0)
     else:
         ax.legend(loc="best")
     return fig

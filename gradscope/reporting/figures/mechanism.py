@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from gradscope.reporting.figures.axes import set_log10_axis
 from gradscope.reporting.figures.theme import (
@@ -28,6 +29,9 @@ from gradscope.reporting.figures.theme import (
     regime_label,
     styled,
 )
+
+_BLUE = REGIME_COLOURS["vanishing"]
+_GREEN = REGIME_COLOURS["neutral"]
 
 
 class Mechanism(NamedTuple):
@@ -52,37 +56,65 @@ class Mechanism(NamedTuple):
     factor: float = math.nan
 
 
-def _panel(ax, m: Mechanism, label: str, legend: bool) -> list[np.ndarray]:
+def _panel(ax, m: Mechanism, label: str) -> list[np.ndarray]:
     lags = np.asarray(m.lags, dtype=float)
     med = np.asarray(m.median, dtype=float) / LN10
     shown: list[np.ndarray] = []
     c = np.asarray(m.carry, dtype=float) / LN10
-    green = REGIME_COLOURS["neutral"]
     if m.gate is not None and c.size and np.isfinite(c).any():
         x = np.asarray(m.carry_lags, dtype=float)
-        ax.fill_between(x, c[:, 1], c[:, 3], color=green, alpha=0.2, lw=0)
-        ax.plot(x, c[:, 2], color=green, lw=2, label=f"gates alone: ∏{m.gate} (median unit)")
+        ax.fill_between(x, c[:, 1], c[:, 3], color=_GREEN, alpha=0.2, lw=0)
+        ax.plot(x, c[:, 2], color=_GREEN, lw=2)
+        ax.text(
+            0.98,
+            0.95,
+            f"∏{m.gate}",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            color=_GREEN,
+            fontsize=10,
+            fontweight="bold",
+        )
         shown.append(c[:, 1:4].ravel())
     elif math.isfinite(m.factor) and lags.size:
-        ax.plot(
-            lags,
-            lags * m.factor / LN10,
-            color=NEUTRAL_GREY,
-            lw=1.5,
-            ls="--",
-            label="no gate: ‖diag(φ′)W_hh‖₂ᵏ (median)",
-        )
+        ax.plot(lags, lags * m.factor / LN10, color=NEUTRAL_GREY, lw=1.5, ls="--")
         shown.append(lags * m.factor / LN10)
     if lags.size and np.isfinite(med).any():
-        ax.plot(
-            lags, med, color=REGIME_COLOURS["vanishing"], lw=2, label="measured ‖∂s_T/∂s_{T−k}‖₂"
-        )
+        ax.plot(lags, med, color=_BLUE, lw=2)
         shown.append(med)
     colour = REGIME_COLOURS.get(m.regime or "", None)
-    ax.set_title(f"{plain(label)}: {regime_label(m.regime)}", color=colour, fontsize=9.5)
-    if legend:
-        ax.legend(loc="lower left", fontsize=7.5)
+    ax.set_title(f"{plain(label)}: {regime_label(m.regime)}", color=colour, fontsize=10)
     return shown
+
+
+def _legend(fig: Figure, kinds: set[str]) -> None:
+    """One legend for all axes, above them: only the lines some axes draw."""
+    handles = [Line2D([], [], color=_BLUE, lw=2, label="measured ‖∂s_T/∂s_{T−k}‖₂")]
+    if "gate" in kinds:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=_GREEN,
+                lw=2,
+                label="gates alone: carry ∏f / ∏z (median unit, band 25–75%)",
+            )
+        )
+    if "factor" in kinds:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=NEUTRAL_GREY,
+                lw=1.5,
+                ls="--",
+                label="no gate: (median ‖diag(φ′)W_hh‖₂)ᵏ",
+            )
+        )
+    fig.legend(
+        handles=handles, loc="outside upper center", ncol=len(handles), fontsize=10, frameon=False
+    )
 
 
 @styled
@@ -99,18 +131,16 @@ def mechanism_figure(entries: Mapping[str, Mechanism], *, cols: int = 3) -> Figu
     n = max(len(entries), 1)
     cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(3.9 * cols, 2.35 * rows + 0.5), layout="constrained")
+    fig = Figure(figsize=(3.3 * cols, 2.05 * rows + 0.5), layout="constrained")
     axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
     if not entries:
         no_data(axes[0, 0], "no layer has a state decay or a gate view", "The gradient highway")
         return fig
     shown: list[np.ndarray] = []
-    kinds_seen: set[str] = set()
+    kinds: set[str] = set()
     for i, (label, m) in enumerate(entries.items()):
-        ax = axes[i // cols, i % cols]
-        kind = "gate" if m.gate is not None else ("factor" if math.isfinite(m.factor) else "")
-        shown += _panel(ax, m, label, legend=kind not in kinds_seen)
-        kinds_seen.add(kind)
+        shown += _panel(axes[i // cols, i % cols], m, label)
+        kinds.add("gate" if m.gate is not None else ("factor" if math.isfinite(m.factor) else ""))
     for j in range(len(entries), rows * cols):
         axes[j // cols, j % cols].set_visible(False)
     data = np.concatenate([np.ravel(s) for s in shown]) if shown else np.zeros(1)
@@ -119,11 +149,7 @@ def mechanism_figure(entries: Mapping[str, Mechanism], *, cols: int = 3) -> Figu
         ax.set_xlabel("lag k (steps back)")
     for ax in axes[:, 0]:
         ax.set_ylabel("factor after k steps")
-    fig.suptitle(
-        "The gradient highway: measured gradient (blue) vs what the gates carry (green)",
-        fontsize=11,
-        fontweight="bold",
-    )
+    _legend(fig, kinds)
     return fig
 
 
