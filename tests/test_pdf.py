@@ -26,6 +26,7 @@ from gradscope.reporting import html as H
 from gradscope.reporting.build import build_document
 from gradscope.reporting.document import Panel
 from gradscope.reporting.html import render
+from gradscope.reporting.pdf import print_pdf
 
 pytestmark = pytest.mark.browser
 
@@ -116,7 +117,7 @@ def test_bookmarks_follow_the_headings(pdfs: dict) -> None:
     assert short.get("Does the gradient survive?") == 1
     assert short.get("Side by side") == 1
     assert "The mechanism: the gradient highway" in short
-    assert "Run metadata" in short
+    assert "Run metadata" in dict((t, p) for p, t in _outline(pdfs["detail"]))
     detail = _outline(pdfs["detail"])
     titles = [t for _, t in detail]
     assert "All models compared" in titles
@@ -159,6 +160,45 @@ def test_tables_are_not_split_across_pages(pdfs: dict, profiles: dict[str, gs.Pr
         assert len(holding) == 1, (layer.name, first, last)
 
 
+def _placeholder_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand a small white PNG in for every figure (tests of the layout only)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (60, 40), "white").save(buf, format="PNG")
+
+    class _Fig:
+        def clear(self) -> None:
+            pass
+
+    monkeypatch.setattr(Panel, "render", lambda self, ax=None: _Fig())
+    monkeypatch.setattr(H, "figure_png", lambda fig: buf.getvalue())
+
+
+@pytest.mark.parametrize("filler_mm", [118, 125])  # without the print CSS both split
+def test_print_css_moves_a_table_that_would_straddle_a_page(
+    profiles: dict[str, gs.Profile],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    filler_mm: int,
+) -> None:
+    """A block pushes the comparison table to the page's foot: it must move whole."""
+    _tool("chromium")
+    _placeholder_figures(monkeypatch)
+    doc = build_document(runs_of(profiles), "t", "now", {})
+    html = render(doc, media="print", detail=False)
+    filler = f'<div style="height:{filler_mm}mm;background:#eee">filler</div>'
+    html = html.replace('<section id="comparison"', filler + '<section id="comparison"', 1)
+    print_pdf(html, tmp_path / "t.pdf")
+    pages = _pages(tmp_path / "t.pdf", layout=True)
+    (head,) = [i for i, p in enumerate(pages) if "model / layer" in p]
+    below = pages[head].split("model / layer", 1)[1]  # the table, from its header on
+    for label in LABELS:
+        assert re.search(rf"(?m)^\s*{re.escape(label)}\s", below), (label, head)
+
+
 def test_no_engine_is_a_clear_error(
     profiles: dict[str, gs.Profile], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -178,13 +218,7 @@ def test_no_engine_is_a_clear_error(
 def test_print_rendering_opens_everything_and_is_static(
     profiles: dict[str, gs.Profile], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the layout only: figures are stood in for by a placeholder image (drawn elsewhere)
-    class _Fig:
-        def clear(self) -> None:
-            pass
-
-    monkeypatch.setattr(Panel, "render", lambda self, ax=None: _Fig())
-    monkeypatch.setattr(H, "figure_png", lambda fig: b"\x89PNG placeholder")
+    _placeholder_figures(monkeypatch)  # the layout only: the figures are drawn elsewhere
     doc = build_document(runs_of(profiles), "t", "now", {})
     screen, printed = render(doc, "screen"), render(doc, media="print", detail=True)
     # on screen the runs and long verdicts are collapsed; on paper nothing can be opened

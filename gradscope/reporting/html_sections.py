@@ -111,21 +111,23 @@ def run_section(run: RunSection, several: bool, media: str = "screen") -> str:
 
 
 def meta_section(doc: Document, detail: bool = True) -> str:
-    """The metadata: every run's (``detail``) and the report's own (always)."""
-    out = ['<section id="metadata" data-section="metadata"><h2>Run metadata</h2>']
-    if not detail:
-        out.append(
-            "<p class='note'>The figures of every layer and each run's metadata are in the "
-            "HTML report, and in the PDF written with gs.report(..., pdf_detail=True) "
-            "(command line: --pdf-detail).</p>"
+    """The metadata: every run's and the report's own (without ``detail``: one line)."""
+    if not detail:  # the short PDF: one line, not a page of tables
+        versions = " · ".join(f"{k} {v}" for k, v in [("generated", doc.generated), *doc.meta])
+        return (
+            '<section id="metadata" data-section="metadata"><p class="note">'
+            f"<strong>This report:</strong> {escape(versions)}. The figures of every layer and "
+            "each run's metadata are in the HTML report, and in the PDF written with "
+            "gs.report(..., pdf_detail=True) (command line: --pdf-detail).</p></section>"
         )
-    if detail and doc.common_meta:
+    out = ['<section id="metadata" data-section="metadata"><h2>Run metadata</h2>']
+    if doc.common_meta:
         out.append("<h3>Common to all runs</h3><table class='meta'><tbody>")
         for k, v in doc.common_meta:
             val = f"<pre>{escape(v)}</pre>" if "\n" in v else escape(v)
             out.append(f"<tr><td>{escape(k)}</td><td>{val}</td></tr>")
         out.append("</tbody></table>")
-    for run in doc.runs if detail else []:
+    for run in doc.runs:
         label = run.label if run.label is not None else "Run"
         out.append(f"<h3>{escape(label)}</h3><table class='meta'><tbody>")
         none = "nothing beyond what all runs share" if doc.common_meta else "no metadata"
