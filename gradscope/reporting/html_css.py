@@ -99,6 +99,9 @@ PRINT_CSS = """
   ul.advice { font-size: .92em; }
   section.run, section#shared, body.detail section#metadata { break-before: page; }
   figure { padding: 4px; }
+  table.summary, table.cmp { font-size: .84em; }
+  th, td { padding: 3px 6px; }
+  footer { margin-top: 8px; padding-top: 4px; break-before: avoid; }
 }
 """
 
