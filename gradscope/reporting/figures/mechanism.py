@@ -98,7 +98,7 @@ def _legend(fig: Figure, kinds: set[str]) -> None:
                 [],
                 color=_GREEN,
                 lw=2,
-                label="gates alone: carry ∏f / ∏z (median unit, band 25–75%)",
+                label="gates alone: ∏f or ∏z (median unit, 25–75%)",
             )
         )
     if "factor" in kinds:
@@ -109,7 +109,7 @@ def _legend(fig: Figure, kinds: set[str]) -> None:
                 color=NEUTRAL_GREY,
                 lw=1.5,
                 ls="--",
-                label="no gate: (median ‖diag(φ′)W_hh‖₂)ᵏ",
+                label="no gate: median ‖diag(φ′)W_hh‖₂ᵏ",
             )
         )
     fig.legend(
