@@ -19,15 +19,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# The demo writes a PDF too, printed by headless Chromium: `browser` makes sure it is there.
+demo: $(STAMP) browser
 	$(BIN)/gradscope demo
 
-# Headless Chromium and poppler-utils for the report tests (Debian packages).
+# Headless Chromium (the PDF engine) and poppler-utils (the report tests), Debian packages.
 browser:
 	@if ! command -v chromium >/dev/null 2>&1 || ! command -v pdftoppm >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils >/dev/null; \
-	  else echo "note: install Debian packages 'chromium' and 'poppler-utils' for the browser/PDF tests"; fi; \
+	  else echo "note: install Debian packages 'chromium' (PDF reports) and 'poppler-utils' (PDF tests)"; fi; \
 	fi
 
 lint: $(STAMP)

@@ -79,6 +79,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         hidden=args.hidden,
         batch=args.batch,
         seed=args.seed,
+        pdf=not args.no_pdf,
+        pdf_detail=args.pdf_detail,
         progress=not args.quiet,
         log=(lambda m: _say(args, m)),
     )
@@ -153,7 +155,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     trace_written = prof.trace.save(trace_path)
     _say(args, f"writing {out} ...")
     t1 = time.perf_counter()
-    written = gs.report(prof, out, progress=progress)
+    written = gs.report(prof, out, progress=progress, pdf_detail=args.pdf_detail)
     _say(args, f"wrote {out} in {time.perf_counter() - t1:.1f} s")
     extra: dict[str, Any] = {"report": str(written), "trace": str(trace_written)}
     if args.json:
@@ -186,7 +188,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         obj = dict(zip(names, runs))
     t0 = time.perf_counter()
     _say(args, f"analysing {', '.join(map(str, runs))} and writing {out} ...")
-    written = gs.report(obj, out, progress=not args.quiet)
+    written = gs.report(obj, out, progress=not args.quiet, pdf_detail=args.pdf_detail)
     _say(args, f"done in {time.perf_counter() - t0:.1f} s")
     print(written)
     return 0
@@ -284,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=32, help="hidden size of every model")
     p.add_argument("--batch", type=int, default=64, help="training batch size")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pdf-detail",
+        action="store_true",
+        help="PDF: add every layer's figures and all metadata (default: the first screen only)",
+    )
+    p.add_argument("--no-pdf", action="store_true", help="write the HTML report only")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -311,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
         "model returned, batch: the --input tensor); adds the loss-gradient decay per layer",
     )
     _json_and_fail_on(p)
+    p.add_argument(
+        "--pdf-detail",
+        action="store_true",
+        help="PDF: add every layer's figures and all metadata (default: the first screen only)",
+    )
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(
@@ -327,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="OUT.html or OUT.pdf")
     p.add_argument("--names", nargs="+", help="display names for the runs")
     p.add_argument("--force", action="store_true", help="overwrite an existing report")
+    p.add_argument(
+        "--pdf-detail",
+        action="store_true",
+        help="PDF: add every layer's figures and all metadata (default: the first screen only)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(

@@ -142,6 +142,8 @@ def run_demo(
     every: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    pdf: bool = True,
+    pdf_detail: bool = False,
 ) -> list[Path]:
     """Profile, train with the Monitor, profile again; write the comparison report.
 
@@ -158,19 +160,32 @@ def run_demo(
         progress: Show progress of training and of drawing the reports' figures (a bar on
             a terminal, an occasional line elsewhere).
         log: Where progress messages go.
+        pdf: Also write the PDF report (needs headless Chromium, checked before training).
+        pdf_detail: The PDF with every layer's figures (default: the first screen only).
 
     Returns:
-        The paths written: the HTML report, the PDF report and a JSON summary.
+        The paths written: the HTML report, the PDF report (when ``pdf``) and a JSON summary.
+
+    Raises:
+        PdfEngineError: ``pdf`` and no headless Chromium is installed (before any training).
     """
     from gradscope._progress import compute_threads
+
+    if pdf:
+        from gradscope.reporting.pdf import engine
+
+        engine()  # fail before minutes of training, saying what to install
+    opts = dict(pdf=pdf, pdf_detail=pdf_detail)
 
     # models this small run fastest on one thread, and a busy machine's spinning worker
     # threads made every step ~100× slower in our measurements (see gradscope._progress)
     with compute_threads(1):
-        return _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, log)
+        return _run(
+            out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, log, **opts
+        )
 
 
-def _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, log):
+def _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, log, **opts):
     """:func:`run_demo` with the threads already set."""
     import gradscope as gs
 
@@ -240,12 +255,17 @@ def _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, 
         )
     title = "gradscope demo: the adding problem"
     written = []
-    for name in ("report.html", "report.pdf"):
+    names = ["report.html"] + (["report.pdf"] if opts["pdf"] else [])
+    for name in names:
         log(f"writing {out / name} ...")
         t0 = time.perf_counter()
-        written.append(gs.report(entries, out / name, title=title, progress=progress))
+        written.append(
+            gs.report(
+                entries, out / name, title=title, progress=progress, pdf_detail=opts["pdf_detail"]
+            )
+        )
         log(f"wrote {out / name} in {time.perf_counter() - t0:.0f} s")
-    html, pdf = written
+    html = written[0]
     summary_path = out / "summary.json"
     settings = dict(
         task="adding problem",
@@ -259,4 +279,4 @@ def _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, 
     )
     summary_path.write_text(json.dumps(jsonable({"settings": settings, **summary}), indent=2))
     log(f"report: {html}")
-    return [html, pdf, summary_path]
+    return [*written, summary_path]

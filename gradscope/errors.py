@@ -85,6 +85,13 @@ class OptionalDependencyError(GradscopeError, ImportError):
     """An optional extra (Lightning, TensorBoard, ...) is needed but not installed."""
 
 
+class PdfEngineError(GradscopeError, RuntimeError):
+    """A PDF report cannot be printed: no headless Chromium, or it failed.
+
+    The message says what to install, or what Chromium said.
+    """
+
+
 __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
@@ -96,6 +103,7 @@ __all__ = [
     "NumericalError",
     "OptionalDependencyError",
     "OutputError",
+    "PdfEngineError",
     "ReplayMismatchError",
     "ShapeError",
     "TraceFormatError",

@@ -201,8 +201,10 @@ def test_report_shows_gate_views_where_they_apply_and_a_note_elsewhere(tmp_path)
     }
     gs.report(runs, tmp_path / "r.html")
     html = (tmp_path / "r.html").read_text()
-    for key in ("gate-carry", "gate-share", "gate-distributions"):
+    for key in ("gate-share", "gate-distributions", "repeated-factor"):
         assert f'data-figure="{key}"' in html
+    # the carry is drawn once for all layers, in the mechanism picture on the first screen
+    assert html.count('data-figure="mechanism"') == 1 and 'data-figure="gate-carry"' not in html
     assert "data-missing='gates'" in html and "Gate views: not shown for a example:mingru" in html
     assert 'data-figure="memory-timescales"' in html
 

@@ -75,7 +75,7 @@ def test_first_screen_html_compares_without_drawing_unless_asked(prof) -> None:
     assert "figures=True" in html  # says where the figure is
     assert len(re.findall(r"<tr data-layer=", html)) == 4  # 2 runs × 2 layers
     drawn = first_screen_html({"a": prof, "b": prof.diagnosis}, figures=True)
-    assert drawn.count("<img") == 1
+    assert drawn.count("<img") == 2  # the decay comparison and the mechanism picture
 
 
 def test_css_is_scoped_to_the_fragment() -> None:

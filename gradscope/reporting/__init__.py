@@ -1,4 +1,4 @@
-"""Reports a person reads at a glance: one self-contained HTML file, or a multi-page PDF.
+"""Reports a person reads at a glance: one self-contained HTML file, or a PDF printed from it.
 
     import gradscope as gs
     gs.report(prof, "run.html")                       # a Profile, Diagnosis, Monitor, ...
@@ -8,8 +8,11 @@ The format follows the suffix (``.html``/``.htm`` or ``.pdf``). Reports read rec
 live models: what goes in is normalised to :class:`~gradscope.reporting.document.Run` objects
 (a diagnosis and/or a training history plus metadata), :func:`~gradscope.reporting.build.\
 build_document` decides what is shown (every figure declares the data it needs and is shown
-as missing, with the reason, when that data is absent), and :mod:`~gradscope.reporting.html` /
-:mod:`~gradscope.reporting.pdf` lay it out. Figures live in :mod:`gradscope.reporting.figures`.
+as missing, with the reason, when that data is absent), and :mod:`~gradscope.reporting.html`
+lays it out; :mod:`~gradscope.reporting.pdf` prints the HTML's print rendering with headless
+Chromium (short by default: the first screen; ``pdf_detail=True`` for every layer). Figures
+live in :mod:`gradscope.reporting.figures`. :func:`first_screen_html` gives the first screen
+(verdicts, comparison, the mechanism picture) as an HTML fragment to embed elsewhere.
 
 Accepted inputs (``obj`` of :func:`report`):
 
@@ -337,6 +340,7 @@ def report(
     *,
     title: str | None = None,
     progress: bool | str = "auto",
+    pdf_detail: bool = False,
 ) -> Path:
     """Write a report of ``obj`` to ``path``; the format follows the suffix.
 
@@ -344,10 +348,14 @@ def report(
         obj: A Diagnosis, a Profile, a Monitor (or history), the path of a saved trace, or a
             ``{name: one of those}`` mapping for a side-by-side comparison.
         path: Destination ending in ``.html`` (one self-contained file: figures inline, no
-            network access when opened) or ``.pdf`` (multi-page, searchable text).
+            network access when opened) or ``.pdf`` (printed from the HTML by headless
+            Chromium: searchable text, bookmarks).
         title: Report title (default: derived from the model / the compared names).
         progress: Progress of the analysis of saved traces and of drawing the figures:
             True, False or ``"auto"`` (a bar on a terminal; see :mod:`gradscope._progress`).
+        pdf_detail: For a PDF, add every layer's section, the figures shared by all entries
+            and all metadata; by default the PDF holds the first screen only (verdicts,
+            comparison, the mechanism picture). The HTML report always holds everything.
 
     Returns:
         The path written.
@@ -355,6 +363,8 @@ def report(
     Raises:
         OutputError: ``path`` cannot be written (checked before any work): ``cannot write
             PATH: reason``.
+        PdfEngineError: a ``.pdf`` was asked for and no headless Chromium is installed
+            (checked before any work; the message says what to install).
         GradscopeError: an unsupported suffix or input type (and the errors of loading or
             analysing a saved trace, e.g. :class:`~gradscope.errors.TraceFormatError`).
     """
@@ -366,36 +376,45 @@ def report(
             f"{path.suffix or '(none)'!r}; use one of {', '.join(sorted(set(FORMATS)))}"
         )
     check_writable(path)  # before any analysis: a path that cannot be written fails fast
-    runs = runs_of(obj, progress)
-    generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-    doc = build_document(runs, title or _default_title(runs), generated, _versions())
     import importlib
 
     from gradscope._progress import progress_bar
 
     writer = importlib.import_module(module_name)
+    if hasattr(writer, "engine"):
+        writer.engine()  # a PDF without a PDF engine fails fast too, saying what to install
+    doc = _document(obj, title, progress)
     figures = doc.figures()
     with progress_bar(len(figures), f"figures of {path.name}", progress, unit="figure") as bar:
         for panel in figures:
             panel.observer = bar
         try:
-            atomic_write(path, lambda tmp: writer.write(doc, tmp))
+            atomic_write(path, lambda tmp: writer.write(doc, tmp, detail=pdf_detail))
         finally:
             for panel in figures:
                 panel.observer = None
     return path
 
 
-def first_screen_html(obj: Any, *, figures: bool = False, title: str | None = None) -> str:
-    """The first screen of ``obj``'s report (verdict table, comparison) as an HTML fragment.
+def _document(obj: Any, title: str | None, progress: bool | str = False) -> Any:
+    runs = runs_of(obj, progress)
+    generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    return build_document(runs, title or _default_title(runs), generated, _versions())
 
-    What a notebook shows for a Profile, a Diagnosis or a History (their ``_repr_html_``),
-    for anything :func:`report` accepts. One ``<div>`` with its own scoped CSS.
+
+def first_screen_html(obj: Any, *, figures: bool = True, title: str | None = None) -> str:
+    """The report's first screen as an HTML fragment with its own (scoped) CSS.
+
+    The verdicts, the comparison (for several models or layers) and the picture of the
+    mechanism, as one ``<div class="gradscope-report">`` whose style applies only inside it,
+    so it can be embedded in another page; a notebook's ``_repr_html_`` of a Profile, a
+    Diagnosis or a History is this without figures. Figures are inline PNGs; no script.
 
     Args:
-        obj: What :func:`report` accepts (a saved trace's path is analysed first).
-        figures: Draw the comparison figure of several runs (off: fast, no matplotlib).
-        title: A line above the table (default: as the report's title).
+        obj: Anything :func:`report` accepts (a saved trace's path is analysed first).
+        figures: Draw the first screen's figures (off: a note in their place, no
+            matplotlib, milliseconds instead of seconds).
+        title: Heading of the fragment (default as in :func:`report`).
 
     Returns:
         The HTML fragment.

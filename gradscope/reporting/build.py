@@ -31,6 +31,7 @@ from gradscope.reporting.panels import (
     make_panel,
     slug,
 )
+from gradscope.reporting.shared import SHARED_KEYS, mechanism_panel, shared_panels
 
 
 # --------------------------------------------------------------------------- document
@@ -47,9 +48,14 @@ def _flatten_meta(meta: Mapping[str, Any], prefix: str = "") -> list[tuple[str, 
     return out
 
 
-def _layer_section(run: Run, layer: Any, run_anchor: str) -> LayerSection:
+def _layer_section(run: Run, layer: Any, run_anchor: str, shared: bool) -> LayerSection:
+    """One layer's section; with ``shared``, the figures drawn once for all layers are left out.
+
+    The gate carry is always left out: it is part of the mechanism picture on the first screen.
+    """
     name = str(layer.name)
     specs = [*LAYER_PANELS[:1], *GATE_PANELS, *LAYER_PANELS[1:]]  # the why after the what
+    specs = [s for s in specs if s.key != "gate-carry" and not (shared and s.key in SHARED_KEYS)]
     return LayerSection(
         run=run.label,
         name=name,
@@ -154,6 +160,8 @@ def build_document(
     curves: dict[str, F.Curve] = {}
     used: set[str] = set()
     extra: dict[tuple[str | None, str], tuple[Run, Any]] = {}
+    entries: list[tuple[str, Any]] = []
+    n_layers = sum(len(r.diagnosis.layers) for r in runs if r.diagnosis is not None)
     for i, run in enumerate(runs):
         anchor = slug(f"run-{run.label}") if run.label is not None else "run"
         if anchor in used:
@@ -162,18 +170,19 @@ def build_document(
         layers = [] if run.diagnosis is None else list(run.diagnosis.layers)
         lsecs = []
         for layer in layers:
-            sec = _layer_section(run, layer, anchor)
+            sec = _layer_section(run, layer, anchor, shared=n_layers > 1)
             lsecs.append(sec)
             summary.append(_summary_row(sec, layer))
             extra[(sec.run, sec.name)] = (run, layer)
             if sec.nonfinite:
                 who = f"{run.label} / {sec.name}" if run.label else sec.name
                 alerts.append(f"{who}: {sec.nonfinite}")
+            label = sec.name if run.label is None else f"{run.label} · {sec.name}"
+            if len(layers) == 1 and run.label is not None:
+                label = run.label
+            entries.append((label, layer))
             d = (getattr(layer, "decay", None) or {}).get("state")
             if d is not None:
-                label = sec.name if run.label is None else f"{run.label} · {sec.name}"
-                if len(layers) == 1 and run.label is not None:
-                    label = run.label
                 curves[label] = F.Curve(d.lags, d.median, d.band, float(d.rate), d.regime)
         training, training_missing = _training(run)
         problem = run.problem
@@ -196,14 +205,14 @@ def build_document(
         )
     comparison = None
     table: list[list[str]] = []
-    if len(runs) > 1:
+    if len(runs) > 1 or n_layers > 1:
         if len(curves) >= 2:
             comparison = Panel(COMPARISON_PANEL, dict(curves=curves), None)
         else:
             comparison = Panel(
                 COMPARISON_PANEL,
                 None,
-                f"only {len(curves)} of the {len(runs)} runs has a state decay curve",
+                f"only {len(curves)} of the {len(entries)} layers has a state decay curve",
             )
         learned = any(isinstance(r.meta.get("outcome"), dict) for r in runs)
         table = [
@@ -239,6 +248,8 @@ def build_document(
         comparison=comparison,
         comparison_table=table,
         meta=_flatten_meta(meta),
+        mechanism=mechanism_panel(entries),
+        shared=shared_panels(entries) if n_layers > 1 else [],
     )
 
 

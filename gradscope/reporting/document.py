@@ -4,7 +4,8 @@ A report is built in two steps. :func:`~gradscope.reporting.build.build_document
 records (diagnoses and Monitor histories, already normalised to :class:`Run` objects) into a
 :class:`Document`: a summary table, an optional comparison, and per run and layer the verdict,
 the numbers behind it and a list of :class:`Panel` objects. The renderers
-(:mod:`gradscope.reporting.html`, :mod:`gradscope.reporting.pdf`) only lay the document out.
+(:mod:`gradscope.reporting.html`; the PDF is printed from its print rendering by
+:mod:`gradscope.reporting.pdf`) only lay the document out.
 
 Each figure a section can show is declared once, as a :class:`PanelSpec` in
 :mod:`gradscope.reporting.panels` (``LAYER_PANELS`` / ``TRAINING_PANELS``): its title, its
@@ -90,6 +91,7 @@ class Panel:
     spec: PanelSpec
     kwargs: dict[str, Any] | None
     missing: str | None
+    note: str | None = None  # e.g. which entries of a comparison figure lack its data
     observer: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -194,10 +196,13 @@ class Document:
     comparison_table: list[list[str]]
     meta: list[tuple[str, str]]
     common_meta: list[tuple[str, str]] = field(default_factory=list)
+    mechanism: Panel | None = None
+    shared: list[Panel] = field(default_factory=list)
 
     def figures(self) -> list[Panel]:
         """Every panel with data to draw (missing ones are a box of text), in document order."""
-        panels = [self.comparison] if self.comparison is not None else []
+        panels = [p for p in (self.comparison, self.mechanism) if p is not None]
+        panels.extend(self.shared)
         for run in self.runs:
             panels.extend(p for _, ps in run.training for p in ps)
             panels.extend(p for sec in run.layers for p in sec.panels)

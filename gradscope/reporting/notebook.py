@@ -22,10 +22,12 @@ from typing import Any
 
 from gradscope.reporting.build import build_document
 from gradscope.reporting.document import Panel, Run
-from gradscope.reporting.html import CSS, _comparison, _regime, _summary
+from gradscope.reporting.html import FRAGMENT_CLASS, _regime
+from gradscope.reporting.html import first_screen as page_first_screen
+from gradscope.reporting.html_css import CSS, scoped
 
 #: The class of the fragment's outer ``<div>``; every CSS rule is scoped under it.
-SCOPE = "gradscope-first-screen"
+SCOPE = FRAGMENT_CLASS
 
 _NO_FIGURE = (
     "left out of the notebook view to keep it fast: first_screen_html(obj, figures=True) or "
@@ -33,26 +35,9 @@ _NO_FIGURE = (
 )
 
 
-def scoped_css(css: str = CSS, scope: str = SCOPE) -> str:
-    """The report's CSS with every selector under ``.scope`` (print rules dropped).
-
-    ``:root``, ``body``, ``main`` and ``*`` become the scope element itself, so the page
-    variables and fonts apply inside the fragment only.
-    """
-    css = re.sub(r"@media[^{]*\{(?:[^{}]*\{[^{}]*\})*[^{}]*\}", "", css)
-    out = []
-    for selectors, body in re.findall(r"([^{}]+)\{([^{}]*)\}", css):
-        scoped = []
-        for sel in selectors.split(","):
-            sel = sel.strip()
-            if sel in (":root", "body", "main"):
-                scoped.append(f".{scope}")
-            elif sel == "*":
-                scoped.append(f".{scope}, .{scope} *")
-            else:
-                scoped.append(f".{scope} {sel}")
-        out.append(f"{', '.join(scoped)} {{{body.strip()}}}")
-    return "\n".join(out)
+def scoped_css() -> str:
+    """The report's CSS with every rule under ``.gradscope-report`` (print rules dropped)."""
+    return scoped(CSS, f".{SCOPE}")
 
 
 def _wrap(body: str, title: str) -> str:
@@ -63,25 +48,30 @@ def _wrap(body: str, title: str) -> str:
 
 
 def first_screen(runs: list[Run], title: str, figures: bool = False) -> str:
-    """The summary table (and, for several runs, the comparison) of ``runs`` as a fragment.
+    """The report's first screen of ``runs`` as a fragment (verdicts, comparison, mechanism).
 
     Args:
         runs: Normalised runs (:func:`gradscope.reporting.runs_of`).
         title: A line above the table.
-        figures: Draw the comparison figure (off: a note in its place, and no matplotlib).
+        figures: Draw the first screen's figures (the decay comparison and the mechanism
+            picture; off: a note in their place, and no matplotlib).
 
     Returns:
-        An HTML ``<div>`` with its own scoped ``<style>``.
+        An HTML ``<div>`` with its own scoped ``<style>``, and no script.
     """
     doc = build_document(runs, title, "", {})
-    if doc.comparison is not None and not figures:
-        doc.comparison = Panel(doc.comparison.spec, None, _NO_FIGURE)
+    if not figures:
+        for attr in ("comparison", "mechanism"):
+            panel = getattr(doc, attr)
+            if panel is not None:
+                setattr(doc, attr, Panel(panel.spec, None, _NO_FIGURE))
     if not doc.summary and not any(r.history is not None for r in runs):
         why = "; ".join(r.problem for r in runs if r.problem) or "no recurrent layer was recorded"
         return _wrap(f"<p class='missing-line'>Nothing to show: {escape(why)}.</p>", title)
-    # the fragment has no per-layer sections: the layer names are text, not links
-    body = re.sub(r"<a href='#[^']*'>(.*?)</a>", r"\1", _summary(doc)) if doc.summary else ""
-    body += _comparison(doc)
+    body = ""
+    if doc.summary:
+        # the fragment has no per-layer sections: the layer names are text, not links
+        body = re.sub(r"<a href='#[^']*'>(.*?)</a>", r"\1", page_first_screen(doc, "static"))
     histories = [r for r in runs if r.history is not None and r.diagnosis is None]
     body += "".join(_history(r.history, r.label) for r in histories)
     return _wrap(body, title)

@@ -21,8 +21,10 @@ Conventions shared by all figures:
 
 Modules: :mod:`.theme` (palette, regime colours and markers, the style context, number
 formats), :mod:`.axes` (log-scale axes), :mod:`.decay`, :mod:`.training`, :mod:`.spectra`,
-:mod:`.lyapunov`, :mod:`.comparison`. The figures and the shared look are re-exported here,
-so ``from gradscope.reporting import figures as F; F.decay_figure(...)`` reads as before.
+:mod:`.lyapunov`, :mod:`.comparison`, :mod:`.mechanism` (the gradient highway per model),
+:mod:`.multiples` (one figure function drawn for several entries). The figures and the
+shared look are re-exported here, so ``from gradscope.reporting import figures as F;
+F.decay_figure(...)`` reads as before.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ from gradscope.reporting.figures.lyapunov import (
     lyapunov_convergence_figure,
     lyapunov_spectrum_figure,
 )
+from gradscope.reporting.figures.mechanism import Mechanism, mechanism_figure
 from gradscope.reporting.figures.memory import decay_heatmap_figure, timescale_figure
+from gradscope.reporting.figures.multiples import small_multiples
 from gradscope.reporting.figures.spectra import (
     eigenvalue_figure,
     singular_value_figure,
@@ -75,6 +79,9 @@ __all__ = [
     "REGIME_MARKERS",
     "REGIME_SYMBOLS",
     "Curve",
+    "Mechanism",
+    "mechanism_figure",
+    "small_multiples",
     "comparison_figure",
     "decay_figure",
     "decay_heatmap_figure",

@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from gradscope.reporting.figures.axes import set_log10_axis
-from gradscope.reporting.figures.decay import DECAY_YLABEL, band_ok
+from gradscope.reporting.figures.decay import DECAY_TITLE, DECAY_YLABEL, band_ok
 from gradscope.reporting.figures.theme import (
     LINESTYLES,
     LN10,
@@ -36,21 +36,25 @@ class Curve(NamedTuple):
 
 
 @styled
-def comparison_figure(curves: Mapping[str, Curve], *, ax: Axes | None = None) -> Figure:
+def comparison_figure(
+    curves: Mapping[str, Curve], *, of: str = "state", ax: Axes | None = None
+) -> Figure:
     """Decay curves of several models on one axes: the classic vanilla vs LSTM vs GRU view.
 
     Each model gets its own colour *and* line style; the legend names its regime and rate.
 
     Args:
         curves: ``{label: Curve}`` in display order.
+        of: ``"state"``, ``"input"`` or ``"loss"``: which decay (title and axis label).
         ax: Axes to draw into.
 
     Returns:
         The figure drawn on.
     """
-    # many curves: a wider figure, the legend beside the axes instead of over the curves
-    fig, ax = new_axes(ax, (7.2, 4.2) if len(curves) <= 4 else (11.0, 4.6))
-    title = "State-gradient decay, all models"
+    # many curves: a taller figure, the legend below the axes instead of over the curves
+    n = len(curves)
+    fig, ax = new_axes(ax, (7.2, 4.2) if n <= 4 else (5.4, 3.4 + 0.2 * n))
+    title = f"{DECAY_TITLE.get(of, of)}, all models"
     shown = []
     colours = palette(len(curves))
     for i, (label, c) in enumerate(curves.items()):
@@ -77,12 +81,11 @@ def comparison_figure(curves: Mapping[str, Curve], *, ax: Axes | None = None) ->
         no_data(ax, "no model has a finite decay curve", title)
         return fig
     ax.set_xlabel("lag k (timesteps back from the last step T)")
-    ax.set_ylabel(DECAY_YLABEL["state"])
+    ax.set_ylabel(DECAY_YLABEL.get(of, DECAY_YLABEL["state"]))
     set_log10_axis(ax, np.concatenate([np.ravel(s) for s in shown]))
     ax.set_title(plain(title) + " (median, band 10–90%)")
-    n = len(curves)
     if n > 4:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), borderaxespad=0)
     else:
         ax.legend(loc="best")
     return fig
