@@ -191,11 +191,10 @@ def test_report_progress_counts_every_figure(history_file, tmp_path, capsys, mon
     gs.report(history_file, tmp_path / "r.html", progress=True)
     lines = re.sub(r"\d+ s\b", "N s", capsys.readouterr().err).splitlines()  # times vary
     n = len(build_document(runs_of(history_file), "t", "now", {}).figures())
-    assert n == 2  # a history alone: its heatmap and its decay-rate figure
+    assert n == 3  # a history alone: its heatmap, its decay-rate and its gates figure
     assert lines == [
-        "figures of r.html: 1/2 figures, N s",
-        "figures of r.html: 2/2 figures, N s",
-        "figures of r.html: done, 2 figures in N s",
+        *(f"figures of r.html: {i}/3 figures, N s" for i in (1, 2, 3)),
+        "figures of r.html: done, 3 figures in N s",
     ]
     gs.report(history_file, tmp_path / "q.html", progress=False)
     assert capsys.readouterr().err == ""

@@ -146,8 +146,7 @@ def test_page_loads_nothing_from_a_network(run: SimpleNamespace) -> None:
     live = re.findall(r'data-figure="([^"]+)" data-interactive="true"', src)
     assert sorted(live) == [
         "decay-input",  # no loss gradients in this run: no decay-loss
-        "decay-state",
-        "gate-carry",
+        "decay-state",  # one layer: no shared figures, the layer keeps its own
         "heatmap",
         "lyapunov-convergence",
         "spectral-time",

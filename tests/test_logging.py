@@ -348,7 +348,7 @@ def test_missing_wandb_gives_a_helpful_error(monkeypatch):
     from gradscope.integrations.wandb import WandbWriter
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # import of it now fails
-    with pytest.raises(OptionalDependencyError, match=r"gradscope\[wandb\]"):
+    with pytest.raises(OptionalDependencyError, match=r"gradscope-rnn\[wandb\]"):
         WandbWriter(project="never-started")
 
 

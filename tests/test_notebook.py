@@ -70,7 +70,7 @@ def test_empty_objects_say_so() -> None:
 
 
 def test_first_screen_html_compares_without_drawing_unless_asked(prof) -> None:
-    html = first_screen_html({"a": prof, "b": prof.diagnosis})
+    html = first_screen_html({"a": prof, "b": prof.diagnosis}, figures=False)
     assert 'data-section="comparison"' in html and "<img" not in html
     assert "figures=True" in html  # says where the figure is
     assert len(re.findall(r"<tr data-layer=", html)) == 4  # 2 runs × 2 layers

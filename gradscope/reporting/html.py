@@ -114,6 +114,8 @@ def _panel(panel: Panel, anchor: str, media: str = "screen", wide: bool = False)
         )
     live = I.panel_html(panel, fid) if media == "screen" else None  # "static": PNGs only
     if live is not None:
+        if panel.observer is not None:  # drawn in the page: counts as drawn for progress
+            panel.observer.update(1)
         return live
     fig = panel.render()
     png = figure_png(fig)

@@ -163,8 +163,9 @@ def factor_norms(
     """
     norms, at, w_norm = factor_samples(layer, dphi, steps=steps, seqs=seqs)
     q = np.full((len(at), len(QUANTILES)), np.nan)
-    ok = ~np.isnan(norms).all(axis=1)
-    q[ok] = np.nanquantile(norms[ok], QUANTILES, axis=1).T
+    ok = ~np.isnan(norms).all(axis=1) if norms.shape[1] else np.zeros(len(at), dtype=bool)
+    if ok.any():
+        q[ok] = np.nanquantile(norms[ok], QUANTILES, axis=1).T
     return q, at, w_norm
 
 
