@@ -9,7 +9,8 @@ first pair of runs, reported apart: the Monitor's first sampled step is always a
 the paired ratio (monitored run / adjacent plain run) minus one, with its interquartile
 range, and as the ratio of the total times minus one (which spreads the occasional
 analysis of ``analyze="auto"`` fairly), without and with the first pair. With ``every=50``
-a 100-step run samples 2 steps: one in 50. ``every=1`` samples (and records) every step.
+a 100-step run samples 2 steps: one in 50. ``every=1`` samples (and records) every step;
+its rows run with ``analyze=False``, with and without the gate numbers (``gates=``).
 
 Memory: a separate Monitor(every=50) trains for ``--memory-steps`` steps; the resident set
 size (VmRSS from /proc/self/status, else ru_maxrss) is read after 100 steps and at five
@@ -199,12 +200,27 @@ def main(argv: list[str] | None = None) -> int:
     ):
         print(f"  {label}: {sampled_step_cost(loop, 5, **kw) * 1e3:.0f} ms")
 
-    for label, every, steps in (
-        ("every=50 (defaults: analyze='auto', budget 5%)", 50, args.steps),
-        ("every=50, analyze=False (grad norms only)", 50, args.steps),
-        ("every=1 (defaults)", 1, args.every1_steps),
+    for label, every, steps, kw in (
+        ("every=50 (defaults: analyze='auto', budget 5%)", 50, args.steps, {}),
+        (
+            "every=50, analyze=False (grad norms and gate numbers)",
+            50,
+            args.steps,
+            {"analyze": False},
+        ),
+        (
+            "every=1, analyze=False (grad norms and gate numbers)",
+            1,
+            args.every1_steps,
+            {"analyze": False},
+        ),
+        (
+            "every=1, analyze=False, gates=False (grad norms only)",
+            1,
+            args.every1_steps,
+            {"analyze": False, "gates": False},
+        ),
     ):
-        kw = {"analyze": False} if "analyze=False" in label else {}
         monitor = gs.Monitor(loop.model, every=every, **kw)
         res = overhead(loop, args.rounds, steps, monitor)
         monitor.close()

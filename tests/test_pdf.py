@@ -21,8 +21,7 @@ from torch import nn
 
 import gradscope as gs
 from gradscope.errors import ArgumentError, PdfEngineError
-from gradscope.reporting import first_screen_html, runs_of
-from gradscope.reporting import html as H
+from gradscope.reporting import first_screen_html, html_figures, runs_of
 from gradscope.reporting.build import build_document
 from gradscope.reporting.document import Panel
 from gradscope.reporting.html import render
@@ -174,7 +173,7 @@ def _placeholder_figures(monkeypatch: pytest.MonkeyPatch) -> None:
             pass
 
     monkeypatch.setattr(Panel, "render", lambda self, ax=None: _Fig())
-    monkeypatch.setattr(H, "figure_png", lambda fig: buf.getvalue())
+    monkeypatch.setattr(html_figures, "figure_png", lambda fig: buf.getvalue())
 
 
 @pytest.mark.parametrize("filler_mm", [118, 125])  # without the print CSS both split

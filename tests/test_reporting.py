@@ -464,7 +464,7 @@ def test_atomic_write_success_and_failure(
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
 
     out.write_text("previous report")
-    from gradscope.reporting import html as html_mod
+    from gradscope.reporting import html_figures as html_mod
     from gradscope.reporting import pdf as pdf_mod
 
     def boom(*args: object, **kwargs: object) -> None:

@@ -36,20 +36,20 @@ the displayed size.
 
 from __future__ import annotations
 
-import base64
-import io
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from gradscope.errors import ArgumentError
 from gradscope.reporting import interactive as I
-from gradscope.reporting.document import Document, Panel
-from gradscope.reporting.figures import REGIME_SYMBOLS, regime_label
+from gradscope.reporting.document import Document
+from gradscope.reporting.figures import REGIME_SYMBOLS
 from gradscope.reporting.html_css import CSS, PRINT_CSS
+from gradscope.reporting.html_figures import DPI, figure_png
+from gradscope.reporting.html_figures import panel_html as _panel
+from gradscope.reporting.html_figures import regime_badge as _regime
+from gradscope.reporting.html_sections import meta_section, run_section, shared_section
 
-#: Resolution of the inline PNG figures (pixels per inch of figure size).
-DPI = 110
 #: The media :func:`render` lays a document out for.
 MEDIA = ("screen", "static", "print")
 #: Headings of the two first-screen figures (PDF bookmarks too).
@@ -57,75 +57,6 @@ DECAY_HEADING = "How far back the gradient reaches"
 MECHANISM_HEADING = "The mechanism: the gradient highway"
 #: The element a first-screen fragment is wrapped in (its CSS applies only inside it).
 FRAGMENT_CLASS = "gradscope-report"
-
-
-def figure_png(fig: Any, dpi: int = DPI) -> bytes:
-    """PNG bytes of a matplotlib figure: white background, 256-colour palette.
-
-    Quantising to an adaptive 256-colour palette (no dithering) makes the PNGs about 3×
-    smaller with no visible change: a figure is a few flat colours plus anti-aliasing.
-    """
-    from PIL import Image
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
-    buf.seek(0)
-    with Image.open(buf) as im:
-        pal = im.convert("RGB").quantize(
-            colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE
-        )
-    out = io.BytesIO()
-    pal.save(out, format="PNG")
-    return out.getvalue()
-
-
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _regime(regime: str | None) -> str:
-    cls = regime if regime in REGIME_SYMBOLS else "none"
-    return f'<span class="regime regime-{cls}">{escape(regime_label(regime))}</span>'
-
-
-def _panel(panel: Panel, anchor: str, media: str = "screen", wide: bool = False) -> str:
-    """One figure as HTML: the rendered image with its caption, or a box saying what is missing.
-
-    Every figure of the report goes through here (``media`` says which rendering it is for;
-    the print rendering must stay static images).
-
-    Args:
-        panel: The panel to show.
-        anchor: The id prefix (the figure's id is ``anchor--key``).
-        media: ``"screen"`` (panels that declare a chart are interactive), ``"static"``
-            (the screen page with PNG figures only) or ``"print"``.
-        wide: Span the whole width of a figure grid.
-    """
-    spec = panel.spec
-    fid = f"{anchor}--{spec.key}"
-    cls = " wide" if wide else ""
-    if panel.kwargs is None:
-        return (
-            f'<figure class="missing{cls}" id="{fid}" data-figure="{spec.key}" '
-            f'data-missing="true"><div class="nodata"><strong>{escape(spec.title)}: not '
-            f"available</strong>{escape(panel.missing or '')}<br><span class='note'>Needs: "
-            f"{escape(spec.needs)}.</span></div></figure>"
-        )
-    live = I.panel_html(panel, fid) if media == "screen" else None  # "static": PNGs only
-    if live is not None:
-        if panel.observer is not None:  # drawn in the page: counts as drawn for progress
-            panel.observer.update(1)
-        return live
-    fig = panel.render()
-    png = figure_png(fig)
-    fig.clear()
-    note = f" <span class='note'>{escape(panel.note)}.</span>" if panel.note else ""
-    return (
-        f'<figure class="{cls.strip()}" id="{fid}" data-figure="{spec.key}">'
-        f"{_img(png, spec.title)}<figcaption><b>How to read this.</b> "
-        f"{escape(spec.caption)}{note}</figcaption></figure>"
-    )
 
 
 # --------------------------------------------------------------------------- first screen
@@ -269,8 +200,6 @@ def render(
     Raises:
         ArgumentError: an unknown ``media``.
     """
-    from gradscope.reporting.html_sections import meta_section, run_section, shared_section
-
     if media not in MEDIA:
         raise ArgumentError(f"media must be one of {MEDIA}, got {media!r}")
     if media == "screen" and not interactive:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from html import escape
 
-from gradscope.reporting import html as H
+from gradscope.reporting import html_figures as H
 from gradscope.reporting.document import Document, LayerSection, RunSection
 from gradscope.reporting.figures import REGIME_SYMBOLS, regime_label
 from gradscope.reporting.panels import slug
@@ -24,7 +24,9 @@ def shared_section(doc: Document, media: str = "screen") -> str:
         "once; the sections further down keep what is specific to each.</p><div class='figs'>",
     ]
     # curves overlaid on one axes take half the width, small multiples the whole width
-    out.extend(H._panel(p, "shared", media, wide="entries" in (p.kwargs or {})) for p in doc.shared)
+    out.extend(
+        H.panel_html(p, "shared", media, wide="entries" in (p.kwargs or {})) for p in doc.shared
+    )
     out.append("</div></section>")
     return "\n".join(out)
 
@@ -34,7 +36,7 @@ def _layer(sec: LayerSection, media: str) -> str:
         f'<section class="layer" id="{sec.anchor}" data-section="layer" '
         f'data-layer="{escape(sec.name)}" data-regime="{escape(sec.regime or "")}">',
         f"<h3>{escape(sec.name)} <span class='sub'>({escape(sec.kind)})</span> "
-        f"{H._regime(sec.regime)}</h3>",
+        f"{H.regime_badge(sec.regime)}</h3>",
     ]
     if sec.nonfinite:
         out.append(
@@ -64,7 +66,7 @@ def _layer(sec: LayerSection, media: str) -> str:
     if sec.gate_note:
         out.append(f"<p class='note' data-missing='gates'>{escape(sec.gate_note)}</p>")
     out.append('<div class="figs">')
-    out.extend(H._panel(p, sec.anchor, media) for p in sec.panels)
+    out.extend(H.panel_html(p, sec.anchor, media) for p in sec.panels)
     out.append("</div></section>")
     return "\n".join(out)
 
@@ -96,7 +98,7 @@ def run_section(run: RunSection, several: bool, media: str = "screen") -> str:
         )
     for name, panels in run.training:
         training.append(f"<h3>Training history: {escape(name)}</h3><div class='figs'>")
-        training.extend(H._panel(p, f"{tid}--{slug(name)}", media) for p in panels)
+        training.extend(H.panel_html(p, f"{tid}--{slug(name)}", media) for p in panels)
         training.append("</div>")
     training.append("</section>")
     # A Monitor's training views come first; a run without history notes it at the end.

@@ -22,9 +22,10 @@ from typing import Any
 
 from gradscope.reporting.build import build_document
 from gradscope.reporting.document import Panel, Run
-from gradscope.reporting.html import FRAGMENT_CLASS, _regime
+from gradscope.reporting.html import FRAGMENT_CLASS
 from gradscope.reporting.html import first_screen as page_first_screen
 from gradscope.reporting.html_css import CSS, scoped
+from gradscope.reporting.html_figures import regime_badge as _regime
 
 #: The class of the fragment's outer ``<div>``; every CSS rule is scoped under it.
 SCOPE = FRAGMENT_CLASS
