@@ -88,6 +88,17 @@ class _Local(NamedTuple):
     f: Tensor  # forget gate = ∂c_t/∂c_{t-1}
 
 
+def _factors(i: Tensor, f: Tensor, g: Tensor, o: Tensor, c_prev: Tensor, tc: Tensor) -> _Local:
+    """The local factors from the gates, the previous cell state and ``tanh(c_t)``."""
+    alpha = torch.stack([g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g)], dim=1)
+    return _Local(alpha, tc * o * (1.0 - o), o * (1.0 - tc * tc), f)
+
+
+def _output(params: Params, m: Tensor) -> Tensor:
+    """``h_t``: ``m = o ⊙ tanh(c_t)``, through the projection ``W_hr`` when there is one."""
+    return m @ params["weight_hr"].T if "weight_hr" in params else m
+
+
 class LSTMAdapter(CellAdapter):
     """Adapter for ``nn.LSTM`` (any ``proj_size``) and ``nn.LSTMCell``; state ``(h, c)``."""
 
@@ -115,18 +126,13 @@ class LSTMAdapter(CellAdapter):
         h, c = self._split(params, s)
         i, f, g, o = _gates(params, x, h, xp)
         c_new = f * c + i * g
-        h_new = o * torch.tanh(c_new)
-        if "weight_hr" in params:
-            h_new = h_new @ params["weight_hr"].T
-        return torch.cat([h_new, c_new], dim=-1)
+        return torch.cat([_output(params, o * torch.tanh(c_new)), c_new], dim=-1)
 
     def _local(self, params: Params, x: Tensor, s: Tensor) -> _Local:
         """The per-unit factors of both Jacobians (see the module docstring)."""
         h, c = self._split(params, s)
         i, f, g, o = _gates(params, x, h)
-        tc = torch.tanh(f * c + i * g)
-        alpha = torch.stack([g * i * (1.0 - i), c * f * (1.0 - f), i * (1.0 - g * g)], dim=1)
-        return _Local(alpha, tc * o * (1.0 - o), o * (1.0 - tc * tc), f)
+        return _factors(i, f, g, o, c, torch.tanh(f * c + i * g))
 
     @staticmethod
     def _fill_rows(dc: Tensor, dm: Tensor, loc: _Local, sl: slice, w4: Tensor) -> None:
@@ -238,12 +244,8 @@ class LSTMAdapter(CellAdapter):
         i, f, g, o = _gates(params, x, h, xp)
         c_new = f * c + i * g
         tc = torch.tanh(c_new)
-        h_new = o * tc
-        if "weight_hr" in params:
-            h_new = h_new @ params["weight_hr"].T
-        alpha = torch.stack([g * i * (1.0 - i), c * f * (1.0 - f), i * (1.0 - g * g)], dim=1)
-        loc = _Local(alpha, tc * o * (1.0 - o), o * (1.0 - tc * tc), f)
-        return torch.cat([h_new, c_new], dim=-1), loc
+        state = torch.cat([_output(params, o * tc), c_new], dim=-1)
+        return state, _factors(i, f, g, o, c, tc)
 
     def forced_states(
         self, params: Params, x: Tensor, h_prev: Tensor, s0: Tensor, keep_factors: bool
@@ -260,23 +262,18 @@ class LSTMAdapter(CellAdapter):
             return None
         T, B = x.shape[:2]
         i, f, g, o = _gates(params, x.flatten(0, 1), h_prev.flatten(0, 1))
-        c_prev = torch.empty_like(f)
-        c_prev[:B] = self._split(params, s0)[1]
+        c0 = self._split(params, s0)[1]
         ig = i * g
-        for t in range(T - 1):
+        c = torch.empty_like(f)  # (T·B, H), step-major like the gates
+        prev = c0
+        for t in range(T):
             rows = slice(t * B, (t + 1) * B)
-            c_prev[(t + 1) * B : (t + 2) * B] = f[rows] * c_prev[rows] + ig[rows]
-        c_new = f[(T - 1) * B :] * c_prev[(T - 1) * B :] + ig[(T - 1) * B :]
-        c = torch.cat([c_prev[B:], c_new])
+            prev = c[rows] = f[rows] * prev + ig[rows]
         tc = torch.tanh(c)
-        h_new = o * tc
-        if "weight_hr" in params:
-            h_new = h_new @ params["weight_hr"].T
-        states = torch.cat([h_new, c], dim=-1).unflatten(0, (T, B))
+        states = torch.cat([_output(params, o * tc), c], dim=-1).unflatten(0, (T, B))
         if not keep_factors:
             return states, None
-        alpha = torch.stack([g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g)], dim=1)
-        return states, _Local(alpha, tc * o * (1.0 - o), o * (1.0 - tc * tc), f)
+        return states, _factors(i, f, g, o, torch.cat([c0, c[:-B]]), tc)
 
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> _Local:
         """The local factors ``α, β_o, o u, f`` (see the module docstring)."""

@@ -64,6 +64,20 @@ def top_singular_log(z: Tensor) -> Tensor:
         return 0.5 * torch.log(lam.clamp_min(0.0)) + torch.log(scale)
 
 
+def _factor(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Householder QR of ``z`` ``(n, D, k)`` in float64.
+
+    Returns:
+        ``Q``, ``ln|diag R|`` ``(n, k)`` (floored at :data:`LOG_TINY`) and the conditioning
+        ``c = ln‖Z‖_F − min_i ln|R_ii|`` ``(n,)`` that decides whether a block is accepted.
+    """
+    z = z.to(torch.float64)
+    z2 = z.square().sum(dim=(-2, -1))
+    q, r = torch.linalg.qr(z)
+    logs = torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs().clamp_min(_TINY))
+    return q, logs, 0.5 * torch.log(z2) - logs.amin(dim=-1)
+
+
 class ForwardQR:
     """The QR iteration of every sequence of a layer at once, on operators.
 
@@ -111,16 +125,13 @@ class ForwardQR:
             applied ones (floored at :data:`LOG_TINY` for an exactly singular step).
         """
         rows = self._rows(batch)
-        z = self.ops.jvp(t, batch, self.Q[rows]).to(torch.float64)
+        q, logs, cond = _factor(self.ops.jvp(t, batch, self.Q[rows]))
         # A non-finite J_t Q puts NaN/inf on the diagonal of R (Householder propagates it),
         # so checking the k logs is enough and cheaper than scanning Z.
-        z2 = z.square().sum(dim=(-2, -1))
-        q, r = torch.linalg.qr(z)
-        logs = torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs().clamp_min(_TINY))
         ok = torch.isfinite(logs).all(dim=-1)
         if bool(ok.all()):
             self.Q[rows] = q
-            self._adapt(1, float((0.5 * torch.log(z2) - logs.amin(dim=-1)).max()))
+            self._adapt(1, float(cond.max()))
             return ok, logs
         self.Q[batch[ok]] = q[ok]
         return ok, logs[ok]
@@ -152,11 +163,7 @@ class ForwardQR:
                     e = torch.nan_to_num(e, nan=0.0, posinf=0.0, neginf=0.0)
                     z = z * torch.exp2(e)[:, None, None]
                     shift -= e.to(torch.float64) * math.log(2.0)
-        z = z.to(torch.float64)
-        z2 = z.square().sum(dim=(-2, -1))
-        q, r = torch.linalg.qr(z)
-        logs = torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs().clamp_min(_TINY))
-        cond = 0.5 * torch.log(z2) - logs.amin(dim=-1)
+        q, logs, cond = _factor(z)
         worst = float(cond.max()) if cond.numel() else 0.0
         if not worst <= self.c_max or not bool(torch.isfinite(logs).all()):
             self.m, self.cool = 1, COOLDOWN  # back off: no blocking for a while
