@@ -207,34 +207,42 @@ class LSTMAdapter(CellAdapter):
         return out
 
     def _forward(self, params: Params, loc: _Local, da: Tensor, dc_prev: Tensor | None):
-        """``(δh, δc)`` from the gate pre-activation tangents ``da`` ``(N, 4H, k)``."""
-        a = da.unflatten(1, (4, -1))  # (N, 4, H, k)
-        al = loc.alpha.unsqueeze(-1)  # (N, 3, H, 1)
-        n, hidden, k = a.shape[0], a.shape[2], a.shape[3]
-        proj = "weight_hr" in params
-        p = int(params["weight_hr"].shape[0]) if proj else hidden
+        """``(δh, δc)`` from the gate pre-activation tangents ``da`` ``(N, 4H, k)``.
+
+        Written for a loop of many small products (a QR iteration): one output allocation,
+        six fused multiply-adds, no other tensor calls than the views they need.
+        """
+        hidden = loc.f.shape[-1]
+        a_i, a_f, a_g, a_o = da.split(hidden, 1)
+        al_i, al_f, al_g = loc.alpha.unsqueeze(-1).unbind(1)
+        n, k = da.shape[0], da.shape[2]
+        w_hr = params.get("weight_hr")
+        p = hidden if w_hr is None else int(w_hr.shape[0])
         out = da.new_empty((n, p + hidden, k))  # written in place: no concatenation
-        dc = torch.mul(al[:, 0], a[:, 0], out=out[:, p:])
-        dc.addcmul_(al[:, 1], a[:, 1]).addcmul_(al[:, 2], a[:, 2])
+        dm, dc = out.split((p, hidden), 1)
+        torch.mul(al_i, a_i, out=dc).addcmul_(al_f, a_f).addcmul_(al_g, a_g)
         if dc_prev is not None:
             dc.addcmul_(loc.f.unsqueeze(-1), dc_prev)
-        dm = da.new_empty((n, hidden, k)) if proj else out[:, :p]
-        torch.mul(loc.beta_o.unsqueeze(-1), a[:, 3], out=dm).addcmul_(loc.ou.unsqueeze(-1), dc)
-        if proj:
-            out[:, :p] = weight_times(params["weight_hr"], dm)
+        if w_hr is not None:
+            dm = da.new_empty((n, hidden, k))
+        torch.mul(loc.beta_o.unsqueeze(-1), a_o, out=dm).addcmul_(loc.ou.unsqueeze(-1), dc)
+        if w_hr is not None:
+            out[:, :p] = weight_times(w_hr, dm)
         return out
 
     def _backward(self, params: Params, loc: _Local, u: Tensor) -> tuple[Tensor, Tensor]:
         """Cotangents of the gate pre-activations ``(N, 4H, k)`` and ``g_c`` ``(N, H, k)``."""
-        p = u.shape[1] - loc.f.shape[-1]
-        u_h, u_c = u[:, :p], u[:, p:]
-        u_m = weight_t_times(params["weight_hr"], u_h) if "weight_hr" in params else u_h
-        g_c = u_c + loc.ou.unsqueeze(-1) * u_m
-        ga = torch.cat(
-            [loc.alpha.unsqueeze(-1) * g_c.unsqueeze(1), (loc.beta_o.unsqueeze(-1) * u_m)[:, None]],
-            dim=1,
-        )
-        return ga.flatten(1, 2), g_c
+        hidden = loc.f.shape[-1]
+        u_h, u_c = u.split((u.shape[1] - hidden, hidden), 1)
+        w_hr = params.get("weight_hr")
+        u_m = u_h if w_hr is None else weight_t_times(w_hr, u_h)
+        g_c = torch.addcmul(u_c, loc.ou.unsqueeze(-1), u_m)
+        n, k = u.shape[0], u.shape[2]
+        ga = u.new_empty((n, 4 * hidden, k))
+        ga4 = ga.unflatten(1, (4, hidden))
+        torch.mul(loc.alpha.unsqueeze(-1), g_c.unsqueeze(1), out=ga4[:, :3])
+        torch.mul(loc.beta_o.unsqueeze(-1), u_m, out=ga4[:, 3])
+        return ga, g_c
 
     def step_factors(
         self, params: Params, x: Tensor, s: Tensor, xp: Tensor | None = None

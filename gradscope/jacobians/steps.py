@@ -103,7 +103,7 @@ class StepOps:
         self._params = {k: v.to(device=device, **cast) for k, v in layer.params.items()}
         self._states = layer.states.to(**cast) if cast else layer.states
         self._inputs = layer.inputs.to(**cast) if cast else layer.inputs
-        self._key: tuple[int, tuple[int, ...]] | None = None
+        self._key: tuple[int, Tensor | None] | None = None  # (t, batch; None: every one)
         self._lin = None
         self._chunk: tuple[int, int, Linearization] | None = None
         self._last_t: int | None = None
@@ -130,8 +130,8 @@ class StepOps:
         forwards or backwards), then sliced per step; the last slice is kept, so repeated
         products at one step (Arnoldi, a state and an input product at one lag) reuse it.
         """
-        key = (t, tuple(batch.tolist()))
-        if key != self._key:
+        full = len(batch) == self.layer.B  # live sequences are distinct indices
+        if not self._same(t, None if full else batch):
             lo, chunk = self._chunk_for(t)
             B = self.layer.B
             # every sequence: a slice, so the factors are views rather than copies
@@ -139,9 +139,18 @@ class StepOps:
                 slice((t - lo) * B, (t - lo + 1) * B) if len(batch) == B else (t - lo) * B + batch
             )
             self._lin = chunk.rows(rows)
-            self._key = key
+            self._key = (t, None if full else batch.clone())
             self._last_t = t
         return self._lin
+
+    def _same(self, t: int, batch: Tensor | None) -> bool:
+        """Whether the kept linearisation is at step ``t`` for ``batch`` (None: every one)."""
+        if self._key is None or self._key[0] != t:
+            return False
+        kept = self._key[1]
+        if batch is None or kept is None:
+            return batch is None and kept is None
+        return torch.equal(batch, kept)
 
     def _call(self, wrt: str, transpose: bool, t: int, batch: Tensor, m: Tensor) -> Tensor:
         m = m.to(self.dtype)
