@@ -230,6 +230,36 @@ class CellAdapter(ABC):
         """
         return None
 
+    def state_sweep(
+        self,
+        params: Params,
+        factors: Sequence[Any],
+        g_last: Tensor,
+        out_cot: Tensor | None,
+        valid: Tensor | None,
+    ) -> Tensor | None:
+        """``∂L/∂s_t`` for ``t = 0 … T`` by one backward sweep, or None (the generic loop).
+
+        ``G_T = g_last + ō_T``, ``G_k = ō_k + J_{k+1}ᵀ G_{k+1}`` (``ō_k`` the output
+        cotangent on the state's first part; a padded step passes ``G`` on unchanged), as
+        :func:`gradscope.jacobians.bptt.stack_state_grads` computes with one
+        :class:`Linearization` per step. An adapter may override it with a loop that
+        skips the per-step objects (preallocated buffers, one GEMM and a few fused
+        multiply-adds per step); the result must equal the generic loop's to rounding.
+
+        Args:
+            params: The layer's weights.
+            factors: The linear factors of each of the ``T`` steps, kept by the replay.
+            g_last: ``(B, D)`` cotangent of the final state.
+            out_cot: ``(T, B, P)`` cotangent of the outputs ``h_1 … h_T`` (zeros at
+                padding), or None.
+            valid: ``(T, B)`` bool, True at real steps; None: all are.
+
+        Returns:
+            ``(T+1, B, D)`` in ``g_last``'s dtype, or None.
+        """
+        return None
+
     def forced_states(
         self, params: Params, x: Tensor, h_prev: Tensor, s0: Tensor, keep_factors: bool
     ) -> tuple[Tensor, Any] | None:

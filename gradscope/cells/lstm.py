@@ -62,21 +62,31 @@ from gradscope.cells.base import (
 
 def _project(params: Params, x: Tensor) -> Tensor:
     """``W_ih x + b_ih + b_hh`` ``(N, 4H)``: the gate pre-activations' input part."""
-    a = x @ params["weight_ih"].T
-    if "bias_ih" in params:
-        a = a + params["bias_ih"]
-    if "bias_hh" in params:
-        a = a + params["bias_hh"]
-    return a
+    b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
+    if b_ih is None and b_hh is None:
+        return x @ params["weight_ih"].T
+    bias = b_hh if b_ih is None else b_ih if b_hh is None else b_ih + b_hh
+    return torch.addmm(bias, x, params["weight_ih"].T)
 
 
 def _gates(
     params: Params, x: Tensor, h: Tensor, xp: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The activated gates ``i, f, g, o``, each ``(N, H)`` (``xp``: :func:`_project` of x)."""
-    a = (_project(params, x) if xp is None else xp) + h @ params["weight_hh"].T
-    a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
-    return torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
+    """The activated gates ``i, f, g, o``, each ``(N, H)`` (``xp``: :func:`_project` of x).
+
+    Outside autograd, one buffer for the pre-activations, activated in place: over
+    ``T · B`` rows (a teacher-forced replay) no other ``(N, 4H)`` tensor is allocated.
+    """
+    a = torch.addmm(_project(params, x) if xp is None else xp, h, params["weight_hh"].T)
+    if a.requires_grad:  # differentiated (torch.func, the generic products): no in-place
+        a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
+        return torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
+    hidden = a.shape[-1] // 4
+    a[:, : 2 * hidden].sigmoid_()
+    a[:, 2 * hidden : 3 * hidden].tanh_()
+    a[:, 3 * hidden :].sigmoid_()
+    i, f, g, o = a.chunk(4, dim=-1)
+    return i, f, g, o
 
 
 class _Local(NamedTuple):
@@ -90,8 +100,15 @@ class _Local(NamedTuple):
 
 def _factors(i: Tensor, f: Tensor, g: Tensor, o: Tensor, c_prev: Tensor, tc: Tensor) -> _Local:
     """The local factors from the gates, the previous cell state and ``tanh(c_t)``."""
-    alpha = torch.stack([g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g)], dim=1)
-    return _Local(alpha, tc * o * (1.0 - o), o * (1.0 - tc * tc), f)
+    alpha = i.new_empty((i.shape[0], 3, i.shape[1]))
+    a_i, a_f, a_g = alpha.unbind(1)
+    torch.addcmul(i, i, i, value=-1.0, out=a_i).mul_(g)  # i - i² = σ'(a_i)
+    torch.addcmul(f, f, f, value=-1.0, out=a_f).mul_(c_prev)
+    torch.addcmul(i, i, torch.mul(g, g, out=a_g), value=-1.0, out=a_g)  # i (1 - g²)
+    beta_o = torch.addcmul(o, o, o, value=-1.0).mul_(tc)
+    ou = torch.mul(tc, tc)
+    torch.addcmul(o, o, ou, value=-1.0, out=ou)  # o (1 - tanh²(c_t))
+    return _Local(alpha, beta_o, ou, f)
 
 
 def _output(params: Params, m: Tensor) -> Tensor:
@@ -270,18 +287,70 @@ class LSTMAdapter(CellAdapter):
             return None
         T, B = x.shape[:2]
         i, f, g, o = _gates(params, x.flatten(0, 1), h_prev.flatten(0, 1))
-        c0 = self._split(params, s0)[1]
+        p = int(params["weight_hh"].shape[1])
+        # s_0 … s_T in one buffer, step-major like the gates: the cell states are written
+        # in place and c_{t-1} of every step is a view (no concatenation).
+        every = f.new_empty(((T + 1) * B, s0.shape[-1]))
+        every[:B] = s0
+        c_all = every[:, p:]
         ig = i * g
-        c = torch.empty_like(f)  # (T·B, H), step-major like the gates
-        prev = c0
         for t in range(T):
-            rows = slice(t * B, (t + 1) * B)
-            prev = c[rows] = f[rows] * prev + ig[rows]
+            prev, new = c_all[t * B : (t + 1) * B], c_all[(t + 1) * B : (t + 2) * B]
+            torch.mul(f[t * B : (t + 1) * B], prev, out=new).add_(ig[t * B : (t + 1) * B])
+        c = c_all[B:]
         tc = torch.tanh(c)
-        states = torch.cat([_output(params, o * tc), c], dim=-1).unflatten(0, (T, B))
+        if "weight_hr" in params:
+            every[B:, :p] = _output(params, o * tc)
+        else:
+            torch.mul(o, tc, out=every[B:, :p])
+        states = every[B:].unflatten(0, (T, B))
         if not keep_factors:
             return states, None
-        return states, _factors(i, f, g, o, torch.cat([c0, c[:-B]]), tc)
+        return states, _factors(i, f, g, o, c_all[:-B], tc)
+
+    @torch.no_grad()
+    def state_sweep(self, params, factors, g_last, out_cot, valid):
+        """The backward sweep (see :meth:`CellAdapter.state_sweep`), without a projection.
+
+        Per step, with the kept factors: ``g_c = G_c + o u ⊙ G_h``; the gate cotangents
+        ``[α g_c; β_o G_h]`` written into one ``(B, 4H)`` buffer; ``G_h,prev = ō + ga W_hh``
+        (one ``addmm``); ``G_c,prev = f ⊙ g_c``. Six tensor calls and one
+        ``(B, 4H) × (4H, H)`` GEMM per step, ``O(B · 4H · H)``, the same order as the
+        model's own backward step. None with a projection (``weight_hr``), or for a
+        subclass that overrides :meth:`product` (the generic loop then uses its maths).
+        """
+        if "weight_hr" in params or type(self).product is not LSTMAdapter.product:
+            return None
+        T = len(factors)
+        B, D = g_last.shape
+        H = D // 2
+        w = params["weight_hh"].to(g_last.dtype)
+        G = g_last.new_empty((T + 1, B, D))
+        gh, gc = g_last[:, :H].clone(), g_last[:, H:].clone()
+        if out_cot is not None and T:
+            gh += out_cot[T - 1]
+        ga = g_last.new_empty((B, 4, H))
+        g_c = g_last.new_empty((B, H))
+        for k in range(T - 1, -1, -1):
+            G[k + 1, :, :H], G[k + 1, :, H:] = gh, gc
+            loc = factors[k]
+            torch.addcmul(gc, loc.ou, gh, out=g_c)
+            torch.mul(loc.alpha, g_c.unsqueeze(1), out=ga[:, :3])
+            torch.mul(loc.beta_o, gh, out=ga[:, 3])
+            ga2 = ga.view(B, 4 * H)
+            direct = None if out_cot is None or k == 0 else out_cot[k - 1]
+            if valid is None:
+                new_h = ga2 @ w if direct is None else torch.addmm(direct, ga2, w)
+                new_c = loc.f * g_c
+            else:  # a padded step passes the cotangent on unchanged
+                keep = valid[k].unsqueeze(-1)
+                new_h = torch.where(keep, ga2 @ w, gh)
+                new_c = torch.where(keep, loc.f * g_c, gc)
+                if direct is not None:
+                    new_h = new_h + direct
+            gh, gc = new_h, new_c
+        G[0, :, :H], G[0, :, H:] = gh, gc
+        return G
 
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> _Local:
         """The local factors ``α, β_o, o u, f`` (see the module docstring)."""

@@ -123,18 +123,12 @@ def stack_state_grads(
                     ocot = torch.where(valid.unsqueeze(-1), ocot, torch.zeros_like(ocot))
             kept = None if factors is None else factors[layer][d]
             lins = _Linearizations(adapter, pm, x, s[:-1], kept)
-            G = s.new_zeros((T + 1, B, D))
             g = s.new_zeros((B, D))
             if final_cot is not None:
                 g = g + final_cot[layer * dirs + d].to(s.dtype)
-            for k in range(T - 1, -1, -1):
-                if ocot is not None:
-                    g = g.clone()
-                    g[:, :p] += ocot[k]
-                G[k + 1] = g
-                back = lins.at(k).vjp_state(g.unsqueeze(-1)).squeeze(-1)
-                g = back if valid is None else torch.where(valid[k].unsqueeze(-1), back, g)
-            G[0] = g
+            G = None if lins.kept is None else adapter.state_sweep(pm, kept, g, ocot, valid)
+            if G is None:
+                G = _generic_sweep(lins, g, ocot, valid, p)
             if layer > 0:
                 xin = _input_products(lins, G, T)
                 if valid is not None:
@@ -149,6 +143,23 @@ def stack_state_grads(
         if layer > 0:
             cot = below if masks is None else below * masks[layer - 1]
     return result
+
+
+def _generic_sweep(
+    lins: _Linearizations, g: Tensor, ocot: Tensor | None, valid: Tensor | None, p: int
+) -> Tensor:
+    """``G_k`` ``(T+1, B, D)`` with one linearisation and one ``vjp`` per step."""
+    T = lins.x.shape[0]
+    G = g.new_empty((T + 1, *g.shape))
+    for k in range(T - 1, -1, -1):
+        if ocot is not None:
+            g = g.clone()
+            g[:, :p] += ocot[k]
+        G[k + 1] = g
+        back = lins.at(k).vjp_state(g.unsqueeze(-1)).squeeze(-1)
+        g = back if valid is None else torch.where(valid[k].unsqueeze(-1), back, g)
+    G[0] = g
+    return G
 
 
 def _cat_factors(parts: Sequence[Any]) -> Any:
