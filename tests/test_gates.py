@@ -268,3 +268,24 @@ def test_vanilla_factor_leaves_non_finite_steps_out(float64, seeded):
     for t in range(5):
         real = [norms[t, b] for b in range(3) if t < 2 or b != 1]
         np.testing.assert_allclose(view.factor[t], np.quantile(real, QUANTILES), rtol=1e-12)
+
+
+def test_path_walk_of_a_float32_model_runs_in_float32_to_its_precision(seeded):
+    """A float32 model's walk runs in float32 (the analysis layer's product dtype) and
+    agrees with the float64 walk of the same weights and states to float32 rounding, with
+    D > EXACT_MAX_D (random probes, the Monitor's case) and 60 steps back."""
+    from gradscope.analysis.gates.paths import EXACT_MAX_D, walk
+
+    mod = nn.LSTM(4, EXACT_MAX_D // 2 + 8)  # D = 2H > EXACT_MAX_D
+    x = torch.randn(60, 3, 4)
+    layer32 = gs.trace(mod, x)["lstm.l0"]
+    layer64 = gs.trace(mod.double(), x.double())["lstm.l0"]
+    assert layer32.dtype == torch.float32
+    lags32, path32, rest32, total32, p, _ = walk(layer32, 0, None, seqs=3, lags=8)
+    lags64, path64, rest64, total64, _, _ = walk(layer64, 0, None, seqs=3, lags=8)
+    assert p < layer32.D
+    np.testing.assert_array_equal(lags32, lags64)
+    assert np.isfinite(rest32[1:]).all() and np.isneginf(rest32[0]).all()  # E_0 = 0
+    for a, b in ((path32, path64), (rest32, rest64), (total32, total64)):
+        assert np.isfinite(a[1:]).all()
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)  # measured: 3e-7

@@ -22,7 +22,7 @@ from gradscope.analysis.gates.values import (
     QUANTILES,
     carried_gate,
     gate_values,
-    layer_f64,
+    layer_native,
 )
 from gradscope.errors import MissingDataError
 from gradscope.traces import LayerTrace
@@ -43,9 +43,9 @@ def norm2(m: torch.Tensor) -> np.ndarray:
     """Spectral norms of a batch of matrices, by NumPy's LAPACK.
 
     torch's threaded batched SVD of small matrices was measured 100× slower on a busy
-    2-core machine.
+    2-core machine. In float64 whatever the products' dtype.
     """
-    return np.linalg.svd(m.numpy(), compute_uv=False)[..., 0]
+    return np.linalg.svd(m.double().numpy(), compute_uv=False)[..., 0]
 
 
 def walk(
@@ -59,13 +59,19 @@ def walk(
     """The path walk on the first ``seqs`` sequences, measured at ``lags`` lags.
 
     Cost ``O(K·n·p·D·(4H))`` for ``K`` steps back, ``n`` sequences and ``p`` probe columns
-    (one vector-Jacobian product per step), plus one ``D × p`` SVD per sequence at each of
-    the ``lags`` measured lags.
+    (one vector-Jacobian product with ``2p`` columns per step, ``Π^A`` and ``E`` together,
+    in the layer's own precision, at least float32, like every product of the analysis
+    layer; renormalised every step, the norms and their logs in float64), plus one
+    ``D × p`` SVD per sequence at each of the ``lags`` measured lags.
 
     Returns:
         ``(lags (L,), ln ‖Uᵀ Π^A_k‖₂, ln ‖Uᵀ E_k‖₂, ln ‖Uᵀ P_k‖₂ (each (L, n)), p, notes)``.
     """
-    params, x, s = layer_f64(layer)
+    params, x, s = (
+        {k: v.cpu() for k, v in part.items()} if isinstance(part, dict) else part.cpu()
+        for part in layer_native(layer)
+    )
+    dtype = s.dtype
     adapter = layer.cell_adapter()
     n = min(layer.B, seqs)
     lengths = layer.seq_lengths[:n]
@@ -74,10 +80,10 @@ def walk(
     p = D if D <= EXACT_MAX_D else min(D, PROBES)
     rng = np.random.default_rng(seed)
     if p == D:
-        u = torch.eye(D, dtype=torch.float64).expand(n, D, D).clone()
+        u = torch.eye(D, dtype=dtype).expand(n, D, D).clone()
     else:
         q = np.linalg.qr(rng.standard_normal((n, D, p)))[0]
-        u = torch.from_numpy(np.ascontiguousarray(q))
+        u = torch.from_numpy(np.ascontiguousarray(q)).to(dtype)
         notes.append(f"path shares on {p} random probe directions of D = {D} (an estimate)")
     if n < layer.B:
         notes.append(f"path shares on the first {n} of {layer.B} sequences")
@@ -112,16 +118,16 @@ def walk(
         lin = adapter.linearize(params, xs, ss)
         gate = carried_gate(layer.kind, params, xs, ss[:, :hid])  # (m, H)
         yl, el = y[bl], e[bl]
-        jy = lin.vjp_state(yl)
+        jy, je = lin.vjp_state(torch.cat([yl, el], dim=-1)).split(p, dim=-1)  # one product
         ay = torch.zeros_like(yl)
         ay[:, c] = gate.unsqueeze(-1) * yl[:, c]
-        e_new = lin.vjp_state(el) + (jy - ay)
+        e_new = je + (jy - ay)
         big = torch.maximum(
             torch.linalg.matrix_norm(ay), torch.linalg.matrix_norm(e_new)
-        ).clamp_min(1e-300)
+        ).clamp_min(torch.finfo(dtype).tiny)
         y[bl] = ay / big[:, None, None]
         e[bl] = e_new / big[:, None, None]
-        scale[live] += np.log(big.numpy())
+        scale[live] += np.log(big.double().numpy())
     return keep, path, rest, total, p, notes
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
+from gradscope._select import quantiles as exact_quantiles
 from gradscope.traces import LayerTrace
 
 #: Quantiles of every per-timestep distribution (over units and sequences).
@@ -129,6 +130,8 @@ def step_quantiles(v: np.ndarray, quantiles: tuple[float, ...] = QUANTILES) -> n
     """
     flat = v.reshape(v.shape[0], -1)
     if not np.isnan(flat).any():
+        if flat.shape[0] == 1:  # one large row (a Monitor's summary): bucket selection
+            return exact_quantiles(flat[0], quantiles)[None, :]
         return np.quantile(flat, quantiles, axis=1).T
     out = np.full((flat.shape[0], len(quantiles)), np.nan)
     ok = ~np.isnan(flat).all(axis=1)
