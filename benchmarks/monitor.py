@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label}: {sampled_step_cost(loop, 5, **kw) * 1e3:.0f} ms")
 
     for label, every, steps, kw in (
-        ("every=50 (defaults: analyze='auto', budget 5%)", 50, args.steps, {}),
+        ("every=50 (defaults: analyze='auto', budget 2%)", 50, args.steps, {}),
         (
             "every=50, analyze=False (grad norms and gate numbers)",
             50,

@@ -40,7 +40,7 @@ added to :data:`gradscope.history.SUMMARY_KEYS` later are logged too.
 decay), ``radius_{median,mean,p05,p95,max,frac_above_1}`` (spectral radius of the one-step
 Jacobians) and ``sigma_max_{...}`` (their largest singular value, History ``norm_*``),
 ``lyapunov`` and ``lyapunov_stderr`` (only with ``Monitor(lyapunov=True)``). With the default
-``analyze="auto"`` these are the sampled steps that the 5% time budget allows, and at least
+``analyze="auto"`` these are the sampled steps that the 2% time budget allows, and at least
 sampled steps 0, 1, 3, 7, 15, ... (one per doubling of the sampled steps), so every tag forms
 a curve; ``analyze=True`` analyses every sampled step.
 

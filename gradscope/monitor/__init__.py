@@ -43,7 +43,7 @@ all and the step costs nothing. On a sampled step, ``step()``
    analysed steps). The analyses cost dense ``D × D`` linear algebra (``O(D³)`` per
    Jacobian), which for large states outweighs many training steps, so by default
    (``analyze="auto"``) they run only as often as keeps the Monitor's total cost within
-   ``budget`` (5%) of the measured training time, and at least once per doubling of the
+   ``budget`` (2%) of the measured training time, and at least once per doubling of the
    sampled steps (sampled steps 0, 1, 3, 7, 15, ... when the budget allows nothing more), so
    that they form curves;
 3. under ``torch.distributed``, all-gathers those fixed-size float64 rows from every rank

@@ -96,9 +96,9 @@ class Monitor:
             ``Every(10)``: every 10th sampled step), or True (all) / False (none). Grad
             norms are recorded on every sampled step regardless.
         budget: With ``analyze="auto"``, the Monitor's target cost as a fraction of the
-            training time (0.05: 5%). The recording of sampled steps is never skipped, so
-            a schedule whose recording alone costs more (e.g. ``every=1``) gets no analysis
-            after the first.
+            training time (0.02: 2%). The recording of sampled steps is never skipped, so a
+            schedule whose recording alone costs more (e.g. ``every=1``) gets no analysis
+            after the first ones of the doubling rule.
         spectra_steps: Jacobian steps (spread over the sequence) per spectral statistic.
         spectra_batch: Sequences per spectral statistic.
         decay_batch: Sequences used for the state-decay fit and Lyapunov (None: all).
@@ -130,7 +130,7 @@ class Monitor:
         lyapunov: bool = False,
         gates: bool = True,
         analyze: Schedule | bool | str = "auto",
-        budget: float = 0.05,
+        budget: float = 0.02,
         spectra_steps: int = 2,
         spectra_batch: int = 1,
         decay_batch: int | None = 2,

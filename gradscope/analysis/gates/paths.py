@@ -98,6 +98,12 @@ def walk(
     total = np.full((len(keep), n), np.nan)
     c = layer.part("c") if layer.kind == "lstm" else slice(0, D)
     hid = layer.state_sizes[0]
+    # Every step's linearisation and carried gate of the walked sequences at once (one
+    # GEMM over T·n rows), then the rows each lag needs.
+    T = x.shape[0]
+    xs_all, ss_all = x[:, :n].reshape(T * n, -1), s[:-1, :n].reshape(T * n, -1)
+    lin_all = adapter.linearize(params, xs_all, ss_all)
+    gate_all = carried_gate(layer.kind, params, xs_all, ss_all[:, :hid])  # (T·n, H)
     y = u.clone()  # (Π^A_k)ᵀ U with Π^A_0 = I, on the common scale
     e = torch.zeros_like(u)  # E_kᵀ U, E_0 = 0
     scale = np.zeros(n)
@@ -112,11 +118,9 @@ def walk(
         if k == k_max:
             break
         live = np.nonzero(lengths > k)[0]
-        idx = torch.from_numpy(lengths[live] - 1 - k)
         bl = torch.from_numpy(live)
-        xs, ss = x[idx, bl], s[idx, bl]
-        lin = adapter.linearize(params, xs, ss)
-        gate = carried_gate(layer.kind, params, xs, ss[:, :hid])  # (m, H)
+        rows = torch.from_numpy((lengths[live] - 1 - k) * n + live)
+        lin, gate = lin_all.rows(rows), gate_all[rows]  # (m, H)
         yl, el = y[bl], e[bl]
         jy, je = lin.vjp_state(torch.cat([yl, el], dim=-1)).split(p, dim=-1)  # one product
         ay = torch.zeros_like(yl)
