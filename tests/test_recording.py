@@ -1197,3 +1197,19 @@ def test_shadow_warning_once_per_module_and_saved(tmp_path) -> None:
     assert [lt.meta.get("replay") for lt in tr.layers] == ["shadow", "shadow"]
     back = load(tr.save(tmp_path / "chaos.npz"))
     assert back["rnn.l0"].meta == tr["rnn.l0"].meta
+
+
+def test_stacked_returns_the_buffer_of_consecutive_views_and_stacks_anything_else():
+    from gradscope.recording.fused import stacked
+
+    buf = torch.randn(5, 3, 4)
+    views = list(buf.unbind(0))
+    out = stacked(views)
+    assert torch.equal(out, buf) and out.data_ptr() == buf.data_ptr()  # no copy
+    assert stacked(views[1:]).data_ptr() == views[1].data_ptr()
+    apart = [torch.randn(3, 4) for _ in range(4)]
+    assert torch.equal(stacked(apart), torch.stack(apart))
+    shuffled = [views[0], views[2], views[1]]  # one buffer, not consecutive
+    assert torch.equal(stacked(shuffled), torch.stack(shuffled))
+    strided = list(buf[:, :, :2].unbind(0))  # consecutive but not contiguous views
+    assert torch.equal(stacked(strided), buf[:, :, :2])

@@ -28,7 +28,7 @@ from gradscope.recording.check import (
     warn_shadow,
 )
 from gradscope.recording.dropout import NO_DROPOUT, NOT_REPRODUCIBLE, warn_not_reproducible
-from gradscope.recording.fused import FusedCall, Replay, replay_fused
+from gradscope.recording.fused import FusedCall, Replay, replay_fused, stacked
 from gradscope.recording.fused_chain import FusedChain, join_layers
 from gradscope.recording.sequences import SequenceCall, build_sequence
 from gradscope.traces import LayerTrace, Trace
@@ -137,7 +137,7 @@ def _fused_layer_traces(call: FusedCall, rep: Replay, check: FusedCheck) -> list
     for layer in range(call.num_layers):
         for d in range(call.dirs):
             params = call.params[(layer, d)]
-            states = torch.stack(rep.states[layer][d]).detach().clone()
+            states = stacked(rep.states[layer][d]).detach().clone()
             inputs = rep.inputs[layer][d].detach().clone()
             if valid is not None:
                 states[1:][~valid] = float("nan")

@@ -12,6 +12,7 @@ the kernel drew (:mod:`gradscope.recording.dropout`). See "Fused modules" in
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,6 +214,31 @@ def _sequential_direction(
     return seq, seq_factors
 
 
+def stacked(seq: Sequence[Tensor]) -> Tensor:
+    """``torch.stack(seq)``, as a view when the tensors are consecutive views of one buffer.
+
+    A teacher-forced replay keeps its states ``s_0 … s_T`` in one buffer and hands them on
+    as a list of per-step views; stacking them again would copy ``(T+1) · B · D`` numbers
+    each time the sweep, the trace or the outputs need them. The result may share memory
+    with ``seq`` (clone it before writing into it).
+    """
+    first = seq[0]
+    n = len(seq)
+    if n > 1:
+        ptr, shape, strides = first.untyped_storage().data_ptr(), first.shape, first.stride()
+        step = seq[1].storage_offset() - first.storage_offset()
+        if step > 0 and all(
+            t.shape == shape
+            and t.stride() == strides
+            and t.dtype == first.dtype
+            and t.untyped_storage().data_ptr() == ptr
+            and t.storage_offset() == first.storage_offset() + i * step
+            for i, t in enumerate(seq)
+        ):
+            return first.as_strided((n, *shape), (step, *strides), first.storage_offset())
+    return torch.stack(list(seq))
+
+
 def _forceable(call: FusedCall) -> bool:
     """Whether the call can be replayed teacher-forced (:func:`_forced_direction`).
 
@@ -247,7 +273,9 @@ def _forced_direction(
     if forced is None:
         return None
     states, factors = forced
-    seq = [s0, *states.unbind(0)]
+    every = states.new_empty((T + 1, *states.shape[1:]))  # s_0 … s_T in one buffer
+    every[0], every[1:] = s0, states
+    seq = list(every.unbind(0))  # consecutive views: stacked() gives the buffer back
     if not keep_factors:
         return seq, []
     return seq, [_take_rows(factors, slice(t * B, (t + 1) * B)) for t in range(T)]
@@ -290,7 +318,7 @@ def replay_fused(call: FusedCall, *, keep_factors: bool = False) -> Replay:
                     call, params, x, s0, keep_factors
                 )
                 p = call.adapter.state_sizes(params)[0]
-                h = torch.stack(seq[1:])[..., :p]
+                h = stacked(seq[1:])[..., :p]
                 if d == 1:
                     h = h.gather(0, pos.unsqueeze(-1).expand(-1, -1, p))
                 if valid is not None:

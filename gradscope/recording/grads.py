@@ -25,7 +25,7 @@ from gradscope._rng import rng_preserved
 from gradscope.jacobians.bptt import stack_state_grads
 from gradscope.recording.chains import CellChain
 from gradscope.recording.dropout import MASK_REPRODUCED, NOT_REPRODUCIBLE
-from gradscope.recording.fused import FusedCall, replay_fused
+from gradscope.recording.fused import FusedCall, replay_fused, stacked
 from gradscope.recording.fused_chain import FusedChain, join_grads
 from gradscope.recording.sequences import SequenceCall, sequence_grads
 
@@ -131,7 +131,7 @@ def _fused_grads(call: FusedCall) -> list[Tensor]:
     grads = stack_state_grads(
         call.adapter,
         call.params,
-        [[torch.stack(seq) for seq in layer] for layer in rep.states],
+        [[stacked(seq) for seq in layer] for layer in rep.states],
         rep.inputs,
         out_cot=lay.to_time_major(cot["output"]) if "output" in cot else None,
         final_cot=final,

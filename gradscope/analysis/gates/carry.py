@@ -16,6 +16,20 @@ import math
 import numpy as np
 
 
+def _cumsum0(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``np.cumsum(a, axis=0)`` into ``out``, one row add at a time.
+
+    The same sums in the same order, so bitwise equal; NumPy's cumsum over the first axis
+    of a ``(K, B, H)`` array strides across rows and is ~17× slower here (5 ms for
+    ``50 × 32 × 256``).
+    """
+    if len(a):
+        out[0] = a[0]
+        for k in range(1, len(a)):
+            np.add(out[k - 1], a[k], out=out[k])
+    return out
+
+
 def carries(log_g: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """``ln C_k`` ``(K, B, H)``, ``K = max T_b + 1``: sums of each sequence's last ``k`` log gates.
 
@@ -33,14 +47,14 @@ def carries(log_g: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     if k_max == 0:
         return out
     if (lengths == k_max).all() and log_g.shape[0] == k_max:  # equal lengths: no gather
-        out[1:] = np.cumsum(log_g[::-1], axis=0)
+        _cumsum0(log_g[::-1], out[1:])
         return out
     k = np.arange(k_max)[:, None]
     live = k < lengths[None, :]  # (K-1, B): step T_b - 1 - k exists
     src = np.where(live, lengths[None, :] - 1 - k, 0)
     rev = np.take_along_axis(log_g[:k_max], src[:, :, None], axis=0)
     rev = np.where(live[:, :, None], rev, 0.0)
-    out[1:] = np.where(live[:, :, None], np.cumsum(rev, axis=0), np.nan)
+    out[1:] = np.where(live[:, :, None], _cumsum0(rev, np.empty_like(rev)), np.nan)
     return out
 
 
