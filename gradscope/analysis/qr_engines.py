@@ -14,6 +14,8 @@ per-sequence sums, the convergence history and the batch-means blocks.
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 import torch
 
@@ -43,9 +45,13 @@ class Sums:
         nb = max(1, len(edges) - 1)
         self.block_sums = np.zeros((nb, k))
         self.block_counts = np.zeros(nb, dtype=np.int64)
+        self._edges = [int(e) for e in edges]  # for bisect in the one-sequence path
 
     def add(self, bs: np.ndarray, logs: np.ndarray, n: int = 1) -> None:
         """Add ``logs`` ``(len(bs), k)`` (sums over ``n`` steps each) to the sequences ``bs``."""
+        if len(bs) == 1:  # the dense engine's case: one sequence per block, no fancy indexing
+            self._add_one(int(bs[0]), logs[0], n)
+            return
         self.sums[bs] += logs
         self.counts[bs] += n
         counts = self.counts[bs]
@@ -61,6 +67,21 @@ class Sums:
         for b, hp in zip(bs[hit], pos[hit]):
             self.hist[hp, b] = np.sort(self.sums[b] / self.counts[b])[::-1]
             self.hist_pos[b] = hp + 1
+
+    def _add_one(self, b: int, row: np.ndarray, n: int) -> None:
+        """:meth:`add` for one sequence, with scalar bookkeeping (a call per QR block)."""
+        self.sums[b] += row
+        self.counts[b] += n
+        count = int(self.counts[b])
+        if len(self.edges):
+            blk = bisect.bisect_right(self._edges, count - 1) - 1
+            blk = min(max(blk, 0), len(self.block_counts) - 1)
+            self.block_sums[blk] += row
+            self.block_counts[blk] += n
+        pos = int(self.hist_pos[b])
+        if pos < len(self.hist_steps) and count == self.hist_steps[pos]:
+            self.hist[pos, b] = np.sort(self.sums[b] / count)[::-1]
+            self.hist_pos[b] = pos + 1
 
 
 def dense_engine(layer, k, discard, rng, init, bounds, starts, lengths, chunk, acc, bar):
