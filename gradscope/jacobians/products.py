@@ -150,12 +150,14 @@ class ForwardQR:
         small = self.ops.dtype != torch.float64
         info = torch.finfo(self.ops.dtype)
         lo, hi = math.sqrt(info.tiny), math.sqrt(info.max)  # one more step cannot leave range
-        for tt in range(t, t + m):
-            z = self.ops.jvp(tt, batch, z)
-            # Keep float32/16 columns away from under- and overflow: checked every few steps
-            # (a miss cannot pass silently: a column that left the range fails the
-            # conditioning or finiteness test below, and the block is redone step by step).
-            if small and ((tt - t) % _RESCALE_EVERY == _RESCALE_EVERY - 1 or tt == t + m - 1):
+        # Keep float32/16 columns away from under- and overflow: checked every few steps
+        # (a miss cannot pass silently: a column that left the range fails the conditioning
+        # or finiteness test below, and the block is redone step by step).
+        every = _RESCALE_EVERY if small else m
+        for tt in range(t, t + m, every):
+            run = min(every, t + m - tt)
+            z = self.ops.jvp_run(tt, run, batch, z)
+            if small:
                 big = z.abs().amax(dim=(-2, -1))
                 far = (big < lo) | (big > hi)
                 if bool(far.any()):

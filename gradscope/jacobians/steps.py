@@ -164,6 +164,30 @@ class StepOps:
             )
         return self.linearization(t, batch).apply(wrt, transpose, m)
 
+    def jvp_run(self, t: int, m: int, batch: Tensor, v: Tensor) -> Tensor:
+        """``J_{t+m-1} ⋯ J_t v`` per sequence, ``m`` products in a row (a QR block).
+
+        The same products as ``m`` calls of :meth:`jvp`, with the per-call work (the
+        linearisation lookup, the block's shape check, the autograd switch) paid once per
+        run: a closed-form adapter's :meth:`~gradscope.cells.base.CellAdapter.product` is
+        called directly, which matters when one product takes a fraction of a
+        millisecond (10,000 steps of an LSTM with hidden 256). Stored Jacobians and
+        ``torch.func`` adapters go through :meth:`jvp`.
+        """
+        v = v.to(self.dtype)
+        if "state" in self._stored or self._adapter is None or not self._adapter.closed_form:
+            for tt in range(t, t + m):
+                v = self.jvp(tt, batch, v)
+            return v
+        adapter = self._adapter
+        lin = self.linearization(t, batch)
+        adapter.check_block("jvp_state", v, lin.x.shape[0], lin.s.shape[-1])
+        with torch.no_grad():
+            for tt in range(t, t + m):
+                lin = self.linearization(tt, batch)
+                v = adapter.product(lin.params, lin.x, lin.s, lin.factors, v, "state", False)
+        return v
+
     def jvp(self, t: int, batch: Tensor, v: Tensor) -> Tensor:
         """``J_t v`` per sequence: ``v`` ``(n, D, k)`` -> ``(n, D, k)``."""
         return self._call("state", False, t, batch, v)
