@@ -69,6 +69,7 @@ from gradscope.analysis.gates.paths import (
     path_share,
     split_jacobian,
     walk,
+    walk_threads,
 )
 from gradscope.analysis.gates.values import (
     GATED,
@@ -123,7 +124,7 @@ def gate_view(layer: LayerTrace, *, max_lag: int | None = None, seed: int = 0) -
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: lags past a sequence's end
         view.carry_max = np.nanmedian(np.nanmax(carry, axis=2), axis=1)
-    with compute_threads(1):  # many small per-step products: one thread (see _progress)
+    with compute_threads(walk_threads(layer)):  # one thread for small products
         keep, path, rest, total, p, notes = walk(layer, seed, max_lag)
     view.walk_lags, view.probes, view.notes = keep, p, notes
     share = path_share(path, rest)  # 1 / (1 + ‖E‖/‖Π‖), from the logs (no underflow)

@@ -4,9 +4,10 @@ r"""The one-step Jacobian split ``J_t = A_t + R_t`` and how the long-run gradien
 vanilla 0) and ``R_t = J_t − A_t`` the rest. Expanding ``P_k = ∂s_T/∂s_{T−k} = ∏ (A_u + R_u)``
 into paths, ``P_k = Π^A_k + E_k``: the pure-path product and every path that leaves the
 additive path at least once. :func:`walk` measures ``‖Uᵀ Π^A_k‖₂``, ``‖Uᵀ E_k‖₂`` and
-``‖Uᵀ P_k‖₂`` with vector-Jacobian products, ``E_{k+1} = E_k J + Π^A_k R`` (``Rᵀ y = Jᵀ y −
-A y``), both terms on one common log scale so that nothing underflows; ``U = I`` (exact) for
-``D ≤`` :data:`EXACT_MAX_D`, else random orthonormal probe columns (an estimate).
+``‖Uᵀ P_k‖₂`` with vector-Jacobian products, ``E_{k+1} = E_k J + Π^A_k R =
+P_k J − Π^A_k A`` (one product per step, on ``P_kᵀ U``; ``A`` is diagonal), both terms on
+one common log scale so that nothing underflows; ``U = I`` (exact) for ``D ≤``
+:data:`EXACT_MAX_D`, else random orthonormal probe columns (an estimate).
 
 A vanilla RNN has no additive path: its repeated factor is ``diag(φ'(a_t)) W_hh``, whose
 norms :func:`factor_norms` measures against ``‖W_hh‖₂``.
@@ -25,6 +26,7 @@ from gradscope.analysis.gates.values import (
     layer_native,
 )
 from gradscope.errors import MissingDataError
+from gradscope.jacobians.steps import product_dtype
 from gradscope.traces import LayerTrace
 
 #: States up to this size get exact norms in the path walk (``U = I``).
@@ -37,6 +39,26 @@ WALK_SEQS = 8
 WALK_LAGS = 64
 #: Steps sampled for the vanilla factor norms.
 FACTOR_STEPS = 256
+
+
+#: Flops of one walk step above which its products use every torch thread (below, one:
+#: thread start-up costs more than it gains on the many small products).
+THREADED_STEP_FLOPS = 1e8
+
+
+def walk_threads(layer: LayerTrace, seqs: int = WALK_SEQS) -> int | None:
+    """Threads for :func:`walk` (a ``compute_threads`` argument): 1 for small products.
+
+    One step multiplies ``n · 2p`` columns by the recurrent weights (``2 · n · 2p · w``
+    flops, ``w`` the weights); above :data:`THREADED_STEP_FLOPS` that is a GEMM worth
+    every core (an LSTM with hidden 1024: 2 · 8 · 32 · 4M, 2 GFLOP per step), below it the
+    walk runs on one thread.
+    """
+    D = layer.D
+    p = D if D <= EXACT_MAX_D else min(D, PROBES)
+    weights = sum(int(v.numel()) for k, v in layer.params.items() if k.startswith("weight_hh"))
+    flops = 2.0 * min(layer.B, seqs) * 2 * p * max(weights, D)
+    return None if flops > THREADED_STEP_FLOPS else 1
 
 
 def norm2(m: torch.Tensor) -> np.ndarray:
@@ -59,19 +81,23 @@ def walk(
     """The path walk on the first ``seqs`` sequences, measured at ``lags`` lags.
 
     Cost ``O(K·n·p·D·(4H))`` for ``K`` steps back, ``n`` sequences and ``p`` probe columns
-    (one vector-Jacobian product with ``2p`` columns per step, ``Π^A`` and ``E`` together,
-    in the layer's own precision, at least float32, like every product of the analysis
+    (one vector-Jacobian product with ``p`` columns per step, on ``P_kᵀ U = (Π^A_k + E_k)ᵀ U``,
+    in the model's own precision, at least float32, like every product of the analysis
     layer; renormalised every step, the norms and their logs in float64), plus one
     ``D × p`` SVD per sequence at each of the ``lags`` measured lags.
 
     Returns:
         ``(lags (L,), ln ‖Uᵀ Π^A_k‖₂, ln ‖Uᵀ E_k‖₂, ln ‖Uᵀ P_k‖₂ (each (L, n)), p, notes)``.
     """
+    # the products in the model's own precision (a float32 model's trace, cast to float64
+    # for the analysis, is multiplied in float32 again), at least float32
+    dtype = torch.promote_types(product_dtype(layer), torch.float32)
     params, x, s = (
-        {k: v.cpu() for k, v in part.items()} if isinstance(part, dict) else part.cpu()
+        {k: v.to("cpu", dtype) for k, v in part.items()}
+        if isinstance(part, dict)
+        else part.to("cpu", dtype)
         for part in layer_native(layer)
     )
-    dtype = s.dtype
     adapter = layer.cell_adapter()
     n = min(layer.B, seqs)
     lengths = layer.seq_lengths[:n]
@@ -122,10 +148,11 @@ def walk(
         rows = torch.from_numpy((lengths[live] - 1 - k) * n + live)
         lin, gate = lin_all.rows(rows), gate_all[rows]  # (m, H)
         yl, el = y[bl], e[bl]
-        jy, je = lin.vjp_state(torch.cat([yl, el], dim=-1)).split(p, dim=-1)  # one product
+        # E_{k+1}ᵀU = Jᵀ E_kᵀU + Rᵀ Π_kᵀU = Jᵀ (E_k + Π_k)ᵀU − A Π_kᵀU: one product on
+        # P_kᵀU, p columns (A is diagonal: no product)
         ay = torch.zeros_like(yl)
         ay[:, c] = gate.unsqueeze(-1) * yl[:, c]
-        e_new = je + (jy - ay)
+        e_new = lin.vjp_state(yl + el) - ay
         big = torch.maximum(
             torch.linalg.matrix_norm(ay), torch.linalg.matrix_norm(e_new)
         ).clamp_min(torch.finfo(dtype).tiny)

@@ -35,7 +35,7 @@ import torch.nn.functional as nnf
 
 from gradscope._progress import compute_threads
 from gradscope.analysis.gates.carry import carries, carry_horizon, median_log_carry
-from gradscope.analysis.gates.paths import factor_samples, path_share, walk
+from gradscope.analysis.gates.paths import factor_samples, path_share, walk, walk_threads
 from gradscope.analysis.gates.values import (
     GATED,
     VANILLA,
@@ -125,7 +125,7 @@ def gate_summary(
         out[f"gate_log_carry_lag{k}"] = float(v)
     out["gate_carry_horizon"] = carry_horizon(log_c)
     if paths and layer.B:
-        with compute_threads(1):  # many small per-step products: one thread (see _progress)
+        with compute_threads(walk_threads(layer, n)):  # one thread for small products
             lags, path, rest, _, _, _ = walk(layer, seed, None, seqs=n, lags=2)
         with np.errstate(all="ignore"):
             out["gate_path_share"] = float(np.nanmedian(path_share(path[-1], rest[-1])))
