@@ -37,6 +37,8 @@ PROBES = 16
 WALK_SEQS = 8
 #: Lags at which the walk measures its norms (evenly spaced, the last one included).
 WALK_LAGS = 64
+#: Lags whose linearisations the walk computes in one call.
+LAG_BLOCK = 32
 #: Steps sampled for the vanilla factor norms.
 FACTOR_STEPS = 256
 
@@ -124,12 +126,11 @@ def walk(
     total = np.full((len(keep), n), np.nan)
     c = layer.part("c") if layer.kind == "lstm" else slice(0, D)
     hid = layer.state_sizes[0]
-    # Every step's linearisation and carried gate of the walked sequences at once (one
-    # GEMM over T·n rows), then the rows each lag needs.
+    # The linearisations and carried gates of LAG_BLOCK lags at once (one GEMM over their
+    # rows), then the rows each lag needs: few calls, memory bounded by the block.
     T = x.shape[0]
     xs_all, ss_all = x[:, :n].reshape(T * n, -1), s[:-1, :n].reshape(T * n, -1)
-    lin_all = adapter.linearize(params, xs_all, ss_all)
-    gate_all = carried_gate(layer.kind, params, xs_all, ss_all[:, :hid])  # (T·n, H)
+    block: tuple[int, list[int], object, torch.Tensor] | None = None
     y = u.clone()  # (Π^A_k)ᵀ U with Π^A_0 = I, on the common scale
     e = torch.zeros_like(u)  # E_kᵀ U, E_0 = 0
     scale = np.zeros(n)
@@ -145,8 +146,23 @@ def walk(
             break
         live = np.nonzero(lengths > k)[0]
         bl = torch.from_numpy(live)
-        rows = torch.from_numpy((lengths[live] - 1 - k) * n + live)
-        lin, gate = lin_all.rows(rows), gate_all[rows]  # (m, H)
+        if block is None or k >= block[0] + len(block[1]) - 1:
+            ks = range(k, min(k + LAG_BLOCK, k_max))
+            per = [np.nonzero(lengths > kk)[0] for kk in ks]
+            rows = torch.from_numpy(
+                np.concatenate([(lengths[lv] - 1 - kk) * n + lv for kk, lv in zip(ks, per)])
+            )
+            xs, ss = xs_all[rows], ss_all[rows]
+            starts = np.concatenate([[0], np.cumsum([len(lv) for lv in per])]).tolist()
+            block = (
+                k,
+                starts,
+                adapter.linearize(params, xs, ss),
+                carried_gate(layer.kind, params, xs, ss[:, :hid]),
+            )
+        k0, starts, lin_blk, gate_blk = block
+        sel = slice(starts[k - k0], starts[k - k0 + 1])
+        lin, gate = lin_blk.rows(sel), gate_blk[sel]  # (m, H)
         yl, el = y[bl], e[bl]
         # E_{k+1}ᵀU = Jᵀ E_kᵀU + Rᵀ Π_kᵀU = Jᵀ (E_k + Π_k)ᵀU − A Π_kᵀU: one product on
         # P_kᵀU, p columns (A is diagonal: no product)

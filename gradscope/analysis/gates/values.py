@@ -66,10 +66,10 @@ def preacts(
     sel = slice(None) if rows is None else rows
     gi = x @ params["weight_ih"][sel].T
     gh = h @ params["weight_hh"][sel].T
-    if "bias_ih" in params:
-        gi = gi + params["bias_ih"][sel]
+    if "bias_ih" in params:  # in place: these are (T, B, R) and the analysis holds few
+        gi += params["bias_ih"][sel]
     if "bias_hh" in params:
-        gh = gh + params["bias_hh"][sel]
+        gh += params["bias_hh"][sel]
     return gi, gh
 
 
@@ -106,7 +106,9 @@ def gate_values(layer: LayerTrace) -> tuple[dict[str, torch.Tensor], torch.Tenso
     params, x, s = layer_f64(layer)
     gi, gh = preacts(params, x, previous_h(layer, s))
     if layer.kind == "lstm":
-        a_i, a_f, _, a_o = (gi + gh).chunk(4, dim=-1)
+        gi += gh  # in place: one (T, B, 4H) float64 tensor less at the peak
+        del gh
+        a_i, a_f, _, a_o = gi.chunk(4, dim=-1)
         gates = {"i": torch.sigmoid(a_i), "f": torch.sigmoid(a_f), "o": torch.sigmoid(a_o)}
         return gates, nnf.logsigmoid(a_f)
     if layer.kind == "gru":
