@@ -14,7 +14,7 @@ run for 128 steps on a batch of 16 in float32 on the CPU; the recorded states fo
     linearly (the output says so);
 (d) the floor: ``clone()`` of a tensor of the result's size (allocation + copy, what any
     method that returns a fresh result must pay). The closed form allocates large outputs
-    through NumPy, which asks for transparent huge pages (``gradscope.cells.lstm.new_output``),
+    through NumPy, which asks for transparent huge pages (``gradscope.cells.blocks.new_output``),
     so two more floors are printed for a like-for-like reading: a copy into memory from that
     same allocator, and ``copy_`` into a preallocated tensor (memory bandwidth only).
 
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from gradscope.cells import adapter_for
-from gradscope.cells.lstm import new_output
+from gradscope.cells.blocks import new_output
 from gradscope.traces import LayerTrace
 
 INPUT, HIDDEN, BATCH, STEPS = 32, 128, 16, 128

@@ -50,7 +50,7 @@ from gradscope.cells import (
     is_registered,
     register_cell,
 )
-from gradscope.cells import base as cells_base
+from gradscope.cells import blocks as cells_blocks
 from gradscope.cells.generic import GenericAdapter
 from gradscope.cells.gru import GRUAdapter
 from gradscope.cells.lstm import LSTMAdapter
@@ -213,16 +213,16 @@ def test_cache_blocked_path_matches_jacrev(
     that only large batches take."""
     setup = make(case)
     per_item = sum(setup.sizes) ** 2 * setup.x.element_size()
-    monkeypatch.setattr(cells_base, "CPU_BLOCK_BYTES", per_block * per_item)
-    monkeypatch.setattr(cells_base, "HUGE_OUTPUT_BYTES", 0 if numpy_output else 2**62)
-    assert cells_base.cache_block_size(case.batch, per_item, setup.x.device) == per_block
+    monkeypatch.setattr(cells_blocks, "CPU_BLOCK_BYTES", per_block * per_item)
+    monkeypatch.setattr(cells_blocks, "HUGE_OUTPUT_BYTES", 0 if numpy_output else 2**62)
+    assert cells_blocks.cache_block_size(case.batch, per_item, setup.x.device) == per_block
     check_jacobians(setup)
 
 
 def test_single_block_numpy_output_is_zeroed(monkeypatch: pytest.MonkeyPatch) -> None:
     """One block writes straight into a NumPy-allocated (uninitialised) output; the
     structural zeros of the c columns must still be exact zeros."""
-    monkeypatch.setattr(cells_base, "HUGE_OUTPUT_BYTES", 0)
+    monkeypatch.setattr(cells_blocks, "HUGE_OUTPUT_BYTES", 0)
     setup = make(Case("lstm", batch=3, hidden=4))
     check_jacobians(setup)
     jac = setup.adapter.jacobian_state(setup.params, setup.x, setup.s)

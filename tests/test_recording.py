@@ -1200,7 +1200,7 @@ def test_shadow_warning_once_per_module_and_saved(tmp_path) -> None:
 
 
 def test_stacked_returns_the_buffer_of_consecutive_views_and_stacks_anything_else():
-    from gradscope.recording.fused import stacked
+    from gradscope.recording.replay import stacked
 
     buf = torch.randn(5, 3, 4)
     views = list(buf.unbind(0))

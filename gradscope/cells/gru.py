@@ -37,14 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradscope.cells.base import (
-    CellAdapter,
-    Params,
-    cache_block_size,
-    new_output,
-    weight_t_times,
-    weight_times,
-)
+from gradscope.cells.base import CellAdapter, Params
+from gradscope.cells.blocks import cache_block_size, new_output, weight_t_times, weight_times
 
 
 class GRUAdapter(CellAdapter):

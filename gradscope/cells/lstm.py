@@ -49,15 +49,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from gradscope.cells.base import (
-    BLOCK,
-    CellAdapter,
-    Params,
-    cache_block_size,
-    new_output,
-    weight_t_times,
-    weight_times,
-)
+from gradscope.cells.base import BLOCK, CellAdapter, Params
+from gradscope.cells.blocks import cache_block_size, new_output, weight_t_times, weight_times
 
 
 def _project(params: Params, x: Tensor) -> Tensor:

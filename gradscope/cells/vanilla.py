@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gradscope.cells.base import CellAdapter, Params, weight_t_times, weight_times
+from gradscope.cells.base import CellAdapter, Params
+from gradscope.cells.blocks import weight_t_times, weight_times
 from gradscope.errors import ArgumentError
 
 

@@ -149,7 +149,8 @@ The modules of this package, one concept each:
   lifecycle);
 - :mod:`~gradscope.recording.api`: :func:`record`, :func:`trace`;
 - :mod:`~gradscope.recording.arguments`: a hooked call's arguments (bound, described, copied);
-- :mod:`~gradscope.recording.fused`: fused modules' layout, capture and step-by-step replay;
+- :mod:`~gradscope.recording.fused`: fused modules' layout and capture;
+- :mod:`~gradscope.recording.replay`: replaying a fused call (step by step or teacher-forced);
 - :mod:`~gradscope.recording.dropout`: inter-layer dropout masks;
 - :mod:`~gradscope.recording.check`: tolerances, mismatch, the replay check of fused calls
   and cell chains, shadow trajectories;

@@ -2,7 +2,7 @@
 
 When a recording's block exits, :func:`build_trace` turns what the hooks captured into a
 :class:`~gradscope.traces.Trace`: each fused call is replayed
-(:func:`~gradscope.recording.fused.replay_fused`), checked
+(:func:`~gradscope.recording.replay.replay_fused`), checked
 (:func:`~gradscope.recording.check.check_fused`) and split into one layer per layer and
 direction, padding marked NaN; each chain of cell calls is checked and becomes one layer.
 Layer names (``lstm.l1_reverse``, ``cell@1``) and the trace's metadata are made here.
@@ -28,8 +28,9 @@ from gradscope.recording.check import (
     warn_shadow,
 )
 from gradscope.recording.dropout import NO_DROPOUT, NOT_REPRODUCIBLE, warn_not_reproducible
-from gradscope.recording.fused import FusedCall, Replay, replay_fused, stacked
+from gradscope.recording.fused import FusedCall, Replay
 from gradscope.recording.fused_chain import FusedChain, join_layers
+from gradscope.recording.replay import replay_fused, stacked
 from gradscope.recording.sequences import SequenceCall, build_sequence
 from gradscope.traces import LayerTrace, Trace
 

@@ -25,8 +25,9 @@ from gradscope._rng import rng_preserved
 from gradscope.jacobians.bptt import stack_state_grads
 from gradscope.recording.chains import CellChain
 from gradscope.recording.dropout import MASK_REPRODUCED, NOT_REPRODUCIBLE
-from gradscope.recording.fused import FusedCall, replay_fused, stacked
+from gradscope.recording.fused import FusedCall
 from gradscope.recording.fused_chain import FusedChain, join_grads
+from gradscope.recording.replay import replay_fused, stacked
 from gradscope.recording.sequences import SequenceCall, sequence_grads
 
 
