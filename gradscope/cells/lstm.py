@@ -318,32 +318,34 @@ class LSTMAdapter(CellAdapter):
         B, D = g_last.shape
         H = D // 2
         w = params["weight_hh"].to(g_last.dtype)
-        G = g_last.new_empty((T + 1, B, D))
-        gh, gc = g_last[:, :H].clone(), g_last[:, H:].clone()
+        # G_h and G_c are written in place, one step at a time, and joined at the end
+        Gh, Gc = g_last.new_empty((T + 1, B, H)), g_last.new_empty((T + 1, B, H))
+        Gh[T], Gc[T] = g_last[:, :H], g_last[:, H:]
         if out_cot is not None and T:
-            gh += out_cot[T - 1]
+            Gh[T] += out_cot[T - 1]
         ga = g_last.new_empty((B, 4, H))
+        ga_ifg, ga_o, ga2 = ga[:, :3], ga[:, 3], ga.view(B, 4 * H)
         g_c = g_last.new_empty((B, H))
+        g_c3 = g_c.unsqueeze(1)
         for k in range(T - 1, -1, -1):
-            G[k + 1, :, :H], G[k + 1, :, H:] = gh, gc
-            loc = factors[k]
+            gh, gc, loc = Gh[k + 1], Gc[k + 1], factors[k]
             torch.addcmul(gc, loc.ou, gh, out=g_c)
-            torch.mul(loc.alpha, g_c.unsqueeze(1), out=ga[:, :3])
-            torch.mul(loc.beta_o, gh, out=ga[:, 3])
-            ga2 = ga.view(B, 4 * H)
+            torch.mul(loc.alpha, g_c3, out=ga_ifg)
+            torch.mul(loc.beta_o, gh, out=ga_o)
             direct = None if out_cot is None or k == 0 else out_cot[k - 1]
             if valid is None:
-                new_h = ga2 @ w if direct is None else torch.addmm(direct, ga2, w)
-                new_c = loc.f * g_c
+                if direct is None:
+                    torch.mm(ga2, w, out=Gh[k])
+                else:
+                    torch.addmm(direct, ga2, w, out=Gh[k])
+                torch.mul(loc.f, g_c, out=Gc[k])
             else:  # a padded step passes the cotangent on unchanged
                 keep = valid[k].unsqueeze(-1)
-                new_h = torch.where(keep, ga2 @ w, gh)
-                new_c = torch.where(keep, loc.f * g_c, gc)
+                torch.where(keep, ga2 @ w, gh, out=Gh[k])
+                torch.where(keep, loc.f * g_c, gc, out=Gc[k])
                 if direct is not None:
-                    new_h = new_h + direct
-            gh, gc = new_h, new_c
-        G[0, :, :H], G[0, :, H:] = gh, gc
-        return G
+                    Gh[k] += direct
+        return torch.cat([Gh, Gc], dim=-1)
 
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> _Local:
         """The local factors ``α, β_o, o u, f`` (see the module docstring)."""
