@@ -36,14 +36,17 @@ NCV = 24
 
 def _operator(ops: StepOps, t: int, b: int, d: int, which: str) -> LinearOperator:
     batch = torch.tensor([b])
+    lin = ops.step_linearization(t, batch)  # None: stored Jacobians (or no closed form)
+    fwd = (lambda col: ops.jvp(t, batch, col)) if lin is None else lin.jvp_state
+    bwd = (lambda col: ops.vjp(t, batch, col)) if lin is None else lin.vjp_state
 
     def jv(v: np.ndarray) -> np.ndarray:
         col = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(1, d, 1))
-        return ops.jvp(t, batch, col).to(torch.float64).numpy().reshape(d)
+        return fwd(col.to(ops.dtype)).to(torch.float64).numpy().reshape(d)
 
     def jtv(v: np.ndarray) -> np.ndarray:
         col = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(1, d, 1))
-        return ops.vjp(t, batch, col).to(torch.float64).numpy().reshape(d)
+        return bwd(col.to(ops.dtype)).to(torch.float64).numpy().reshape(d)
 
     if which == "eig":
         return LinearOperator((d, d), matvec=jv, dtype=np.float64)

@@ -164,6 +164,17 @@ class StepOps:
             )
         return self.linearization(t, batch).apply(wrt, transpose, m)
 
+    def step_linearization(self, t: int, batch: Tensor) -> Linearization | None:
+        """The closed-form linearisation at step ``t``, for repeated products (Arnoldi).
+
+        None when the products go another way (stored Jacobians, ``torch.func`` adapters).
+        Its ``jvp_state`` / ``vjp_state`` are :meth:`jvp` / :meth:`vjp` at that step
+        without the per-call lookup; the caller passes blocks in :attr:`dtype`.
+        """
+        if "state" in self._stored or self._adapter is None or not self._adapter.closed_form:
+            return None
+        return self.linearization(t, batch)
+
     def jvp_run(self, t: int, m: int, batch: Tensor, v: Tensor) -> Tensor:
         """``J_{t+m-1} ⋯ J_t v`` per sequence, ``m`` products in a row (a QR block).
 
@@ -175,7 +186,7 @@ class StepOps:
         ``torch.func`` adapters go through :meth:`jvp`.
         """
         v = v.to(self.dtype)
-        if "state" in self._stored or self._adapter is None or not self._adapter.closed_form:
+        if self.step_linearization(t, batch) is None:
             for tt in range(t, t + m):
                 v = self.jvp(tt, batch, v)
             return v
