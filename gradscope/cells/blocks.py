@@ -73,3 +73,54 @@ def new_output(shape: tuple[int, ...], like: Tensor) -> Tensor:
 
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+@torch.no_grad()
+def scaled_sweep(
+    w: Tensor,
+    scalings: list[Tensor],
+    diagonals: list[Tensor] | None,
+    g_last: Tensor,
+    out_cot: Tensor | None,
+    valid: Tensor | None,
+) -> Tensor:
+    """The backward sweep of a cell whose ``J_kᵀ g = Wᵀ (C_k ⊙ [g; …; g]) + d_k ⊙ g``.
+
+    GRU (``C_k`` the three gate blocks' row scalings, ``d_k = z``) and vanilla
+    (``C_k = φ'(a_k)``, no ``d_k``) cells: ``G_T = g_last + ō_T`` and
+    ``G_k = ō_k + J_{k+1}ᵀ G_{k+1}``, a padded step passing ``G`` on unchanged (see
+    :meth:`~gradscope.cells.base.CellAdapter.state_sweep`). Per step one
+    ``(B, mH) × (mH, H)`` GEMM into ``G_k`` and two fused elementwise calls, no allocation.
+
+    Args:
+        w: ``W_hh`` ``(mH, H)``.
+        scalings: ``T`` tensors ``(B, m, H)`` (or ``(B, H)`` for ``m = 1``).
+        diagonals: ``T`` tensors ``(B, H)``, or None.
+        g_last: ``(B, H)`` cotangent of the final state.
+        out_cot: ``(T, B, H)`` output cotangents, or None.
+        valid: ``(T, B)`` bool, or None (every step real).
+
+    Returns:
+        ``(T+1, B, H)``.
+    """
+    T = len(scalings)
+    B, H = g_last.shape
+    w = w.to(g_last.dtype)
+    G = g_last.new_empty((T + 1, B, H))
+    G[T] = g_last
+    if out_cot is not None and T:
+        G[T] += out_cot[T - 1]
+    rows = w.shape[0]
+    ga = g_last.new_empty((B, rows // H, H))
+    ga2 = ga.view(B, rows)
+    for k in range(T - 1, -1, -1):
+        g = G[k + 1]
+        torch.mul(scalings[k].view(B, -1, H), g.unsqueeze(1), out=ga)
+        new = torch.mm(ga2, w, out=G[k]) if valid is None else ga2 @ w
+        if diagonals is not None:
+            new.addcmul_(diagonals[k], g)
+        if valid is not None:
+            torch.where(valid[k].unsqueeze(-1), new, g, out=G[k])
+        if out_cot is not None and k > 0:
+            G[k] += out_cot[k - 1]
+    return G

@@ -38,7 +38,13 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.cells.base import CellAdapter, Params
-from gradscope.cells.blocks import cache_block_size, new_output, weight_t_times, weight_times
+from gradscope.cells.blocks import (
+    cache_block_size,
+    new_output,
+    scaled_sweep,
+    weight_t_times,
+    weight_times,
+)
 
 
 class GRUAdapter(CellAdapter):
@@ -154,6 +160,19 @@ class GRUAdapter(CellAdapter):
         state = torch.stack([c_r, c_z, v * r], dim=1).unsqueeze(-1)
         inp = torch.stack([c_r, c_z, v], dim=1).unsqueeze(-1)
         return state, inp, z.unsqueeze(-1)
+
+    def state_sweep(self, params, factors, g_last, out_cot, valid):
+        """The backward sweep (:meth:`CellAdapter.state_sweep`), one GEMM per step.
+
+        By :func:`~gradscope.cells.blocks.scaled_sweep` with the gate blocks' row scalings
+        and ``d = z``: one ``(B, 3H) × (3H, H)`` GEMM per step. None for a subclass that
+        overrides :meth:`product`.
+        """
+        if type(self).product is not GRUAdapter.product:
+            return None
+        scalings = [f[0].squeeze(-1) for f in factors]
+        diagonals = [f[2].squeeze(-1) for f in factors]
+        return scaled_sweep(params["weight_hh"], scalings, diagonals, g_last, out_cot, valid)
 
     def product(self, params, x, s, factors, m, wrt, rev):  # noqa: D102 (see the module docstring)
         state, inp, z = factors

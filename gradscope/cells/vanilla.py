@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.cells.base import CellAdapter, Params
-from gradscope.cells.blocks import weight_t_times, weight_times
+from gradscope.cells.blocks import scaled_sweep, weight_t_times, weight_times
 from gradscope.errors import ArgumentError
 
 
@@ -91,6 +91,17 @@ class VanillaAdapter(CellAdapter):
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
         """``φ'(a_t)`` ``(N, H, 1)``."""
         return self._dphi(self._preactivation(params, x, s)).unsqueeze(-1)
+
+    def state_sweep(self, params, factors, g_last, out_cot, valid):
+        """The backward sweep (:meth:`CellAdapter.state_sweep`), one GEMM per step.
+
+        By :func:`~gradscope.cells.blocks.scaled_sweep`: ``G_k = W_hhᵀ (φ' ⊙ G_{k+1})``, one
+        ``(B, H) × (H, H)`` GEMM per step. None for a subclass that overrides :meth:`product`.
+        """
+        if type(self).product is not VanillaAdapter.product:
+            return None
+        scalings = [f.squeeze(-1) for f in factors]
+        return scaled_sweep(params["weight_hh"], scalings, None, g_last, out_cot, valid)
 
     def product(self, params, x, s, factors, m, wrt, rev):  # noqa: D102 (see the module docstring)
         w = params["weight_hh" if wrt == "state" else "weight_ih"]
