@@ -88,8 +88,12 @@ def _panel(ax, m: Mechanism, label: str) -> list[np.ndarray]:
     return shown
 
 
-def _legend(fig: Figure, kinds: set[str]) -> None:
-    """One legend for all axes, above them: only the lines some axes draw."""
+def _legend(fig: Figure, kinds: set[str], cols: int) -> None:
+    """One legend for all axes, above them: only the lines some axes draw.
+
+    In one row over three columns of axes; stacked over fewer, where one row of three
+    entries is wider than the figure and would be cut at both sides.
+    """
     handles = [Line2D([], [], color=_BLUE, lw=2, label="measured ‖∂s_T/∂s_{T−k}‖₂")]
     if "gate" in kinds:
         handles.append(
@@ -113,7 +117,11 @@ def _legend(fig: Figure, kinds: set[str]) -> None:
             )
         )
     fig.legend(
-        handles=handles, loc="outside upper center", ncol=len(handles), fontsize=10, frameon=False
+        handles=handles,
+        loc="outside upper center",
+        ncol=len(handles) if cols >= 3 else 1,
+        fontsize=10,
+        frameon=False,
     )
 
 
@@ -149,7 +157,7 @@ def mechanism_figure(entries: Mapping[str, Mechanism], *, cols: int = 3) -> Figu
         ax.set_xlabel("lag k (steps back)")
     for ax in axes[:, 0]:
         ax.set_ylabel("factor after k steps")
-    _legend(fig, kinds)
+    _legend(fig, kinds, cols)
     return fig
 
 
