@@ -51,6 +51,35 @@ class Snapshot:
 
 
 # --------------------------------------------------------------------------- distributed
+def detect_distributed(distributed: bool | None, group: Any) -> bool:
+    """Whether a Monitor gathers across ranks.
+
+    ``distributed`` itself, or (None) whenever ``torch.distributed`` is initialised with
+    more than one rank in ``group``.
+
+    Raises:
+        GradscopeError: ``distributed=True`` without an initialised process group.
+    """
+    import torch.distributed as dist
+
+    available = dist.is_available() and dist.is_initialized()
+    if distributed is None:
+        return bool(available and dist.get_world_size(group) > 1)
+    if distributed and not available:
+        raise GradscopeError(
+            "Monitor(distributed=True) needs torch.distributed to be initialised "
+            "(torch.distributed.init_process_group) before the Monitor is created"
+        )
+    return bool(distributed)
+
+
+def world_size(group: Any) -> int:
+    """The number of ranks in ``group`` (an initialised ``torch.distributed``)."""
+    import torch.distributed as dist
+
+    return int(dist.get_world_size(group))
+
+
 def collective_device(group: Any) -> torch.device:
     """The device collectives of ``group`` run on (CUDA for NCCL, else the CPU)."""
     import torch.distributed as dist

@@ -24,7 +24,7 @@ from gradscope.errors import (
 )
 from gradscope.history import SUMMARY_KEYS, Entry, History
 from gradscope.monitor.budget import AnalysisBudget
-from gradscope.monitor.gather import Snapshot, all_gather
+from gradscope.monitor.gather import Snapshot, all_gather, detect_distributed, world_size
 from gradscope.monitor.schedules import Every, Schedule, as_schedule
 from gradscope.monitor.summaries import summarize, trace_grad_norms
 from gradscope.recording.build import no_recurrent_error
@@ -172,8 +172,8 @@ class Monitor:
         self.check = bool(check)
         self.callbacks = list(callbacks)
         self.process_group = process_group
-        self._distributed = self._detect_distributed(distributed)
-        world = self._world_size() if self._distributed else 1
+        self._distributed = detect_distributed(distributed, process_group)
+        world = world_size(process_group) if self._distributed else 1
         self.history = History(
             world,
             {
@@ -385,25 +385,6 @@ class Monitor:
         if self.rank != 0:
             return None
         return self.history.save(path)
-
-    # ----------------------------------------------------------------- helpers
-    def _detect_distributed(self, distributed: bool | None) -> bool:
-        import torch.distributed as dist
-
-        available = dist.is_available() and dist.is_initialized()
-        if distributed is None:
-            return bool(available and dist.get_world_size(self.process_group) > 1)
-        if distributed and not available:
-            raise GradscopeError(
-                "Monitor(distributed=True) needs torch.distributed to be initialised "
-                "(torch.distributed.init_process_group) before the Monitor is created"
-            )
-        return bool(distributed)
-
-    def _world_size(self) -> int:
-        import torch.distributed as dist
-
-        return int(dist.get_world_size(self.process_group))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("armed" if self.armed else "idle")
