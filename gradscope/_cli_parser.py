@@ -47,6 +47,14 @@ def _json_and_fail_on(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _pdf_detail(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pdf-detail",
+        action="store_true",
+        help="PDF: add every layer's figures and all metadata (default: the first screen only)",
+    )
+
+
 def build_parser(commands: Mapping[str, Command]) -> argparse.ArgumentParser:
     """The argument parser; ``commands`` maps each subcommand to the function that runs it."""
     common = argparse.ArgumentParser(add_help=False)
@@ -88,11 +96,7 @@ def build_parser(commands: Mapping[str, Command]) -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=32, help="hidden size of every model")
     p.add_argument("--batch", type=int, default=64, help="training batch size")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--pdf-detail",
-        action="store_true",
-        help="PDF: add every layer's figures and all metadata (default: the first screen only)",
-    )
+    _pdf_detail(p)
     p.add_argument("--no-pdf", action="store_true", help="write the HTML report only")
     p.set_defaults(func=commands["demo"])
 
@@ -121,11 +125,7 @@ def build_parser(commands: Mapping[str, Command]) -> argparse.ArgumentParser:
         "model returned, batch: the --input tensor); adds the loss-gradient decay per layer",
     )
     _json_and_fail_on(p)
-    p.add_argument(
-        "--pdf-detail",
-        action="store_true",
-        help="PDF: add every layer's figures and all metadata (default: the first screen only)",
-    )
+    _pdf_detail(p)
     p.set_defaults(func=commands["profile"])
 
     p = sub.add_parser(
@@ -142,11 +142,7 @@ def build_parser(commands: Mapping[str, Command]) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="OUT.html or OUT.pdf")
     p.add_argument("--names", nargs="+", help="display names for the runs")
     p.add_argument("--force", action="store_true", help="overwrite an existing report")
-    p.add_argument(
-        "--pdf-detail",
-        action="store_true",
-        help="PDF: add every layer's figures and all metadata (default: the first screen only)",
-    )
+    _pdf_detail(p)
     p.set_defaults(func=commands["report"])
 
     p = sub.add_parser(
