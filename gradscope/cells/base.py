@@ -211,10 +211,10 @@ class CellAdapter(ABC):
             keep_factors: Also return the linear factors of every step.
 
         Returns:
-            ``(states (T, B, D), factors with T · B rows or None)``, or None when the state
-            is not determined by the outputs. The default covers cells whose state is
-            their output (``D == P``): :meth:`step` (or :meth:`step_factors`) once on all
-            ``T · B`` pairs ``(x_t, h_{t-1})``. Cost: the step's, over ``T · B`` rows.
+            ``(states s_0 … s_T (T+1, B, D), factors with T · B rows or None)``, or None
+            when the state is not determined by the outputs. The default covers cells whose
+            state is their output (``D == P``): :meth:`step` (or :meth:`step_factors`) once
+            on all ``T · B`` pairs ``(x_t, h_{t-1})``. Cost: the step's, over ``T · B`` rows.
         """
         T, B = x.shape[:2]
         if h_prev.shape[-1] != s0.shape[-1]:
@@ -222,8 +222,9 @@ class CellAdapter(ABC):
         xs, ss = x.flatten(0, 1), h_prev.flatten(0, 1)
         if keep_factors:
             new, factors = self.step_factors(params, xs, ss)
-            return new.unflatten(0, (T, B)), factors
-        return self.step(params, xs, ss).unflatten(0, (T, B)), None
+        else:
+            new, factors = self.step(params, xs, ss), None
+        return torch.cat([s0[None], new.unflatten(0, (T, B))]), factors
 
     def step_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Any]:
         """``(s_t, linear factors at (x, s))`` from one evaluation of the gates.

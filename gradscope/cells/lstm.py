@@ -296,7 +296,7 @@ class LSTMAdapter(CellAdapter):
             every[B:, :p] = _output(params, o * tc)
         else:
             torch.mul(o, tc, out=every[B:, :p])
-        states = every[B:].unflatten(0, (T, B))
+        states = every.unflatten(0, (T + 1, B))
         if not keep_factors:
             return states, None
         return states, _factors(i, f, g, o, c_all[:-B], tc)

@@ -131,9 +131,7 @@ def _forced_direction(
     if forced is None:
         return None
     states, factors = forced
-    every = states.new_empty((T + 1, *states.shape[1:]))  # s_0 … s_T in one buffer
-    every[0], every[1:] = s0, states
-    seq = list(every.unbind(0))  # consecutive views: stacked() gives the buffer back
+    seq = list(states.unbind(0))  # s_0 … s_T, consecutive views: stacked() gives them back
     if not keep_factors:
         return seq, []
     return seq, [_take_rows(factors, slice(t * B, (t + 1) * B)) for t in range(T)]
