@@ -23,7 +23,6 @@ from gradscope.analysis.gates.values import (
     QUANTILES,
     carried_gate,
     gate_values,
-    layer_native,
 )
 from gradscope.errors import MissingDataError
 from gradscope.jacobians.steps import product_dtype
@@ -45,21 +44,21 @@ FACTOR_STEPS = 256
 
 #: Flops of one walk step above which its products use every torch thread (below, one:
 #: thread start-up costs more than it gains on the many small products).
-THREADED_STEP_FLOPS = 1e8
+THREADED_STEP_FLOPS = 5e7
 
 
 def walk_threads(layer: LayerTrace, seqs: int = WALK_SEQS) -> int | None:
     """Threads for :func:`walk` (a ``compute_threads`` argument): 1 for small products.
 
-    One step multiplies ``n · 2p`` columns by the recurrent weights (``2 · n · 2p · w``
+    One step multiplies ``n · p`` columns by the recurrent weights (``2 · n · p · w``
     flops, ``w`` the weights); above :data:`THREADED_STEP_FLOPS` that is a GEMM worth
-    every core (an LSTM with hidden 1024: 2 · 8 · 32 · 4M, 2 GFLOP per step), below it the
+    every core (an LSTM with hidden 1024: 2 · 8 · 16 · 4M, 1 GFLOP per step), below it the
     walk runs on one thread.
     """
     D = layer.D
     p = D if D <= EXACT_MAX_D else min(D, PROBES)
     weights = sum(int(v.numel()) for k, v in layer.params.items() if k.startswith("weight_hh"))
-    flops = 2.0 * min(layer.B, seqs) * 2 * p * max(weights, D)
+    flops = 2.0 * min(layer.B, seqs) * p * max(weights, D)
     return None if flops > THREADED_STEP_FLOPS else 1
 
 
@@ -94,12 +93,8 @@ def walk(
     # the products in the model's own precision (a float32 model's trace, cast to float64
     # for the analysis, is multiplied in float32 again), at least float32
     dtype = torch.promote_types(product_dtype(layer), torch.float32)
-    params, x, s = (
-        {k: v.to("cpu", dtype) for k, v in part.items()}
-        if isinstance(part, dict)
-        else part.to("cpu", dtype)
-        for part in layer_native(layer)
-    )
+    params = {k: v.detach().to("cpu", dtype) for k, v in layer.params.items()}
+    x, s = (t.detach().to("cpu", dtype) for t in (layer.inputs, layer.states))
     adapter = layer.cell_adapter()
     n = min(layer.B, seqs)
     lengths = layer.seq_lengths[:n]
@@ -130,7 +125,7 @@ def walk(
     # rows), then the rows each lag needs: few calls, memory bounded by the block.
     T = x.shape[0]
     xs_all, ss_all = x[:, :n].reshape(T * n, -1), s[:-1, :n].reshape(T * n, -1)
-    block: tuple[int, list[int], object, torch.Tensor] | None = None
+    block_end, starts, lin_blk, gate_blk = 0, [0], None, None  # lags [k0, block_end)
     y = u.clone()  # (Π^A_k)ᵀ U with Π^A_0 = I, on the common scale
     e = torch.zeros_like(u)  # E_kᵀ U, E_0 = 0
     scale = np.zeros(n)
@@ -146,21 +141,16 @@ def walk(
             break
         live = np.nonzero(lengths > k)[0]
         bl = torch.from_numpy(live)
-        if block is None or k >= block[0] + len(block[1]) - 1:
-            ks = range(k, min(k + LAG_BLOCK, k_max))
-            per = [np.nonzero(lengths > kk)[0] for kk in ks]
+        if k >= block_end:
+            k0, block_end = k, min(k + LAG_BLOCK, k_max)
+            per = [np.nonzero(lengths > kk)[0] for kk in range(k0, block_end)]
             rows = torch.from_numpy(
-                np.concatenate([(lengths[lv] - 1 - kk) * n + lv for kk, lv in zip(ks, per)])
+                np.concatenate([(lengths[lv] - 1 - k0 - i) * n + lv for i, lv in enumerate(per)])
             )
             xs, ss = xs_all[rows], ss_all[rows]
             starts = np.concatenate([[0], np.cumsum([len(lv) for lv in per])]).tolist()
-            block = (
-                k,
-                starts,
-                adapter.linearize(params, xs, ss),
-                carried_gate(layer.kind, params, xs, ss[:, :hid]),
-            )
-        k0, starts, lin_blk, gate_blk = block
+            lin_blk = adapter.linearize(params, xs, ss)
+            gate_blk = carried_gate(layer.kind, params, xs, ss[:, :hid])
         sel = slice(starts[k - k0], starts[k - k0 + 1])
         lin, gate = lin_blk.rows(sel), gate_blk[sel]  # (m, H)
         yl, el = y[bl], e[bl]
