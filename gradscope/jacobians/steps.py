@@ -135,9 +135,7 @@ class StepOps:
             lo, chunk = self._chunk_for(t)
             B = self.layer.B
             # every sequence: a slice, so the factors are views rather than copies
-            rows = (
-                slice((t - lo) * B, (t - lo + 1) * B) if len(batch) == B else (t - lo) * B + batch
-            )
+            rows = slice((t - lo) * B, (t - lo + 1) * B) if full else (t - lo) * B + batch
             self._lin = chunk.rows(rows)
             self._key = (t, None if full else batch.clone())
             self._last_t = t
@@ -186,12 +184,12 @@ class StepOps:
         ``torch.func`` adapters go through :meth:`jvp`.
         """
         v = v.to(self.dtype)
-        if self.step_linearization(t, batch) is None:
+        lin = self.step_linearization(t, batch)
+        if lin is None:
             for tt in range(t, t + m):
                 v = self.jvp(tt, batch, v)
             return v
-        adapter = self._adapter
-        lin = self.linearization(t, batch)
+        adapter = lin.adapter
         adapter.check_block("jvp_state", v, lin.x.shape[0], lin.s.shape[-1])
         with torch.no_grad():
             for tt in range(t, t + m):
