@@ -40,10 +40,6 @@ _OVERLAID = {"decay-input": "input", "decay-loss": "loss"}
 Entries = Sequence[tuple[str, Any]]
 
 
-def _overlay(curves: dict[str, F.Curve], of: str, ax: Any = None) -> Any:
-    return F.comparison_figure(curves, of=of, ax=ax)
-
-
 def _multiples(draw: Any, title: str) -> Any:
     def draw_all(entries: dict[str, dict[str, Any]], ax: Any = None) -> Any:
         return F.small_multiples(draw, entries, title=title)
@@ -54,7 +50,7 @@ def _multiples(draw: Any, title: str) -> Any:
 def _shared_spec(spec: PanelSpec) -> PanelSpec:
     if spec.key in _OVERLAID:
         how = "Every model on one axes, median and band 10–90% over sequences. "
-        draw = _overlay
+        draw = F.comparison_figure
     else:
         how = "One axes per model, in the order of the table. "
         draw = _multiples(spec.draw, spec.title + ", all models")
