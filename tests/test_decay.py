@@ -300,3 +300,24 @@ def test_median_and_band_without_nan_equal_numpy_nan_functions():
     med, band = _nanstats(x)
     assert np.isnan(med[4]) and np.isnan(band[:, 4]).all()
     assert med[5] == np.median(x[5, 4:])
+
+
+def test_ols_equals_scipy_linregress():
+    """The fit's least squares against SciPy's own linregress (the reference it replaces)."""
+    from scipy import stats
+
+    from gradscope.analysis.fit import _ols
+
+    rng = np.random.default_rng(4)
+    cases = [
+        (np.arange(n, dtype=float), rng.standard_normal(n) - 0.3 * np.arange(n))
+        for n in (3, 4, 17, 51)
+    ]
+    cases.append((np.arange(6.0), np.full(6, 2.5)))  # constant y: r = 0
+    cases.append((np.arange(8.0), 1.0 - 0.25 * np.arange(8.0)))  # an exact line: r = -1
+    for x, y in cases:
+        ref = stats.linregress(x, y)
+        got = _ols(x, y)
+        np.testing.assert_allclose(
+            got, (ref.slope, ref.intercept, ref.rvalue, ref.stderr), rtol=1e-12, atol=1e-14
+        )

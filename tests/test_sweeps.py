@@ -65,3 +65,54 @@ def test_state_sweep_equals_autograd(kind: str, padded: bool) -> None:
     _, expected0 = _reference(cell, x, s0, valid, torch.zeros_like(ocot), g_last)
     got0 = adapter.state_sweep(params, factors, g_last, None, valid)
     torch.testing.assert_close(got0, expected0, rtol=1e-12, atol=1e-12)
+
+
+def _cell_jacobians(cell, x, states):
+    """``∂s_t/∂s_{t-1}`` ``(T, B, D, D)`` by autograd through ``nn.LSTMCell`` itself."""
+    H = cell.hidden_size
+
+    def jac(xt, s):
+        def step(s):
+            h, c = cell(xt[None], (s[None, :H], s[None, H:]))
+            return torch.cat([h, c], dim=-1)[0]
+
+        return torch.autograd.functional.jacobian(step, s)
+
+    return torch.stack(
+        [
+            torch.stack([jac(x[t, b], states[t][b]) for b in range(x.shape[1])])
+            for t in range(x.shape[0])
+        ]
+    )
+
+
+@pytest.mark.parametrize("subset", [False, True], ids=["every", "subset"])
+def test_lstm_state_jvp_run_equals_autograd_products(subset: bool) -> None:
+    """``state_jvp_run`` over several steps = the product of the autograd Jacobians."""
+    torch.manual_seed(1)
+    cell = nn.LSTMCell(3, 5).double()
+    adapter = adapter_for(cell)
+    params = adapter.cell_params(cell)
+    T, B, k, H = 6, 4, 3, cell.hidden_size
+    x = torch.randn(T, B, 3, dtype=torch.float64)
+    states = [torch.randn(B, 2 * H, dtype=torch.float64) * 0.5]
+    for t in range(T):
+        states.append(adapter.step(params, x[t], states[-1]))
+    jac = _cell_jacobians(cell, x, states)
+    # the factors of every step and sequence in one block, step-major, as StepOps keeps them
+    lin = adapter.linearize(params, x.reshape(T * B, 3), torch.cat(states[:-1]))
+    batch = torch.tensor([3, 1]) if subset else torch.arange(B)
+    v = torch.randn(len(batch), 2 * H, k, dtype=torch.float64)
+    got = adapter.state_jvp_run(
+        params,
+        adapter.run_factors(lin.factors, B),
+        range(T),
+        batch if subset else None,
+        v.permute(1, 0, 2),  # the columns layout (D, n, k)
+    )
+    assert got is not None
+    got = got.permute(1, 0, 2)
+    expected = v
+    for t in range(T):
+        expected = jac[t, batch] @ expected
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

@@ -197,6 +197,40 @@ class CellAdapter(ABC):
         """
         return None
 
+    def run_factors(self, factors: Any, per_step: int) -> Any:
+        """The linear factors of a block of steps, laid out for :meth:`state_jvp_run`.
+
+        ``factors`` are :meth:`linear_factors` of the pairs of ``S`` consecutive steps,
+        step-major, ``per_step`` pairs (sequences) per step. Called once per block; the
+        default keeps them as they are.
+        """
+        return factors
+
+    def state_jvp_run(
+        self, params: Params, factors: Any, steps: range, batch: Tensor | None, v: Tensor
+    ) -> Tensor | None:
+        """``J_{m-1} ⋯ J_0 v`` over ``m`` consecutive steps, or None (one product per step).
+
+        :class:`~gradscope.jacobians.steps.StepOps` calls it inside QR iterations, where
+        one product takes a fraction of a millisecond and the per-step objects of
+        :meth:`product` would cost as much as the product. An adapter may override it with
+        a loop over preallocated buffers; the result must equal ``m`` calls of
+        :meth:`product` to rounding.
+
+        Args:
+            params: The layer's weights, in ``v``'s dtype.
+            factors: :meth:`run_factors` of a block of steps.
+            steps: The steps to apply, in order, as indices into that block.
+            batch: The sequences (pairs of each step) that ``v``'s column blocks belong
+                to, in order; None: every one.
+            v: ``(D, n, k)``: the ``k`` columns of each of the ``n`` sequences side by
+                side (so that a weight product is one GEMM over ``n · k`` columns).
+
+        Returns:
+            ``(D, n, k)`` in ``v``'s dtype, or None.
+        """
+        return None
+
     def forced_states(
         self, params: Params, x: Tensor, h_prev: Tensor, s0: Tensor, keep_factors: bool
     ) -> tuple[Tensor, Any] | None:

@@ -89,19 +89,20 @@ class _Local(NamedTuple):
     beta_o: Tensor  # scaling of W_o in ∂m_t: tanh(c_t) o(1-o)
     ou: Tensor  # o (1 - tanh(c_t)²) = ∂m_t/∂c_t
     f: Tensor  # forget gate = ∂c_t/∂c_{t-1}
+    scale: Tensor  # (N, 4, H): [alpha; beta_o], the row scalings of the four gate blocks
 
 
 def _factors(i: Tensor, f: Tensor, g: Tensor, o: Tensor, c_prev: Tensor, tc: Tensor) -> _Local:
     """The local factors from the gates, the previous cell state and ``tanh(c_t)``."""
-    alpha = i.new_empty((i.shape[0], 3, i.shape[1]))
-    a_i, a_f, a_g = alpha.unbind(1)
+    scale = i.new_empty((i.shape[0], 4, i.shape[1]))  # alpha and beta_o are views of it
+    a_i, a_f, a_g, beta_o = scale.unbind(1)
     torch.addcmul(i, i, i, value=-1.0, out=a_i).mul_(g)  # i - i² = σ'(a_i)
     torch.addcmul(f, f, f, value=-1.0, out=a_f).mul_(c_prev)
     torch.addcmul(i, i, torch.mul(g, g, out=a_g), value=-1.0, out=a_g)  # i (1 - g²)
-    beta_o = torch.addcmul(o, o, o, value=-1.0).mul_(tc)
+    torch.addcmul(o, o, o, value=-1.0, out=beta_o).mul_(tc)
     ou = torch.mul(tc, tc)
     torch.addcmul(o, o, ou, value=-1.0, out=ou)  # o (1 - tanh²(c_t))
-    return _Local(alpha, beta_o, ou, f)
+    return _Local(scale[:, :3], beta_o, ou, f, scale)
 
 
 def _output(params: Params, m: Tensor) -> Tensor:
@@ -346,6 +347,57 @@ class LSTMAdapter(CellAdapter):
                 if direct is not None:
                     Gh[k] += direct
         return torch.cat([Gh, Gc], dim=-1)
+
+    def run_factors(self, factors: _Local, per_step: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``[α; β_o]``, ``o u`` and ``f`` as ``(S, 4H, B)``, ``(S, H, B)``, ``(S, H, B)``.
+
+        The layout of :meth:`state_jvp_run`'s columns (``B = per_step`` pairs of each of
+        ``S`` steps side by side): one copy per block of steps, after which every step's
+        factors are contiguous views.
+        """
+        n = factors.f.shape[0]
+        return tuple(
+            p.reshape(n // per_step, per_step, -1).transpose(1, 2).contiguous()
+            for p in (factors.scale, factors.ou, factors.f)
+        )
+
+    @torch.no_grad()
+    def state_jvp_run(self, params, factors, steps, batch, v):
+        """``J_{m-1} ⋯ J_0 v`` (see :meth:`CellAdapter.state_jvp_run`), without a projection.
+
+        With the columns of every sequence side by side, ``(D, n · k)``, each step
+        is one ``(4H, H) × (H, n k)`` GEMM with a contiguous output (measured 1.4× faster
+        than the per-sequence layout's contraction for ``H = 256``, ``n k = 64``) and four
+        fused elementwise calls: the gate rows scaled by ``[α; β_o]``, ``δc`` as the sum of
+        the three scaled ``∂c`` blocks plus ``f δc_prev``, ``δh = β_o δa_o + o u δc``. Two
+        buffers alternate; nothing is allocated per step. ``O(n · k · 4H · H)`` per step.
+        None with a projection (``weight_hr``) or for a subclass that overrides
+        :meth:`product`.
+        """
+        if "weight_hr" in params or type(self).product is not LSTMAdapter.product:
+            return None
+        D, n, k = v.shape
+        H = D // 2
+        w = params["weight_hh"]
+        sel = slice(steps.start, steps.stop)
+        scale, ou, f = (  # (m, ·, n, 1): the pairs of a step are columns
+            (p[sel] if batch is None else p[sel][..., batch]).unsqueeze(-1) for p in factors
+        )
+        # two column buffers (D, n, k) that alternate, their halves' views made once
+        bufs = [v.contiguous(), v.new_empty((D, n, k))]
+        halves = [(b[:H].view(H, n * k), b[:H], b[H:]) for b in bufs]
+        da = v.new_empty((4 * H, n, k))
+        da2, da4 = da.view(4 * H, n * k), da.view(4, H, n, k)
+        da_ifg, da_o = da4[:3], da4[3]
+        for j, (sc, oj, fj) in enumerate(zip(scale.unbind(0), ou.unbind(0), f.unbind(0))):
+            h2, _, c = halves[j % 2]
+            _, h_new, c_new = halves[(j + 1) % 2]
+            torch.mm(w, h2, out=da2)
+            da.mul_(sc)
+            torch.sum(da_ifg, 0, out=c_new)
+            c_new.addcmul_(fj, c)
+            torch.addcmul(da_o, oj, c_new, out=h_new)
+        return bufs[len(steps) % 2]
 
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> _Local:
         """The local factors ``α, β_o, o u, f`` (see the module docstring)."""

@@ -145,7 +145,12 @@ class ForwardQR:
             changed and ``m`` is set back to 1; the caller applies the steps one at a time.
         """
         rows = self._rows(batch)
+        # columns layout (D, n, k) through the block when the adapter has its own run loop
+        cols = self.ops.runs
         z = self.Q[rows].to(self.ops.dtype)
+        if cols:
+            z = z.permute(1, 0, 2).contiguous()
+        one = (None, slice(None), None) if cols else (slice(None), None, None)
         shift = torch.zeros(len(batch), dtype=torch.float64)
         small = self.ops.dtype != torch.float64
         info = torch.finfo(self.ops.dtype)
@@ -156,16 +161,17 @@ class ForwardQR:
         every = _RESCALE_EVERY if small else m
         for tt in range(t, t + m, every):
             run = min(every, t + m - tt)
-            z = self.ops.jvp_run(tt, run, batch, z)
+            z = self.ops.jvp_run(tt, run, batch, z, columns=cols)
             if small:
-                big = z.abs().amax(dim=(-2, -1))
+                # per sequence; in the columns layout reduced over rows first (contiguous)
+                big = z.abs().amax(dim=0).amax(dim=-1) if cols else z.abs().amax(dim=(-2, -1))
                 far = (big < lo) | (big > hi)
                 if bool(far.any()):
                     e = torch.where(far, -torch.round(torch.log2(big)), torch.zeros_like(big))
                     e = torch.nan_to_num(e, nan=0.0, posinf=0.0, neginf=0.0)
-                    z = z * torch.exp2(e)[:, None, None]
+                    z = z * torch.exp2(e)[one]
                     shift -= e.to(torch.float64) * math.log(2.0)
-        q, logs, cond = _factor(z)
+        q, logs, cond = _factor(z.permute(1, 0, 2) if cols else z)
         worst = float(cond.max()) if cond.numel() else 0.0
         if not worst <= self.c_max or not bool(torch.isfinite(logs).all()):
             self.m, self.cool = 1, COOLDOWN  # back off: no blocking for a while

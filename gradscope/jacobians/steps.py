@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradscope.cells.base import Linearization
+from gradscope.cells.base import CellAdapter, Linearization
 from gradscope.errors import ArgumentError, MissingDataError
 from gradscope.jacobians.diagonal import has_diagonal
 from gradscope.layer_trace import LayerTrace
@@ -107,6 +107,7 @@ class StepOps:
         self._lin = None
         self._chunk: tuple[int, int, Linearization] | None = None
         self._last_t: int | None = None
+        self._run: tuple[Linearization, object] | None = None  # a chunk, its run_factors
         self.steps_per_chunk = max(1, min(64, CHUNK_ROWS // max(1, layer.B)))
 
     def _chunk_for(self, t: int) -> tuple[int, Linearization]:
@@ -173,27 +174,79 @@ class StepOps:
             return None
         return self.linearization(t, batch)
 
-    def jvp_run(self, t: int, m: int, batch: Tensor, v: Tensor) -> Tensor:
+    @property
+    def runs(self) -> bool:
+        """Whether the adapter has a loop of its own for runs of products (columns layout)."""
+        adapter = self._adapter
+        return (
+            "state" not in self._stored
+            and adapter is not None
+            and adapter.closed_form
+            and type(adapter).state_jvp_run is not CellAdapter.state_jvp_run
+        )
+
+    def jvp_run(self, t: int, m: int, batch: Tensor, v: Tensor, columns: bool = False) -> Tensor:
         """``J_{t+m-1} ⋯ J_t v`` per sequence, ``m`` products in a row (a QR block).
 
         The same products as ``m`` calls of :meth:`jvp`, with the per-call work (the
         linearisation lookup, the block's shape check, the autograd switch) paid once per
-        run: a closed-form adapter's :meth:`~gradscope.cells.base.CellAdapter.product` is
-        called directly, which matters when one product takes a fraction of a
-        millisecond (10,000 steps of an LSTM with hidden 256). Stored Jacobians and
-        ``torch.func`` adapters go through :meth:`jvp`.
+        run, which matters when one product takes a fraction of a millisecond (10,000
+        steps of an LSTM with hidden 256): the steps inside one chunk of linearised steps
+        go to the adapter's :meth:`~gradscope.cells.base.CellAdapter.state_jvp_run` in one
+        call (its factors laid out once per chunk by ``run_factors``), or, where it has
+        none, to :meth:`~gradscope.cells.base.CellAdapter.product` step by step. Stored
+        Jacobians and ``torch.func`` adapters go through :meth:`jvp`.
+
+        Args:
+            t: The first step.
+            m: How many steps.
+            batch: The sequences, ``(n,)``.
+            v: ``(n, D, k)``, or ``(D, n, k)`` with ``columns``.
+            columns: ``v`` and the result in the layout of ``state_jvp_run`` (a caller
+                that keeps its blocks that way, see :attr:`runs`, saves two
+                transpositions per run).
         """
         v = v.to(self.dtype)
-        lin = self.step_linearization(t, batch)
-        if lin is None:
-            for tt in range(t, t + m):
-                v = self.jvp(tt, batch, v)
-            return v
-        adapter = lin.adapter
-        adapter.check_block("jvp_state", v, lin.x.shape[0], lin.s.shape[-1])
+        adapter = self._adapter
+        if not self.runs:
+            v = v.permute(1, 0, 2) if columns else v
+            if "state" in self._stored or adapter is None or not adapter.closed_form:
+                for tt in range(t, t + m):
+                    v = self.jvp(tt, batch, v)
+            else:
+                v = self._product_run(t, t + m, batch, v)
+            return v.permute(1, 0, 2) if columns else v
+        D = self._states.shape[-1]
+        if columns:
+            adapter.check_block("jvp_state", v.transpose(0, 1), len(batch), D)
+        else:
+            adapter.check_block("jvp_state", v, len(batch), D)
+            v = v.permute(1, 0, 2)
+        full = len(batch) == self.layer.B
         with torch.no_grad():
-            for tt in range(t, t + m):
-                lin = self.linearization(tt, batch)
+            tt = t
+            while tt < t + m:
+                # the steps of the run inside one chunk of linearised steps: one adapter call
+                lo, chunk = self._chunk_for(tt)
+                hi = min(t + m, self._chunk[1])
+                if self._run is None or self._run[0] is not chunk:
+                    self._run = (chunk, adapter.run_factors(chunk.factors, self.layer.B))
+                out = adapter.state_jvp_run(
+                    self._params, self._run[1], range(tt - lo, hi - lo), None if full else batch, v
+                )
+                if out is None:  # e.g. an LSTM with a projection: products step by step
+                    out = self._product_run(tt, hi, batch, v.permute(1, 0, 2)).permute(1, 0, 2)
+                v = out
+                self._last_t = hi - 1
+                tt = hi
+        return v if columns else v.permute(1, 0, 2).contiguous()
+
+    def _product_run(self, t0: int, t1: int, batch: Tensor, v: Tensor) -> Tensor:
+        """Steps ``t0 … t1-1`` by the adapter's :meth:`product`, ``v`` ``(n, D, k)``."""
+        adapter = self._adapter
+        with torch.no_grad():
+            for u in range(t0, t1):
+                lin = self.linearization(u, batch)
                 v = adapter.product(lin.params, lin.x, lin.s, lin.factors, v, "state", False)
         return v
 
