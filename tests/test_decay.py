@@ -313,7 +313,7 @@ def test_ols_equals_scipy_linregress():
         (np.arange(n, dtype=float), rng.standard_normal(n) - 0.3 * np.arange(n))
         for n in (3, 4, 17, 51)
     ]
-    cases.append((np.arange(6.0), np.full(6, 2.5)))  # constant y: r = 0
+    cases.append((np.arange(6.0), np.full(6, 2.5)))  # constant y: r undefined (NaN)
     cases.append((np.arange(8.0), 1.0 - 0.25 * np.arange(8.0)))  # an exact line: r = -1
     for x, y in cases:
         ref = stats.linregress(x, y)

@@ -132,13 +132,16 @@ def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
     """``(slope, intercept, r, slope stderr)`` of ``y`` on ``x``.
 
     :func:`scipy.stats.linregress`'s formulas (population moments, ``r`` clipped to
-    [-1, 1], 0 for a constant ``y``) without its per-call overhead.
+    [-1, 1], NaN for a constant ``y``) without its per-call overhead.
     """
     n = x.size
     xm, ym = x.mean(), y.mean()
     dx, dy = x - xm, y - ym
     ssxm, ssym, ssxym = float(dx @ dx) / n, float(dy @ dy) / n, float(dx @ dy) / n
-    r = 0.0 if ssxm == 0.0 or ssym == 0.0 else min(1.0, max(-1.0, ssxym / math.sqrt(ssxm * ssym)))
+    if ssxm == 0.0 or ssym == 0.0:
+        r = math.nan  # as SciPy: no correlation is defined (the fit then reports r² = 1)
+    else:
+        r = min(1.0, max(-1.0, ssxym / math.sqrt(ssxm * ssym)))
     slope = ssxym / ssxm
     se = math.sqrt((1.0 - r * r) * ssym / ssxm / (n - 2)) if n > 2 else math.nan
     return slope, float(ym - slope * xm), r, se
