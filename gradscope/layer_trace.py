@@ -150,9 +150,11 @@ class LayerTrace:
 
     def nonfinite(self) -> np.ndarray:
         """``(T+1, B)`` bool: real (unpadded) states holding NaN or inf."""
-        # max |s| over the state is NaN or inf exactly when some entry is (amax propagates
-        # NaN); one reduction, ~6x faster than isfinite(...).all() on the CPU
-        if self.states.shape[-1] == 0:
+        # A finite sum of everything means every entry is finite (NaN and inf propagate; a
+        # sum that overflows only sends us on to look): the common case in one reduction.
+        # Otherwise max |s| over the state is NaN or inf exactly when some entry is (amax
+        # propagates NaN), ~6x faster than isfinite(...).all() on the CPU.
+        if self.states.shape[-1] == 0 or bool(torch.isfinite(self.states.detach().sum())):
             return np.zeros(self.state_mask.shape, bool)
         peak = self.states.detach().abs().amax(dim=-1)
         bad = ~torch.isfinite(peak).cpu().numpy()

@@ -319,8 +319,9 @@ class LSTMAdapter(CellAdapter):
         B, D = g_last.shape
         H = D // 2
         w = params["weight_hh"].to(g_last.dtype)
-        # G_h and G_c are written in place, one step at a time, and joined at the end
-        Gh, Gc = g_last.new_empty((T + 1, B, H)), g_last.new_empty((T + 1, B, H))
+        # G_h and G_c are written in place, one step at a time, as the halves of the result
+        out = g_last.new_empty((T + 1, B, D))
+        Gh, Gc = out[..., :H], out[..., H:]
         Gh[T], Gc[T] = g_last[:, :H], g_last[:, H:]
         if out_cot is not None and T:
             Gh[T] += out_cot[T - 1]
@@ -346,7 +347,7 @@ class LSTMAdapter(CellAdapter):
                 torch.where(keep, loc.f * g_c, gc, out=Gc[k])
                 if direct is not None:
                     Gh[k] += direct
-        return torch.cat([Gh, Gc], dim=-1)
+        return out
 
     def run_factors(self, factors: _Local, per_step: int) -> tuple[Tensor, Tensor, Tensor]:
         """``[α; β_o]``, ``o u`` and ``f`` as ``(S, 4H, B)``, ``(S, H, B)``, ``(S, H, B)``.

@@ -138,9 +138,10 @@ def _fused_layer_traces(call: FusedCall, rep: Replay, check: FusedCheck) -> list
     for layer in range(call.num_layers):
         for d in range(call.dirs):
             params = call.params[(layer, d)]
-            states = stacked(rep.states[layer][d]).detach().clone()
-            inputs = rep.inputs[layer][d].detach().clone()
-            if valid is not None:
+            states = stacked(rep.states[layer][d]).detach()
+            inputs = rep.inputs[layer][d].detach()
+            if valid is not None:  # written into: copies (the replay's own stay as they are)
+                states, inputs = states.clone(), inputs.clone()
                 states[1:][~valid] = float("nan")
                 inputs[~valid] = float("nan")
             # layer 0 reads the module's input; only layers > 0 read dropped-out outputs
