@@ -295,3 +295,39 @@ def test_float32_operator_blocks_rescale_instead_of_underflowing(monkeypatch):
     ly = lyapunov(tr, k=3, method="operator")
     assert max(seen["accepted"]) >= 16
     np.testing.assert_allclose(ly.per_sequence, math.log(1e-3), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_columns_top_singular_log_equals_numpy_spectral_norms(dtype):
+    """ln ‖Z_n‖₂ of the columns layout against NumPy's 2-norm; a zero block gives -inf and a
+    non-finite one NaN, without touching the other blocks; blocks whose squares leave the
+    dtype's range."""
+    from gradscope.jacobians.products import columns_top_singular_log
+
+    rng = np.random.default_rng(7)
+    D, n, p = 40, 5, 6
+    z = rng.standard_normal((D, n, p))
+    z[:, 1] *= 1e-30  # float32 squares underflow: measured again in float64
+    z[:, 3] *= 1e300 if dtype == torch.float64 else 1e25  # squares overflow: scaled
+    z[:, 2] = 0.0
+    z[5, 4, 1] = np.nan
+    zt = torch.from_numpy(z).to(dtype)
+    got = columns_top_singular_log(zt).numpy()
+    ref = zt.double().numpy()
+    for b in (0, 1, 3):
+        np.testing.assert_allclose(got[b], np.log(np.linalg.norm(ref[:, b], 2)), rtol=1e-12)
+    assert got[2] == -np.inf and np.isnan(got[4])
+    one = columns_top_singular_log(zt[:, :, :1]).numpy()  # p = 1: the vector norms
+    np.testing.assert_allclose(one[0], np.log(np.linalg.norm(ref[:, 0, 0])), rtol=1e-12)
+
+
+def test_columns_top_singular_log_float32_gram_to_float32_rounding():
+    """Ordinary float32 blocks take the float32 Gram path: equal to float32 rounding."""
+    from gradscope.jacobians.products import columns_top_singular_log
+
+    rng = np.random.default_rng(8)
+    zt = torch.from_numpy(rng.standard_normal((512, 4, 16))).to(torch.float32)
+    got = columns_top_singular_log(zt).numpy()
+    ref = zt.double().numpy()
+    want = [np.log(np.linalg.norm(ref[:, b], 2)) for b in range(4)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=5e-6)

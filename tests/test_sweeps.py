@@ -116,3 +116,34 @@ def test_lstm_state_jvp_run_equals_autograd_products(subset: bool) -> None:
     for t in range(T):
         expected = jac[t, batch] @ expected
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("subset", [False, True], ids=["every", "subset"])
+def test_lstm_state_vjp_run_equals_autograd_products(subset: bool) -> None:
+    """``state_vjp_run`` walking back over several steps = the transposed autograd products."""
+    torch.manual_seed(2)
+    cell = nn.LSTMCell(3, 5).double()
+    adapter = adapter_for(cell)
+    params = adapter.cell_params(cell)
+    T, B, p, H = 6, 4, 3, cell.hidden_size
+    x = torch.randn(T, B, 3, dtype=torch.float64)
+    states = [torch.randn(B, 2 * H, dtype=torch.float64) * 0.5]
+    for t in range(T):
+        states.append(adapter.step(params, x[t], states[-1]))
+    jac = _cell_jacobians(cell, x, states)
+    lin = adapter.linearize(params, x.reshape(T * B, 3), torch.cat(states[:-1]))
+    batch = torch.tensor([2, 0]) if subset else torch.arange(B)
+    u = torch.randn(len(batch), 2 * H, p, dtype=torch.float64)
+    steps = list(range(T - 1, -1, -1))  # a backward walk: the last step first
+    got = adapter.state_vjp_run(
+        params,
+        adapter.run_factors(lin.factors, B),
+        steps,
+        batch if subset else None,
+        u.permute(1, 0, 2),
+    )
+    assert got is not None
+    expected = u
+    for t in steps:
+        expected = jac[t, batch].transpose(-1, -2) @ expected
+    torch.testing.assert_close(got.permute(1, 0, 2), expected, rtol=1e-12, atol=1e-12)

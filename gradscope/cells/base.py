@@ -231,6 +231,18 @@ class CellAdapter(ABC):
         """
         return None
 
+    def state_vjp_run(
+        self, params: Params, factors: Any, steps: Sequence[int], batch: Tensor | None, u: Tensor
+    ) -> Tensor | None:
+        """``J_{s_{m-1}}ᵀ ⋯ J_{s_0}ᵀ u`` (the steps in the order given), or None.
+
+        The transposed products of :meth:`state_jvp_run`, for the backward walks of the
+        decay curves, in the same columns layout ``(D, n, p)`` and with the same factors
+        (:meth:`run_factors` of a block of steps, ``steps`` indexing into it). The result
+        must equal :meth:`product` with ``rev=True`` to rounding.
+        """
+        return None
+
     def forced_states(
         self, params: Params, x: Tensor, h_prev: Tensor, s0: Tensor, keep_factors: bool
     ) -> tuple[Tensor, Any] | None:

@@ -400,6 +400,39 @@ class LSTMAdapter(CellAdapter):
             torch.addcmul(da_o, oj, c_new, out=h_new)
         return bufs[len(steps) % 2]
 
+    @torch.no_grad()
+    def state_vjp_run(self, params, factors, steps, batch, u):
+        """``J_{s_{m-1}}ᵀ ⋯ J_{s_0}ᵀ u`` (see :meth:`CellAdapter.state_vjp_run`), no projection.
+
+        Per step, in the columns layout ``(D, n, p)``: ``g_c = u_c + o u ⊙ u_h``; the gate
+        cotangents ``[α g_c; β_o u_h]`` written into one ``(4H, n, p)`` buffer; ``u_h ←
+        W_hhᵀ ga`` (one ``(H, 4H) × (4H, n p)`` GEMM); ``u_c ← f ⊙ g_c``. Four fused calls
+        and one GEMM, ``O(n · p · 4H · H)``; nothing allocated per step.
+        """
+        if "weight_hr" in params or type(self).product is not LSTMAdapter.product:
+            return None
+        D, n, p = u.shape
+        H = D // 2
+        wt = params["weight_hh"].T  # (H, 4H), a view: the GEMM reads it transposed
+        bufs = [u.contiguous(), u.new_empty((D, n, p))]
+        halves = [(b[:H].view(H, n * p), b[:H], b[H:]) for b in bufs]
+        ga = u.new_empty((4, H, n, p))
+        ga2, ga_ifg, ga_o = ga.view(4 * H, n * p), ga[:3], ga[3]
+        g_c = u.new_empty((H, n, p))
+        for j, st in enumerate(steps):
+            sc, oj, fj = (
+                (x[st] if batch is None else x[st][..., batch]).unsqueeze(-1) for x in factors
+            )
+            sc4 = sc.view(4, H, n, 1)
+            _, u_h, u_c = halves[j % 2]
+            new_h2, _, new_c = halves[(j + 1) % 2]
+            torch.addcmul(u_c, oj, u_h, out=g_c)
+            torch.mul(sc4[:3], g_c, out=ga_ifg)
+            torch.mul(sc4[3], u_h, out=ga_o)
+            torch.mm(wt, ga2, out=new_h2)
+            torch.mul(fj, g_c, out=new_c)
+        return bufs[len(steps) % 2]
+
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> _Local:
         """The local factors ``α, β_o, o u, f`` (see the module docstring)."""
         return self._local(params, x, s)

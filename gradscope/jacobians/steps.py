@@ -174,16 +174,48 @@ class StepOps:
             return None
         return self.linearization(t, batch)
 
-    @property
-    def runs(self) -> bool:
-        """Whether the adapter has a loop of its own for runs of products (columns layout)."""
+    def _has_loop(self, name: str) -> bool:
         adapter = self._adapter
         return (
             "state" not in self._stored
             and adapter is not None
             and adapter.closed_form
-            and type(adapter).state_jvp_run is not CellAdapter.state_jvp_run
+            and getattr(type(adapter), name) is not getattr(CellAdapter, name)
         )
+
+    @property
+    def runs(self) -> bool:
+        """Whether the adapter has a loop of its own for runs of ``jvp`` (columns layout)."""
+        return self._has_loop("state_jvp_run")
+
+    @property
+    def vjp_runs(self) -> bool:
+        """Whether the adapter has a loop of its own for ``vjp`` steps (columns layout)."""
+        return self._has_loop("state_vjp_run")
+
+    def vjp_columns(self, t: int, batch: Tensor, u: Tensor) -> Tensor:
+        """``J_tᵀ u`` per sequence in the columns layout: ``u`` ``(D, n, p)`` -> same.
+
+        One call of the adapter's ``state_vjp_run`` (a backward walk's step), with the
+        factors laid out once per chunk of linearised steps; :meth:`vjp` where it has none
+        (or it declines, e.g. an LSTM with a projection).
+        """
+        u = u.to(self.dtype)
+        adapter = self._adapter
+        out = None
+        if self.vjp_runs:
+            self._adapter.check_block("vjp_state", u.transpose(0, 1), len(batch), u.shape[0])
+            lo, chunk = self._chunk_for(t)
+            if self._run is None or self._run[0] is not chunk:
+                self._run = (chunk, adapter.run_factors(chunk.factors, self.layer.B))
+            full = len(batch) == self.layer.B
+            out = adapter.state_vjp_run(
+                self._params, self._run[1], [t - lo], None if full else batch, u
+            )
+            self._last_t = t
+        if out is None:
+            out = self.vjp(t, batch, u.permute(1, 0, 2)).permute(1, 0, 2)
+        return out
 
     def jvp_run(self, t: int, m: int, batch: Tensor, v: Tensor, columns: bool = False) -> Tensor:
         """``J_{t+m-1} ⋯ J_t v`` per sequence, ``m`` products in a row (a QR block).
