@@ -153,6 +153,41 @@ def sampled_step_cost(loop: Loop, n: int, **kwargs) -> float:
     return statistics.median(extra)
 
 
+def exact_floor(loop: Loop, n: int) -> tuple[float, float]:
+    """Median seconds of a plain step and of the arithmetic an exact sampled step cannot skip.
+
+    The floor: the gate pre-activations of all ``T`` steps from the module's outputs (two
+    GEMMs over ``T · B`` rows), their activations and ``tanh(c_t)`` (one elementwise pass
+    each), and the backward sweep's ``T`` GEMMs ``(B × 4H) × (4H × H)``: the replay and
+    the sweep with nothing else, timed the same way as the plain step on the same machine.
+    """
+    lstm = loop.model.lstm
+    w_ih, w_hh = lstm.weight_ih_l0.detach(), lstm.weight_hh_l0.detach()
+    bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach()
+    x = loop.data[0][0].reshape(T * B, I)
+    h = torch.randn(T * B, H, device=loop.device)
+    ga = torch.randn(B, 4 * H, device=loop.device)
+    out = torch.empty(B, H, device=loop.device)
+
+    def floor() -> None:
+        a = torch.addmm(bias, x, w_ih.T).addmm_(h, w_hh.T)
+        a[:, : 2 * H].sigmoid_()
+        a[:, 2 * H : 3 * H].tanh_()
+        a[:, 3 * H :].sigmoid_()
+        torch.tanh(a[:, :H])
+        for _ in range(T):
+            torch.mm(ga, w_hh, out=out)
+        loop.sync()
+
+    plain, least = [], []
+    for _ in range(n):
+        plain.append(loop.run(1, None))
+        t0 = time.perf_counter()
+        floor()
+        least.append(time.perf_counter() - t0)
+    return statistics.median(plain), statistics.median(least)
+
+
 def memory(loop: Loop, steps: int, every: int) -> dict[int, tuple[float, int, int]]:
     """RSS, history bytes and sampled steps after 100 steps and at five even checkpoints."""
     monitor = gs.Monitor(loop.model, every=every)
@@ -193,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     loop.run(2, warm)
     warm.close()
 
+    plain, least = exact_floor(loop, 20)
+    print(
+        f"\nplain step {plain * 1e3:.1f} ms; the arithmetic an exact sampled step cannot skip "
+        f"(replay GEMMs and activations, the sweep's {T} GEMMs) {least * 1e3:.1f} ms = "
+        f"{least / plain:.2f} of a plain step (median of 20)"
+    )
     print("\nextra seconds of one sampled step over a plain step (median of 5 paired runs):")
     for label, kw in (
         ("recording + grad norms (analyze=False)", {"analyze": False}),
