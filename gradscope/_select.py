@@ -8,7 +8,7 @@ formula) from one bucket count: every value gets a bucket by a monotone map
 (``⌊(v − min) · nb / (max − min)⌋``; subtracting and multiplying by a positive constant are
 monotone under IEEE rounding, so bucket order never contradicts value order), the
 cumulative counts say which bucket holds each wanted rank, and only those buckets' values
-are partitioned.
+are gathered (one pass) and sorted.
 """
 
 from __future__ import annotations
@@ -61,12 +61,17 @@ def quantiles(values: np.ndarray, qs: tuple[float, ...] | list[float]) -> np.nda
     ends = np.cumsum(np.bincount(bucket, minlength=nb))  # ends[b]: values in buckets <= b
     ranks = np.unique(np.concatenate([lo, hi]))
     where = np.searchsorted(ends, ranks, side="right")  # the bucket of each rank
-    stats = {}
-    for b in np.unique(where):
-        members = np.sort(v[bucket == b])
-        start = ends[b - 1] if b > 0 else 0
-        for r in ranks[where == b]:
-            stats[int(r)] = members[r - start]
+    wanted = np.unique(where)
+    # The values of every wanted bucket in one pass (a lookup table on the bucket index)
+    # and one sort: bucket order is value order, so the sorted selection holds each wanted
+    # bucket's values contiguously, after those of the wanted buckets below it.
+    lut = np.zeros(nb, dtype=bool)
+    lut[wanted] = True
+    members = np.sort(v[lut[bucket]])
+    starts = np.where(wanted > 0, ends[np.maximum(wanted - 1, 0)], 0)  # ranks before b
+    offsets = np.concatenate([[0], np.cumsum(ends[wanted] - starts)[:-1]])
+    k = np.searchsorted(wanted, where)
+    stats = dict(zip(ranks.tolist(), members[offsets[k] + ranks - starts[k]]))
     a = np.array([stats[int(r)] for r in lo], dtype=v.dtype)
     b = np.array([stats[int(r)] for r in hi], dtype=v.dtype)
     return _lerp(a, b, t).astype(np.float64)
