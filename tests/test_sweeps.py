@@ -86,61 +86,51 @@ def _cell_jacobians(cell, x, states):
     )
 
 
-@pytest.mark.parametrize("subset", [False, True], ids=["every", "subset"])
-def test_lstm_state_jvp_run_equals_autograd_products(subset: bool) -> None:
-    """``state_jvp_run`` over several steps = the product of the autograd Jacobians."""
-    torch.manual_seed(1)
+def _lstm_run_case(seed: int, subset: bool):
+    """An LSTM cell over 6 steps and 4 sequences: the autograd Jacobians of every step and
+    the adapter's run factors of all of them in one block, step-major, as StepOps keeps
+    them; the sequences to apply them to (all, or a shuffled subset)."""
+    torch.manual_seed(seed)
     cell = nn.LSTMCell(3, 5).double()
     adapter = adapter_for(cell)
     params = adapter.cell_params(cell)
-    T, B, k, H = 6, 4, 3, cell.hidden_size
+    T, B, H = 6, 4, cell.hidden_size
     x = torch.randn(T, B, 3, dtype=torch.float64)
     states = [torch.randn(B, 2 * H, dtype=torch.float64) * 0.5]
     for t in range(T):
         states.append(adapter.step(params, x[t], states[-1]))
     jac = _cell_jacobians(cell, x, states)
-    # the factors of every step and sequence in one block, step-major, as StepOps keeps them
     lin = adapter.linearize(params, x.reshape(T * B, 3), torch.cat(states[:-1]))
     batch = torch.tensor([3, 1]) if subset else torch.arange(B)
-    v = torch.randn(len(batch), 2 * H, k, dtype=torch.float64)
+    return adapter, params, adapter.run_factors(lin.factors, B), jac, batch
+
+
+@pytest.mark.parametrize("subset", [False, True], ids=["every", "subset"])
+def test_lstm_state_jvp_run_equals_autograd_products(subset: bool) -> None:
+    """``state_jvp_run`` over several steps = the product of the autograd Jacobians."""
+    adapter, params, factors, jac, batch = _lstm_run_case(1, subset)
+    T, D = jac.shape[0], jac.shape[-1]
+    v = torch.randn(len(batch), D, 3, dtype=torch.float64)
+    # in the columns layout (D, n, k)
     got = adapter.state_jvp_run(
-        params,
-        adapter.run_factors(lin.factors, B),
-        range(T),
-        batch if subset else None,
-        v.permute(1, 0, 2),  # the columns layout (D, n, k)
+        params, factors, range(T), batch if subset else None, v.permute(1, 0, 2)
     )
     assert got is not None
-    got = got.permute(1, 0, 2)
     expected = v
     for t in range(T):
         expected = jac[t, batch] @ expected
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.permute(1, 0, 2), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("subset", [False, True], ids=["every", "subset"])
 def test_lstm_state_vjp_run_equals_autograd_products(subset: bool) -> None:
     """``state_vjp_run`` walking back over several steps = the transposed autograd products."""
-    torch.manual_seed(2)
-    cell = nn.LSTMCell(3, 5).double()
-    adapter = adapter_for(cell)
-    params = adapter.cell_params(cell)
-    T, B, p, H = 6, 4, 3, cell.hidden_size
-    x = torch.randn(T, B, 3, dtype=torch.float64)
-    states = [torch.randn(B, 2 * H, dtype=torch.float64) * 0.5]
-    for t in range(T):
-        states.append(adapter.step(params, x[t], states[-1]))
-    jac = _cell_jacobians(cell, x, states)
-    lin = adapter.linearize(params, x.reshape(T * B, 3), torch.cat(states[:-1]))
-    batch = torch.tensor([2, 0]) if subset else torch.arange(B)
-    u = torch.randn(len(batch), 2 * H, p, dtype=torch.float64)
+    adapter, params, factors, jac, batch = _lstm_run_case(2, subset)
+    T, D = jac.shape[0], jac.shape[-1]
+    u = torch.randn(len(batch), D, 3, dtype=torch.float64)
     steps = list(range(T - 1, -1, -1))  # a backward walk: the last step first
     got = adapter.state_vjp_run(
-        params,
-        adapter.run_factors(lin.factors, B),
-        steps,
-        batch if subset else None,
-        u.permute(1, 0, 2),
+        params, factors, steps, batch if subset else None, u.permute(1, 0, 2)
     )
     assert got is not None
     expected = u
