@@ -1,6 +1,11 @@
-"""The adapters' backward sweeps (``CellAdapter.state_sweep``) against autograd through the
-PyTorch cells themselves, float64: ``∂L/∂s_t`` for every step of
-``L = Σ_t ⟨ō_t, h_t⟩ + ⟨ḡ, s_T⟩``, with padded steps (the state held) and without."""
+"""The adapters' own loops against autograd through the PyTorch cells themselves, float64:
+
+* backward sweeps (``CellAdapter.state_sweep``): ``∂L/∂s_t`` for every step of
+  ``L = Σ_t ⟨ō_t, h_t⟩ + ⟨ḡ, s_T⟩``, with padded steps (the state held) and without;
+* runs of Jacobian products (``state_jvp_run`` / ``state_vjp_run``, the QR iteration's and
+  the decay walk's): products of the cells' autograd Jacobians over several steps, for
+  every sequence and for a shuffled subset.
+"""
 
 from __future__ import annotations
 
@@ -68,13 +73,15 @@ def test_state_sweep_equals_autograd(kind: str, padded: bool) -> None:
 
 
 def _cell_jacobians(cell, x, states):
-    """``∂s_t/∂s_{t-1}`` ``(T, B, D, D)`` by autograd through ``nn.LSTMCell`` itself."""
+    """``∂s_t/∂s_{t-1}`` ``(T, B, D, D)`` by autograd through the PyTorch cell itself."""
     H = cell.hidden_size
 
     def jac(xt, s):
         def step(s):
-            h, c = cell(xt[None], (s[None, :H], s[None, H:]))
-            return torch.cat([h, c], dim=-1)[0]
+            if isinstance(cell, nn.LSTMCell):
+                h, c = cell(xt[None], (s[None, :H], s[None, H:]))
+                return torch.cat([h, c], dim=-1)[0]
+            return cell(xt[None], s[None])[0]
 
         return torch.autograd.functional.jacobian(step, s)
 
@@ -86,17 +93,18 @@ def _cell_jacobians(cell, x, states):
     )
 
 
-def _lstm_run_case(seed: int, subset: bool):
-    """An LSTM cell over 6 steps and 4 sequences: the autograd Jacobians of every step and
-    the adapter's run factors of all of them in one block, step-major, as StepOps keeps
-    them; the sequences to apply them to (all, or a shuffled subset)."""
+def _run_case(kind: str, seed: int, subset: bool):
+    """A cell over 6 steps and 4 sequences: the autograd Jacobians of every step and the
+    adapter's run factors of all of them in one block, step-major, as StepOps keeps them;
+    the sequences to apply them to (all, or a shuffled subset)."""
     torch.manual_seed(seed)
-    cell = nn.LSTMCell(3, 5).double()
+    cell = CELLS[kind]().double()
     adapter = adapter_for(cell)
     params = adapter.cell_params(cell)
     T, B, H = 6, 4, cell.hidden_size
+    D = 2 * H if kind == "lstm" else H
     x = torch.randn(T, B, 3, dtype=torch.float64)
-    states = [torch.randn(B, 2 * H, dtype=torch.float64) * 0.5]
+    states = [torch.randn(B, D, dtype=torch.float64) * 0.5]
     for t in range(T):
         states.append(adapter.step(params, x[t], states[-1]))
     jac = _cell_jacobians(cell, x, states)
@@ -106,16 +114,17 @@ def _lstm_run_case(seed: int, subset: bool):
 
 
 @pytest.mark.parametrize("subset", [False, True], ids=["every", "subset"])
-def test_lstm_state_jvp_run_equals_autograd_products(subset: bool) -> None:
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_state_jvp_run_equals_autograd_products(kind: str, subset: bool) -> None:
     """``state_jvp_run`` over several steps = the product of the autograd Jacobians."""
-    adapter, params, factors, jac, batch = _lstm_run_case(1, subset)
+    adapter, params, factors, jac, batch = _run_case(kind, 1, subset)
     T, D = jac.shape[0], jac.shape[-1]
     v = torch.randn(len(batch), D, 3, dtype=torch.float64)
     # in the columns layout (D, n, k)
     got = adapter.state_jvp_run(
         params, factors, range(T), batch if subset else None, v.permute(1, 0, 2)
     )
-    assert got is not None
+    assert got is not None, f"{kind}: no run loop"
     expected = v
     for t in range(T):
         expected = jac[t, batch] @ expected
@@ -123,16 +132,17 @@ def test_lstm_state_jvp_run_equals_autograd_products(subset: bool) -> None:
 
 
 @pytest.mark.parametrize("subset", [False, True], ids=["every", "subset"])
-def test_lstm_state_vjp_run_equals_autograd_products(subset: bool) -> None:
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_state_vjp_run_equals_autograd_products(kind: str, subset: bool) -> None:
     """``state_vjp_run`` walking back over several steps = the transposed autograd products."""
-    adapter, params, factors, jac, batch = _lstm_run_case(2, subset)
+    adapter, params, factors, jac, batch = _run_case(kind, 2, subset)
     T, D = jac.shape[0], jac.shape[-1]
     u = torch.randn(len(batch), D, 3, dtype=torch.float64)
     steps = list(range(T - 1, -1, -1))  # a backward walk: the last step first
     got = adapter.state_vjp_run(
         params, factors, steps, batch if subset else None, u.permute(1, 0, 2)
     )
-    assert got is not None
+    assert got is not None, f"{kind}: no run loop"
     expected = u
     for t in steps:
         expected = jac[t, batch].transpose(-1, -2) @ expected

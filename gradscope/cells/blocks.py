@@ -124,3 +124,76 @@ def scaled_sweep(
         if out_cot is not None and k > 0:
             G[k] += out_cot[k - 1]
     return G
+
+
+# --------------------------------------------------------------------------- run loops
+def scaled_run_factors(
+    scalings: Tensor, diagonal: Tensor | None, per_step: int
+) -> tuple[Tensor, Tensor | None]:
+    """The factors of a scaled cell (see :func:`scaled_sweep`) laid out for the run loops.
+
+    ``scalings`` ``(N, m, H, ·)`` or ``(N, H, ·)`` and ``diagonal`` ``(N, H, ·)`` over ``S``
+    steps of ``per_step`` pairs become ``(S, mH, B)`` and ``(S, H, B)``: the pairs of a
+    step side by side, as the columns of :func:`scaled_jvp_run` are.
+    """
+    n = scalings.shape[0]
+
+    def lay(t: Tensor) -> Tensor:
+        return t.reshape(n // per_step, per_step, -1).transpose(1, 2).contiguous()
+
+    return lay(scalings), None if diagonal is None else lay(diagonal)
+
+
+def _step_factors(factors, st: int, batch: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    c, d = factors
+    c = c[st] if batch is None else c[st][:, batch]
+    d = None if d is None else (d[st] if batch is None else d[st][:, batch])
+    return c.unsqueeze(-1), None if d is None else d.unsqueeze(-1)
+
+
+@torch.no_grad()
+def scaled_jvp_run(w: Tensor, factors, steps, batch: Tensor | None, v: Tensor) -> Tensor:
+    """``J v`` over ``steps`` for ``J v = Σ_b C_b ⊙ (W_b v) + d ⊙ v`` (columns layout).
+
+    ``v`` ``(H, n, k)``; per step one ``(mH, H) × (H, n k)`` GEMM, the row scaling, the
+    sum over the ``m`` gate blocks and ``d ⊙ v``: ``O(n k · mH · H)``.
+    """
+    H, n, k = v.shape
+    rows = w.shape[0]
+    m = rows // H
+    cur = v.contiguous()
+    da = v.new_empty((rows, n, k))
+    da2, dam = da.view(rows, n * k), da.view(m, H, n, k)
+    for st in steps:
+        c, d = _step_factors(factors, st, batch)
+        torch.mm(w, cur.view(H, n * k), out=da2)
+        da.mul_(c)
+        new = dam.sum(0) if m > 1 else da.clone()
+        if d is not None:
+            new.addcmul_(d, cur)
+        cur = new
+    return cur
+
+
+@torch.no_grad()
+def scaled_vjp_run(w: Tensor, factors, steps, batch: Tensor | None, u: Tensor) -> Tensor:
+    """``Jᵀ u`` over ``steps`` for ``Jᵀ u = Wᵀ (C ⊙ [u; …; u]) + d ⊙ u`` (columns layout).
+
+    ``u`` ``(H, n, p)``; per step the scaled copies into one ``(mH, n, p)`` buffer, one
+    ``(H, mH) × (mH, n p)`` GEMM and ``d ⊙ u``: ``O(n p · mH · H)``.
+    """
+    H, n, p = u.shape
+    rows = w.shape[0]
+    m = rows // H
+    wt = w.T
+    cur = u.contiguous()
+    ga = u.new_empty((m, H, n, p))
+    ga2 = ga.view(rows, n * p)
+    for st in steps:
+        c, d = _step_factors(factors, st, batch)
+        torch.mul(c.view(m, H, -1, 1), cur, out=ga)
+        new = torch.mm(wt, ga2).view(H, n, p)
+        if d is not None:
+            new.addcmul_(d, cur)
+        cur = new
+    return cur

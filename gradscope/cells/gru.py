@@ -41,7 +41,10 @@ from gradscope.cells.base import CellAdapter, Params
 from gradscope.cells.blocks import (
     cache_block_size,
     new_output,
+    scaled_jvp_run,
+    scaled_run_factors,
     scaled_sweep,
+    scaled_vjp_run,
     weight_t_times,
     weight_times,
 )
@@ -173,6 +176,26 @@ class GRUAdapter(CellAdapter):
         scalings = [f[0].squeeze(-1) for f in factors]
         diagonals = [f[2].squeeze(-1) for f in factors]
         return scaled_sweep(params["weight_hh"], scalings, diagonals, g_last, out_cot, valid)
+
+    def run_factors(self, factors, per_step):
+        """The state scalings and ``z`` laid out for the run loops (``scaled_run_factors``)."""
+        return scaled_run_factors(factors[0], factors[2], per_step)
+
+    def state_jvp_run(self, params, factors, steps, batch, v):
+        """``J v`` over a run (:meth:`CellAdapter.state_jvp_run`) by :func:`scaled_jvp_run`.
+
+        The three gate blocks' row scalings and ``d = z``; one ``(3H, H) × (H, n k)`` GEMM
+        per step. None for a subclass that overrides :meth:`product`.
+        """
+        if type(self).product is not GRUAdapter.product:
+            return None
+        return scaled_jvp_run(params["weight_hh"], factors, steps, batch, v)
+
+    def state_vjp_run(self, params, factors, steps, batch, u):
+        """``Jᵀ u`` over a run (:meth:`CellAdapter.state_vjp_run`) by :func:`scaled_vjp_run`."""
+        if type(self).product is not GRUAdapter.product:
+            return None
+        return scaled_vjp_run(params["weight_hh"], factors, steps, batch, u)
 
     def product(self, params, x, s, factors, m, wrt, rev):  # noqa: D102 (see the module docstring)
         state, inp, z = factors

@@ -27,7 +27,14 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.cells.base import CellAdapter, Params
-from gradscope.cells.blocks import scaled_sweep, weight_t_times, weight_times
+from gradscope.cells.blocks import (
+    scaled_jvp_run,
+    scaled_run_factors,
+    scaled_sweep,
+    scaled_vjp_run,
+    weight_t_times,
+    weight_times,
+)
 from gradscope.errors import ArgumentError
 
 
@@ -102,6 +109,25 @@ class VanillaAdapter(CellAdapter):
             return None
         scalings = [f.squeeze(-1) for f in factors]
         return scaled_sweep(params["weight_hh"], scalings, None, g_last, out_cot, valid)
+
+    def run_factors(self, factors, per_step):
+        """``φ'`` laid out for the run loops (:func:`scaled_run_factors`)."""
+        return scaled_run_factors(factors, None, per_step)
+
+    def state_jvp_run(self, params, factors, steps, batch, v):
+        """``J v = φ' ⊙ (W_hh v)`` over a run by :func:`scaled_jvp_run` (one GEMM per step).
+
+        None for a subclass that overrides :meth:`product`.
+        """
+        if type(self).product is not VanillaAdapter.product:
+            return None
+        return scaled_jvp_run(params["weight_hh"], factors, steps, batch, v)
+
+    def state_vjp_run(self, params, factors, steps, batch, u):
+        """``Jᵀ u = W_hhᵀ (φ' ⊙ u)`` over a run by :func:`scaled_vjp_run`."""
+        if type(self).product is not VanillaAdapter.product:
+            return None
+        return scaled_vjp_run(params["weight_hh"], factors, steps, batch, u)
 
     def product(self, params, x, s, factors, m, wrt, rev):  # noqa: D102 (see the module docstring)
         w = params["weight_hh" if wrt == "state" else "weight_ih"]
