@@ -114,36 +114,21 @@ def _run_case(kind: str, seed: int, subset: bool):
 
 
 @pytest.mark.parametrize("subset", [False, True], ids=["every", "subset"])
+@pytest.mark.parametrize("direction", ["jvp", "vjp"])
 @pytest.mark.parametrize("kind", list(CELLS))
-def test_state_jvp_run_equals_autograd_products(kind: str, subset: bool) -> None:
-    """``state_jvp_run`` over several steps = the product of the autograd Jacobians."""
+def test_state_runs_equal_autograd_products(kind: str, direction: str, subset: bool) -> None:
+    """``state_jvp_run`` over several steps = the product of the autograd Jacobians;
+    ``state_vjp_run`` walking back (the last step first) = the transposed products."""
     adapter, params, factors, jac, batch = _run_case(kind, 1, subset)
     T, D = jac.shape[0], jac.shape[-1]
     v = torch.randn(len(batch), D, 3, dtype=torch.float64)
+    run = adapter.state_jvp_run if direction == "jvp" else adapter.state_vjp_run
+    steps = list(range(T)) if direction == "jvp" else list(range(T - 1, -1, -1))
     # in the columns layout (D, n, k)
-    got = adapter.state_jvp_run(
-        params, factors, range(T), batch if subset else None, v.permute(1, 0, 2)
-    )
+    got = run(params, factors, steps, batch if subset else None, v.permute(1, 0, 2))
     assert got is not None, f"{kind}: no run loop"
     expected = v
-    for t in range(T):
-        expected = jac[t, batch] @ expected
-    torch.testing.assert_close(got.permute(1, 0, 2), expected, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("subset", [False, True], ids=["every", "subset"])
-@pytest.mark.parametrize("kind", list(CELLS))
-def test_state_vjp_run_equals_autograd_products(kind: str, subset: bool) -> None:
-    """``state_vjp_run`` walking back over several steps = the transposed autograd products."""
-    adapter, params, factors, jac, batch = _run_case(kind, 2, subset)
-    T, D = jac.shape[0], jac.shape[-1]
-    u = torch.randn(len(batch), D, 3, dtype=torch.float64)
-    steps = list(range(T - 1, -1, -1))  # a backward walk: the last step first
-    got = adapter.state_vjp_run(
-        params, factors, steps, batch if subset else None, u.permute(1, 0, 2)
-    )
-    assert got is not None, f"{kind}: no run loop"
-    expected = u
     for t in steps:
-        expected = jac[t, batch].transpose(-1, -2) @ expected
+        j = jac[t, batch]
+        expected = (j if direction == "jvp" else j.transpose(-1, -2)) @ expected
     torch.testing.assert_close(got.permute(1, 0, 2), expected, rtol=1e-12, atol=1e-12)

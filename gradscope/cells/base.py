@@ -207,7 +207,7 @@ class CellAdapter(ABC):
         return factors
 
     def state_jvp_run(
-        self, params: Params, factors: Any, steps: range, batch: Tensor | None, v: Tensor
+        self, params: Params, factors: Any, steps: Sequence[int], batch: Tensor | None, v: Tensor
     ) -> Tensor | None:
         """``J_{m-1} ⋯ J_0 v`` over ``m`` consecutive steps, or None (one product per step).
 
@@ -220,7 +220,8 @@ class CellAdapter(ABC):
         Args:
             params: The layer's weights, in ``v``'s dtype.
             factors: :meth:`run_factors` of a block of steps.
-            steps: The steps to apply, in order, as indices into that block.
+            steps: The steps to apply, in order, as indices into that block (a ``range``
+                in :class:`~gradscope.jacobians.steps.StepOps`).
             batch: The sequences (pairs of each step) that ``v``'s column blocks belong
                 to, in order; None: every one.
             v: ``(D, n, k)``: the ``k`` columns of each of the ``n`` sequences side by

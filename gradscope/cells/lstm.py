@@ -380,7 +380,9 @@ class LSTMAdapter(CellAdapter):
         D, n, k = v.shape
         H = D // 2
         w = params["weight_hh"]
-        sel = slice(steps.start, steps.stop)
+        # the steps' factors: a view for consecutive steps (StepOps's runs), else a copy
+        consecutive = isinstance(steps, range) and steps.step == 1
+        sel = slice(steps.start, steps.stop) if consecutive else torch.as_tensor(list(steps))
         scale, ou, f = (  # (m, ·, n, 1): the pairs of a step are columns
             (p[sel] if batch is None else p[sel][..., batch]).unsqueeze(-1) for p in factors
         )
