@@ -144,11 +144,28 @@ def scaled_run_factors(
     return lay(scalings), None if diagonal is None else lay(diagonal)
 
 
-def _step_factors(factors, st: int, batch: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    c, d = factors
-    c = c[st] if batch is None else c[st][:, batch]
-    d = None if d is None else (d[st] if batch is None else d[st][:, batch])
-    return c.unsqueeze(-1), None if d is None else d.unsqueeze(-1)
+def run_steps(parts, steps, batch: Tensor | None):
+    """Per step of a run, its factors as column scalings: tuples of ``(·, n, 1)`` tensors.
+
+    ``parts`` are factors in the layout of ``run_factors`` (``(S, ·, B)``; None stays
+    None), ``steps`` indices into the block (consecutive ones, a ``range``, are sliced: no
+    copy), ``batch`` the sequences of the columns (None: every one). Gathered once for
+    the whole run, then unbound per step.
+    """
+    consecutive = isinstance(steps, range) and steps.step == 1
+    sel = (
+        slice(steps.start, steps.stop)
+        if consecutive
+        else torch.as_tensor(list(steps), dtype=torch.long)
+    )
+    m = len(steps)
+    per_part = [
+        [None] * m
+        if p is None
+        else (p[sel] if batch is None else p[sel][..., batch]).unsqueeze(-1).unbind(0)
+        for p in parts
+    ]
+    return zip(*per_part)
 
 
 @torch.no_grad()
@@ -164,8 +181,7 @@ def scaled_jvp_run(w: Tensor, factors, steps, batch: Tensor | None, v: Tensor) -
     cur = v.contiguous()
     da = v.new_empty((rows, n, k))
     da2, dam = da.view(rows, n * k), da.view(m, H, n, k)
-    for st in steps:
-        c, d = _step_factors(factors, st, batch)
+    for c, d in run_steps(factors, steps, batch):
         torch.mm(w, cur.view(H, n * k), out=da2)
         da.mul_(c)
         new = dam.sum(0) if m > 1 else da.clone()
@@ -189,8 +205,7 @@ def scaled_vjp_run(w: Tensor, factors, steps, batch: Tensor | None, u: Tensor) -
     cur = u.contiguous()
     ga = u.new_empty((m, H, n, p))
     ga2 = ga.view(rows, n * p)
-    for st in steps:
-        c, d = _step_factors(factors, st, batch)
+    for c, d in run_steps(factors, steps, batch):
         torch.mul(c.view(m, H, -1, 1), cur, out=ga)
         new = torch.mm(wt, ga2).view(H, n, p)
         if d is not None:

@@ -50,7 +50,13 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.cells.base import BLOCK, CellAdapter, Params
-from gradscope.cells.blocks import cache_block_size, new_output, weight_t_times, weight_times
+from gradscope.cells.blocks import (
+    cache_block_size,
+    new_output,
+    run_steps,
+    weight_t_times,
+    weight_times,
+)
 
 
 def _project(params: Params, x: Tensor) -> Tensor:
@@ -380,19 +386,13 @@ class LSTMAdapter(CellAdapter):
         D, n, k = v.shape
         H = D // 2
         w = params["weight_hh"]
-        # the steps' factors: a view for consecutive steps (StepOps's runs), else a copy
-        consecutive = isinstance(steps, range) and steps.step == 1
-        sel = slice(steps.start, steps.stop) if consecutive else torch.as_tensor(list(steps))
-        scale, ou, f = (  # (m, ·, n, 1): the pairs of a step are columns
-            (p[sel] if batch is None else p[sel][..., batch]).unsqueeze(-1) for p in factors
-        )
         # two column buffers (D, n, k) that alternate, their halves' views made once
         bufs = [v.contiguous(), v.new_empty((D, n, k))]
         halves = [(b[:H].view(H, n * k), b[:H], b[H:]) for b in bufs]
         da = v.new_empty((4 * H, n, k))
         da2, da4 = da.view(4 * H, n * k), da.view(4, H, n, k)
         da_ifg, da_o = da4[:3], da4[3]
-        for j, (sc, oj, fj) in enumerate(zip(scale.unbind(0), ou.unbind(0), f.unbind(0))):
+        for j, (sc, oj, fj) in enumerate(run_steps(factors, steps, batch)):
             h2, _, c = halves[j % 2]
             _, h_new, c_new = halves[(j + 1) % 2]
             torch.mm(w, h2, out=da2)
@@ -421,10 +421,7 @@ class LSTMAdapter(CellAdapter):
         ga = u.new_empty((4, H, n, p))
         ga2, ga_ifg, ga_o = ga.view(4 * H, n * p), ga[:3], ga[3]
         g_c = u.new_empty((H, n, p))
-        for j, st in enumerate(steps):
-            sc, oj, fj = (
-                (x[st] if batch is None else x[st][..., batch]).unsqueeze(-1) for x in factors
-            )
+        for j, (sc, oj, fj) in enumerate(run_steps(factors, steps, batch)):
             sc4 = sc.view(4, H, n, 1)
             _, u_h, u_c = halves[j % 2]
             new_h2, _, new_c = halves[(j + 1) % 2]

@@ -163,6 +163,15 @@ class StepOps:
             )
         return self.linearization(t, batch).apply(wrt, transpose, m)
 
+    @property
+    def _closed_form(self) -> bool:
+        """Whether state products come from the adapter's closed form.
+
+        False for stored Jacobians and ``torch.func`` adapters.
+        """
+        adapter = self._adapter
+        return "state" not in self._stored and adapter is not None and adapter.closed_form
+
     def step_linearization(self, t: int, batch: Tensor) -> Linearization | None:
         """The closed-form linearisation at step ``t``, for repeated products (Arnoldi).
 
@@ -170,18 +179,18 @@ class StepOps:
         Its ``jvp_state`` / ``vjp_state`` are :meth:`jvp` / :meth:`vjp` at that step
         without the per-call lookup; the caller passes blocks in :attr:`dtype`.
         """
-        if "state" in self._stored or self._adapter is None or not self._adapter.closed_form:
-            return None
-        return self.linearization(t, batch)
+        return self.linearization(t, batch) if self._closed_form else None
 
     def _has_loop(self, name: str) -> bool:
-        adapter = self._adapter
-        return (
-            "state" not in self._stored
-            and adapter is not None
-            and adapter.closed_form
-            and getattr(type(adapter), name) is not getattr(CellAdapter, name)
+        return self._closed_form and (
+            getattr(type(self._adapter), name) is not getattr(CellAdapter, name)
         )
+
+    def _run_factors(self, chunk: Linearization):
+        """The adapter's ``run_factors`` of a chunk of linearised steps, kept for the chunk."""
+        if self._run is None or self._run[0] is not chunk:
+            self._run = (chunk, self._adapter.run_factors(chunk.factors, self.layer.B))
+        return self._run[1]
 
     @property
     def runs(self) -> bool:
@@ -204,13 +213,15 @@ class StepOps:
         adapter = self._adapter
         out = None
         if self.vjp_runs:
-            self._adapter.check_block("vjp_state", u.transpose(0, 1), len(batch), u.shape[0])
+            adapter.check_block("vjp_state", u.transpose(0, 1), len(batch), u.shape[0])
             lo, chunk = self._chunk_for(t)
-            if self._run is None or self._run[0] is not chunk:
-                self._run = (chunk, adapter.run_factors(chunk.factors, self.layer.B))
             full = len(batch) == self.layer.B
             out = adapter.state_vjp_run(
-                self._params, self._run[1], [t - lo], None if full else batch, u
+                self._params,
+                self._run_factors(chunk),
+                range(t - lo, t - lo + 1),
+                None if full else batch,
+                u,
             )
             self._last_t = t
         if out is None:
@@ -242,7 +253,7 @@ class StepOps:
         adapter = self._adapter
         if not self.runs:
             v = v.permute(1, 0, 2) if columns else v
-            if "state" in self._stored or adapter is None or not adapter.closed_form:
+            if not self._closed_form:
                 for tt in range(t, t + m):
                     v = self.jvp(tt, batch, v)
             else:
@@ -261,10 +272,12 @@ class StepOps:
                 # the steps of the run inside one chunk of linearised steps: one adapter call
                 lo, chunk = self._chunk_for(tt)
                 hi = min(t + m, self._chunk[1])
-                if self._run is None or self._run[0] is not chunk:
-                    self._run = (chunk, adapter.run_factors(chunk.factors, self.layer.B))
                 out = adapter.state_jvp_run(
-                    self._params, self._run[1], range(tt - lo, hi - lo), None if full else batch, v
+                    self._params,
+                    self._run_factors(chunk),
+                    range(tt - lo, hi - lo),
+                    None if full else batch,
+                    v,
                 )
                 if out is None:  # e.g. an LSTM with a projection: products step by step
                     out = self._product_run(tt, hi, batch, v.permute(1, 0, 2)).permute(1, 0, 2)
