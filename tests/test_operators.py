@@ -27,6 +27,7 @@ from gradscope.analysis.spectra import spectrum
 from gradscope.cells.base import CellAdapter, Params
 from gradscope.cells.gru import GRUAdapter
 from gradscope.errors import ArgumentError, ShapeError
+from gradscope.jacobians.products import LOG_TINY
 
 
 def _lstm_params(H: int, I: int, seed: int = 0, proj: int = 0) -> Params:
@@ -295,6 +296,57 @@ def test_float32_operator_blocks_rescale_instead_of_underflowing(monkeypatch):
     ly = lyapunov(tr, k=3, method="operator")
     assert max(seen["accepted"]) >= 16
     np.testing.assert_allclose(ly.per_sequence, math.log(1e-3), rtol=0, atol=1e-6)
+
+
+def _jump_trace(first: float, then: float, dtype, T1: int = 300, T2: int = 300):
+    """Stored Jacobians ``first · Q`` for ``T1`` steps, then ``then · Q`` (``Q`` orthogonal):
+    every exponent is the mean of the per-step logs (theory)."""
+    rng = np.random.default_rng(6)
+    q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    J = np.stack([first * q] * T1 + [then * q] * T2)[:, None]
+    tr = stored_trace(J, K=np.ones((T1 + T2, 1, 6, 1))).to(dtype=dtype)
+    return tr, (T1 * math.log(first) + T2 * math.log(then)) / (T1 + T2)
+
+
+def test_float32_range_checks_follow_the_rate_and_survive_a_sudden_contraction(monkeypatch):
+    """Slow decay: one range check per block, not one every 4 steps. When the rate jumps to
+    1e-6 per step, the first block checked that sparsely leaves float32's range, is
+    rejected and redone step by step; then the checks come every few steps."""
+    from gradscope.jacobians.steps import StepOps
+
+    tr, expected = _jump_trace(0.9, 1e-6, torch.float32)
+    runs = []
+    orig = StepOps.jvp_run
+
+    def spy(self, t, m, *a, **kw):
+        runs.append((t, m))
+        return orig(self, t, m, *a, **kw)
+
+    monkeypatch.setattr(StepOps, "jvp_run", spy)
+    seen = _count_blocks(monkeypatch)
+    ly = lyapunov(tr, k=3, method="operator", discard=0)
+    assert max(m for t, m in runs if t < 300) > 8  # one range check for a long block
+    assert seen["rejected"]  # the first sparse block after the jump left the range
+    assert max(m for t, m in runs if t >= 380) <= 4  # then checked every few steps
+    np.testing.assert_allclose(ly.exponents, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blocks_that_underflow_to_zero_are_not_accepted(dtype):
+    """1e-30 per step: a few products underflow to exactly zero (cond = -inf), which used to
+    pass the acceptance test with floored logs (-29.9 instead of -34.6). Now such blocks
+    are redone step by step and the range is checked every step at this rate: theory to
+    1e-6 (float32 products) or 1e-12."""
+    tr, expected = _jump_trace(0.9, 1e-30, dtype)
+    ly = lyapunov(tr, k=3, method="operator", discard=0)
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(ly.exponents, expected, rtol=0, atol=tol)
+    if dtype == torch.float32:  # 1e-100 is 0 in float32: singular steps, floored as dense
+        tr0, _ = _jump_trace(0.9, 1e-100, dtype)
+        dense = lyapunov(tr0, k=3, method="dense", discard=0)
+        op = lyapunov(tr0, k=3, method="operator", discard=0)
+        floored = (300 * math.log(0.9) + 300 * LOG_TINY) / 600
+        np.testing.assert_allclose([op.exponents, dense.exponents], floored, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
