@@ -321,3 +321,25 @@ def test_ols_equals_scipy_linregress():
         np.testing.assert_allclose(
             got, (ref.slope, ref.intercept, ref.rvalue, ref.stderr), rtol=1e-12, atol=1e-14
         )
+
+
+def test_t_quantile_equals_scipy_stats_and_gradscope_does_not_import_it():
+    """The confidence intervals' t quantile is SciPy's ``t.ppf`` (the reference), and a
+    cold ``import gradscope`` plus a decay fit does not load ``scipy.stats`` (~0.7 s)."""
+    import subprocess
+    import sys
+
+    from scipy import stats
+
+    from gradscope.analysis.fit import _t975
+
+    for df in (1, 2, 3, 7, 30, 198, 10_000):
+        assert _t975(df) == stats.t.ppf(0.975, df)
+    code = (
+        "import sys, numpy as np, gradscope as gs\n"
+        "from gradscope.analysis.fit import fit_decay\n"
+        "gs.lyapunov, gs.decay, gs.profile\n"
+        "print('scipy.stats' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
