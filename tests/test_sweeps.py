@@ -132,3 +132,28 @@ def test_state_runs_equal_autograd_products(kind: str, direction: str, subset: b
         j = jac[t, batch]
         expected = (j if direction == "jvp" else j.transpose(-1, -2)) @ expected
     torch.testing.assert_close(got.permute(1, 0, 2), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_split_steps_gives_the_per_step_row_slices():
+    """split_steps against the per-step slicing it replaces (_take_rows of each step's
+    rows): the same values and views of the same memory, for named tuples with None and
+    nested tuples, and no steps at all."""
+    from typing import NamedTuple
+
+    from gradscope.cells.base import _take_rows, split_steps
+
+    class F(NamedTuple):
+        a: torch.Tensor
+        b: torch.Tensor | None
+        c: tuple
+
+    T, B = 5, 3
+    f = F(torch.randn(T * B, 4), None, (torch.randn(T * B, 2, 2), torch.randn(T * B)))
+    got = split_steps(f, T)
+    assert len(got) == T
+    for t, row in enumerate(got):
+        ref = _take_rows(f, slice(t * B, (t + 1) * B))
+        assert type(row) is F and row.b is None
+        for x, y in ((row.a, ref.a), (row.c[0], ref.c[0]), (row.c[1], ref.c[1])):
+            assert torch.equal(x, y) and x.data_ptr() == y.data_ptr()
+    assert split_steps(f, 0) == [] and split_steps(None, 2) == [None, None]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope.cells.base import Params, _take_rows
+from gradscope.cells.base import Params, split_steps
 from gradscope.recording.dropout import MASK_REPRODUCED, draw_masks
 from gradscope.recording.fused import FusedCall, Replay
 
@@ -121,7 +121,7 @@ def _forced_direction(
     replay exactly (no shadow trajectory); the replay is checked against the module's
     outputs as usual. None: the adapter has no such path.
     """
-    T, B = x.shape[:2]
+    T = x.shape[0]
     p = call.adapter.state_sizes(params)[0]
     out = call.out[..., d * p : (d + 1) * p]
     if d == 1:
@@ -134,7 +134,7 @@ def _forced_direction(
     seq = list(states.unbind(0))  # s_0 … s_T, consecutive views: stacked() gives them back
     if not keep_factors:
         return seq, []
-    return seq, [_take_rows(factors, slice(t * B, (t + 1) * B)) for t in range(T)]
+    return seq, split_steps(factors, T)
 
 
 def replay_fused(call: FusedCall, *, keep_factors: bool = False) -> Replay:
