@@ -41,8 +41,8 @@ _TINY = float(np.finfo(np.float64).tiny)
 #: Most steps multiplied together before one QR on operators. Twice the dense path's
 #: ``M_MAX``: a block's products cost no memory here, and the QR, the range checks and the
 #: per-call work of a block are then paid half as often (10,000 steps of an LSTM with
-#: hidden 256: 5.3–6.6 s at 16, 4.1–5.2 s at 32, interleaved), while every block still has
-#: to pass the same conditioning test.
+#: hidden 256, interleaved runs with the range checked every 4 steps: 6.5–6.6 s at 16,
+#: 5.0–5.3 s at 32), while every block still has to pass the same conditioning test.
 M_MAX = 32
 #: Steps between the range checks of a block product while the rate of growth is unknown.
 _RESCALE_EVERY = 4
