@@ -12,6 +12,11 @@ analysis of ``analyze="auto"`` fairly), without and with the first pair. With ``
 a 100-step run samples 2 steps: one in 50. ``every=1`` samples (and records) every step;
 its rows run with ``analyze=False``, with and without the gate numbers (``gates=``).
 
+On a shared 2-core machine the alternating runs resolve a few percent at best; the script
+also prints the overhead of ``every=50`` projected over 1,000 to 100,000 steps from the
+medians of 15 paired single steps (a sampled step's and an analysed step's extra cost) and
+the ``analyze="auto"`` rule (:func:`projected`).
+
 Memory: a separate Monitor(every=50) trains for ``--memory-steps`` steps; the resident set
 size (VmRSS from /proc/self/status, else ru_maxrss) is read after 100 steps and at five
 checkpoints up to the end, next to the bytes the history holds.
@@ -153,6 +158,34 @@ def sampled_step_cost(loop: Loop, n: int, **kwargs) -> float:
     return statistics.median(extra)
 
 
+def projected(
+    plain: float, sampled: float, analysed: float, every: int, steps: int, budget: float = 0.02
+) -> tuple[float, int]:
+    """The Monitor's overhead over a run of ``steps`` training steps, from measured costs.
+
+    ``sampled``: the extra seconds of a sampled step (recording, grad norms, gate numbers),
+    ``analysed``: the further extra of an analysed one, ``plain``: one plain step. The
+    ``analyze="auto"`` rule of :class:`gradscope.monitor.budget.AnalysisBudget` decides
+    which sampled steps are analysed: the first, one per doubling, and any whose cost
+    keeps the Monitor's total within ``budget`` of the training time. A model of the long
+    run built on the medians of many paired steps, which the alternating runs above cannot
+    resolve to a percent on a shared machine.
+
+    Returns:
+        ``(overhead as a fraction of the training time, analysed sampled steps)``.
+    """
+    train = spent = 0.0
+    last = None
+    count = 0
+    for n in range(steps // every):
+        train += every * plain
+        spent += sampled
+        if last is None or n >= 2 * last + 1 or spent + analysed <= budget * train:
+            spent += analysed
+            last, count = n, count + 1
+    return spent / max(train, 1e-300), count
+
+
 def exact_floor(loop: Loop, n: int) -> tuple[float, float]:
     """Median seconds of a plain step and of the arithmetic an exact sampled step cannot skip.
 
@@ -234,12 +267,22 @@ def main(argv: list[str] | None = None) -> int:
         f"(replay GEMMs and activations, the sweep's {T} GEMMs) {least * 1e3:.1f} ms = "
         f"{least / plain:.2f} of a plain step (median of 20)"
     )
-    print("\nextra seconds of one sampled step over a plain step (median of 5 paired runs):")
+    pairs = 4 if args.quick else 15
+    print(f"\nextra seconds of one sampled step over a plain step (median of {pairs} paired runs):")
+    costs = {}
     for label, kw in (
-        ("recording + grad norms (analyze=False)", {"analyze": False}),
+        ("recording + grad norms + gate numbers (analyze=False)", {"analyze": False}),
         ("recording + grad norms + analyses, default sizes (analyze=True)", {"analyze": True}),
     ):
-        print(f"  {label}: {sampled_step_cost(loop, 5, **kw) * 1e3:.0f} ms")
+        costs[kw["analyze"]] = sampled_step_cost(loop, pairs, **kw)
+        print(f"  {label}: {costs[kw['analyze']] * 1e3:.0f} ms")
+    for n in (1_000, 10_000, 100_000):
+        frac, count = projected(plain, costs[False], costs[True] - costs[False], 50, n)
+        print(
+            f"  projected every=50 overhead over {n:,} steps (defaults, from these costs and "
+            f"the plain step): {100 * frac:+.1f}%, {count} analysed sampled steps; the "
+            f"sampled steps alone {100 * costs[False] / (50 * plain):+.1f}%"
+        )
 
     for label, every, steps, kw in (
         ("every=50 (defaults: analyze='auto', budget 2%)", 50, args.steps, {}),
