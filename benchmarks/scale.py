@@ -5,7 +5,8 @@ float32, PyTorch's default initialisation, seed 0) each configuration runs in a 
 subprocess that measures
 
 * the model's own forward + backward on the batch (``out.pow(2).mean().backward()``,
-  median of 3 after one warm-up), the step a user trains with;
+  median of 6: 3 after one warm-up before the profile and 3 after it, since a shared
+  machine's speed drifts during a run), the step a user trains with;
 * ``gs.profile(model, x)`` (recording + the full diagnosis, progress bars off), once;
 * the peak resident memory of the process (``ru_maxrss``: the kernel's high-water mark,
   which sees torch's and NumPy's native allocations), and the memory after building the
@@ -47,20 +48,27 @@ def child(hidden: int, T: int, B: int, threads: int) -> None:
     torch.manual_seed(0)
     model = torch.nn.LSTM(64, hidden, num_layers=2)
     x = torch.randn(T, B, 64)
-    times = []
-    for i in range(4):
-        model.zero_grad()
-        t0 = time.perf_counter()
-        out, _ = model(x)
-        out.pow(2).mean().backward()
-        if i:
+
+    def own_steps(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            model.zero_grad()
+            t0 = time.perf_counter()
+            out, _ = model(x)
+            out.pow(2).mean().backward()
             times.append(time.perf_counter() - t0)
-    step = statistics.median(times)
+        return times
+
+    own_steps(1)  # warm-up
+    before = own_steps(3)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     prof = gs.profile(model, x, analysis={"progress": False})
     took = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # the model's step again after the profile: the machine's speed drifts during a run,
+    # so the ratio uses the median of the steps on both sides
+    step = statistics.median(before + own_steps(3))
     layers = {}
     for d in prof.diagnosis.layers:
         st = d.decay.get("state")
