@@ -289,3 +289,26 @@ def test_path_walk_of_a_float32_model_runs_in_float32_to_its_precision(seeded):
     for a, b in ((path32, path64), (rest32, rest64), (total32, total64)):
         assert np.isfinite(a[1:]).all()
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)  # measured: 3e-7
+
+
+def test_path_walk_of_packed_sequences_equals_each_sequence_walked_alone(float64, seeded):
+    """Varied lengths (sequences leave the walk one by one: the gathered branch) against
+    each sequence traced and walked on its own (every sequence live: the in-place branch),
+    exact probes (D = 6): the same path, rest and total logs at every lag."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from gradscope.analysis.gates.paths import walk
+
+    mod = nn.LSTM(2, 3)
+    x = torch.randn(7, 3, 2)
+    lengths = [7, 5, 2]
+    layer = gs.trace(mod, pack_padded_sequence(x, torch.tensor(lengths)))["lstm.l0"]
+    lags, path, rest, total, p, _ = walk(layer, 0, None, seqs=3, lags=64)
+    assert p == 6 and list(lags) == list(range(8))
+    for b, n in enumerate(lengths):
+        alone = gs.trace(mod, x[:n, b : b + 1])["lstm.l0"]
+        lags_b, path_b, rest_b, total_b, _, _ = walk(alone, 0, None, seqs=1, lags=64)
+        assert list(lags_b) == list(range(n + 1))
+        for got, ref in ((path, path_b), (rest, rest_b), (total, total_b)):
+            np.testing.assert_allclose(got[: n + 1, b], ref[:, 0], rtol=1e-9, atol=1e-12)
+            assert np.isnan(got[n + 1 :, b]).all()  # past its length: not measured
