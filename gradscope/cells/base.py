@@ -348,7 +348,7 @@ def split_steps(factors: Any, steps: int) -> list[Any]:
     (a Monitor's sampled step: 50 steps of an LSTM's five factors, 1.2 ms → 0.1 ms).
     """
     if factors is None or steps == 0:
-        return [factors if steps else None] * steps
+        return [None] * steps
     if isinstance(factors, Tensor):
         return list(factors.unflatten(0, (steps, -1)).unbind(0))
     if isinstance(factors, tuple):
