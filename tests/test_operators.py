@@ -190,8 +190,15 @@ def test_operator_walk_has_no_underflow_at_long_lags():
 
 
 # --------------------------------------------------------------------------- spectra
+@pytest.mark.parametrize("formed", [True, False], ids=["formed", "products"])
 @pytest.mark.parametrize("kind", ["lstm", "rnn_tanh"])
-def test_leading_values_on_operators_equal_dense(kind):
+def test_leading_values_on_operators_equal_dense(kind, formed, monkeypatch):
+    """ARPACK on the one Jacobian formed per pair (D <= FORMED_MAX_D) and on the closed-form
+    products (above it; forced here with a cap of 0) against dense decompositions."""
+    from gradscope.jacobians import krylov
+
+    if not formed:
+        monkeypatch.setattr(krylov, "FORMED_MAX_D", 0)
     tr = _traces()[kind]
     steps, batch = [1, 10, 20], [0, 1]
     for which in ("eig", "svd"):
