@@ -7,7 +7,10 @@ need the *leading* values, which ARPACK's implicitly restarted Arnoldi (eigenval
 :func:`scipy.sparse.linalg.eigsh`) find from products alone (Lehoucq, Sorensen & Yang
 1998): each product is one closed-form ``jvp`` (and ``vjp``) of the cell,
 ``O(w)`` for ``w`` recurrent weights, so one step costs ``O(m · w)`` for ``m`` products
-(typically tens to a few hundred) instead of ``O(D³)``.
+(typically tens to a few hundred) instead of ``O(D³)``. Up to :data:`FORMED_MAX_D` the
+products go through the one Jacobian of the step formed by the adapter's closed form
+(``O(D²)`` memory for that step only, the size of an LSTM's or GRU's recurrent weights):
+the same ``O(m · D²)`` arithmetic without a dozen small tensor calls per product.
 
 Accuracy: ARPACK stops when every Ritz pair's residual is below ``tol`` times the Ritz
 value (relative), so the values it returns are eigenvalues to about ``tol``; that they are
