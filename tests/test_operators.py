@@ -213,6 +213,27 @@ def test_leading_values_on_operators_equal_dense(kind, formed, monkeypatch):
             np.testing.assert_allclose(o.values, d.values[..., :3], rtol=1e-8)
 
 
+@pytest.mark.parametrize("formed", [True, False], ids=["formed", "products"])
+def test_operator_spectrum_of_non_finite_steps_is_invalid_not_an_error(formed, monkeypatch):
+    """A sequence whose states turn NaN: its later steps are invalid entries (NaN), as on
+    the dense path, instead of ARPACK's "could not build an Arnoldi factorization"."""
+    from gradscope.jacobians import krylov
+
+    if not formed:
+        monkeypatch.setattr(krylov, "FORMED_MAX_D", 0)
+    torch.manual_seed(0)
+    layer = gs.trace(torch.nn.LSTM(8, 20), torch.randn(20, 2, 8))[0]
+    layer.states[10:, 0] = float("nan")
+    kw = {"steps": [5, 12], "batch": [0, 1], "progress": False}
+    o = spectrum(layer, "eig", method="operator", k=1, **kw)
+    d = spectrum(layer, "eig", method="dense", **kw)
+    np.testing.assert_array_equal(o.valid, [[True, True], [False, True]])
+    np.testing.assert_array_equal(o.valid, d.valid)
+    assert np.isnan(o.radius[1, 0])
+    ok = o.valid
+    np.testing.assert_allclose(o.radius[ok], d.radius[ok], rtol=1e-5)
+
+
 def test_operator_radius_is_the_largest_of_a_clustered_spectrum():
     """A random LSTM's one-step spectrum is clustered at its radius (complex pairs ~1e-3
     apart in modulus). With the default tolerance and k=1, ARPACK on a 24-vector basis

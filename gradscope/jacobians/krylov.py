@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs, eigsh
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigs, eigsh
 
 from gradscope.jacobians.steps import StepOps
 
@@ -94,6 +94,21 @@ def _operator(ops: StepOps, t: int, b: int, d: int, which: str) -> LinearOperato
     return LinearOperator((d, d), matvec=lambda v: jtv(jv(v)), dtype=np.float64)
 
 
+def _arpack(op: LinearOperator, which: str, k: int, ncv: int, tol: float, v0: np.ndarray):
+    """ARPACK's leading values of ``op`` (``J`` or ``JᵀJ``); those that converged, if not all.
+
+    An ARPACK failure on a finite operator (it has not been seen) gives no values: NaN.
+    """
+    try:
+        if which == "eig":
+            return eigs(op, k=k, ncv=ncv, which="LM", tol=tol, v0=v0, return_eigenvectors=False)
+        return eigsh(op, k=k, ncv=ncv, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
+    except ArpackNoConvergence as exc:
+        return np.asarray(exc.eigenvalues)
+    except ArpackError:
+        return np.zeros(0)
+
+
 def leading_values(
     ops: StepOps, t: int, b: int, which: str, k: int, tol: float | None = None
 ) -> np.ndarray:
@@ -108,7 +123,9 @@ def leading_values(
         tol: ARPACK's relative tolerance (default :data:`TOL64` / :data:`TOL32` by dtype).
 
     Returns:
-        ``(k,)`` complex128 (eig) or float64 (svd); NaN where ARPACK did not converge.
+        ``(k,)`` complex128 (eig) or float64 (svd); NaN where ARPACK did not converge, and
+        all NaN for a Jacobian whose product with the starting vector is not finite (a
+        step with non-finite states or weights: an invalid entry, as on the dense path).
     """
     d = ops.layer.D
     if tol is None:
@@ -116,14 +133,11 @@ def leading_values(
     op = _operator(ops, t, b, d, which)
     v0 = np.random.default_rng(1234 + 7919 * t + b).standard_normal(d)
     ncv = min(d, max(2 * k + 1, NCV))
-    try:
-        if which == "eig":
-            vals = eigs(op, k=k, ncv=ncv, which="LM", tol=tol, v0=v0, return_eigenvectors=False)
-        else:
-            vals = eigsh(op, k=k, ncv=ncv, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
-    except ArpackNoConvergence as exc:
-        vals = np.asarray(exc.eigenvalues)
-    vals = np.asarray(vals)
+    vals: np.ndarray = np.zeros(0)
+    # One product first: ARPACK fails with an opaque error (and LAPACK prints to stderr) on
+    # a non-finite operator; such a step gets NaN values instead.
+    if bool(np.isfinite(op.matvec(v0)).all()):
+        vals = _arpack(op, which, k, ncv, tol, v0)
     if which == "eig":
         vals = vals[np.argsort(-np.abs(vals), kind="stable")].astype(np.complex128)
         out = np.full(k, np.nan + 1j * np.nan, dtype=np.complex128)
