@@ -89,18 +89,30 @@ def _gates(
 
 
 class _Local(NamedTuple):
-    """Per-unit factors of the LSTM Jacobians, each ``(N, H)`` (``alpha``: ``(N, 3, H)``)."""
+    """Per-unit factors of the LSTM Jacobians, each ``(N, H)`` (``scale``: ``(N, 4, H)``).
 
-    alpha: Tensor  # scalings of W_i, W_f, W_g in ∂c_t: g i(1-i), c f(1-f), i (1-g²)
-    beta_o: Tensor  # scaling of W_o in ∂m_t: tanh(c_t) o(1-o)
+    ``alpha`` and ``beta_o`` are views of ``scale``, derived rather than stored, so that
+    slicing or concatenating the factors handles each tensor once.
+    """
+
+    scale: Tensor  # [alpha; beta_o], the row scalings of the four gate blocks
     ou: Tensor  # o (1 - tanh(c_t)²) = ∂m_t/∂c_t
     f: Tensor  # forget gate = ∂c_t/∂c_{t-1}
-    scale: Tensor  # (N, 4, H): [alpha; beta_o], the row scalings of the four gate blocks
+
+    @property
+    def alpha(self) -> Tensor:
+        """``(N, 3, H)``: scalings of W_i, W_f, W_g in ∂c_t: g i(1-i), c f(1-f), i (1-g²)."""
+        return self.scale[:, :3]
+
+    @property
+    def beta_o(self) -> Tensor:
+        """``(N, H)``: scaling of W_o in ∂m_t: tanh(c_t) o(1-o)."""
+        return self.scale[:, 3]
 
 
 def _factors(i: Tensor, f: Tensor, g: Tensor, o: Tensor, c_prev: Tensor, tc: Tensor) -> _Local:
     """The local factors from the gates, the previous cell state and ``tanh(c_t)``."""
-    scale = i.new_empty((i.shape[0], 4, i.shape[1]))  # alpha and beta_o are views of it
+    scale = i.new_empty((i.shape[0], 4, i.shape[1]))
     a_i, a_f, a_g, beta_o = scale.unbind(1)
     torch.addcmul(i, i, i, value=-1.0, out=a_i).mul_(g)  # i - i² = σ'(a_i)
     torch.addcmul(f, f, f, value=-1.0, out=a_f).mul_(c_prev)
@@ -108,7 +120,7 @@ def _factors(i: Tensor, f: Tensor, g: Tensor, o: Tensor, c_prev: Tensor, tc: Ten
     torch.addcmul(o, o, o, value=-1.0, out=beta_o).mul_(tc)
     ou = torch.mul(tc, tc)
     torch.addcmul(o, o, ou, value=-1.0, out=ou)  # o (1 - tanh²(c_t))
-    return _Local(scale[:, :3], beta_o, ou, f, scale)
+    return _Local(scale, ou, f)
 
 
 def _output(params: Params, m: Tensor) -> Tensor:
