@@ -210,20 +210,10 @@ class StepOps:
         (or it declines, e.g. an LSTM with a projection).
         """
         u = u.to(self.dtype)
-        adapter = self._adapter
         out = None
         if self.vjp_runs:
-            adapter.check_block("vjp_state", u.transpose(0, 1), len(batch), u.shape[0])
-            lo, chunk = self._chunk_for(t)
-            full = len(batch) == self.layer.B
-            out = adapter.state_vjp_run(
-                self._params,
-                self._run_factors(chunk),
-                range(t - lo, t - lo + 1),
-                None if full else batch,
-                u,
-            )
-            self._last_t = t
+            self._adapter.check_block("vjp_state", u.transpose(0, 1), len(batch), u.shape[0])
+            out, _ = self._run_in_chunk("state_vjp_run", t, t + 1, batch, u)
         if out is None:
             out = self.vjp(t, batch, u.permute(1, 0, 2)).permute(1, 0, 2)
         return out
@@ -265,26 +255,40 @@ class StepOps:
         else:
             adapter.check_block("jvp_state", v, len(batch), D)
             v = v.permute(1, 0, 2)
-        full = len(batch) == self.layer.B
         with torch.no_grad():
             tt = t
             while tt < t + m:
                 # the steps of the run inside one chunk of linearised steps: one adapter call
-                lo, chunk = self._chunk_for(tt)
-                hi = min(t + m, self._chunk[1])
-                out = adapter.state_jvp_run(
-                    self._params,
-                    self._run_factors(chunk),
-                    range(tt - lo, hi - lo),
-                    None if full else batch,
-                    v,
-                )
+                out, hi = self._run_in_chunk("state_jvp_run", tt, t + m, batch, v)
                 if out is None:  # e.g. an LSTM with a projection: products step by step
                     out = self._product_run(tt, hi, batch, v.permute(1, 0, 2)).permute(1, 0, 2)
                 v = out
-                self._last_t = hi - 1
                 tt = hi
         return v if columns else v.permute(1, 0, 2).contiguous()
+
+    def _run_in_chunk(
+        self, name: str, t0: int, t1: int, batch: Tensor, v: Tensor
+    ) -> tuple[Tensor | None, int]:
+        """One call of the adapter's run loop ``name`` (columns layout) from step ``t0``.
+
+        It covers the steps up to ``t1`` or to the end of the chunk of linearised steps
+        that holds ``t0``, whichever comes first.
+
+        Returns:
+            The loop's result (None where the adapter declines) and the step after the
+            last one it covered.
+        """
+        lo, chunk = self._chunk_for(t0)
+        hi = min(t1, self._chunk[1])
+        out = getattr(self._adapter, name)(
+            self._params,
+            self._run_factors(chunk),
+            range(t0 - lo, hi - lo),
+            None if len(batch) == self.layer.B else batch,
+            v,
+        )
+        self._last_t = hi - 1
+        return out, hi
 
     def _product_run(self, t0: int, t1: int, batch: Tensor, v: Tensor) -> Tensor:
         """Steps ``t0 … t1-1`` by the adapter's :meth:`product`, ``v`` ``(n, D, k)``."""
