@@ -44,16 +44,24 @@ def _reference(cell, x, s0, valid, ocot, g_last):
     return [s.detach() for s in states], torch.stack([s.grad for s in states])
 
 
-@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
-@pytest.mark.parametrize("kind", list(CELLS))
-def test_state_sweep_equals_autograd(kind: str, padded: bool) -> None:
-    torch.manual_seed(0)
+def _cell_case(kind: str, seed: int, T: int, B: int):
+    """A float64 PyTorch cell of ``kind`` (seeded), its adapter and weights, inputs
+    ``(T, B, 3)`` and the state size ``D``."""
+    torch.manual_seed(seed)
     cell = CELLS[kind]().double()
     adapter = adapter_for(cell)
     params = adapter.cell_params(cell)
-    T, B, H = 9, 4, cell.hidden_size
-    D = 2 * H if kind == "lstm" else H
+    H = cell.hidden_size
     x = torch.randn(T, B, 3, dtype=torch.float64)
+    return cell, adapter, params, x, 2 * H if kind == "lstm" else H
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_state_sweep_equals_autograd(kind: str, padded: bool) -> None:
+    T, B = 9, 4
+    cell, adapter, params, x, D = _cell_case(kind, 0, T, B)
+    H = cell.hidden_size
     s0 = torch.randn(B, D, dtype=torch.float64) * 0.5
     lengths = torch.tensor([9, 6, 1, 9]) if padded else torch.full((B,), T)
     valid = (torch.arange(T)[:, None] < lengths[None, :]) if padded else None
@@ -97,13 +105,8 @@ def _run_case(kind: str, seed: int, subset: bool):
     """A cell over 6 steps and 4 sequences: the autograd Jacobians of every step and the
     adapter's run factors of all of them in one block, step-major, as StepOps keeps them;
     the sequences to apply them to (all, or a shuffled subset)."""
-    torch.manual_seed(seed)
-    cell = CELLS[kind]().double()
-    adapter = adapter_for(cell)
-    params = adapter.cell_params(cell)
-    T, B, H = 6, 4, cell.hidden_size
-    D = 2 * H if kind == "lstm" else H
-    x = torch.randn(T, B, 3, dtype=torch.float64)
+    T, B = 6, 4
+    cell, adapter, params, x, D = _cell_case(kind, seed, T, B)
     states = [torch.randn(B, D, dtype=torch.float64) * 0.5]
     for t in range(T):
         states.append(adapter.step(params, x[t], states[-1]))
