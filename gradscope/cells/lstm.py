@@ -74,9 +74,15 @@ def _gates(
     """The activated gates ``i, f, g, o``, each ``(N, H)`` (``xp``: :func:`_project` of x).
 
     Outside autograd, one buffer for the pre-activations, activated in place: over
-    ``T · B`` rows (a teacher-forced replay) no other ``(N, 4H)`` tensor is allocated.
+    ``T · B`` rows (a teacher-forced replay) no other ``(N, 4H)`` tensor is allocated, and
+    the recurrent product is accumulated into the input part in place (``addmm_``: the same
+    numbers as ``addmm``, without its copy of the ``(N, 4H)`` input part).
     """
-    a = torch.addmm(_project(params, x) if xp is None else xp, h, params["weight_hh"].T)
+    w_hh = params["weight_hh"].T
+    if xp is None and not torch.is_grad_enabled():
+        a = _project(params, x).addmm_(h, w_hh)  # a fresh buffer: accumulate in place
+    else:
+        a = torch.addmm(_project(params, x) if xp is None else xp, h, w_hh)
     if a.requires_grad:  # differentiated (torch.func, the generic products): no in-place
         a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
         return torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
