@@ -54,6 +54,10 @@ class LayerTrace:
         meta: JSON-serialisable facts: module path, layer, direction, call, source, notes.
         grads: ``(T+1, B, D)`` exact loss gradients ``∂L/∂s_t`` (aligned with ``states``;
             NaN at padded steps), or None when no loss was back-propagated.
+        carried_logits: ``(T, B, H)`` pre-activations of the carried gate (LSTM ``a_f``)
+            from the replay's own product, kept by a teacher-forced replay with loss
+            gradients (a Monitor's single-layer LSTM), else None; the gate read-outs use
+            them instead of multiplying the weights again. Not saved.
     """
 
     name: str
@@ -68,6 +72,7 @@ class LayerTrace:
     adapter: CellAdapter | None = field(default=None, repr=False)
     stored_jacobians: dict[str, Tensor] | None = field(default=None, repr=False)
     grads: Tensor | None = field(default=None, repr=False)
+    carried_logits: Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.states.ndim != 3 or self.inputs.ndim != 3:
@@ -91,6 +96,12 @@ class LayerTrace:
             raise ShapeError(
                 f"{self.name}: grads {tuple(self.grads.shape)} must match states "
                 f"{tuple(self.states.shape)}"
+            )
+        a = self.carried_logits
+        if a is not None and (a.ndim != 3 or a.shape[:2] != self.inputs.shape[:2]):
+            raise ShapeError(
+                f"{self.name}: carried_logits {tuple(a.shape)} must be (T, B, H) with the "
+                f"inputs' T and B {tuple(self.inputs.shape[:2])}"
             )
         if self.lengths is not None:
             self.lengths = np.asarray(self.lengths, dtype=np.int64).reshape(-1)
@@ -361,6 +372,7 @@ class LayerTrace:
             if self.stored_jacobians is None
             else {k: mv(v) for k, v in self.stored_jacobians.items()},
             None if self.grads is None else mv(self.grads),
+            None if self.carried_logits is None else mv(self.carried_logits),
         )
 
     def __repr__(self) -> str:

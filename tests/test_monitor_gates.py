@@ -308,3 +308,53 @@ def test_gate_summaries_agree_with_the_full_gate_view(float64, seeded, kind):
         assert s["gate_path_share"] == pytest.approx(view.share[-1], rel=1e-12)
         assert s["gate_path_share_lag"] == view.walk_lags[-1] == 12
     assert len(mon.latest.trace.layers) == (1 if kind == "lstm_cell" else 2)
+
+
+def test_the_monitor_reads_the_forget_logits_its_replay_kept(float64, seeded, monkeypatch):
+    """A single-layer LSTM's teacher-forced replay keeps ``a_f`` (from the GEMM that gives
+    the states): they equal the pre-activations written out from the weights, follow the
+    layer through batch selection and calls chained by their state, and the gate summary
+    reads them (no second product) with the numbers of the recomputed path."""
+    from dataclasses import replace
+
+    import gradscope.analysis.gates.summary as summary
+    from gradscope.errors import ShapeError
+    from gradscope.monitor.summaries import select_batch
+
+    model = nn.LSTM(3, 5)
+    x1, x2 = torch.randn(7, 4, 3), torch.randn(6, 4, 3)
+    w = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with gs.Monitor(model, every=1, analyze=False) as mon:
+        out1, state = model(x1)
+        out2, _ = model(x2, state)  # the second call continues the first: one layer
+        (out1.sum() + out2.pow(2).sum()).backward()
+        mon.step()
+    (layer,) = mon.latest.trace.layers
+    x = torch.cat([x1, x2])
+    out = torch.cat([out1, out2]).detach()
+    h_prev = torch.cat([torch.zeros(1, 4, 5), out[:-1]])
+    rows = slice(5, 10)  # the forget gate's rows
+    ref = (
+        x @ w["weight_ih_l0"][rows].T
+        + w["bias_ih_l0"][rows]
+        + h_prev @ w["weight_hh_l0"][rows].T
+        + w["bias_hh_l0"][rows]
+    )
+    assert layer.carried_logits is not None and layer.carried_logits.shape == (13, 4, 5)
+    torch.testing.assert_close(layer.carried_logits, ref, rtol=1e-12, atol=1e-12)
+    picked = select_batch(layer, np.array([3, 1]))
+    torch.testing.assert_close(picked.carried_logits, ref[:, [3, 1]], rtol=1e-12, atol=1e-12)
+
+    recomputed = summary.gate_summary(replace(layer, carried_logits=None))
+
+    def no_product(*args, **kwargs):
+        raise AssertionError("the gate summary multiplied the weights again")
+
+    monkeypatch.setattr(summary, "carried_logits", no_product)
+    kept = summary.gate_summary(layer)
+    assert kept.keys() == recomputed.keys()
+    for key, value in recomputed.items():
+        assert kept[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
+    assert not math.isnan(kept["gate_forget_median"])
+    with pytest.raises(ShapeError, match="carried_logits"):
+        replace(layer, carried_logits=ref[:-1])

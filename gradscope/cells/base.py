@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,16 @@ BLOCK = "block"  #: blocks per state part, some of them diagonal (LSTM: ``∂c/�
 DIAGONAL = "diagonal"  #: ``J_t`` is diagonal (Mamba, minGRU, LRU, RG-LRU)
 SCALAR_IDENTITY = "scalar_identity"  #: a scalar per head times the identity (mLSTM, GLA)
 STRUCTURES = (DENSE, BLOCK, DIAGONAL, SCALAR_IDENTITY)
+
+
+class Forced(NamedTuple):
+    """What :meth:`CellAdapter.forced_states` returns."""
+
+    states: Tensor  # s_0 … s_T, (T+1, B, D)
+    factors: Any  # the linear factors of every step (T · B rows), or None
+    #: The carried gate's pre-activations ``(T, B, H)`` (LSTM ``a_f``) from the same
+    #: product as the states, or None: gate read-outs then recompute them from the weights.
+    carried: Tensor | None = None
 
 
 class CellAdapter(ABC):
@@ -246,7 +256,7 @@ class CellAdapter(ABC):
 
     def forced_states(
         self, params: Params, x: Tensor, h_prev: Tensor, s0: Tensor, keep_factors: bool
-    ) -> tuple[Tensor, Any] | None:
+    ) -> Forced | tuple[Tensor, Any] | None:
         """All ``T`` steps of a sequence whose outputs are known, in one batched call.
 
         Args:
@@ -258,10 +268,12 @@ class CellAdapter(ABC):
             keep_factors: Also return the linear factors of every step.
 
         Returns:
-            ``(states s_0 … s_T (T+1, B, D), factors with T · B rows or None)``, or None
-            when the state is not determined by the outputs. The default covers cells whose
-            state is their output (``D == P``): :meth:`step` (or :meth:`step_factors`) once
-            on all ``T · B`` pairs ``(x_t, h_{t-1})``. Cost: the step's, over ``T · B`` rows.
+            :class:`Forced` ``(states s_0 … s_T (T+1, B, D), factors with T · B rows or
+            None, carried)`` (a plain ``(states, factors)`` pair from an override is read
+            as ``carried=None``), or None when the state is not determined by the outputs.
+            The default covers cells whose state is their output (``D == P``):
+            :meth:`step` (or :meth:`step_factors`) once on all ``T · B`` pairs
+            ``(x_t, h_{t-1})``. Cost: the step's, over ``T · B`` rows.
         """
         T, B = x.shape[:2]
         if h_prev.shape[-1] != s0.shape[-1]:
@@ -271,7 +283,7 @@ class CellAdapter(ABC):
             new, factors = self.step_factors(params, xs, ss)
         else:
             new, factors = self.step(params, xs, ss), None
-        return torch.cat([s0[None], new.unflatten(0, (T, B))]), factors
+        return Forced(torch.cat([s0[None], new.unflatten(0, (T, B))]), factors)
 
     def step_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Any]:
         """``(s_t, linear factors at (x, s))`` from one evaluation of the gates.

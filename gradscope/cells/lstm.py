@@ -49,7 +49,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from gradscope.cells.base import BLOCK, CellAdapter, Params
+from gradscope.cells.base import BLOCK, CellAdapter, Forced, Params
 from gradscope.cells.blocks import (
     cache_block_size,
     new_output,
@@ -69,9 +69,11 @@ def _project(params: Params, x: Tensor) -> Tensor:
 
 
 def _gates(
-    params: Params, x: Tensor, h: Tensor, xp: Tensor | None = None
+    params: Params, x: Tensor, h: Tensor, xp: Tensor | None = None, keep_f: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The activated gates ``i, f, g, o``, each ``(N, H)`` (``xp``: :func:`_project` of x).
+
+    ``keep_f``: an ``(N, H)`` buffer that receives the forget gate's pre-activations.
 
     Outside autograd, one buffer for the pre-activations, activated in place: over
     ``T · B`` rows (a teacher-forced replay) no other ``(N, 4H)`` tensor is allocated, and
@@ -83,10 +85,12 @@ def _gates(
         a = _project(params, x).addmm_(h, w_hh)  # a fresh buffer: accumulate in place
     else:
         a = torch.addmm(_project(params, x) if xp is None else xp, h, w_hh)
+    hidden = a.shape[-1] // 4
+    if keep_f is not None:
+        keep_f.copy_(a[:, hidden : 2 * hidden])
     if a.requires_grad:  # differentiated (torch.func, the generic products): no in-place
         a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
         return torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
-    hidden = a.shape[-1] // 4
     a[:, : 2 * hidden].sigmoid_()
     a[:, 2 * hidden : 3 * hidden].tanh_()
     a[:, 3 * hidden :].sigmoid_()
@@ -292,19 +296,23 @@ class LSTMAdapter(CellAdapter):
 
     def forced_states(
         self, params: Params, x: Tensor, h_prev: Tensor, s0: Tensor, keep_factors: bool
-    ) -> tuple[Tensor, _Local | None] | None:
+    ) -> Forced | None:
         """All steps from the module's outputs (see :meth:`CellAdapter.forced_states`).
 
         The gates of every step come from one GEMM over ``T · B`` rows (``h_{t-1}`` is
         known); the cell state from ``c_t = f_t c_{t-1} + i_t g_t``, ``T`` elementwise
-        steps computed exactly as :meth:`step` does. None for a subclass that overrides
-        :meth:`step` or :meth:`step_factors` (its maths may differ).
+        steps computed exactly as :meth:`step` does. With ``keep_factors`` the forget
+        gate's pre-activations are kept too (``carried``, one ``(T, B, H)`` copy), so that
+        the gate read-outs do not multiply a quarter of the weights again. None for a
+        subclass that overrides :meth:`step` or :meth:`step_factors` (its maths may differ).
         """
         cls = type(self)
         if cls.step is not LSTMAdapter.step or cls.step_factors is not LSTMAdapter.step_factors:
             return None
         T, B = x.shape[:2]
-        i, f, g, o = _gates(params, x.flatten(0, 1), h_prev.flatten(0, 1))
+        hid = int(params["weight_hh"].shape[0]) // 4
+        a_f = h_prev.new_empty((T * B, hid)) if keep_factors else None
+        i, f, g, o = _gates(params, x.flatten(0, 1), h_prev.flatten(0, 1), keep_f=a_f)
         p = int(params["weight_hh"].shape[1])
         # s_0 … s_T in one buffer, step-major like the gates: the cell states are written
         # in place and c_{t-1} of every step is a view (no concatenation).
@@ -322,9 +330,9 @@ class LSTMAdapter(CellAdapter):
         else:
             torch.mul(o, tc, out=every[B:, :p])
         states = every.unflatten(0, (T + 1, B))
-        if not keep_factors:
-            return states, None
-        return states, _factors(i, f, g, o, c_all[:-B], tc)
+        if a_f is None:
+            return Forced(states, None)
+        return Forced(states, _factors(i, f, g, o, c_all[:-B], tc), a_f.unflatten(0, (T, B)))
 
     @torch.no_grad()
     def state_sweep(self, params, factors, g_last, out_cot, valid):

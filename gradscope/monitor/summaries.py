@@ -83,8 +83,8 @@ def trace_grad_norms(trace: Trace) -> tuple[dict[str, np.ndarray], list[str]]:
 def select_batch(layer: LayerTrace, batch: np.ndarray | None) -> LayerTrace:
     """The same layer restricted to the sequences ``batch`` (None: the layer itself).
 
-    States, inputs, lengths, loss gradients and any stored Jacobians are indexed along the
-    batch axis; weights, names and metadata are shared.
+    States, inputs, lengths, loss gradients, any stored Jacobians and carried-gate logits
+    are indexed along the batch axis; weights, names and metadata are shared.
     """
     if batch is None or len(batch) == layer.B:
         return layer
@@ -96,6 +96,9 @@ def select_batch(layer: LayerTrace, batch: np.ndarray | None) -> LayerTrace:
         inputs=layer.inputs[:, idx.to(layer.inputs.device)],
         lengths=None if layer.lengths is None else layer.lengths[idx.numpy()],
         grads=None if layer.grads is None else layer.grads[:, idx.to(layer.grads.device)],
+        carried_logits=None
+        if layer.carried_logits is None
+        else layer.carried_logits[:, idx.to(layer.carried_logits.device)],
         stored_jacobians=None
         if stored is None
         else {k: v[:, idx.to(v.device)] for k, v in stored.items()},

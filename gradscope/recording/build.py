@@ -183,6 +183,7 @@ def _fused_layer_traces(call: FusedCall, rep: Replay, check: FusedCheck) -> list
                     params=params,
                     meta=meta,
                     adapter=call.adapter,
+                    carried_logits=None if rep.carried is None else rep.carried[layer][d],
                 )
             )
     return out

@@ -107,6 +107,9 @@ class Replay:
     outputs: list[Tensor]  # [layer] -> (T, B, dirs·P), position order, before dropout
     #: [layer][dir] -> per-step linear factors of the adapter (kept for the loss gradients)
     factors: list[list[list[Any]]] | None = None
+    #: [layer][dir] -> the carried gate's pre-activations ``(T, B, H)`` or None
+    #: (:attr:`~gradscope.cells.base.Forced.carried`)
+    carried: list[list[Tensor | None]] | None = None
 
 
 @dataclass

@@ -149,7 +149,13 @@ def join_layers(chain: FusedChain) -> list[LayerTrace]:
                 meta[key] = max(m[key] for m in shadows)
             horizons = [m["replay_horizon"] for m in shadows if m["replay_horizon"] is not None]
             meta["replay_horizon"] = min(horizons) if horizons else None
-        out.append(replace(first, states=states, inputs=inputs, meta=meta, grads=None))
+        logits = [p.carried_logits for p in parts]
+        carried = None if any(a is None for a in logits) else torch.cat(logits)
+        out.append(
+            replace(
+                first, states=states, inputs=inputs, meta=meta, grads=None, carried_logits=carried
+            )
+        )
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope.cells.base import Params, split_steps
+from gradscope.cells.base import Forced, Params, split_steps
 from gradscope.recording.dropout import MASK_REPRODUCED, draw_masks
 from gradscope.recording.fused import FusedCall, Replay
 
@@ -46,7 +46,7 @@ def _takes_xp(adapter: Any, keep_factors: bool) -> bool:
 
 def _sequential_direction(
     call: FusedCall, params: Params, x: Tensor, s: Tensor, keep_factors: bool
-) -> tuple[list[Tensor], list[Any]]:
+) -> tuple[list[Tensor], list[Any], None]:
     """States ``s_0 … s_T`` (and factors) of one direction by ``T`` steps of the cell."""
     valid = call.valid
     seq, seq_factors = [s], []
@@ -69,7 +69,7 @@ def _sequential_direction(
             new = torch.where(valid[k].unsqueeze(-1), new, s)
         s = new
         seq.append(s)
-    return seq, seq_factors
+    return seq, seq_factors, None
 
 
 def stacked(seq: Sequence[Tensor]) -> Tensor:
@@ -109,7 +109,7 @@ def _forceable(call: FusedCall) -> bool:
 
 def _forced_direction(
     call: FusedCall, params: Params, x: Tensor, s0: Tensor, d: int, keep_factors: bool
-) -> tuple[list[Tensor], list[Any]] | None:
+) -> tuple[list[Tensor], list[Any], Tensor | None] | None:
     """States of one direction with every step's previous output taken from the module.
 
     The module returned ``h_1 … h_T``; a cell whose state is its output (RNN, GRU) then
@@ -119,7 +119,8 @@ def _forced_direction(
     ``c_t = f_t c_{t-1} + i_t g_t`` (:meth:`~gradscope.cells.lstm.LSTMAdapter.forced_states`).
     The states are the module's own trajectory to rounding, so even chaotic dynamics
     replay exactly (no shadow trajectory); the replay is checked against the module's
-    outputs as usual. None: the adapter has no such path.
+    outputs as usual. Also returns the carried gate's pre-activations when the adapter
+    kept them (:class:`~gradscope.cells.base.Forced`). None: the adapter has no such path.
     """
     T = x.shape[0]
     p = call.adapter.state_sizes(params)[0]
@@ -130,11 +131,12 @@ def _forced_direction(
     forced = call.adapter.forced_states(params, x, h_prev, s0, keep_factors)
     if forced is None:
         return None
-    states, factors = forced
+    states, factors = forced[0], forced[1]
+    carried = forced.carried if isinstance(forced, Forced) else None  # an override's pair
     seq = list(states.unbind(0))  # s_0 … s_T, consecutive views: stacked() gives them back
     if not keep_factors:
-        return seq, []
-    return seq, split_steps(factors, T)
+        return seq, [], None
+    return seq, split_steps(factors, T), carried
 
 
 def replay_fused(call: FusedCall, *, keep_factors: bool = False) -> Replay:
@@ -151,11 +153,12 @@ def replay_fused(call: FusedCall, *, keep_factors: bool = False) -> Replay:
     inputs: list[list[Tensor]] = []
     outputs: list[Tensor] = []
     factors: list[list[list[Any]]] = []
+    carried: list[list[Tensor | None]] = []
     layer_in = call.x
     use_masks = call.dropout == MASK_REPRODUCED
     with torch.no_grad():
         for layer in range(call.num_layers):
-            layer_states, layer_inputs, outs, layer_factors = [], [], [], []
+            layer_states, layer_inputs, outs, layer_factors, layer_carried = [], [], [], [], []
             for d in range(call.dirs):
                 params = call.params[(layer, d)]
                 pos = call.positions(reverse=d == 1)
@@ -170,7 +173,7 @@ def replay_fused(call: FusedCall, *, keep_factors: bool = False) -> Replay:
                     if _forceable(call)
                     else None
                 )
-                seq, seq_factors = forced or _sequential_direction(
+                seq, seq_factors, logits = forced or _sequential_direction(
                     call, params, x, s0, keep_factors
                 )
                 p = call.adapter.state_sizes(params)[0]
@@ -181,11 +184,13 @@ def replay_fused(call: FusedCall, *, keep_factors: bool = False) -> Replay:
                     h = torch.where(valid.unsqueeze(-1), h, torch.zeros_like(h))
                 layer_states.append(seq)
                 layer_factors.append(seq_factors)
+                layer_carried.append(logits)
                 layer_inputs.append(x)
                 outs.append(h)
             out = torch.cat(outs, dim=-1)
             states.append(layer_states)
             factors.append(layer_factors)
+            carried.append(layer_carried)
             inputs.append(layer_inputs)
             outputs.append(out)
             if use_masks and layer < call.num_layers - 1:
@@ -193,4 +198,4 @@ def replay_fused(call: FusedCall, *, keep_factors: bool = False) -> Replay:
                     call.masks = _dropout_masks(call, [out.shape[-1]] * (call.num_layers - 1))
                 out = out * call.masks[layer]
             layer_in = out
-    return Replay(states, inputs, outputs, factors if keep_factors else None)
+    return Replay(states, inputs, outputs, factors if keep_factors else None, carried)

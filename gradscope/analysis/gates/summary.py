@@ -10,14 +10,16 @@ r"""The few gate numbers a :class:`~gradscope.Monitor` keeps per sampled trainin
 
 Cost of one call:
 
-* always: one batched product of the inputs and previous states with the carried gate's
-  weight rows, ``O(T·B·H·(I + P))`` (a quarter of the LSTM's own forward, a third of the
-  GRU's; the whole ``H`` rows, i.e. one forward, for a vanilla cell: the gates are not
-  stored in a trace, so this is the least any gate read-out costs), then ``O(T·B·H)`` for
-  the quantiles and the carries. No ``D × D`` matrix, decomposition or Jacobian is formed at
-  any step. The product runs where the layer was recorded (the GPU for a CUDA model) in its
-  own precision (half precision promoted to float32; a float64 model's exactly); only its
-  ``(T, B, H)`` result goes to the CPU, in float64, for the statistics;
+* always: the carried gate's pre-activations, from the replay when it kept them
+  (``layer.carried_logits``: a Monitor's teacher-forced replay of a single-layer LSTM,
+  no product at all), else one batched product of the inputs and previous states with
+  the carried gate's weight rows, ``O(T·B·H·(I + P))`` (a quarter of the LSTM's own
+  forward, a third of the GRU's; the whole ``H`` rows, i.e. one forward, for a vanilla
+  cell); then ``O(T·B·H)`` for the quantiles and the carries. No ``D × D`` matrix,
+  decomposition or Jacobian is formed at any step. The product runs where the layer was
+  recorded (the GPU for a CUDA model) in its own precision (half precision promoted to
+  float32; a float64 model's exactly); only its ``(T, B, H)`` result goes to the CPU, in
+  float64, for the statistics;
 * with ``paths`` only (the Monitor's analysed steps, within its time budget): LSTM/GRU the
   path walk on ``n`` sequences, ``O(T·n·p·D·4H)`` (``p = D`` up to
   :data:`~gradscope.analysis.gates.paths.EXACT_MAX_D`, else 16 probes) plus two ``D × p``
@@ -117,7 +119,9 @@ def gate_summary(
                 out["gate_factor_norm"] = float(np.nanmedian(norms)) if norms.size else math.nan
             out["gate_weight_norm"] = w_norm
         return out
-    a = carried_logits(kind, params, x, h)  # (T, B, H) where the layer lives
+    a = layer.carried_logits  # the replay's own (T, B, H), or recomputed where it lives
+    if a is None or a.dtype != x.dtype:
+        a = carried_logits(kind, params, x, h)
     _quantiles(out, _NAMES[kind], torch.sigmoid(a).cpu())
     log_g = nnf.logsigmoid(a).to("cpu", torch.float64).numpy()
     log_c = carries(log_g, layer.seq_lengths)  # (K, B, H), summed in float64
