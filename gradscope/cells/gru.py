@@ -97,7 +97,7 @@ class GRUAdapter(CellAdapter):
         ``W_hn h``) and by ``v`` for ``wrt="input"``.
         """
         r, z, n, q = self._gates(params, x, s)
-        v = (1.0 - z) * (1.0 - n * n)
+        v = (1.0 - z) * ((1.0 - n) * (1.0 + n))  # 1 - n² without cancellation
         coef = x.new_empty((x.shape[0], 3, z.shape[-1]))
         torch.mul(v * q, r * (1.0 - r), out=coef[:, 0])
         torch.mul(s - n, z * (1.0 - z), out=coef[:, 1])
@@ -158,7 +158,7 @@ class GRUAdapter(CellAdapter):
 
     @staticmethod
     def _factors(s: Tensor, r: Tensor, z: Tensor, n: Tensor, q: Tensor) -> tuple[Tensor, ...]:
-        v = (1.0 - z) * (1.0 - n * n)
+        v = (1.0 - z) * ((1.0 - n) * (1.0 + n))  # 1 - n² without cancellation
         c_r, c_z = v * q * r * (1.0 - r), (s - n) * z * (1.0 - z)
         state = torch.stack([c_r, c_z, v * r], dim=1).unsqueeze(-1)
         inp = torch.stack([c_r, c_z, v], dim=1).unsqueeze(-1)

@@ -121,7 +121,8 @@ def gate_values(layer: LayerTrace) -> tuple[dict[str, torch.Tensor], torch.Tenso
 def dphi(kind: str, a: torch.Tensor) -> torch.Tensor:
     """``φ'(a)`` of a vanilla cell: ``1 − tanh²(a)`` or ``[a > 0]`` (NaN stays NaN)."""
     if kind == "rnn_tanh":
-        return 1.0 - torch.tanh(a) ** 2
+        t = torch.tanh(a)  # (1 - t)(1 + t): no cancellation where |t| -> 1
+        return (1.0 - t) * (1.0 + t)
     return torch.where(torch.isnan(a), a, (a > 0).to(a.dtype))
 
 
