@@ -54,10 +54,10 @@ class LayerTrace:
         meta: JSON-serialisable facts: module path, layer, direction, call, source, notes.
         grads: ``(T+1, B, D)`` exact loss gradients ``∂L/∂s_t`` (aligned with ``states``;
             NaN at padded steps), or None when no loss was back-propagated.
-        carried_logits: ``(T, B, H)`` pre-activations of the carried gate (LSTM ``a_f``)
-            from the replay's own product, kept by a teacher-forced replay with loss
-            gradients (a Monitor's single-layer LSTM), else None; the gate read-outs use
-            them instead of multiplying the weights again. Not saved.
+        carried_logits: ``(T, B, H)`` pre-activations of the carried gate (LSTM ``a_f``,
+            GRU ``a_z``) from the replay's own product, kept by a teacher-forced replay with
+            loss gradients (a Monitor's single-layer LSTM or GRU), else None; the gate
+            read-outs use them instead of multiplying the weights again. Not saved.
     """
 
     name: str

@@ -310,18 +310,20 @@ def test_gate_summaries_agree_with_the_full_gate_view(float64, seeded, kind):
     assert len(mon.latest.trace.layers) == (1 if kind == "lstm_cell" else 2)
 
 
-def test_the_monitor_reads_the_forget_logits_its_replay_kept(float64, seeded, monkeypatch):
-    """A single-layer LSTM's teacher-forced replay keeps ``a_f`` (from the GEMM that gives
-    the states): they equal the pre-activations written out from the weights, follow the
-    layer through batch selection and calls chained by their state, and the gate summary
-    reads them (no second product) with the numbers of the recomputed path."""
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_the_monitor_reads_the_gate_logits_its_replay_kept(float64, seeded, monkeypatch, cls):
+    """A single-layer LSTM's (GRU's) teacher-forced replay keeps ``a_f`` (``a_z``) from the
+    product that gives the states: they equal the pre-activations written out from the
+    weights, follow the layer through batch selection and calls chained by their state,
+    and the gate summary reads them (no second product) with the numbers of the recomputed
+    path."""
     from dataclasses import replace
 
     import gradscope.analysis.gates.summary as summary
     from gradscope.errors import ShapeError
     from gradscope.monitor.summaries import select_batch
 
-    model = nn.LSTM(3, 5)
+    model = cls(3, 5)
     x1, x2 = torch.randn(7, 4, 3), torch.randn(6, 4, 3)
     w = {k: v.detach().clone() for k, v in model.named_parameters()}
     with gs.Monitor(model, every=1, analyze=False) as mon:
@@ -333,7 +335,7 @@ def test_the_monitor_reads_the_forget_logits_its_replay_kept(float64, seeded, mo
     x = torch.cat([x1, x2])
     out = torch.cat([out1, out2]).detach()
     h_prev = torch.cat([torch.zeros(1, 4, 5), out[:-1]])
-    rows = slice(5, 10)  # the forget gate's rows
+    rows = slice(5, 10)  # the forget (update) gate's rows: the second chunk of both
     ref = (
         x @ w["weight_ih_l0"][rows].T
         + w["bias_ih_l0"][rows]
@@ -355,6 +357,6 @@ def test_the_monitor_reads_the_forget_logits_its_replay_kept(float64, seeded, mo
     assert kept.keys() == recomputed.keys()
     for key, value in recomputed.items():
         assert kept[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
-    assert not math.isnan(kept["gate_forget_median"])
+    assert not math.isnan(kept["gate_forget_median" if cls is nn.LSTM else "gate_update_median"])
     with pytest.raises(ShapeError, match="carried_logits"):
         replace(layer, carried_logits=ref[:-1])

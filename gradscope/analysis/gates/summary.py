@@ -11,8 +11,8 @@ r"""The few gate numbers a :class:`~gradscope.Monitor` keeps per sampled trainin
 Cost of one call:
 
 * always: the carried gate's pre-activations, from the replay when it kept them
-  (``layer.carried_logits``: a Monitor's teacher-forced replay of a single-layer LSTM,
-  no product at all), else one batched product of the inputs and previous states with
+  (``layer.carried_logits``: a Monitor's teacher-forced replay of a single-layer LSTM or
+  GRU, no product at all), else one batched product of the inputs and previous states with
   the carried gate's weight rows, ``O(T·B·H·(I + P))`` (a quarter of the LSTM's own
   forward, a third of the GRU's; the whole ``H`` rows, i.e. one forward, for a vanilla
   cell); then ``O(T·B·H)`` for the quantiles and the carries. No ``D × D`` matrix,
