@@ -257,6 +257,11 @@ def training_gates_figure(
         right.set_ylim(0, 1.1 * top)
         right.set_ylabel("one-step norm (dotted: 1)")
     handles = [h for a in (ax, right) for h in a.get_legend_handles_labels()[0]]
-    right.legend(handles=handles, loc="best", fontsize="small")  # the top axes: above both
+    # below the axes: "best" on the twin axes sees only its own lines, and put the box over
+    # the gate's median (near 1 for a trained LSTM); the top axes', so above both
+    right.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2,
+        fontsize="small", borderaxespad=0,
+    )  # fmt: skip
     ax.set_title(title)
     return fig
