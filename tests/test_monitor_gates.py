@@ -360,3 +360,24 @@ def test_the_monitor_reads_the_gate_logits_its_replay_kept(float64, seeded, monk
     assert not math.isnan(kept["gate_forget_median" if cls is nn.LSTM else "gate_update_median"])
     with pytest.raises(ShapeError, match="carried_logits"):
         replace(layer, carried_logits=ref[:-1])
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_kept_gate_logits_of_both_directions_are_in_processing_order(float64, seeded, cls):
+    """A bidirectional single-layer module is replayed teacher-forced in each direction; the
+    reverse direction's kept logits follow its processing order (``x_{T-1}`` first), like
+    its states and inputs: equal to the carried gate's rows of the weights applied to them."""
+    from gradscope.analysis.gates.values import carried_logits, previous_h
+
+    model = cls(3, 4, bidirectional=True)
+    with gs.Monitor(model, every=1, analyze=False) as mon:
+        model(torch.randn(9, 2, 3))[0].pow(2).sum().backward()
+        mon.step()
+    layers = mon.latest.trace.layers
+    assert [layer.meta["direction"] for layer in layers] == ["forward", "reverse"]
+    for layer in layers:
+        assert layer.carried_logits is not None
+        ref = carried_logits(
+            layer.kind, layer.params, layer.inputs, previous_h(layer, layer.states)
+        )
+        torch.testing.assert_close(layer.carried_logits, ref, rtol=1e-12, atol=1e-12)
