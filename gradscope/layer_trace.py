@@ -55,9 +55,10 @@ class LayerTrace:
         grads: ``(T+1, B, D)`` exact loss gradients ``∂L/∂s_t`` (aligned with ``states``;
             NaN at padded steps), or None when no loss was back-propagated.
         carried_logits: ``(T, B, H)`` pre-activations of the carried gate (LSTM ``a_f``,
-            GRU ``a_z``) from the replay's own product, kept by a teacher-forced replay with
-            loss gradients (a Monitor's single-layer LSTM or GRU), else None; the gate
-            read-outs use them instead of multiplying the weights again. Not saved.
+            GRU ``a_z``; a vanilla cell's ``a_t``, whose ``φ'`` is its gate) from the
+            replay's own product, kept by a teacher-forced replay with loss gradients (a
+            Monitor's single-layer LSTM, GRU or vanilla RNN), else None; the gate read-outs
+            use them instead of multiplying the weights again. Not saved.
     """
 
     name: str

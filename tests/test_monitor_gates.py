@@ -310,13 +310,21 @@ def test_gate_summaries_agree_with_the_full_gate_view(float64, seeded, kind):
     assert len(mon.latest.trace.layers) == (1 if kind == "lstm_cell" else 2)
 
 
-@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+# the carried gate's rows of the stacked weights (hidden 5) and its summary key
+_KEPT = {
+    nn.LSTM: (slice(5, 10), "gate_forget_median"),
+    nn.GRU: (slice(5, 10), "gate_update_median"),
+    nn.RNN: (slice(0, 5), "gate_dphi_median"),
+}
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
 def test_the_monitor_reads_the_gate_logits_its_replay_kept(float64, seeded, monkeypatch, cls):
-    """A single-layer LSTM's (GRU's) teacher-forced replay keeps ``a_f`` (``a_z``) from the
-    product that gives the states: they equal the pre-activations written out from the
-    weights, follow the layer through batch selection and calls chained by their state,
-    and the gate summary reads them (no second product) with the numbers of the recomputed
-    path."""
+    """A single-layer LSTM's (GRU's, RNN's) teacher-forced replay keeps ``a_f`` (``a_z``,
+    ``a``) from the product that gives the states: they equal the pre-activations written
+    out from the weights, follow the layer through batch selection and calls chained by
+    their state, and the gate summary reads them (no second product) with the numbers of
+    the recomputed path."""
     from dataclasses import replace
 
     import gradscope.analysis.gates.summary as summary
@@ -335,7 +343,7 @@ def test_the_monitor_reads_the_gate_logits_its_replay_kept(float64, seeded, monk
     x = torch.cat([x1, x2])
     out = torch.cat([out1, out2]).detach()
     h_prev = torch.cat([torch.zeros(1, 4, 5), out[:-1]])
-    rows = slice(5, 10)  # the forget (update) gate's rows: the second chunk of both
+    rows, key = _KEPT[cls]
     ref = (
         x @ w["weight_ih_l0"][rows].T
         + w["bias_ih_l0"][rows]
@@ -353,21 +361,22 @@ def test_the_monitor_reads_the_gate_logits_its_replay_kept(float64, seeded, monk
         raise AssertionError("the gate summary multiplied the weights again")
 
     monkeypatch.setattr(summary, "carried_logits", no_product)
+    monkeypatch.setattr(summary, "preacts", no_product)
     kept = summary.gate_summary(layer)
     assert kept.keys() == recomputed.keys()
-    for key, value in recomputed.items():
-        assert kept[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
-    assert not math.isnan(kept["gate_forget_median" if cls is nn.LSTM else "gate_update_median"])
+    for name, value in recomputed.items():
+        assert kept[name] == pytest.approx(value, rel=1e-12, nan_ok=True), name
+    assert not math.isnan(kept[key])
     with pytest.raises(ShapeError, match="carried_logits"):
         replace(layer, carried_logits=ref[:-1])
 
 
-@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
 def test_kept_gate_logits_of_both_directions_are_in_processing_order(float64, seeded, cls):
     """A bidirectional single-layer module is replayed teacher-forced in each direction; the
     reverse direction's kept logits follow its processing order (``x_{T-1}`` first), like
     its states and inputs: equal to the carried gate's rows of the weights applied to them."""
-    from gradscope.analysis.gates.values import carried_logits, previous_h
+    from gradscope.analysis.gates.values import carried_logits, preacts, previous_h
 
     model = cls(3, 4, bidirectional=True)
     with gs.Monitor(model, every=1, analyze=False) as mon:
@@ -377,7 +386,9 @@ def test_kept_gate_logits_of_both_directions_are_in_processing_order(float64, se
     assert [layer.meta["direction"] for layer in layers] == ["forward", "reverse"]
     for layer in layers:
         assert layer.carried_logits is not None
-        ref = carried_logits(
-            layer.kind, layer.params, layer.inputs, previous_h(layer, layer.states)
-        )
+        x, h = layer.inputs, previous_h(layer, layer.states)
+        if cls is nn.RNN:  # the whole pre-activation: φ'(a) is the vanilla cell's gate
+            ref = sum(preacts(layer.params, x, h))
+        else:
+            ref = carried_logits(layer.kind, layer.params, x, h)
         torch.testing.assert_close(layer.carried_logits, ref, rtol=1e-12, atol=1e-12)

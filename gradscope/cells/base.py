@@ -48,8 +48,9 @@ class Forced(NamedTuple):
 
     states: Tensor  # s_0 … s_T, (T+1, B, D)
     factors: Any  # the linear factors of every step (T · B rows), or None
-    #: The carried gate's pre-activations ``(T, B, H)`` (LSTM ``a_f``, GRU ``a_z``) from the same
-    #: product as the states, or None: gate read-outs then recompute them from the weights.
+    #: The carried gate's pre-activations ``(T, B, H)`` (LSTM ``a_f``, GRU ``a_z``, vanilla
+    #: ``a``) from the same product as the states, or None: gate read-outs then recompute
+    #: them from the weights.
     carried: Tensor | None = None
 
 

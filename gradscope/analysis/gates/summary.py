@@ -11,9 +11,9 @@ r"""The few gate numbers a :class:`~gradscope.Monitor` keeps per sampled trainin
 Cost of one call:
 
 * always: the carried gate's pre-activations, from the replay when it kept them
-  (``layer.carried_logits``: a Monitor's teacher-forced replay of a single-layer LSTM or
-  GRU, no product at all), else one batched product of the inputs and previous states with
-  the carried gate's weight rows, ``O(T·B·H·(I + P))`` (a quarter of the LSTM's own
+  (``layer.carried_logits``: a Monitor's teacher-forced replay of a single-layer LSTM, GRU
+  or vanilla RNN, no product at all), else one batched product of the inputs and previous
+  states with the carried gate's weight rows, ``O(T·B·H·(I + P))`` (a quarter of the LSTM's own
   forward, a third of the GRU's; the whole ``H`` rows, i.e. one forward, for a vanilla
   cell); then ``O(T·B·H)`` for the quantiles and the carries. No ``D × D`` matrix,
   decomposition or Jacobian is formed at any step. The product runs where the layer was
@@ -107,9 +107,14 @@ def gate_summary(
     n = layer.B if seqs is None else max(1, int(seqs))
     params, x, s = layer_native(layer)  # the product where the layer lives, its own precision
     h = previous_h(layer, s)
+    kept = layer.carried_logits  # the replay's own pre-activations (T, B, H), if it kept them
+    if kept is not None and kept.dtype != x.dtype:
+        kept = None
     if kind in VANILLA:
-        gi, gh = preacts(params, x, h)
-        d = dphi(kind, gi + gh).cpu()
+        if kept is None:
+            gi, gh = preacts(params, x, h)
+            kept = gi + gh
+        d = dphi(kind, kept).cpu()
         _quantiles(out, "dphi", d)
         d = d.to(torch.float64)
         if paths:
@@ -119,9 +124,7 @@ def gate_summary(
                 out["gate_factor_norm"] = float(np.nanmedian(norms)) if norms.size else math.nan
             out["gate_weight_norm"] = w_norm
         return out
-    a = layer.carried_logits  # the replay's own (T, B, H), or recomputed where it lives
-    if a is None or a.dtype != x.dtype:
-        a = carried_logits(kind, params, x, h)
+    a = carried_logits(kind, params, x, h) if kept is None else kept
     _quantiles(out, _NAMES[kind], torch.sigmoid(a).cpu())
     log_g = nnf.logsigmoid(a).to("cpu", torch.float64).numpy()
     log_c = carries(log_g, layer.seq_lengths)  # (K, B, H), summed in float64
