@@ -38,10 +38,11 @@ all and the step costs nothing. On a sampled step, ``step()``
    gradient and of the state-to-state gradient (rate with its confidence interval, regime),
    spectral radius and norm statistics on a subsample, optionally the leading Lyapunov
    exponent; and for LSTM, GRU and vanilla RNN layers the gate summaries on every sampled
-   step (:data:`~gradscope.history.GATE_KEYS`: gate quantiles and cell-path carries, one
-   product with the carried gate's weight rows; the path share or the vanilla factor norm on
-   analysed steps). The analyses cost dense ``D × D`` linear algebra (``O(D³)`` per
-   Jacobian), which for large states outweighs many training steps, so by default
+   step (:data:`~gradscope.history.GATE_KEYS`: gate quantiles and cell-path carries, from
+   the gate pre-activations the replay kept, else one product with the carried gate's
+   weight rows; the path share or the vanilla factor norm on analysed steps). The analyses
+   cost dense ``D × D`` linear algebra (``O(D³)`` per Jacobian), which for large states
+   outweighs many training steps, so by default
    (``analyze="auto"``) they run only as often as keeps the Monitor's total cost within
    ``budget`` (2%) of the measured training time, and at least once per doubling of the
    sampled steps (sampled steps 0, 1, 3, 7, 15, ... when the budget allows nothing more), so

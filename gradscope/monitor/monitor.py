@@ -76,8 +76,10 @@ class Monitor:
         gates: Record the gate summaries of LSTM, GRU and vanilla RNN layers on every
             sampled step (:data:`gradscope.history.GATE_KEYS`: gate quantiles, cell-path
             carries; the path share or the vanilla factor norm on analysed steps). Their
-            cost is one product of the recorded inputs and states with the carried gate's
-            weight rows, ``O(T·B·H·(I + P))``, no ``D × D`` matrix per timestep.
+            cost is ``O(T·B·H)`` from the gate pre-activations a single-layer module's
+            replay keeps, else one product of the recorded inputs and states with the
+            carried gate's weight rows, ``O(T·B·H·(I + P))``; no ``D × D`` matrix per
+            timestep.
         analyze: On which sampled steps to compute the analyses of :func:`summarize` (decay
             fits, spectra, Lyapunov: dense ``D × D`` linear algebra, whose cost does not
             shrink with ``every``). ``"auto"``: whenever the Monitor's total time (the

@@ -138,8 +138,9 @@ def summarize(
     With ``gates``, LSTM, GRU and vanilla RNN layers also get the gate summaries
     (:data:`~gradscope.history.GATE_KEYS`,
     :func:`~gradscope.analysis.gates.summary.gate_summary`): gate quantiles and carries on
-    every call (``O(T·B·H·(I + P))``: the carried gate's weight rows times the recorded
-    inputs and states, no ``D × D`` matrix per step), the additive path's share (LSTM/GRU)
+    every call (``O(T·B·H)`` from the pre-activations the replay kept, else
+    ``O(T·B·H·(I + P))``: the carried gate's weight rows times the recorded inputs and
+    states; no ``D × D`` matrix per step), the additive path's share (LSTM/GRU)
     or the repeated factor's norm (vanilla) only with ``analyze``, on the ``decay_batch``
     sequences.
 
