@@ -273,18 +273,33 @@ class CellAdapter(ABC):
             None, carried)`` (a plain ``(states, factors)`` pair from an override is read
             as ``carried=None``), or None when the state is not determined by the outputs.
             The default covers cells whose state is their output (``D == P``):
-            :meth:`step` (or :meth:`step_factors`) once on all ``T · B`` pairs
+            :meth:`step` (or :meth:`step_carried`) once on all ``T · B`` pairs
             ``(x_t, h_{t-1})``. Cost: the step's, over ``T · B`` rows.
         """
         T, B = x.shape[:2]
         if h_prev.shape[-1] != s0.shape[-1]:
             return None
         xs, ss = x.flatten(0, 1), h_prev.flatten(0, 1)
+        carried = None
         if keep_factors:
-            new, factors = self.step_factors(params, xs, ss)
+            new, factors, carried = self.step_carried(params, xs, ss)
         else:
             new, factors = self.step(params, xs, ss), None
-        return Forced(torch.cat([s0[None], new.unflatten(0, (T, B))]), factors)
+        return Forced(
+            torch.cat([s0[None], new.unflatten(0, (T, B))]),
+            factors,
+            None if carried is None else carried.unflatten(0, (T, B)),
+        )
+
+    def step_carried(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Any, Any]:
+        """:meth:`step_factors` and the carried gate's pre-activations ``(N, H)``, or None.
+
+        From the same gate evaluation, for the teacher-forced replay (:meth:`forced_states`),
+        whose gate read-outs then multiply no weights of their own. The default:
+        :meth:`step_factors` and None.
+        """
+        new, factors = self.step_factors(params, x, s)
+        return new, factors, None
 
     def step_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Any]:
         """``(s_t, linear factors at (x, s))`` from one evaluation of the gates.

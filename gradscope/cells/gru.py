@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradscope.cells.base import CellAdapter, Forced, Params
+from gradscope.cells.base import CellAdapter, Params
 from gradscope.cells.blocks import (
     cache_block_size,
     new_output,
@@ -158,27 +158,17 @@ class GRUAdapter(CellAdapter):
         r, z, n, q = self._gates(params, x, s, xp)
         return n + z * (s - n), self._factors(s, r, z, n, q)
 
-    def forced_states(
-        self, params: Params, x: Tensor, h_prev: Tensor, s0: Tensor, keep_factors: bool
-    ) -> Forced | None:
-        """All steps at once (:meth:`CellAdapter.forced_states`), keeping ``a_z`` as well.
+    def step_carried(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Any, Any]:
+        """:meth:`step_factors` and ``a_z``, written by the gate evaluation itself.
 
-        With ``keep_factors`` the update gate's pre-activations come back as ``carried``
-        (one ``(T, B, H)`` buffer written by the gate evaluation itself), so that the gate
-        read-outs do not multiply a third of the weights again. A subclass that overrides
-        :meth:`step` or :meth:`step_factors` gets the default.
+        A subclass that overrides :meth:`step` or :meth:`step_factors` gets the default.
         """
         cls = type(self)
-        custom = cls.step is not GRUAdapter.step or cls.step_factors is not GRUAdapter.step_factors
-        if custom or not keep_factors or h_prev.shape[-1] != s0.shape[-1]:
-            return super().forced_states(params, x, h_prev, s0, keep_factors)
-        T, B = x.shape[:2]
-        xs, ss = x.flatten(0, 1), h_prev.flatten(0, 1)
-        a_z = ss.new_empty(ss.shape)
-        r, z, n, q = self._gates(params, xs, ss, keep_z=a_z)
-        new = n + z * (ss - n)  # as step_factors
-        states = torch.cat([s0[None], new.unflatten(0, (T, B))])
-        return Forced(states, self._factors(ss, r, z, n, q), a_z.unflatten(0, (T, B)))
+        if cls.step is not GRUAdapter.step or cls.step_factors is not GRUAdapter.step_factors:
+            return super().step_carried(params, x, s)
+        a_z = s.new_empty(s.shape)
+        r, z, n, q = self._gates(params, x, s, keep_z=a_z)
+        return n + z * (s - n), self._factors(s, r, z, n, q), a_z
 
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, ...]:
         """Row scalings ``(N, 3, H, 1)`` for state and input, and ``z`` ``(N, H, 1)``."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gradscope.cells.base import CellAdapter, Forced, Params
+from gradscope.cells.base import CellAdapter, Params
 from gradscope.cells.blocks import (
     scaled_jvp_run,
     scaled_run_factors,
@@ -98,27 +98,19 @@ class VanillaAdapter(CellAdapter):
         a = self._preactivation(params, x, s, xp)
         return self._phi(a), self._dphi(a).unsqueeze(-1)
 
-    def forced_states(
-        self, params: Params, x: Tensor, h_prev: Tensor, s0: Tensor, keep_factors: bool
-    ) -> Forced | None:
-        """All steps at once (:meth:`CellAdapter.forced_states`), keeping ``a_t`` as well.
+    def step_carried(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`step_factors` and ``a_t`` (whose ``φ'`` is the vanilla cell's gate).
 
-        With ``keep_factors`` the pre-activations come back as ``carried`` (``φ'(a_t)`` is
-        the vanilla cell's gate), so that the gate read-outs do not run the layer's forward
-        product again. A subclass that overrides :meth:`step` or :meth:`step_factors` gets
-        the default.
+        A subclass that overrides :meth:`step` or :meth:`step_factors` gets the default.
         """
         cls = type(self)
-        custom = (
+        if (
             cls.step is not VanillaAdapter.step
             or cls.step_factors is not VanillaAdapter.step_factors
-        )
-        if custom or not keep_factors or h_prev.shape[-1] != s0.shape[-1]:
-            return super().forced_states(params, x, h_prev, s0, keep_factors)
-        T, B = x.shape[:2]
-        a = self._preactivation(params, x.flatten(0, 1), h_prev.flatten(0, 1))  # as step_factors
-        states = torch.cat([s0[None], self._phi(a).unflatten(0, (T, B))])
-        return Forced(states, self._dphi(a).unsqueeze(-1), a.unflatten(0, (T, B)))
+        ):
+            return super().step_carried(params, x, s)
+        a = self._preactivation(params, x, s)
+        return self._phi(a), self._dphi(a).unsqueeze(-1), a
 
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
         """``φ'(a_t)`` ``(N, H, 1)``."""
