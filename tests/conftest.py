@@ -3,9 +3,43 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib import metadata
 
 import pytest
 import torch
+
+# The fast-moving dependencies the suite exercises: their versions head every test run, so
+# a failure on a fresh machine can be told apart from one on the last tested set at a glance
+# (CONTRIBUTING, "After upgrading a dependency").
+TRACKED = (
+    "torch",
+    "transformers",
+    "accelerate",
+    "lightning",
+    "numpy",
+    "scipy",
+    "matplotlib",
+    "seaborn",
+    "tensorboard",
+    "wandb",
+    "hypothesis",
+)
+
+
+def installed_versions() -> dict[str, str]:
+    """The installed version of each tracked distribution, ``"missing"`` where there is none."""
+    found = {}
+    for name in TRACKED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
+def pytest_report_header(config) -> str:
+    """One line naming the versions this run tests (pytest prints it before the first test)."""
+    return "gradscope deps: " + ", ".join(f"{k} {v}" for k, v in installed_versions().items())
 
 
 @pytest.fixture

@@ -10,9 +10,6 @@ its delta rule (Lyapunov exponents).
 
 from __future__ import annotations
 
-import inspect
-import textwrap
-
 import numpy as np
 import pytest
 import torch
@@ -151,28 +148,64 @@ def test_state_jacobian_is_the_rank_one_update():
     assert relative_error(J, want) < 1e-14
 
 
+def gated_delta_rule_float64(query, key, value, g, beta, chunk_size=64, initial_state=None,
+                             output_final_state=False, use_qk_l2norm_in_kernel=False, **kwargs):
+    """The gated delta rule stepped one position at a time, in the inputs' own dtype.
+
+    Yang, Kautz & Hatamizadeh (2025), eq. (10), per value head with ``S`` of shape
+    ``(d_k, d_v)``: ``S_t = α_t (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ`` with ``α_t = exp(g_t)``,
+    read out as ``o_t = S_tᵀ q_t / √d_k``; ``q`` and ``k`` L2-normalised (eps 1e-6) when asked.
+    Key heads are shared by consecutive value heads. The signature is
+    ``torch_chunk_gated_delta_rule``'s, so it stands in for the module's chunked rule; it casts
+    nothing, which is the point.
+    """
+    b, length, k_heads, dk = key.shape
+    v_heads, dv = value.shape[-2:]
+    query, key = (m.repeat_interleave(v_heads // k_heads, dim=2) for m in (query, key))
+    if use_qk_l2norm_in_kernel:
+        query, key = (m * torch.rsqrt((m * m).sum(-1, keepdim=True) + 1e-6) for m in (query, key))
+    query = query / dk**0.5
+    S = initial_state if initial_state is not None else value.new_zeros(b, v_heads, dk, dv)
+    outs = []
+    for t in range(length):
+        q, k, v = query[:, t], key[:, t], value[:, t]  # (b, h, d)
+        S = torch.exp(g[:, t])[..., None, None] * S
+        delta = beta[:, t, :, None] * (v - (S * k[..., None]).sum(-2))
+        S = S + k[..., None] * delta[..., None, :]
+        outs.append((S * q[..., None]).sum(-2))
+    return torch.stack(outs, dim=1), (S if output_final_state else None)
+
+
 def test_float64_replay_is_exact_without_the_float32_casts(monkeypatch):
-    """With the module's float32 casts removed, the float64 replay agrees to 1e-10."""
-    rule = inspect.unwrap(modeling.torch_chunk_gated_delta_rule)
-    src = textwrap.dedent(inspect.getsource(rule))
-    if "initial_dtype = query.dtype" not in src or "torch.float32" not in src:
-        pytest.skip("this transformers' delta rule does not cast as expected")
-    src = "\n".join(line for line in src.splitlines() if not line.startswith("@"))
-    scope: dict = {}
-    exec(src.replace("torch.float32", "initial_dtype"), modeling.__dict__, scope)  # its source
-    monkeypatch.setattr(modeling, "torch_chunk_gated_delta_rule", scope[rule.__name__])
+    """With the module's float32 delta rule and norm swapped for float64 ones, replay is exact.
+
+    The module's chunked delta rule (``torch_chunk_gated_delta_rule`` casts q, k, v, g, β to
+    float32) and its gated RMSNorm compute in float32 even in a float64 model; both are replaced
+    by float64 references written here from the published equations (through the module
+    globals the layer calls), and the adapter's replay must then agree with the module to 1e-10
+    instead of the float32 rounding ``TOL`` allows.
+    """
+    seen = []
+
+    def spy(query, *args, **kwargs):
+        seen.append(query.dtype)
+        return gated_delta_rule_float64(query, *args, **kwargs)
+
+    monkeypatch.setattr(modeling, "torch_chunk_gated_delta_rule", spy)
 
     def norm64(self, hidden_states, gate):
         v = hidden_states.pow(2).mean(-1, keepdim=True)
         h = hidden_states * torch.rsqrt(v + self.variance_epsilon)
         return self.weight * h * F.silu(gate)
 
-    monkeypatch.setattr(modeling.Qwen3NextRMSNormGated, "forward", norm64)
+    norm_class = type(layer_call(torch.float64).norm)  # named per model family and release
+    monkeypatch.setattr(norm_class, "forward", norm64)
     for case in CASES:
         replay(
             SequenceCase(case.name, case.build, case.inputs, case.adapter, diagonal=False),
             torch.float64,
         )
+    assert seen and set(seen) == {torch.float64}  # the module really ran the float64 rule
 
 
 def _qr_exponents(mats: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ each ``O(H·P·N·k)`` per pair; no ``D × D`` or ``D × I`` matrix is ever form
 
 Precision. ``A = -exp(A_log)`` is formed in float32, as the module forms it. In float64 the
 module still runs its scan and its gated RMSNorm in float32 (``mamba2_chunk_scan`` casts
-``x``, ``B``, ``C`` and ``Δ`` with ``.float()``, ``MambaRMSNormGated`` normalises in
+``x``, ``B``, ``C`` and ``Δ`` with ``.float()``, its gated RMSNorm normalises in
 float32); the replay runs everything in the module's dtype, so a float64 module is replayed
 to float32 rounding (measured below ``1e-6`` relative at toy sizes), not to float64 rounding:
 :attr:`Mamba2Adapter.replay_tolerance` says so.
