@@ -148,8 +148,18 @@ def test_state_jacobian_is_the_rank_one_update():
     assert relative_error(J, want) < 1e-14
 
 
-def gated_delta_rule_float64(query, key, value, g, beta, chunk_size=64, initial_state=None,
-                             output_final_state=False, use_qk_l2norm_in_kernel=False, **kwargs):
+def gated_delta_rule_float64(
+    query,
+    key,
+    value,
+    g,
+    beta,
+    chunk_size=64,
+    initial_state=None,
+    output_final_state=False,
+    use_qk_l2norm_in_kernel=False,
+    **kwargs,
+):
     """The gated delta rule stepped one position at a time, in the inputs' own dtype.
 
     Yang, Kautz & Hatamizadeh (2025), eq. (10), per value head with ``S`` of shape

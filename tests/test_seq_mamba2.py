@@ -121,9 +121,21 @@ def test_products_and_eigenvalues_match_autograd(case):
     check_diagonal(adapter, params, u[:3], states[:4])
 
 
-def ssd_scan_float64(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, initial_states=None,
-                     dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False,
-                     **kwargs):
+def ssd_scan_float64(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size,
+    D=None,
+    dt_bias=None,
+    initial_states=None,
+    dt_softplus=False,
+    dt_limit=(0.0, float("inf")),
+    return_final_states=False,
+    **kwargs,
+):
     """Mamba-2's SSD recurrence stepped one position at a time, in the inputs' own dtype.
 
     Dao & Gu (2024), eq. (1) with a scalar-times-identity ``A`` per head: with
@@ -163,6 +175,7 @@ def test_float64_replay_is_exact_without_the_float32_casts(monkeypatch):
     equations (through the module globals the mixer calls), and the adapter's replay must then
     agree with the module to 1e-10 instead of the float32 rounding ``TOL`` allows.
     """
+
     def norm64(self, hidden_states, gate=None):
         h = hidden_states * F.silu(gate)
         g = h.unflatten(-1, (-1, self.group_size))
