@@ -23,6 +23,14 @@ class CellConventionError(GradscopeError, TypeError):
     """A cell's forward does not follow ``forward(x_t, state) -> state``."""
 
 
+class AdapterContractError(GradscopeError, TypeError):
+    """An adapter (a registered cell or sequence mixer) broke its contract.
+
+    The message names the adapter, the method and what it returned against what the
+    contract (:mod:`gradscope.cells.base`, :mod:`gradscope.sequences.base`) asks for.
+    """
+
+
 class ShapeError(GradscopeError, ValueError):
     """Tensors of the wrong shape, dtype or size were given."""
 
@@ -31,7 +39,15 @@ class ReplayMismatchError(GradscopeError, RuntimeError):
     """The step-by-step replay of a fused module did not reproduce the module's own output."""
 
 
-class ChaoticReplayWarning(UserWarning):
+class GradscopeWarning(UserWarning):
+    """Base class of every warning gradscope issues: something was left out or is doubtful.
+
+    gradscope warns where stopping would be wrong (a diagnostic never stops the training it
+    watches) and says what it did instead; filter them all with this class.
+    """
+
+
+class ChaoticReplayWarning(GradscopeWarning):
     """A fused module's replay was accepted as a *shadow trajectory* of a chaotic network.
 
     The replay missed the fixed tolerance, but by no more than the rounding errors that the
@@ -93,11 +109,13 @@ class PdfEngineError(GradscopeError, RuntimeError):
 
 
 __all__ = [
+    "AdapterContractError",
     "ArgumentError",
     "ArgumentTypeError",
     "CellConventionError",
     "ChaoticReplayWarning",
     "GradscopeError",
+    "GradscopeWarning",
     "MissingDataError",
     "NoRecurrentModuleError",
     "NumericalError",

@@ -297,3 +297,73 @@ def test_recording_without_transformers_modules_never_imports_it():
         "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+# --------------------------------------------------------------------------- non-finite input
+def _chunked_model(family: str):
+    """A tiny model whose mixer's reference path is chunked (a NaN spreads over its chunk)."""
+    torch.manual_seed(0)
+    if family == "mamba2":
+        cfg = transformers.Mamba2Config(
+            vocab_size=64,
+            hidden_size=32,
+            expand=1,
+            num_heads=4,
+            head_dim=8,
+            n_groups=1,
+            state_size=8,
+            num_hidden_layers=1,
+            chunk_size=8,
+            use_cache=False,
+        )
+        return transformers.Mamba2Model(cfg)
+    if family == "xlstm":
+        cfg = transformers.xLSTMConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_heads=2,
+            num_blocks=1,
+            qk_dim_factor=1.0,
+            mode="train",
+            chunk_size=4,
+            use_cache=False,
+        )
+        return transformers.xLSTMModel(cfg)
+    cfg = transformers.Qwen3NextConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        layer_types=["linear_attention"],
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=16,
+        use_cache=False,
+    )
+    cfg._experts_implementation = "eager"
+    return transformers.Qwen3NextModel(cfg)
+
+
+@pytest.mark.parametrize("family", ["mamba2", "xlstm", "deltanet"])
+def test_a_nan_input_is_reported_not_blamed_on_the_adapter(family):
+    """One NaN in sequence 1 (regression: ReplayMismatchError "the module's forward differs
+    from what the adapter implements"). Sequence 0 is replayed exactly as without it."""
+    model = _chunked_model(family).double().eval()
+    embeds = torch.randn(2, 12, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    clean = gs.trace(model, inputs_embeds=embeds, use_cache=False)[0]
+    embeds[1, 5, 3] = float("nan")
+    layer = gs.trace(model, inputs_embeds=embeds, use_cache=False)[0]
+    bad = layer.nonfinite()  # (T+1, B): NaN/inf states
+    assert bad[:, 1].any() and not bad[:, 0].any()
+    assert relative_error(layer.states[:, 0], clean.states[:, 0]) < 1e-12
+    d = gs.diagnose(layer, progress=False)[0]
+    assert d.nonfinite["count"] > 0 and d.nonfinite["first_batch"] == 1

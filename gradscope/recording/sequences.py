@@ -27,6 +27,13 @@ from gradscope.cells.base import Params
 from gradscope.errors import ReplayMismatchError
 from gradscope.layer_trace import LayerTrace
 from gradscope.recording.check import mismatch
+from gradscope.recording.contract import (
+    called,
+    check_diagonal,
+    check_first_step,
+    checked_drive,
+    checked_params,
+)
 from gradscope.recording.dropout import NO_DROPOUT
 from gradscope.sequences.base import SequenceAdapter
 
@@ -87,13 +94,15 @@ def capture_sequence(
     s0: Tensor | None,
 ) -> SequenceCall:
     """What a forward hook keeps of one call (everything detached, nothing computed)."""
+    where = f"{name} ({type(module).__name__})"
+    params = called(adapter, "module_params", lambda: adapter.module_params(module), where)
     return SequenceCall(
         path=path,
         name=name,
         call=call,
         module=module,
         adapter=adapter,
-        params=adapter.module_params(module),
+        params=checked_params(adapter, params, where),
         args=_detached(args),
         kwargs=_detached(kwargs),
         output=adapter.module_output(output).detach(),
@@ -108,18 +117,25 @@ def build_sequence(call: SequenceCall, *, check: bool, layer_name: str) -> Layer
         ReplayMismatchError: the readout of the replay does not reproduce the output.
     """
     adapter, params = call.adapter, call.params
+    where = f"{call.name} ({type(call.module).__name__})"
     with torch.no_grad():
-        drive = adapter.drive(params, call.args, call.kwargs)
+        drive = called(
+            adapter, "drive", lambda: adapter.drive(params, call.args, call.kwargs), where
+        )
+        drive = checked_drive(adapter, params, drive, where)
         u = drive.u
         D = adapter.state_size(params)
         s0 = call.s0 if call.s0 is not None else drive.s0
         if s0 is None:
             s0 = u.new_zeros((u.shape[1], D))
-        states = adapter.scan(params, u, s0.to(u.dtype))
+        s0 = s0.to(u.dtype)
+        check_first_step(adapter, params, u, s0, where)
+        states = called(adapter, "scan", lambda: adapter.scan(params, u, s0), where)
+        check_diagonal(adapter, params, u, states, where)
         error = None
         if check:
-            out = adapter.readout(params, u, states)
-            error = _check(call, out)
+            out = called(adapter, "readout", lambda: adapter.readout(params, u, states), where)
+            error = _check(call, out, u)
     lengths = None
     if drive.lengths is not None:
         lengths = drive.lengths.detach().cpu().numpy().astype("int64")
@@ -156,7 +172,30 @@ def build_sequence(call: SequenceCall, *, check: bool, layer_name: str) -> Layer
     return call.layer
 
 
-def _check(call: SequenceCall, out: Tensor) -> float:
+def _finite_drive_error(out: Tensor, want: Tensor, u: Tensor) -> float:
+    """The replay's error where a non-finite drive leaves both outputs meaningful.
+
+    A chunked scan spreads a NaN/inf input over its whole chunk (masked products of
+    ``exp(segsum)``), earlier positions included, while the replay only carries it forward.
+    So the outputs are compared where both are finite, and before each sequence's first
+    non-finite drive step the replay must be finite wherever the module is (the
+    ``(B, T, ...)`` layout of a sequence mixer's output; other layouts: both finite only).
+    """
+    a, b = out.detach(), want.detach()
+    fin_a, fin_b = torch.isfinite(a), torch.isfinite(b)
+    T, B = u.shape[:2]
+    if a.ndim >= 2 and tuple(a.shape[:2]) == (B, T):
+        bad = ~torch.isfinite(u).all(dim=-1)  # (T, B)
+        first = torch.where(bad.any(0), bad.float().argmax(0), torch.full((B,), T))
+        before = torch.arange(T)[None, :] < first.cpu()[:, None]  # (B, T)
+        before = before.reshape(B, T, *([1] * (a.ndim - 2))).to(a.device)
+        if bool((before & fin_b & ~fin_a).any()):
+            return float("inf")
+    both = fin_a & fin_b
+    return mismatch(a[both], b[both]) if bool(both.any()) else 0.0
+
+
+def _check(call: SequenceCall, out: Tensor, u: Tensor) -> float:
     want = call.output
     if tuple(out.shape) != tuple(want.shape):
         raise ReplayMismatchError(
@@ -164,7 +203,10 @@ def _check(call: SequenceCall, out: Tensor) -> float:
             f"replay's output has shape {tuple(out.shape)}, the module returned "
             f"{tuple(want.shape)}; the adapter does not match this module's forward"
         )
-    error = mismatch(out, want)
+    if bool(torch.isfinite(u).all()):
+        error = mismatch(out, want)
+    else:  # the input holds NaN/inf: the diagnosis reports it; compare what it leaves
+        error = _finite_drive_error(out, want, u)
     tol = call.adapter.replay_tolerance(call.params, want.dtype)
     if tol is None:
         tol = _TOLERANCE.get(want.dtype, _TOLERANCE_OTHER)
