@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from gradscope.analysis.formatting import fmt_num, fmt_steps
 
 # ``History`` is not imported, not even for type checking: history.py imports this module.
@@ -38,6 +40,28 @@ def _trend(regimes: list[str]) -> str:
     return " → ".join(path) if len(path) <= 4 else f"{path[0]} → … → {path[-1]}"
 
 
+def diverged(history: History, name: str) -> tuple[int, int] | None:
+    """``(first training step, sampled steps)`` with NaN/inf states in ``name``, or None."""
+    if "nonfinite" not in history.keys:
+        return None
+    with np.errstate(invalid="ignore"):
+        bad = np.nan_to_num(history.scalar(name, "nonfinite"), nan=0.0) > 0
+    if not bad.any():
+        return None
+    return int(history.steps[int(np.argmax(bad))]), int(bad.sum())
+
+
+def _diverged_line(history: History, name: str) -> str | None:
+    seen = diverged(history, name)
+    if seen is None:
+        return None
+    step, n = seen
+    return (
+        f"{name}: NaN/inf states from training step {step} on ({n} of {len(history)} sampled "
+        "steps): training diverged there; the numbers of those steps rest on what stayed finite"
+    )
+
+
 def history_summary(history: History, index: int = -1) -> dict[str, Any]:
     """The numbers of one sampled step of every layer, JSON-able.
 
@@ -48,7 +72,9 @@ def history_summary(history: History, index: int = -1) -> dict[str, Any]:
     Returns:
         ``{"step", "sampled_steps", "first_step", "layers": [{"name", "regime",
         "loss_regime", "rate", "rate_ci", "half_life", "loss_rate", "radius_median",
-        "norm_median", "lyapunov", "grad_t0", "grad_tT", "T", "B", "regimes_over_training"}]}``.
+        "norm_median", "lyapunov", "grad_t0", "grad_tT", "T", "B", "regimes_over_training",
+        "diverged_at_step"}]}`` (``diverged_at_step``: the first sampled step with NaN/inf
+        states, or None).
     """
     from gradscope._json import jsonable
 
@@ -74,6 +100,7 @@ def history_summary(history: History, index: int = -1) -> dict[str, Any]:
                 "T": e["T"],
                 "B": e["B"],
                 "regimes_over_training": _trend(history.regime(name)),
+                "diverged_at_step": (diverged(history, name) or (None,))[0],
             }
         )
     steps = history.steps
@@ -131,10 +158,12 @@ def history_table(history: History, index: int = -1) -> str:
     ]
     lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
     lines.append("")
-    lines.extend(
-        f"{name}: regime over training {_trend(history.regime(name))}" for name in history.names
-    )
+    for name in history.names:
+        lines.append(f"{name}: regime over training {_trend(history.regime(name))}")
+        line = _diverged_line(history, name)
+        if line:
+            lines.append(line)
     return "\n".join(lines)
 
 
-__all__ = ["history_summary", "history_table"]
+__all__ = ["diverged", "history_summary", "history_table"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,12 @@ from gradscope.errors import (
     ArgumentError,
     ArgumentTypeError,
     GradscopeError,
+    GradscopeWarning,
     MissingDataError,
     NoRecurrentModuleError,
 )
 from gradscope.history import SUMMARY_KEYS, Entry, History
+from gradscope.monitor.arguments import callback_list, positive_count
 from gradscope.monitor.budget import AnalysisBudget
 from gradscope.monitor.gather import Snapshot, all_gather, detect_distributed, world_size
 from gradscope.monitor.schedules import Every, Schedule, as_schedule
@@ -167,12 +170,14 @@ class Monitor:
         self.options = dict(
             lyapunov=bool(lyapunov),
             gates=bool(gates),
-            spectra_steps=int(spectra_steps),
-            spectra_batch=int(spectra_batch),
-            decay_batch=None if decay_batch is None else int(decay_batch),
+            spectra_steps=positive_count("spectra_steps", spectra_steps),
+            spectra_batch=positive_count("spectra_batch", spectra_batch),
+            decay_batch=None if decay_batch is None else positive_count("decay_batch", decay_batch),
         )
         self.check = bool(check)
-        self.callbacks = list(callbacks)
+        self.callbacks = callback_list(callbacks)
+        self._failed_callbacks: set[int] = set()  # warned about once each
+        self._warned_unreached = False
         self.process_group = process_group
         self._distributed = detect_distributed(distributed, process_group)
         world = world_size(process_group) if self._distributed else 1
@@ -323,23 +328,28 @@ class Monitor:
             return bool(self.analyze(len(self.history)))  # the n-th sampled step
         return self._budget.should_analyze(len(self.history), entered)
 
-    def _collect(self) -> tuple[Trace | None, list[str]]:
-        """This step's trace (None if nothing was reached) and the notes about what was not."""
+    def _collect(self) -> tuple[Trace | None, list[str], list[str]]:
+        """This step's trace (None if nothing was reached), notes and unreached layers.
+
+        The notes say what was not recorded; the names are the recorded layers the loss did
+        not reach.
+        """
         recorder = self._recorder
         try:
             trace = self._disarm(harvest=True)
         except NoRecurrentModuleError:
-            return None, [NOTHING_RAN]
+            return None, [NOTHING_RAN], []
         except MissingDataError:  # calls were recorded, and the loss reached none of them
             trace = None
-        notes = [NOT_REACHED.format(name=name) for name in recorder.unreached]
+        unreached = list(recorder.unreached)
+        notes = [NOT_REACHED.format(name=name) for name in unreached]
         if trace is not None and "loss_scale" in trace.meta:
             notes.append(UNSCALED)
-        return trace, notes
+        return trace, notes, unreached
 
     def _harvest(self, step: int, entered: float) -> None:
         with rng_preserved():
-            trace, notes = self._collect()
+            trace, notes, unreached = self._collect()
             entries: dict[str, Entry] = {}
             analyze = trace is not None and self._should_analyze(entered)
             start = time.perf_counter()
@@ -363,10 +373,38 @@ class Monitor:
             self.history.note(step, msg)
         if trace is not None:
             self.latest = Snapshot(step, trace)
+        if unreached and not self._warned_unreached:
+            self._warned_unreached = True
+            warnings.warn(
+                f"Monitor.step() at training step {step}: the loss reached no recorded call of "
+                f"{', '.join(unreached)} since the previous step(), so nothing was recorded for "
+                "it (the history notes it each time). Call monitor.step() after "
+                "loss.backward(); if that layer is left out of some losses on purpose, ignore "
+                "this.",
+                GradscopeWarning,
+                stacklevel=3,
+            )
         if self.rank == 0 and self.callbacks:
             with rng_preserved():
                 for callback in self.callbacks:
-                    callback(self)
+                    self._call(callback, step)
+
+    def _call(self, callback: Callable[[Monitor], Any], step: int) -> None:
+        """Run one callback; one that raises is warned about once and training goes on."""
+        try:
+            callback(self)
+        except Exception as exc:  # a diagnostic never stops the training it watches
+            if id(callback) in self._failed_callbacks:
+                return
+            self._failed_callbacks.add(id(callback))
+            self.history.note(step, f"callback {callback!r} raised {type(exc).__name__}: {exc}")
+            warnings.warn(
+                f"Monitor callback {callback!r} raised {type(exc).__name__}: {exc} (training "
+                f"step {step}); training goes on, and later failures of this callback are not "
+                "warned about again (the history notes this one)",
+                GradscopeWarning,
+                stacklevel=4,
+            )
 
     # ----------------------------------------------------------------- output
     def report(self, path: str | os.PathLike) -> Path | None:

@@ -174,11 +174,13 @@ def summarize(
         g = grad_norms(layer) if norms is None else norms
         out["grad_t0"], out["grad_tT"] = float(g[0]), float(g[-1])
 
-    def attempt(what: str, fn: Callable[[], None]) -> None:
+    def attempt(what: str, fn: Callable[[], None], regime: str | None = None) -> None:
         try:
             fn()
         except GradscopeError as exc:
             notes.append(f"{layer.name}: {what} not computed ({exc})")
+            if regime is not None:  # analysed, and nothing could be measured
+                out[regime] = REGIME_CODES["unknown"]
 
     def fit(prefix: str, of: str, seqs: np.ndarray | None) -> None:
         d = decay(select_batch(layer, seqs), of=of, progress=False)
@@ -189,7 +191,7 @@ def summarize(
             out["r2"], out["half_life"] = float(d.r2), float(d.half_life)
 
     if layer.grads is not None:  # a fit of T + 1 numbers per sequence: cheap, always
-        attempt("the loss-gradient decay fit", lambda: fit("loss_", "loss", None))
+        attempt("the loss-gradient decay fit", lambda: fit("loss_", "loss", None), "loss_regime")
     if gates:  # cheap, always; the path share / factor norm on analysed steps only
         attempt(
             "the gate summaries",
@@ -198,7 +200,7 @@ def summarize(
     if not analyze:
         return out, notes
     seqs = None if decay_batch is None else evenly_spaced(layer.B, decay_batch)
-    attempt("the state-gradient decay fit", lambda: fit("", "state", seqs))
+    attempt("the state-gradient decay fit", lambda: fit("", "state", seqs), "regime")
 
     steps, batch = evenly_spaced(layer.T, spectra_steps), evenly_spaced(layer.B, spectra_batch)
 
