@@ -54,7 +54,13 @@ SUMMARY_KEYS: tuple[str, ...] = (
     *GATE_KEYS,
 )
 
-#: How a regime is stored among the float summaries (NaN: not analysed).
-REGIME_CODES: dict[str, float] = {"vanishing": -1.0, "neutral": 0.0, "exploding": 1.0}
+#: How a regime is stored among the float summaries (NaN: not analysed; ``unknown``:
+#: analysed, and nothing could be measured, e.g. every loss gradient NaN).
+REGIME_CODES: dict[str, float] = {
+    "vanishing": -1.0,
+    "neutral": 0.0,
+    "exploding": 1.0,
+    "unknown": 2.0,
+}
 
 __all__ = ["CARRY_LAGS", "GATE_KEYS", "REGIME_CODES", "STAT_KEYS", "SUMMARY_KEYS"]

@@ -36,6 +36,43 @@ def select_index(sel: StepSelect, n: int, what: str) -> Tensor:
     return torch.where(idx < 0, idx + n, idx)
 
 
+def check_layer_params(adapter: CellAdapter, layer: LayerTrace) -> None:
+    """``layer.params`` describe a layer of ``adapter``'s family with ``layer``'s sizes.
+
+    :meth:`~gradscope.cells.base.CellAdapter.check_params` (the configuration numbers), the
+    state and input sizes, and one step from a zero state and input of those sizes (cells
+    whose Jacobians come from ``torch.func`` need their module and are left to it).
+
+    Raises:
+        ArgumentError: naming the layer, its kind and what does not fit.
+    """
+    where = f"{layer.name} ({layer.kind})"
+    try:
+        adapter.check_params(layer.params)
+        if not adapter.closed_form:
+            return
+        D, I = adapter.state_size(layer.params), adapter.input_size(layer.params)
+        if (D, I) != (layer.D, layer.I):
+            raise ArgumentError(
+                f"its params describe a state of {D} and an input of {I} numbers, the trace "
+                f"holds {layer.D} and {layer.I}"
+            )
+        p = {k: v.to(layer.inputs.device) for k, v in layer.params.items()}
+        z = layer.inputs.new_zeros((1, I)), layer.states.new_zeros((1, D))
+        with torch.no_grad():
+            out = adapter.step(p, *z)
+        if tuple(out.shape) != (1, D):
+            raise ArgumentError(f"one step gives shape {tuple(out.shape)}, not (1, {D})")
+    except ArgumentError as exc:
+        raise ArgumentError(f"{where}: {exc}") from None
+    except (RuntimeError, KeyError, IndexError, ValueError, TypeError, ZeroDivisionError) as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise ArgumentError(
+            f"{where}: its params do not describe a {layer.kind} layer "
+            f"({type(exc).__name__}: {text}); a trace made or edited by hand?"
+        ) from None
+
+
 @dataclass
 class LayerTrace:
     """One recurrent layer (and direction) of one forward call, step by step.
@@ -196,9 +233,18 @@ class LayerTrace:
 
     # ------------------------------------------------------------- jacobians
     def cell_adapter(self) -> CellAdapter:
-        """The cell adapter (the recording's, or the one registered for :attr:`kind`)."""
+        """The cell adapter (the recording's, or the one registered for :attr:`kind`).
+
+        An adapter found by :attr:`kind` (a trace loaded from a file or built by hand) is
+        first checked against :attr:`params` (:func:`check_layer_params`).
+
+        Raises:
+            ArgumentError: the params do not describe a layer of this kind and these sizes.
+        """
         if self.adapter is None:
-            self.adapter = adapter_for_kind(self.kind)
+            adapter = adapter_for_kind(self.kind)
+            check_layer_params(adapter, self)
+            self.adapter = adapter
         return self.adapter
 
     def _jac(self, wrt: str, steps: Tensor, batch: Tensor) -> Tensor:

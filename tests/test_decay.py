@@ -11,6 +11,7 @@ import torch
 from scipy import special
 from theory import linear_trace, stored_trace, tanh_rnn_trace
 
+import gradscope as gs
 from gradscope.analysis.decay import Decay, decay
 from gradscope.errors import MissingDataError
 
@@ -343,3 +344,26 @@ def test_t_quantile_equals_scipy_stats_and_gradscope_does_not_import_it():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- degenerate curves
+def test_no_finite_norm_at_all_is_unknown_not_neutral():
+    """Every norm NaN (e.g. every loss gradient NaN): nothing measured, regime unknown."""
+    from gradscope.analysis.fit import fit_decay
+
+    d = fit_decay("x", "loss", np.full((10, 3), np.nan), 10.0)
+    assert d.regime == "unknown" and math.isnan(d.rate)
+    assert any("no finite norm" in n for n in d.notes)
+
+
+def test_an_exactly_zero_jacobian_is_vanishing():
+    """Theory: J_t = 0 (a tanh RNN with W_hh = 0) gives ‖∂s_T/∂s_(T−k)‖ = 0 for k >= 1."""
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(3, 4).double()
+    with torch.no_grad():
+        rnn.weight_hh_l0.zero_()
+    layer = gs.trace(rnn, torch.randn(12, 2, 3, dtype=torch.float64))[0]
+    d = decay(layer, progress=False)
+    assert d.median[0] == 0.0 and np.isneginf(d.median[1])
+    assert d.regime == "vanishing" and d.half_life < 1e-3  # ln 2 / 708: the float64 floor
+    assert any("exactly 0 from lag 1" in n for n in d.notes)

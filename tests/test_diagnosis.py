@@ -243,3 +243,112 @@ def test_compute_threads_limits_blas_and_restores(monkeypatch):
         assert set(blas().values()) == {2} and torch.get_num_threads() == 2
         raise RuntimeError("boom")
     assert blas() == before and torch.get_num_threads() == torch_before
+
+
+# --------------------------------------------------------------------------- degenerate input
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
+def test_profile_of_a_diverged_model_reports_it(cls, tmp_path):
+    """NaN weights: regime unknown with the reason, a report (regression: ValueError)."""
+    torch.manual_seed(0)
+    mod = cls(3, 5)
+    with torch.no_grad():
+        mod.weight_hh_l0.fill_(float("nan"))
+    prof = profile(mod, torch.randn(8, 2, 3), analysis={"progress": False})
+    d = prof.diagnosis[0]
+    assert d.regime == "unknown" and "NaN/inf" in d.reason
+    assert "No gate numbers" in d.verdict and "nan%" not in d.verdict
+    assert prof.report(tmp_path / "r.html").stat().st_size > 0
+
+
+def test_an_empty_batch_is_unknown_not_a_calm_verdict():
+    """B = 0: nothing recorded, so no regime (regression: an IndexError, then "neutral")."""
+    from gradscope.recording import trace as record_trace
+
+    layer = record_trace(nn.LSTM(3, 4), torch.randn(6, 0, 3))[0]
+    d = diagnose(layer, progress=False)[0]
+    assert d.regime == "unknown" and "B = 0" in d.reason
+    assert not any("No action needed" in a for a in d.advice)
+
+
+def test_a_loss_of_nans_gives_an_unknown_loss_regime():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 4)
+    prof = profile(
+        lstm,
+        torch.randn(8, 2, 3),
+        loss_fn=lambda out: out[0].sum() * float("nan"),
+        analysis={"progress": False},
+    )
+    loss = prof.diagnosis[0].decay["loss"]
+    assert loss.regime == "unknown" and np.isnan(loss.norms).all()
+    assert "Every loss gradient" in prof.diagnosis[0].verdict
+
+
+@pytest.mark.parametrize("how", ["inference_mode", "untouched"])
+def test_a_loss_that_reaches_no_layer_is_said(how):
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 4)
+
+    def loss_fn(out):
+        if how == "inference_mode":
+            with torch.inference_mode():
+                return out[0].sum()
+        return torch.ones((), requires_grad=True) * 2.0
+
+    with pytest.warns(gs_warning(), match="no loss gradient reached lstm.l0"):
+        prof = profile(lstm, torch.randn(8, 2, 3), loss_fn=loss_fn, analysis={"progress": False})
+    d = prof.diagnosis[0]
+    assert "loss" not in d.decay
+    want = "does not require grad" if how == "inference_mode" else "does not depend"
+    assert any(want in n for n in d.notes)
+
+
+def gs_warning():
+    from gradscope.errors import GradscopeWarning
+
+    return GradscopeWarning
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "value", "match"),
+    [
+        ("rglru", "gate_scale", -8.0, "gate_scale.*finite number > 0"),
+        ("mlstm", "num_heads", 0, "num_heads.*whole number >= 1"),
+        ("mlstm", "num_heads", 3, "must divide"),
+    ],
+)
+def test_hand_made_mixer_traces_with_impossible_configs_are_refused(kind, key, value, match):
+    """A LayerTrace built by hand with a config no module has (regression: crashes inside)."""
+    from gradscope.errors import ArgumentError
+    from gradscope.layer_trace import LayerTrace
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "rglru":
+        cfg = transformers.RecurrentGemmaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            num_hidden_layers=1,
+            attention_window_size=8,
+            block_types=["recurrent"],
+        )
+        model = transformers.RecurrentGemmaModel(cfg).eval()
+    else:
+        cfg = transformers.xLSTMConfig(
+            vocab_size=32, hidden_size=16, num_heads=2, num_blocks=1, qk_dim_factor=1.0
+        )
+        model = transformers.xLSTMModel(cfg).eval()
+    from gradscope.recording import trace as record_trace
+
+    real = record_trace(model, torch.randint(0, 32, (1, 6)), use_cache=False)[0]
+    assert real.kind == kind
+    params = dict(real.params)
+    params[key] = torch.tensor(value, dtype=params[key].dtype)
+    fake = LayerTrace(
+        real.name, kind, real.states, real.inputs, None, real.state_names, real.state_sizes, params
+    )
+    with pytest.raises(ArgumentError, match=match):
+        diagnose(fake, progress=False)

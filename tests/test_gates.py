@@ -312,3 +312,37 @@ def test_path_walk_of_packed_sequences_equals_each_sequence_walked_alone(float64
         for got, ref in ((path, path_b), (rest, rest_b), (total, total_b)):
             np.testing.assert_allclose(got[: n + 1, b], ref[:, 0], rtol=1e-9, atol=1e-12)
             assert np.isnan(got[n + 1 :, b]).all()  # past its length: not measured
+
+
+# --------------------------------------------------------------------------- degenerate layers
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
+def test_a_diverged_layer_gets_a_gate_view_that_says_so(cls, seeded):
+    """Every weight NaN: no finite gate at any step (regression: a raw broadcast ValueError)."""
+    mod = cls(3, 5)
+    with torch.no_grad():
+        for p in mod.parameters():
+            p.fill_(float("nan"))
+    layer = gs.trace(mod, torch.randn(6, 2, 3))[0]
+    view = gate_view(layer)
+    assert all(np.isnan(q).all() for q in view.gates.values())
+    assert view.sentence().startswith("No gate numbers") and "nan" not in view.sentence()
+    assert "nan" not in view.short()
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
+def test_an_empty_batch_gets_a_gate_view_of_nans(cls, seeded):
+    """B = 0 (regression: a raw IndexError from np.quantile on an empty axis)."""
+    layer = gs.trace(cls(3, 5), torch.randn(6, 0, 3))[0]
+    view = gate_view(layer)
+    assert all(q.shape == (6, len(QUANTILES)) and np.isnan(q).all() for q in view.gates.values())
+    assert view.sentence().startswith("No gate numbers")
+
+
+def test_vanilla_without_recurrent_weights_has_no_path_at_all(seeded):
+    """``W_hh = 0``: J_t = 0 (regression: ZeroDivisionError from the saturation ratio)."""
+    rnn = nn.RNN(3, 5)
+    with torch.no_grad():
+        rnn.weight_hh_l0.zero_()
+    view = gate_view(gs.trace(rnn, torch.randn(6, 2, 3))[0])
+    assert view.weight_norm == 0.0
+    assert "W_hh = 0" in view.sentence() and "no recurrent path" in view.short()

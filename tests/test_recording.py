@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+import gradscope as gs
 from gradscope.cells import register_cell
 from gradscope.cells.gru import GRU_ADAPTER
 from gradscope.errors import (
@@ -1215,3 +1216,15 @@ def test_stacked_returns_the_buffer_of_consecutive_views_and_stacks_anything_els
     assert torch.equal(stacked(shuffled), torch.stack(shuffled))
     strided = list(buf[:, :, :2].unbind(0))  # consecutive but not contiguous views
     assert torch.equal(stacked(strided), buf[:, :, :2])
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
+def test_a_meta_device_model_is_refused_with_what_to_do(cls):
+    """Regression: ``Tensor.item() cannot be called on meta tensors`` from the replay check."""
+    from gradscope.errors import ArgumentError
+
+    m = cls(4, 8, device="meta")
+    with pytest.raises(ArgumentError, match=r"meta device.*model.to_empty\(device='cpu'\)"):
+        trace(m, torch.randn(5, 2, 4, device="meta"))
+    with pytest.raises(ArgumentError, match="meta device"):
+        gs.Monitor(m)

@@ -20,6 +20,7 @@ from sequence_cases import (
     replay,
 )
 
+import gradscope as gs
 from gradscope.analysis.lyapunov import lyapunov
 from gradscope.sequences.rglru import ADAPTER as RGLRU
 from gradscope.traces import LayerTrace
@@ -138,6 +139,53 @@ def test_lyapunov_exponents_are_mean_log_gates():
     got = adapter.log_decay(params, u.flatten(0, 1)).unflatten(0, (T, B))
     assert torch.isneginf(got[0]).all()  # the reset: a = 0
     assert relative_error(got[1:].transpose(0, 1), log_a[:, 1:]) < 1e-12
+
+
+def test_resets_are_left_out_of_the_exact_exponents_at_any_discard():
+    """The diagonal path with discard=0 includes position 0, a reset (a = 0): its ln 0 must
+    not swamp the means (regression: λ1 = −100 "(ordered)" once a NaN input shortened the
+    finite prefix, so that the diagnosis's discard became 0)."""
+    lru = rglru_call(torch.float64)
+    adapter, params, u, states = replay(CASES[0], torch.float64)
+    layer = LayerTrace(
+        name="rg_lru",
+        kind=adapter.kind,
+        states=states,
+        inputs=u,
+        lengths=None,
+        state_names=adapter.state_names,
+        state_sizes=adapter.state_sizes(params),
+        params=params,
+        adapter=adapter,
+    )
+    x = lru.gs_call[0][0].detach()  # the module's weights, as in the test above
+    heads = lru.recurrent_gate_weight.shape[0]
+    pre = torch.einsum(
+        "bthi,hij->bthj", x.unflatten(-1, (heads, -1)), lru.recurrent_gate_weight.detach()
+    )
+    r = torch.sigmoid((pre + lru.recurrent_gate_bias.detach()).flatten(-2))
+    log_a = -8.0 * F.softplus(lru.recurrent_param.detach()) * r
+    want = np.sort(log_a[:, 1:].mean(dim=1).numpy(), axis=1)[:, ::-1]  # the reset left out
+    res = lyapunov(layer, discard=0, progress=False)
+    assert np.abs(res.per_sequence - want).max() < 1e-10
+    assert any("2 reset step(s)" in n for n in res.notes)
+
+
+def test_a_nan_input_leaves_the_exponents_of_the_finite_steps():
+    model = gemma_model(torch.float32)
+    embeds = model.embed_tokens(ids()).detach()
+    embeds[1, 5, 3] = float("nan")
+    prof = gs.profile(model, inputs_embeds=embeds, use_cache=False, analysis={"progress": False})
+    d = prof.diagnosis[0]
+    assert d.nonfinite["count"] > 0 and d.nonfinite["first_batch"] == 1
+    lam = d.lyapunov.per_sequence
+    layer = prof.trace[0]
+    from gradscope.jacobians.diagonal import log_moduli, resets
+
+    logs = log_moduli(layer)
+    finite = logs[~resets(logs) & ~np.isnan(logs).any(-1)]
+    # a mean of per-step ln|a| cannot lie below the smallest of them (it was −100 before)
+    assert np.nanmin(lam) >= finite.min() - 1e-6 and np.nanmax(lam) <= 0
 
 
 # --------------------------------------------------------------------------- cached state

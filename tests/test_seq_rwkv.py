@@ -12,6 +12,7 @@ import pytest
 import torch
 from sequence_cases import SequenceCase, check_diagonal, check_products, replay
 
+import gradscope as gs
 from gradscope.analysis.lyapunov import lyapunov
 from gradscope.errors import UnsupportedModuleError
 from gradscope.sequences.rwkv import ADAPTER as RWKV
@@ -135,3 +136,19 @@ def test_keys_outside_the_float32_range_are_refused():
         RWKV.drive(params, args, kwargs)
     params64 = {n: p.double() for n, p in params.items()}
     RWKV.drive(params64, (args[0].double(),), kwargs)  # float64 holds them
+
+
+def test_a_decay_of_exactly_zero_is_vanishing_not_neutral():
+    """time_decay = 10: λ = exp(−e^10) = 0 exactly, every step erases the state (theory:
+    ∂s_t/∂s_{t−1} = 0). Regression: every step read as a document reset, the curve stopped at
+    lag 0, and the verdict was "neutral … no action needed"."""
+    model = rwkv_model(torch.float64)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attention.time_decay.fill_(10.0)
+    prof = gs.profile(model, ids(), use_cache=False, analysis={"progress": False})
+    for d in prof.diagnosis:
+        assert d.regime == "vanishing"
+        assert "the one-step Jacobian is exactly zero" in d.verdict
+        assert "λ1 = −∞" in d.verdict
+        assert not any("No action needed" in a for a in d.advice)

@@ -16,6 +16,7 @@ import numpy as np
 
 from gradscope.analysis.formatting import fmt_num, fmt_steps
 from gradscope.analysis.results import LayerDiagnosis
+from gradscope.jacobians.diagonal import LOG_ZERO
 from gradscope.layer_trace import LayerTrace
 
 
@@ -65,10 +66,18 @@ def verdict(d: LayerDiagnosis, layer: LayerTrace) -> str:
         ci = f"95% CI [{lo:+.4f}, {hi:+.4f}]" if math.isfinite(lo) else "no CI"
         per = math.exp(st.rate)
         rate_txt = (
-            f"‖∂s_T/∂s_(T−k)‖ changes by a factor {per:.4f} per step back (rate {st.rate:+.4f}"
+            f"‖∂s_T/∂s_(T−k)‖ changes by a factor {fmt_num(per, 4)} per step back (rate "
+            f"{st.rate:+.4f}"
             f"/step, {ci}, fitted over lags {st.fit_lags[0]}–{st.fit_lags[1]})"
         )
-        if st.regime == "vanishing":
+        if st.regime == "vanishing" and st.rate <= LOG_ZERO * (1 - 1e-9):
+            bits.append(
+                "Vanishing gradients: the one-step Jacobian is exactly zero (every eigenvalue "
+                "0: a decay, gate or recurrent weight of exactly 0), so no gradient reaches back "
+                f"even one step; its log is counted as ln(smallest float64) = {LOG_ZERO:.1f} "
+                "per step."
+            )
+        elif st.regime == "vanishing":
             keep = math.exp(st.rate * t_ref)
             bits.append(
                 f"Vanishing gradients: {rate_txt}. It halves every {fmt_steps(st.half_life)} "
@@ -107,10 +116,16 @@ def verdict(d: LayerDiagnosis, layer: LayerTrace) -> str:
             if l1 + 2 * (se if math.isfinite(se) else 0) < 0
             else "marginal"
         )
-        bits.append(
-            f"Leading Lyapunov exponent λ1 = {l1:+.4f}{se_txt}/step ({kind}; "
-            f"{d.lyapunov.steps} steps)."
-        )
+        if l1 <= LOG_ZERO * (1 - 1e-9):
+            bits.append(
+                f"Leading Lyapunov exponent λ1 = −∞ (every step exactly singular; counted as "
+                f"{LOG_ZERO:.1f}/step; {d.lyapunov.steps} steps)."
+            )
+        else:
+            bits.append(
+                f"Leading Lyapunov exponent λ1 = {l1:+.4f}{se_txt}/step ({kind}; "
+                f"{d.lyapunov.steps} steps)."
+            )
     if d.eig.get("n") and d.svd.get("n"):
         bits.append(
             f"One step: spectral radius median {fmt_num(d.eig['median'])} "
@@ -119,7 +134,12 @@ def verdict(d: LayerDiagnosis, layer: LayerTrace) -> str:
             "above 1); one-step numbers bound a single step only, the rate above decides."
         )
     loss = d.decay.get("loss")
-    if loss is not None and not math.isnan(loss.rate):
+    if loss is not None and loss.regime == "unknown":
+        bits.append(
+            "Every loss gradient ‖∂L/∂s_t‖ is NaN/inf: the loss is not finite or its backward "
+            "overflowed, so how far the loss's credit travels is unknown."
+        )
+    elif loss is not None and not math.isnan(loss.rate):
         bits.append(
             f"The loss gradient ‖∂L/∂s_t‖ changes at {loss.rate:+.4f}/step going back "
             f"(half-life {fmt_steps(loss.half_life)} steps, {loss.regime})."

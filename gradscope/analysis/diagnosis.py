@@ -113,8 +113,15 @@ def _diagnose_layer(
     progress: bool | str,
 ) -> LayerDiagnosis:
     notes: list[str] = []
+    if layer.stored_jacobians is None and not (
+        layer.adapter is None and layer.kind.startswith("custom:")
+    ):
+        layer.cell_adapter()  # a hand-made or loaded trace's params: ArgumentError up front
     bad_params = _bad_params(layer)
-    if bad_params:
+    if layer.B == 0:
+        view, prefix = None, prefix_of(layer)
+        reason = "the batch is empty (B = 0): no sequence was recorded to measure"
+    elif bad_params:
         view, prefix = None, prefix_of(layer)
         reason = f"the weights {', '.join(bad_params)} hold NaN/inf, and so does every Jacobian"
     else:

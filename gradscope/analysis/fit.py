@@ -18,6 +18,7 @@ from scipy import special
 
 from gradscope._json import dataclass_dict
 from gradscope.errors import ArgumentError
+from gradscope.jacobians.diagonal import LOG_ZERO
 
 #: Default fall factor defining the horizon.
 HORIZON_FACTOR = 1e-3
@@ -50,7 +51,10 @@ class Decay:
         half_life: Steps for the norm to halve, ``ln 2 / (-rate)``; ``inf`` if ``rate >= 0``.
         horizon: Memory horizon: the lag at which the norm has fallen to
             :attr:`horizon_factor` times its lag-0 value; ``inf`` if it never does.
-        regime: ``"vanishing"``, ``"exploding"`` or ``"neutral"``.
+        regime: ``"vanishing"``, ``"exploding"`` or ``"neutral"``; ``"unknown"`` when no
+            norm at any lag is finite (nothing was measured, e.g. every loss gradient NaN).
+            A norm that is exactly 0 from some lag on is ``"vanishing"`` (a rate too soon
+            to fit is then ``ln`` of the smallest float64 per step, as for a singular step).
         horizon_factor: The fall factor defining :attr:`horizon` (default ``1e-3``).
         threshold: Half-width :math:`\tau` of the neutral band of rates.
         n_fit: Number of lags in the fit.
@@ -233,7 +237,25 @@ def fit_decay(
             f"too few lags to fit ({n_fit} in {lo}..{hi}; need 3): rate unknown, regime "
             "reported as neutral"
         )
-    if math.isnan(rate):
+    zero = np.nonzero(np.isneginf(median[1:]))[0]
+    dead = int(zero[0]) + 1 if zero.size else None  # exactly 0 from this lag on
+    if dead is not None:
+        notes.append(
+            f"the norm is exactly 0 from lag {dead} on (in at least half the sequences): no "
+            "gradient reaches further back"
+        )
+        if math.isnan(rate):  # the zero comes too soon to fit: ln 0 counted as LOG_ZERO
+            rate, ci, method = LOG_ZERO, (LOG_ZERO, LOG_ZERO), "exact zero"
+            notes[:] = [n for n in notes if not n.startswith("too few lags to fit")]
+    if not finite.any() and log_norms.size:
+        regime = "unknown"
+        notes.append(
+            "no finite norm at any lag (every one is NaN/inf): nothing was measured, so the "
+            "regime is unknown"
+        )
+    elif dead is not None:
+        regime = "vanishing"
+    elif math.isnan(rate):
         regime = "neutral"
     elif rate < -tau and ci[1] < 0:
         regime = "vanishing"

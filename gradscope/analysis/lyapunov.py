@@ -202,8 +202,9 @@ def _run(
     )
     bounds = np.unique(np.concatenate([[discard], discard + hist_steps, discard + edges]))
     with bar_ctx as bar:
+        extra: list[str] = []
         if diagonal:
-            finals, bad = diagonal_engine(layer, k, discard, starts, lengths, acc)
+            finals, bad, extra = diagonal_engine(layer, k, discard, starts, lengths, acc)
             bar.update(last - first)
         elif operators:
             finals, bad = operator_engine(
@@ -213,16 +214,16 @@ def _run(
             finals, bad = dense_engine(
                 layer, k, discard, rng, init, bounds, starts, lengths, chunk, acc, bar
             )
-    return _result(layer, k, discard, acc, finals, bad, use_blocks, n_blocks)
+    return _result(layer, k, discard, acc, finals, bad, use_blocks, n_blocks, extra)
 
 
-def _result(layer, k, discard, acc, finals, bad, use_blocks, n_blocks) -> Lyapunov:
+def _result(layer, k, discard, acc, finals, bad, use_blocks, n_blocks, notes) -> Lyapunov:
     B = layer.B
     counts = acc.counts
     per_seq = np.full((B, k), np.nan)
     good = counts > 0
     per_seq[good] = np.sort(acc.sums[good] / counts[good, None], axis=1)[:, ::-1]
-    notes: list[str] = []
+    notes = list(notes)
     if bad:
         skipped = sum(n for _, n, _ in bad)
         first_step, first_b = min((t, b) for b, _, t in bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from gradscope.analysis.diagnosis import Diagnosis, diagnose
-from gradscope.errors import GradscopeError
+from gradscope.errors import GradscopeError, GradscopeWarning
 from gradscope.traces import Trace
 
 
@@ -128,7 +129,39 @@ def profile(
                 else:
                     obj.copy_(values)
                     t.grad = obj
-    return Profile(tr, diagnose(tr, **opts), output, float(loss.detach()))
+    diagnosis = diagnose(tr, **opts)
+    _note_unreached(diagnosis, tr, loss)
+    return Profile(tr, diagnosis, output, float(loss.detach()))
+
+
+def _note_unreached(diagnosis: Diagnosis, tr: Trace, loss: torch.Tensor) -> None:
+    """Say, with a warning and a note per layer, where ``loss_fn``'s loss reached no layer.
+
+    A loss computed under ``torch.no_grad()`` / ``torch.inference_mode()`` (or detached)
+    has no graph to back-propagate; one that does not depend on a layer's outputs sends it
+    no gradient. Either way the layer gets no ``"loss"`` decay, which without a word would
+    look like a loss that was never asked for.
+    """
+    if not loss.requires_grad:
+        why = (
+            "loss_fn returned a loss that does not require grad (computed under "
+            "torch.no_grad() or torch.inference_mode(), or detached), so nothing was "
+            "back-propagated"
+        )
+    else:
+        why = "loss_fn's loss does not depend on this layer's outputs (no gradient reached them)"
+    missed = [layer.name for layer in tr.layers if layer.grads is None]
+    if not missed:
+        return
+    for d in diagnosis.layers:
+        if d.name in missed:
+            d.notes.append(f"no loss gradients: {why}; the 'loss' decay is left out")
+    warnings.warn(
+        f"profile(loss_fn=...): no loss gradient reached {', '.join(missed)}: {why}. Return "
+        "a loss computed from the model's output with gradients enabled.",
+        GradscopeWarning,
+        stacklevel=3,
+    )
 
 
 __all__ = ["Profile", "profile"]

@@ -27,7 +27,7 @@ from gradscope.jacobians.dense import (
     orthonormal,
     prep_chunk,
 )
-from gradscope.jacobians.diagonal import log_moduli
+from gradscope.jacobians.diagonal import log_moduli, resets
 from gradscope.jacobians.products import ForwardQR
 from gradscope.jacobians.steps import StepOps
 
@@ -166,15 +166,25 @@ def diagonal_engine(layer, k, discard, starts, lengths, acc):
 
     Each sequence's ``k`` coordinates with the largest means over its accumulated steps are
     fed to ``acc`` step by step (so the history and batch means are those of the final
-    leading exponents); the "Lyapunov vectors" are those coordinates' unit vectors.
+    leading exponents); the "Lyapunov vectors" are those coordinates' unit vectors. Resets
+    (:func:`~gradscope.jacobians.diagonal.resets`: every eigenvalue exactly 0, e.g. RG-LRU
+    at a document start) are left out like non-finite steps: the dynamics between them is
+    what the exponents describe (a reset's ``ln 0`` would swamp every mean it enters).
+
+    Returns:
+        ``(final vectors, bad steps, notes)``.
     """
     logs = log_moduli(layer)  # (T, B, D)
+    erased = resets(logs)
     B, D = layer.B, layer.D
     steps = np.arange(layer.T)
     bad_steps: list[tuple[int, int, int]] = []
     use = np.zeros((layer.T, B), dtype=bool)
+    n_reset = 0
     for b in range(B):
         live = (steps >= starts[b]) & (steps < lengths[b])
+        n_reset += int((live & erased[:, b]).sum())
+        live &= ~erased[:, b]
         ok = live & ~np.isnan(logs[:, b, 0]) if D else live
         bad = np.nonzero(live & ~ok)[0]
         if bad.size:
@@ -196,4 +206,10 @@ def diagonal_engine(layer, k, discard, starts, lengths, acc):
         q = np.zeros((D, k))
         q[top[b], np.arange(k)] = 1.0
         finals.append(q)
-    return finals, bad_steps
+    notes = []
+    if n_reset:
+        notes.append(
+            f"{n_reset} reset step(s) (every eigenvalue 0, e.g. a document start: the state is "
+            "erased) left out of the exponents"
+        )
+    return finals, bad_steps, notes

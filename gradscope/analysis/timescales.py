@@ -28,7 +28,7 @@ import numpy as np
 
 from gradscope._json import jsonable
 from gradscope._progress import analysis
-from gradscope.jacobians.diagonal import LOG_ZERO, has_diagonal, log_moduli
+from gradscope.jacobians.diagonal import has_diagonal, log_moduli, resets
 from gradscope.traces import LayerTrace
 
 #: Coordinates shown in the heatmap of ``ln|λ_t|`` (evenly spaced in the order of their τ).
@@ -127,7 +127,7 @@ def timescales(layer: LayerTrace) -> Timescales | None:
     T = float(np.median(layer.seq_lengths)) if layer.B else 0.0
     flat = logs.reshape(-1, layer.D)
     ok = ~np.isnan(flat[:, 0]) if layer.D else np.zeros(0, bool)
-    reset = ok & (flat <= LOG_ZERO).all(axis=1) if layer.D else ok
+    reset = resets(logs).reshape(-1)
     ok &= ~reset
     with np.errstate(invalid="ignore", divide="ignore"):
         rows = flat[ok]

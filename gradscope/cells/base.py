@@ -24,6 +24,7 @@ without the model.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -31,7 +32,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from gradscope.errors import ArgumentTypeError, ShapeError
+from gradscope.errors import ArgumentError, ArgumentTypeError, ShapeError
 
 Params = dict[str, Tensor]
 
@@ -41,6 +42,25 @@ BLOCK = "block"  #: blocks per state part, some of them diagonal (LSTM: ``âˆ‚c/â
 DIAGONAL = "diagonal"  #: ``J_t`` is diagonal (Mamba, minGRU, LRU, RG-LRU)
 SCALAR_IDENTITY = "scalar_identity"  #: a scalar per head times the identity (mLSTM, GLA)
 STRUCTURES = (DENSE, BLOCK, DIAGONAL, SCALAR_IDENTITY)
+
+
+#: Ranges of configuration numbers (:attr:`CellAdapter.config`), and their words.
+CONFIG_RULES = {
+    "count": lambda x: x >= 1 and float(x).is_integer(),
+    "positive": lambda x: math.isfinite(x) and x > 0,
+    "nonnegative": lambda x: math.isfinite(x) and x >= 0,
+    "limit": lambda x: not math.isnan(x) and x >= 0,  # may be +inf (no limit)
+    "flag": lambda x: x in (0.0, 1.0),
+    "finite": math.isfinite,
+}
+CONFIG_TEXT = {
+    "count": "a whole number >= 1",
+    "positive": "a finite number > 0",
+    "nonnegative": "a finite number >= 0",
+    "limit": "a number >= 0 (or inf)",
+    "flag": "0 or 1",
+    "finite": "finite",
+}
 
 
 class Forced(NamedTuple):
@@ -70,8 +90,38 @@ class CellAdapter(ABC):
     closed_form: bool = True
     #: Structure of the state Jacobian: one of :data:`STRUCTURES`.
     structure: str = DENSE
+    #: The configuration numbers among ``params`` (0-d tensors) and what each must be, one
+    #: of :data:`CONFIG_RULES` (a name ending in ``?`` may be absent); checked by
+    #: :meth:`check_params` before a trace that did not come from a module is analysed.
+    config: dict[str, str] = {}  # noqa: RUF012 (read-only class data)
 
     # ------------------------------------------------------------------ layout
+    def check_params(self, params: Params) -> None:
+        """Raise :class:`~gradscope.errors.ArgumentError` if ``params`` are not this family's.
+
+        The default checks :attr:`config` (each number present, 0-d and in its range);
+        adapters add constraints between numbers (e.g. heads dividing a width). Called for
+        traces built by hand or loaded from a file, never on the recording's hot path.
+        """
+        for key, rule in self.config.items():
+            name = key.rstrip("?")
+            if name not in params:
+                if key.endswith("?"):
+                    continue
+                raise ArgumentError(f"{self.kind}: params lack the configuration number {name!r}")
+            v = params[name]
+            if not isinstance(v, Tensor) or v.ndim != 0:
+                got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                raise ArgumentError(
+                    f"{self.kind}: params[{name!r}] must be a 0-d tensor, got {got}"
+                )
+            x = float(v)
+            if not CONFIG_RULES[rule](x):
+                raise ArgumentError(
+                    f"{self.kind}: params[{name!r}] = {x:g} is not {CONFIG_TEXT[rule]}; this is "
+                    "not a configuration the family has (a trace made or edited by hand?)"
+                )
+
     @abstractmethod
     def state_sizes(self, params: Params) -> tuple[int, ...]:
         """Sizes of the state's parts, in the order of :attr:`state_names`."""

@@ -93,17 +93,37 @@ def log_moduli(layer: LayerTrace) -> np.ndarray:
     return out
 
 
+def resets(logs: np.ndarray) -> np.ndarray:
+    """``(T, B)`` the steps of ``logs`` (from :func:`log_moduli`) that erase the state.
+
+    A *reset* is a valid step whose eigenvalues are all zero (every ``ln|λ|`` at
+    :data:`LOG_ZERO`), e.g. RG-LRU at a document start: no gradient crosses it. When such
+    steps are most of the valid steps (more than half), they are not boundaries between
+    documents but the layer's dynamics (a decay or gate of exactly 0 everywhere: the state
+    keeps nothing of its past), and none is counted as a reset: they are steps whose factor
+    is 0, so the gradient vanishes in one step instead of the curve stopping.
+    """
+    valid = ~np.isnan(logs).any(axis=-1)
+    if logs.shape[-1] == 0:
+        return np.zeros(valid.shape, dtype=bool)
+    zero = valid & (logs <= LOG_ZERO).all(axis=-1)
+    if 2 * int(zero.sum()) > int(valid.sum()):
+        return np.zeros(valid.shape, dtype=bool)
+    return zero
+
+
 def state_log_norms(logs: np.ndarray, lengths: np.ndarray, cap: int) -> tuple[np.ndarray, int]:
     r"""``(K, B)`` :math:`\ln\lVert\partial s_{T_b}/\partial s_{T_b-k}\rVert_2` for ``k = 0..``.
 
     ``logs`` ``(T, B, D)`` from :func:`log_moduli`; NaN beyond a sequence's length or
-    ``cap``, from the first non-finite step met walking back, and from a *reset* on (a step
-    whose eigenvalues are all zero: the state is erased, e.g. RG-LRU at a document start, so
-    no gradient reaches the states before it; its exact 0 would otherwise read as an
-    instant collapse of the curve). Returns the curves and the number of sequences whose
-    curve a reset cut short.
+    ``cap``, from the first non-finite step met walking back, and from a *reset* on
+    (:func:`resets`: a step whose eigenvalues are all zero erases the state, e.g. RG-LRU at a
+    document start, so no gradient reaches the states before it; its exact 0 would otherwise
+    read as an instant collapse of the curve). Returns the curves and the number of
+    sequences whose curve a reset cut short.
     """
     B, D = logs.shape[1:]
+    erased = resets(logs)
     k_max = int(np.minimum(lengths, cap).max(initial=0))
     out = np.full((k_max + 1, B), np.nan)
     cut = 0
@@ -114,7 +134,7 @@ def state_log_norms(logs: np.ndarray, lengths: np.ndarray, cap: int) -> tuple[np
         if n == 0 or D == 0:
             continue
         back = logs[tb - n : tb, b][::-1]  # lag 1 first
-        reset = np.nonzero((back <= LOG_ZERO).all(axis=-1))[0]
+        reset = np.nonzero(erased[tb - n : tb, b][::-1])[0]
         if reset.size:
             back = back[: reset[0]]
             cut += 1
@@ -152,6 +172,7 @@ def input_log_norms(
     :data:`POWER_TOL`; a Rayleigh–Ritz value is a lower bound on σ until then).
     """
     B, D = logs.shape[1:]
+    erased = resets(logs)
     k_max = int(np.minimum(lengths - 1, cap).max(initial=-1))
     out = np.full((max(k_max + 1, 1), B), np.nan)
     rows: list[tuple[int, int, int]] = []  # (t, b, lag)
@@ -164,7 +185,7 @@ def input_log_norms(
             t = tb - 1 - k
             if k:
                 step = logs[t + 1, b]
-                if np.isnan(step).any() or (step <= LOG_ZERO).all():
+                if np.isnan(step).any() or erased[t + 1, b]:
                     break
                 later = later + step
             rows.append((t, b, k))
@@ -209,4 +230,11 @@ def input_log_norms(
     return out, (worst if worst > POWER_TOL else 0.0)
 
 
-__all__ = ["LOG_ZERO", "eigenvalues", "has_diagonal", "log_moduli", "state_log_norms"]
+__all__ = [
+    "LOG_ZERO",
+    "eigenvalues",
+    "has_diagonal",
+    "log_moduli",
+    "resets",
+    "state_log_norms",
+]

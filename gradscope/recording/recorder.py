@@ -22,7 +22,7 @@ from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 from gradscope.cells import adapter_for, is_fused, is_registered, is_sequence
-from gradscope.errors import GradscopeError, MissingDataError
+from gradscope.errors import ArgumentError, GradscopeError, MissingDataError
 from gradscope.recording.arguments import argument_summary, autocast_off, bind
 from gradscope.recording.build import build_trace, keep_reached
 from gradscope.recording.chains import CellCapture, CellChain, internal_edges
@@ -37,6 +37,17 @@ from gradscope.recording.grads import (
 )
 from gradscope.recording.sequences import SequenceCall, capture_sequence
 from gradscope.traces import Trace
+
+
+def _refuse_meta(path: str, module: nn.Module) -> None:
+    """A module whose weights live on the ``meta`` device has no numbers to record."""
+    if any(p.is_meta for p in module.parameters(recurse=True)):
+        raise ArgumentError(
+            f"{path or 'the model'} ({type(module).__name__}) has its parameters on "
+            "the meta device, which holds shapes but no values: gradscope records real "
+            "numbers. Materialise the model first (model.to_empty(device='cpu'), then load "
+            "its weights)."
+        )
 
 
 class Recorder:
@@ -179,6 +190,7 @@ class Recorder:
                     fused = is_fused(module)
                 else:
                     continue
+                _refuse_meta(path, module)
                 if is_sequence(module):
                     self._handles.append(
                         module.register_forward_pre_hook(

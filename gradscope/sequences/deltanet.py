@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradscope.cells.base import BLOCK, Params
+from gradscope.errors import ArgumentError
 from gradscope.sequences._hf_mixers import (
     call_arguments,
     causal_conv_silu,
@@ -107,6 +108,24 @@ class DeltaNetAdapter(SequenceAdapter):
     kind = "gated_deltanet"
     state_names = ("S",)
     structure = BLOCK
+    config = {  # noqa: RUF012
+        "num_k_heads": "count",
+        "num_v_heads": "count",
+        "head_k_dim": "count",
+        "head_v_dim": "count",
+        "norm_eps": "nonnegative",
+        "l2_eps": "nonnegative",
+    }
+
+    def check_params(self, params: Params) -> None:
+        """:attr:`config`, and key heads dividing the value heads."""
+        super().check_params(params)
+        hk, hv, _, _ = self._dims(params)
+        if hv % hk:
+            raise ArgumentError(
+                f"gated_deltanet: num_k_heads = {hk} must divide num_v_heads = {hv} (each key "
+                "head serves consecutive value heads)"
+            )
 
     #: Relative replay tolerance per dtype of the module's output: float64 modules run the
     #: delta rule and the gated norm in float32 (see the module docstring).

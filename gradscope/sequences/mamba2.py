@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradscope.cells.base import SCALAR_IDENTITY, Params
+from gradscope.errors import ArgumentError
 from gradscope.sequences._hf_mixers import (
     call_arguments,
     causal_conv_silu,
@@ -95,6 +96,28 @@ class Mamba2Adapter(SequenceAdapter):
     kind = "mamba2"
     state_names = ("ssm",)
     structure = SCALAR_IDENTITY
+    config = {  # noqa: RUF012
+        "num_heads": "count",
+        "head_dim": "count",
+        "n_groups": "count",
+        "state_size": "count",
+        "norm_group_size": "count",
+        "norm_eps": "nonnegative",
+        "dt_min": "nonnegative",
+        "dt_max": "limit",
+    }
+
+    def check_params(self, params: Params) -> None:
+        """:attr:`config`, groups dividing the heads, norm groups the width, Δ's limits."""
+        super().check_params(params)
+        H, P, G, _ = self._dims(params)
+        if H % G or (H * P) % count(params, "norm_group_size"):
+            raise ArgumentError(
+                f"mamba2: n_groups = {G} must divide num_heads = {H} and norm_group_size = "
+                f"{count(params, 'norm_group_size')} the width {H * P}"
+            )
+        if scalar(params, "dt_min") > scalar(params, "dt_max"):
+            raise ArgumentError("mamba2: dt_min must not exceed dt_max")
 
     #: Relative replay tolerance per dtype of the module's output: float64 modules compute
     #: their scan and gated norm in float32 (see the module docstring).

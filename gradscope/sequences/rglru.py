@@ -92,6 +92,7 @@ class RglruAdapter(SequenceAdapter):
     kind = "rglru"
     state_names = ("h",)
     structure = DIAGONAL
+    config = {"gate_scale": "positive"}  # noqa: RUF012 (a = σ(Λ)^(c r): c > 0 keeps |a| < 1)
 
     # ------------------------------------------------------------------ layout
     def _width(self, params: Params) -> int:

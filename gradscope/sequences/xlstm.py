@@ -94,7 +94,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradscope.cells.base import SCALAR_IDENTITY, Params
-from gradscope.errors import ShapeError, UnsupportedModuleError
+from gradscope.errors import ArgumentError, ShapeError, UnsupportedModuleError
 from gradscope.sequences.base import Drive, SequenceAdapter, count, scalar
 
 
@@ -124,6 +124,23 @@ class MLSTMAdapter(SequenceAdapter):
     kind = "mlstm"
     state_names = ("C", "n")
     structure = SCALAR_IDENTITY
+    config = {  # noqa: RUF012
+        "num_heads": "count",
+        "qk_dim": "count",
+        "v_dim": "count",
+        "gate_soft_cap?": "positive",
+        "eps": "nonnegative",
+        "norm_eps": "nonnegative",
+        "norm_float32": "flag",
+        "inference": "flag",
+    }
+
+    def check_params(self, params: Params) -> None:
+        """:attr:`config`, and the heads dividing both widths."""
+        super().check_params(params)
+        h, qk, v = (count(params, n) for n in ("num_heads", "qk_dim", "v_dim"))
+        if qk % h or v % h:
+            raise ArgumentError(f"mlstm: num_heads = {h} must divide qk_dim = {qk} and v_dim = {v}")
 
     # ------------------------------------------------------------------ layout
     def _dims(self, params: Params) -> tuple[int, int, int]:

@@ -97,7 +97,9 @@ def gate_view(layer: LayerTrace, *, max_lag: int | None = None, seed: int = 0) -
         return None
     gates_t, log_g = gate_values(layer)
     gates = {name: step_quantiles(v.numpy()) for name, v in gates_t.items()}
-    medians = {name: float(np.nanmedian(v.numpy())) for name, v in gates_t.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no finite gate: a NaN median
+        medians = {name: float(np.nanmedian(v.numpy())) for name, v in gates_t.items()}
     T = float(np.median(layer.seq_lengths)) if layer.B else 0.0
     empty = np.zeros(0)
     view = GateView(
@@ -115,6 +117,8 @@ def gate_view(layer: LayerTrace, *, max_lag: int | None = None, seed: int = 0) -
         rest_log=empty,
         share=empty,
     )
+    if not any(np.isfinite(m) for m in medians.values()):
+        return view  # no finite gate anywhere (diverged, or no sequence): nothing to walk
     if kind not in GATED:
         view.factor, view.factor_steps, view.weight_norm = factor_norms(layer, gates_t["φ'"])
         return view
@@ -128,7 +132,8 @@ def gate_view(layer: LayerTrace, *, max_lag: int | None = None, seed: int = 0) -
         keep, path, rest, total, p, notes = walk(layer, seed, max_lag)
     view.walk_lags, view.probes, view.notes = keep, p, notes
     share = path_share(path, rest)  # 1 / (1 + ‖E‖/‖Π‖), from the logs (no underflow)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: a diverged layer
         view.path_log = np.nanmedian(path, axis=1)
         view.rest_log = np.nanmedian(rest, axis=1)
         view.total_log = np.nanmedian(total, axis=1)

@@ -15,6 +15,8 @@ norms :func:`factor_norms` measures against ``‖W_hh‖₂``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -196,6 +198,8 @@ def factor_samples(
     w = layer.params["weight_hh"].detach().to("cpu", torch.float64)
     n = min(layer.B, seqs)
     at = np.unique(np.linspace(0, layer.T - 1, min(steps, layer.T)).astype(int))
+    if not bool(torch.isfinite(w).all()):  # diverged weights: no norm to take (LAPACK fails)
+        return np.full((len(at), n), np.nan), at, math.nan
     d = dphi[torch.from_numpy(at), :n]  # (S, n, H); NaN at padded (and non-finite) steps
     norms = norm2(torch.nan_to_num(d, nan=0.0).unsqueeze(-1) * w)  # (S, n); LAPACK fails on NaN
     real = layer.mask[at, :n] & torch.isfinite(d).all(dim=-1).numpy()

@@ -30,6 +30,7 @@ Cost of one call:
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -120,7 +121,8 @@ def gate_summary(
         if paths:
             with compute_threads():  # small LAPACK calls: one BLAS thread (see _progress)
                 norms, _, w_norm = factor_samples(layer, d, steps=FACTOR_SAMPLES, seqs=n)
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: a diverged layer
                 out["gate_factor_norm"] = float(np.nanmedian(norms)) if norms.size else math.nan
             out["gate_weight_norm"] = w_norm
         return out
@@ -134,7 +136,8 @@ def gate_summary(
     if paths and layer.B:
         with compute_threads(walk_threads(layer, n)):  # one thread for small products
             lags, path, rest, _, _, _ = walk(layer, seed, None, seqs=n, lags=2)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: a diverged layer
             out["gate_path_share"] = float(np.nanmedian(path_share(path[-1], rest[-1])))
         out["gate_path_share_lag"] = float(lags[-1])
     return out

@@ -129,16 +129,18 @@ def dphi(kind: str, a: torch.Tensor) -> torch.Tensor:
 def step_quantiles(v: np.ndarray, quantiles: tuple[float, ...] = QUANTILES) -> np.ndarray:
     """``(T, ...)`` -> ``(T, len(quantiles))`` quantiles over everything but the first axis.
 
-    NaN-aware (padded steps); a step with no finite value gets NaN.
+    NaN-aware (padded steps); a step with no finite value (or no value: an empty batch)
+    gets NaN.
     """
     flat = v.reshape(v.shape[0], -1)
-    if not np.isnan(flat).any():
+    if flat.shape[1] and not np.isnan(flat).any():
         if flat.shape[0] == 1:  # one large row (a Monitor's summary): bucket selection
             return exact_quantiles(flat[0], quantiles)[None, :]
         return np.quantile(flat, quantiles, axis=1).T
     out = np.full((flat.shape[0], len(quantiles)), np.nan)
     ok = ~np.isnan(flat).all(axis=1)
-    out[ok] = np.nanquantile(flat[ok], quantiles, axis=1).T
+    if ok.any():  # a diverged layer may have no finite step at all
+        out[ok] = np.nanquantile(flat[ok], quantiles, axis=1).T
     return out
 
 

@@ -8,6 +8,7 @@ The numbers come from :mod:`~gradscope.analysis.gates.values` (gate distribution
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,19 @@ from gradscope.analysis.gates.values import QUANTILES
 
 #: Lag of the plain-language sentence (or the longest lag, if shorter).
 SENTENCE_LAG = 100
+
+#: The sentence of a gate view with no finite gate value (diverged or empty layers).
+NOT_MEASURED = (
+    "No gate numbers: no recorded step has finite gates (the layer's states or weights are "
+    "NaN/inf, or it recorded no sequence)."
+)
+
+
+def _median(a: np.ndarray) -> float:
+    """``nanmedian`` of ``a``; NaN, without a warning, when it holds no finite value."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN or empty
+        return float(np.nanmedian(a)) if a.size else math.nan
 
 
 @dataclass
@@ -78,10 +92,17 @@ class GateView:
 
     def sentence(self) -> str:
         """One plain-language line: which path carries the gradient, how far, the gates."""
+        if not any(math.isfinite(v) for v in self.medians.values()):
+            return NOT_MEASURED
         if self.path == "none":
-            ratio = float(np.nanmedian(self.factor[:, 2])) / self.weight_norm
-            med = float(np.nanmedian(self.factor[:, 2]))
+            med = _median(self.factor[:, 2])
             d = self.medians.get("φ'", math.nan)
+            if self.weight_norm == 0:
+                return (
+                    "No recurrent path at all: W_hh = 0, so ∂s_t/∂s_(t−1) = 0 and no gradient "
+                    "reaches back further than one step (the state forgets its past at once)."
+                )
+            ratio = med / self.weight_norm
             return (
                 f"No additive path: every step back multiplies by diag(φ′) W_hh, median norm "
                 f"{med:.2f} per step (‖W_hh‖₂ = {self.weight_norm:.2f}, φ′ median {d:.2f}, so "
@@ -103,9 +124,12 @@ class GateView:
 
     def short(self) -> str:
         """A few words for a table cell: the path's share and the median carried gate."""
+        if not any(math.isfinite(v) for v in self.medians.values()):
+            return "no finite gate values"
         if self.path == "none":
-            med = float(np.nanmedian(self.factor[:, 2])) if self.factor.size else math.nan
-            return f"no gate path; ‖diag(φ′)W_hh‖₂ ≈ {med:.2f} per step"
+            if self.weight_norm == 0:
+                return "no recurrent path (W_hh = 0)"
+            return f"no gate path; ‖diag(φ′)W_hh‖₂ ≈ {_median(self.factor[:, 2]):.2f} per step"
         g = "f" if self.kind == "lstm" else "z"
         want = min(SENTENCE_LAG, int(self.lags[-1]) if self.lags.size else 0)
         lag, share = self.share_at(want)
@@ -145,4 +169,4 @@ class GateView:
         return jsonable(out)
 
 
-__all__ = ["SENTENCE_LAG", "GateView"]
+__all__ = ["NOT_MEASURED", "SENTENCE_LAG", "GateView"]

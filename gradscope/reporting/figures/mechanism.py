@@ -83,7 +83,7 @@ def _panel(ax, m: Mechanism, label: str) -> list[np.ndarray]:
     if lags.size and np.isfinite(med).any():
         ax.plot(lags, med, color=_BLUE, lw=2)
         shown.append(med)
-    colour = REGIME_COLOURS.get(m.regime or "", None)
+    colour = REGIME_COLOURS.get(m.regime or "", NEUTRAL_GREY)
     ax.set_title(f"{plain(label)}: {regime_label(m.regime)}", color=colour, fontsize=10)
     return shown
 
