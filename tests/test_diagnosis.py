@@ -243,3 +243,21 @@ def test_compute_threads_limits_blas_and_restores(monkeypatch):
         assert set(blas().values()) == {2} and torch.get_num_threads() == 2
         raise RuntimeError("boom")
     assert blas() == before and torch.get_num_threads() == torch_before
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        (None, "got None; record one"),
+        (5, "got int; record one"),
+        ("run.npz", r"got the path 'run\.npz'; to analyse a saved trace: gs\.diagnose\(gs\.load"),
+        ([torch.zeros(2)], "got list of Tensor"),
+        ({"a": 1}, "got dict"),
+    ],
+)
+def test_diagnose_names_what_it_was_given(given, shown):
+    from gradscope.errors import ArgumentTypeError
+
+    # None and 5 were raw TypeErrors ("'NoneType' object is not iterable")
+    with pytest.raises(ArgumentTypeError, match=rf"needs a gradscope Trace.*{shown}"):
+        diagnose(given, progress=False)
