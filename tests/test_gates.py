@@ -312,3 +312,13 @@ def test_path_walk_of_packed_sequences_equals_each_sequence_walked_alone(float64
         for got, ref in ((path, path_b), (rest, rest_b), (total, total_b)):
             np.testing.assert_allclose(got[: n + 1, b], ref[:, 0], rtol=1e-9, atol=1e-12)
             assert np.isnan(got[n + 1 :, b]).all()  # past its length: not measured
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_nan_recurrent_weights_are_reported_not_crashed_on(cls):
+    torch.manual_seed(0)  # every gate NaN: the quantiles raised a ValueError (shape mismatch)
+    module = cls(2, 3)
+    with torch.no_grad():
+        module.weight_hh_l0.fill_(float("nan"))
+    d = gs.diagnose(gs.trace(module, torch.randn(6, 3, 2)), progress=False)[0]
+    assert d.regime == "unknown" and "weight_hh hold NaN" in d.reason
