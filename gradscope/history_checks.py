@@ -23,6 +23,9 @@ import numpy as np
 from gradscope._npz import NpzArchive
 from gradscope.errors import TraceFormatError
 
+#: How every message starts after the file's name (and layer).
+_BAD = "incomplete or inconsistent history"
+
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
@@ -55,7 +58,7 @@ def check_history_meta(path: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
 
     def bad(field: str, want: str) -> TraceFormatError:
         got = f"{meta[field]!r:.60}" if field in meta else "nothing (the field is missing)"
-        return TraceFormatError(f"{path}: history metadata {field!r} must be {want}, got {got}")
+        return TraceFormatError(f"{path}: {_BAD}: metadata {field!r} must be {want}, got {got}")
 
     keys = meta.get("keys")
     if not _unique_strings(keys) or not {"T", "B"} <= set(keys):
@@ -94,8 +97,8 @@ def plan_history(npz: NpzArchive, fields: dict[str, Any]) -> list[str]:
     head = npz.header("steps")
     if head.dtype.kind not in "iu" or len(head.shape) != 1:
         raise TraceFormatError(
-            f"{npz.path}: steps are {head.dtype} {head.shape}; expected one integer training "
-            "step per sampled row"
+            f"{npz.path}: {_BAD}: steps are {head.dtype} {head.shape}; expected one integer "
+            "training step per sampled row"
         )
     n, W, K = head.shape[0], fields["world_size"], len(fields["keys"])
     names = ["steps"]
@@ -104,18 +107,18 @@ def plan_history(npz: NpzArchive, fields: dict[str, Any]) -> list[str]:
         gn, sc, pr = (npz.header(f"l{i}/{m}") for m in ("grad_norms", "summaries", "present"))
         if gn.dtype.kind != "f" or len(gn.shape) != 3 or gn.shape[:2] != (n, W) or not gn.shape[2]:
             raise TraceFormatError(
-                f"{where}: grad_norms are {gn.dtype} {gn.shape}; expected floats of shape "
+                f"{where}: {_BAD}: grad_norms are {gn.dtype} {gn.shape}; expected floats of shape "
                 f"({n}, {W}, Tmax+1): {n} sampled steps, world size {W}"
             )
         if sc.dtype.kind != "f" or sc.shape != (n, W, K):
             raise TraceFormatError(
-                f"{where}: summaries are {sc.dtype} {sc.shape}; expected floats of shape "
+                f"{where}: {_BAD}: summaries are {sc.dtype} {sc.shape}; expected floats of shape "
                 f"({n}, {W}, {K}): {n} sampled steps, world size {W}, one column per key "
                 f"({K} keys in the metadata)"
             )
         if pr.dtype.kind != "b" or pr.shape != (n,):
             raise TraceFormatError(
-                f"{where}: present is {pr.dtype} {pr.shape}; expected {n} booleans"
+                f"{where}: {_BAD}: present is {pr.dtype} {pr.shape}; expected {n} booleans"
             )
         names += [f"l{i}/grad_norms", f"l{i}/summaries", f"l{i}/present"]
     return names
@@ -143,8 +146,9 @@ def row_widths(
         row = t[j][~np.isnan(t[j])]
         if not row.size or not np.all((row >= 0) & (row < width) & (row == np.round(row))):
             raise TraceFormatError(
-                f"{where}: at step {int(steps[j])} the number of steps T is {t[j].tolist()}; "
-                f"expected whole numbers in 0..{width - 1} (the grad norms hold {width} columns)"
+                f"{where}: {_BAD}: at step {int(steps[j])} the number of steps T is "
+                f"{t[j].tolist()}; expected whole numbers in 0..{width - 1} (the grad norms "
+                f"hold {width} columns)"
             )
         out[j] = int(row.max()) + 1
     return out
