@@ -17,7 +17,7 @@ import json
 import math
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,17 @@ from gradscope.errors import TraceFormatError
 MAX_META_BYTES = 64 << 20
 #: Largest ``.npy`` header read (NumPy's own default limit).
 MAX_HEADER_BYTES = 10_000
+#: What reading a member can raise on a corrupt file: zipfile raises RuntimeError for an
+#: encrypted member and NotImplementedError for an unknown compression method.
+_MEMBER_ERRORS = (
+    ValueError,
+    OSError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
 
 
 def to_numpy(t: Any) -> np.ndarray:
@@ -50,6 +61,27 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -
             np.savez_compressed(fh, **arrays)
 
     return atomic_write(path, write)
+
+
+def check_version(
+    path: Path, meta: Mapping[str, Any], fmt: str, version: int, what: str = "trace"
+) -> None:
+    """The format name and a supported integer version (``what``: the file's kind, in words).
+
+    Raises:
+        TraceFormatError: another format, or a version that is not an integer in
+            ``1..version`` (a newer one: "upgrade gradscope").
+    """
+    if meta.get("format") != fmt:
+        raise TraceFormatError(f"{path}: format {meta.get('format')!r:.60} is not {fmt!r}")
+    v = meta.get("version")
+    whole = isinstance(v, int) and not isinstance(v, bool)
+    if not whole or not 1 <= v <= version:
+        newer = " (upgrade gradscope)" if whole and v > version else ""
+        raise TraceFormatError(
+            f"{path}: {what} format version {v!r:.40}; this gradscope reads versions "
+            f"1..{version}{newer}"
+        )
 
 
 def available_memory() -> int | None:
@@ -106,10 +138,18 @@ class NpzArchive:
 
     def __init__(self, path: Path, what: str, writer: str) -> None:
         self.path, self.what, self.writer = path, what, writer
-        if path.is_dir():
+        try:
+            kind = "dir" if path.is_dir() else "file" if path.is_file() else path.exists()
+        except OSError as exc:  # e.g. a name too long for the file system
+            raise TraceFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        if kind == "dir":
             raise TraceFormatError(f"{path}: a directory, not {what} file")
-        if not path.is_file():
+        if kind is False:
             raise TraceFormatError(f"{path}: no such file")
+        if kind is True:
+            raise TraceFormatError(
+                f"{path}: not a regular file (a pipe or device?), not {what} file"
+            )
         try:
             self._zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
@@ -170,7 +210,7 @@ class NpzArchive:
             return self._headers[name]
         info = self.members.get(name)
         if info is None:
-            raise self._fail(f"incomplete {self.what}: no array {name!r} in the file")
+            raise self._fail(f"no array {name!r} in the file: an incomplete file, not {self.what}")
         try:
             with self._zip.open(info) as fh:
                 version = np.lib.format.read_magic(fh)
@@ -181,7 +221,7 @@ class NpzArchive:
                 )
                 shape, _, dtype = reader(fh, max_header_size=MAX_HEADER_BYTES)
                 offset = fh.tell()
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        except _MEMBER_ERRORS as exc:
             raise self._fail(f"array {name!r} is not a readable .npy member ({exc})") from None
         if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
             raise self._fail(f"array {name!r} holds {dtype} data, not numbers")
@@ -198,6 +238,8 @@ class NpzArchive:
 
     def read(self, names: Iterable[str]) -> dict[str, np.ndarray]:
         """Read the members ``names`` (headers checked, total size checked against memory).
+
+        Arrays come back in the machine's byte order (a big-endian file is converted).
 
         Raises:
             TraceFormatError: a member is missing, inconsistent or corrupt, or the arrays
@@ -222,8 +264,10 @@ class NpzArchive:
                 raise self._fail(
                     f"array {name!r} ({self.header(name).nbytes:,} bytes) does not fit in memory"
                 ) from None
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            except _MEMBER_ERRORS as exc:
                 raise self._fail(f"array {name!r} is corrupt ({exc})") from None
+            if not out[name].dtype.isnative:  # big-endian data on a little-endian machine
+                out[name] = out[name].astype(out[name].dtype.newbyteorder("="))
         return out
 
 

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from gradscope._npz import read_npz, write_npz
+from gradscope._files import as_path
+from gradscope._npz import NpzArchive, check_version, write_npz
 from gradscope.errors import ShapeError, TraceFormatError, UnknownNameError
+from gradscope.history_checks import check_history_meta, plan_history, row_widths
 from gradscope.history_keys import (  # re-exported: the History's vocabulary
     CARRY_LAGS,
     GATE_KEYS,
@@ -317,8 +319,8 @@ class History:
         Per layer ``i``: ``l{i}/grad_norms`` ``(n, W, Tmax+1)``, ``l{i}/summaries``
         ``(n, W, K)``, ``l{i}/present`` ``(n,)`` bool; plus ``steps`` and ``__meta__``.
         """
-        path = Path(path)
-        if path.suffix != ".npz":
+        path = as_path(path, "History.save", "the .npz file to write")
+        if path.suffix.lower() != ".npz":
             path = path.with_name(path.name + ".npz")
         arrays: dict[str, np.ndarray] = {"steps": self.steps}
         for i, name in enumerate(self.names):
@@ -340,50 +342,45 @@ class History:
     def load(cls, path: str | os.PathLike) -> History:
         """Read a history written by :meth:`save`. Never unpickles anything.
 
+        Nothing in the file is trusted before it is checked
+        (:mod:`gradscope.history_checks`): the metadata's types, the arrays' headers
+        against it, then each row's number of steps.
+
         Raises:
+            ArgumentTypeError: ``path`` is not a path.
             TraceFormatError: missing or unreadable file, not a gradscope history, a newer
-                format version, or inconsistent contents.
+                format version, or inconsistent contents (the message names the field).
         """
-        path = Path(path)
-        data, meta = read_npz(path, "a gradscope training history", "History.save")
-        if meta.get("format") != HISTORY_FORMAT:
-            raise TraceFormatError(
-                f"{path}: not a gradscope training history (format {meta.get('format')!r}); "
-                "traces load with gs.load"
-            )
-        version = meta.get("version")
-        if not isinstance(version, int) or version > HISTORY_FORMAT_VERSION:
-            raise TraceFormatError(
-                f"{path}: history format version {version!r}; this gradscope reads versions "
-                f"<= {HISTORY_FORMAT_VERSION} (upgrade gradscope)"
-            )
-        try:
-            keys = tuple(str(k) for k in meta["keys"])
-            hist = cls(int(meta["world_size"]), meta.get("meta", {}), keys)
-            hist.notes = {str(k): dict(v) for k, v in meta.get("notes", {}).items()}
-            steps = data["steps"]
-            per_layer = [
-                (
-                    str(name),
-                    data[f"l{i}/grad_norms"],
-                    data[f"l{i}/summaries"],
-                    data[f"l{i}/present"],
+        path = as_path(path, "History.load", "a training history (.npz) written by History.save")
+        with NpzArchive(path, "a gradscope training history", "History.save") as npz:
+            meta = npz.meta
+            if meta.get("format") != HISTORY_FORMAT:
+                raise TraceFormatError(
+                    f"{path}: not a gradscope training history (format {meta.get('format')!r:.60}"
+                    "); traces load with gs.load"
                 )
-                for i, name in enumerate(meta["layers"])
-            ]
-            t_col = keys.index("T")
-            for j, step in enumerate(steps):
-                row: dict[str, Entry] = {}
-                for name, gn, sc, present in per_layer:
-                    if present[j]:
-                        width = int(np.nanmax(sc[j, :, t_col])) + 1
-                        row[name] = (gn[j, :, :width], sc[j])
-                hist._steps.append(int(step))
-                hist._rows.append(row)
-            for name, *_ in per_layer:
-                hist._names.setdefault(name)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise TraceFormatError(f"{path}: incomplete or inconsistent history ({exc})") from None
+            check_version(path, meta, HISTORY_FORMAT, HISTORY_FORMAT_VERSION, "history")
+            fields = check_history_meta(path, meta)
+            data = npz.read(plan_history(npz, fields))
+        keys = fields["keys"]
+        hist = cls(fields["world_size"], fields["meta"], keys)
+        hist.notes = fields["notes"]
+        steps = data["steps"]
+        per_layer = []
+        for i, name in enumerate(fields["layers"]):
+            gn, sc, present = (data[f"l{i}/{m}"] for m in ("grad_norms", "summaries", "present"))
+            where = f"{path}: layer {i} ({name!r})"
+            widths = row_widths(where, steps, sc, present, keys.index("T"), gn.shape[2])
+            per_layer.append((name, gn, sc, widths))
+        for j, step in enumerate(steps):
+            row: dict[str, Entry] = {}
+            for name, gn, sc, widths in per_layer:
+                if widths[j]:
+                    row[name] = (gn[j, :, : widths[j]], sc[j])
+            hist._steps.append(int(step))
+            hist._rows.append(row)
+        for name in fields["layers"]:
+            hist._names.setdefault(name)
         return hist
 
 

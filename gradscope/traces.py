@@ -12,7 +12,12 @@ and :attr:`LayerTrace.mask` says which steps are real. Jacobian ``k`` is
 ``J_{k+1} = ∂s_{k+1}/∂s_k``, computed from ``inputs[k]`` and ``states[k]``.
 
 Saved as one ``.npz`` (``allow_pickle=False``) whose ``__meta__`` entry is UTF-8 JSON with a
-format version; loading never executes code from the file.
+format version; loading never executes code from the file. A saved trace loads back as it
+was: states, inputs, loss gradients and stored Jacobians in the states' dtype, weights
+(floating arrays) in the states' dtype, and every other parameter (a sequence adapter's
+0-d configuration numbers, integer or float64; complex or integer arrays) in the dtype it
+was saved in. Torch dtypes NumPy lacks (``bfloat16``, the ``float8`` types) are stored
+widened, exactly, and restored (:data:`gradscope.trace_checks.WIDENED`).
 """
 
 from __future__ import annotations
@@ -26,10 +31,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradscope._files import as_path
 from gradscope._npz import NpzArchive, read_npz, to_numpy, write_npz
 from gradscope.errors import ShapeError, TraceFormatError, UnknownNameError
 from gradscope.layer_trace import LayerTrace, StepSelect, select_index
-from gradscope.trace_checks import check_cell, check_lengths, check_meta, check_version, plan_layer
+from gradscope.trace_checks import (
+    WIDENED,
+    check_cell,
+    check_lengths,
+    check_meta,
+    check_version,
+    plan_layer,
+)
 
 FORMAT = "gradscope.trace"
 FORMAT_VERSION = 1
@@ -79,7 +92,7 @@ class Trace:
 # --------------------------------------------------------------------------- I/O
 def npz_path(path: Path) -> Path:
     """Where :func:`save` writes ``path``: ``.npz`` appended unless it ends in ``.npz``."""
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         return path
     return path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
 
@@ -121,23 +134,40 @@ def save(trace: Trace, path: str | os.PathLike, *, jacobians: bool | None = None
         path: Destination; ``.npz`` is appended unless it ends in ``.npz`` (:func:`npz_path`).
         jacobians: Store custom cells' Jacobians: None (by the size rule), True (always),
             False (never).
+
+    Raises:
+        ArgumentTypeError: ``path`` is not a path.
+        ShapeError: a layer holds no step or no sequence (no file could load it), or a
+            tensor of a dtype no file can hold.
+        OutputError: the file cannot be written (read-only, a folder, ...).
     """
-    path = npz_path(Path(path))
+    path = npz_path(as_path(path, "Trace.save", "the .npz file to write"))
     arrays: dict[str, np.ndarray] = {}
     layers_meta = []
     for i, layer in enumerate(trace.layers):
         key = f"l{i}"
-        arrays[f"{key}/states"] = to_numpy(layer.states)
-        arrays[f"{key}/inputs"] = to_numpy(layer.inputs)
+        if layer.T < 1 or layer.B < 1:
+            raise ShapeError(
+                f"Trace.save: layer {layer.name!r} holds T = {layer.T} steps of B = {layer.B} "
+                "sequences; a trace needs at least one step of one sequence (gs.load refuses "
+                "an empty one): record a non-empty batch"
+            )
+        dtypes: dict[str, str] = {}
+
+        def put(member: str, t: torch.Tensor, key: str = key, dtypes: dict = dtypes) -> None:
+            arrays[f"{key}/{member}"] = _array(t, member, dtypes)
+
+        put("states", layer.states)
+        put("inputs", layer.inputs)
         if layer.grads is not None:
-            arrays[f"{key}/grads"] = to_numpy(layer.grads)
+            put("grads", layer.grads)
         if layer.lengths is not None:
             arrays[f"{key}/lengths"] = np.asarray(layer.lengths, dtype=np.int64)
         for pname, p in layer.params.items():
-            arrays[f"{key}/param/{pname}"] = to_numpy(p)
+            put(f"param/{pname}", p)
         stored = _custom_jacobians(layer, path, jacobians)
         for wrt, jac in stored.items():
-            arrays[f"{key}/jac/{wrt}"] = to_numpy(jac)
+            put(f"jac/{wrt}", jac)
         layers_meta.append(
             {
                 "name": layer.name,
@@ -149,6 +179,7 @@ def save(trace: Trace, path: str | os.PathLike, *, jacobians: bool | None = None
                 "has_lengths": layer.lengths is not None,
                 "has_grads": layer.grads is not None,
                 "meta": layer.meta,
+                **({"dtypes": dtypes} if dtypes else {}),
             }
         )
     meta = {
@@ -160,6 +191,31 @@ def save(trace: Trace, path: str | os.PathLike, *, jacobians: bool | None = None
     return write_npz(path, arrays, meta)
 
 
+def _array(t: torch.Tensor, member: str, dtypes: dict[str, str]) -> np.ndarray:
+    """``t`` as NumPy; a dtype NumPy lacks is widened exactly and noted in ``dtypes``."""
+    name = str(t.dtype).removeprefix("torch.")
+    if name in WIDENED:
+        dtypes[member] = name
+        t = t.to(getattr(torch, WIDENED[name]))
+    try:
+        return to_numpy(t)
+    except (TypeError, RuntimeError) as exc:
+        raise ShapeError(
+            f"Trace.save: {member} is a {t.dtype} tensor, which a trace file cannot hold "
+            f"({exc}); cast the layer first (layer.to(torch.float32))"
+        ) from None
+
+
+def _tensor(where: str, member: str, a: np.ndarray, lm: dict[str, Any]) -> torch.Tensor:
+    """A member read from the file as a tensor, in the dtype it was saved from."""
+    try:
+        t = torch.from_numpy(a)
+    except TypeError as exc:  # a dtype the header checks let through: never expected
+        raise TraceFormatError(f"{where}: {member} cannot be read ({exc})") from None
+    original = lm["dtypes"].get(member)  # saved widened from a dtype NumPy lacks
+    return t if original is None else t.to(getattr(torch, original))
+
+
 def load(path: str | os.PathLike) -> Trace:
     """Load a trace written by :meth:`Trace.save`. Never unpickles anything.
 
@@ -169,11 +225,12 @@ def load(path: str | os.PathLike) -> Trace:
     (``1..T``) and the cell's weights.
 
     Raises:
+        ArgumentTypeError: ``path`` is not a path.
         TraceFormatError: The file is missing, not an ``.npz``, not a gradscope trace, from
             a newer format version, incomplete, or inconsistent (the message names the
             layer and the field).
     """
-    path = Path(path)
+    path = as_path(path, "gs.load", "a trace file (.npz) written by Trace.save")
     with NpzArchive(path, "a gradscope trace", "Trace.save") as npz:
         meta = npz.meta
         check_version(path, meta, FORMAT, FORMAT_VERSION)
@@ -184,19 +241,28 @@ def load(path: str | os.PathLike) -> Trace:
     for i, lm in enumerate(layers_meta):
         key = f"l{i}"
         where = f"{path}: layer {i} ({lm['name']!r})"
-        states = torch.from_numpy(data[f"{key}/states"])
 
-        def same(a: np.ndarray, dtype: torch.dtype = states.dtype) -> torch.Tensor:
-            return torch.from_numpy(a).to(dtype)
+        def get(member: str, where: str = where, key: str = key, lm: dict = lm) -> torch.Tensor:
+            return _tensor(where, member, data[f"{key}/{member}"], lm)
 
-        inputs = same(data[f"{key}/inputs"])
+        states = get("states")
+
+        def same(member: str, dtype: torch.dtype = states.dtype) -> torch.Tensor:
+            return get(member).to(dtype)
+
+        def param(member: str, dtype: torch.dtype = states.dtype) -> torch.Tensor:
+            """Weights (floating arrays) in the states' dtype; anything else as saved."""
+            t = get(member)
+            return t.to(dtype) if t.is_floating_point() and t.ndim else t
+
+        inputs = same("inputs")
         lengths = data[f"{key}/lengths"].astype(np.int64) if lm["has_lengths"] else None
         if lengths is not None:
             check_lengths(where, lengths, int(inputs.shape[0]))
-        params = {p: same(data[f"{key}/param/{p}"]) for p in lm["params"]}
-        stored = {w: same(data[f"{key}/jac/{w}"]) for w in lm["jacobians"]}
+        params = {p: param(f"param/{p}") for p in lm["params"]}
+        stored = {w: same(f"jac/{w}") for w in lm["jacobians"]}
         check_cell(where, lm, params, int(inputs.shape[2]))
-        grads = same(data[f"{key}/grads"]) if lm["has_grads"] else None
+        grads = same("grads") if lm["has_grads"] else None
         try:
             layers.append(
                 LayerTrace(

@@ -260,14 +260,14 @@ def test_profile_of_a_diverged_model_reports_it(cls, tmp_path):
     assert prof.report(tmp_path / "r.html").stat().st_size > 0
 
 
-def test_an_empty_batch_is_unknown_not_a_calm_verdict():
-    """B = 0: nothing recorded, so no regime (regression: an IndexError, then "neutral")."""
+def test_an_empty_batch_is_refused_not_a_calm_verdict():
+    """B = 0: nothing recorded (regression: an IndexError, then "neutral, no action")."""
+    from gradscope.errors import ShapeError
     from gradscope.recording import trace as record_trace
 
     layer = record_trace(nn.LSTM(3, 4), torch.randn(6, 0, 3))[0]
-    d = diagnose(layer, progress=False)[0]
-    assert d.regime == "unknown" and "B = 0" in d.reason
-    assert not any("No action needed" in a for a in d.advice)
+    with pytest.raises(ShapeError, match="B = 0 sequences, nothing to analyse"):
+        diagnose(layer, progress=False)
 
 
 def test_a_loss_of_nans_gives_an_unknown_loss_regime():
@@ -352,3 +352,21 @@ def test_hand_made_mixer_traces_with_impossible_configs_are_refused(kind, key, v
     )
     with pytest.raises(ArgumentError, match=match):
         diagnose(fake, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        (None, "got None; record one"),
+        (5, "got int; record one"),
+        ("run.npz", r"got the path 'run\.npz'; to analyse a saved trace: gs\.diagnose\(gs\.load"),
+        ([torch.zeros(2)], "got list of Tensor"),
+        ({"a": 1}, "got dict"),
+    ],
+)
+def test_diagnose_names_what_it_was_given(given, shown):
+    from gradscope.errors import ArgumentTypeError
+
+    # None and 5 were raw TypeErrors ("'NoneType' object is not iterable")
+    with pytest.raises(ArgumentTypeError, match=rf"needs a gradscope Trace.*{shown}"):
+        diagnose(given, progress=False)

@@ -109,3 +109,15 @@ def test_step_before_backward_warns_once():
     mine = [w for w in caught if issubclass(w.category, GradscopeWarning)]
     assert len(mine) == 1
     assert "Call monitor.step() after loss.backward()" in str(mine[0].message)
+
+
+def test_an_empty_batch_gives_no_numbers_and_a_note():
+    """B = 0 on a sampled step (regression: read as "neutral" for both regimes)."""
+    lstm = nn.LSTM(3, 4)
+    with gs.Monitor(lstm, every=1, analyze=True) as monitor:
+        out, _ = lstm(torch.randn(5, 0, 3))
+        out.sum().backward()
+        monitor.step()
+    e = monitor.history.entry("lstm.l0")
+    assert e["regime"] == "" and e["loss_regime"] == "" and e["B"] == 0
+    assert any("empty batch" in note for note in monitor.history.notes)

@@ -25,6 +25,7 @@ one call.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -43,7 +44,7 @@ from gradscope.analysis.sampling import evenly_spaced
 from gradscope.analysis.spectra import DENSE_MAX_D as SPECTRUM_DENSE_MAX_D
 from gradscope.analysis.spectra import spectrum
 from gradscope.analysis.timescales import timescales
-from gradscope.errors import GradscopeError
+from gradscope.errors import ArgumentTypeError, GradscopeError, ShapeError
 from gradscope.traces import LayerTrace, Trace
 
 #: Flop budget of the one-step spectra of one layer (eig ~25 D³, svd ~10 D³ per matrix).
@@ -118,10 +119,7 @@ def _diagnose_layer(
     ):
         layer.cell_adapter()  # a hand-made or loaded trace's params: ArgumentError up front
     bad_params = _bad_params(layer)
-    if layer.B == 0:
-        view, prefix = None, prefix_of(layer)
-        reason = "the batch is empty (B = 0): no sequence was recorded to measure"
-    elif bad_params:
+    if bad_params:
         view, prefix = None, prefix_of(layer)
         reason = f"the weights {', '.join(bad_params)} hold NaN/inf, and so does every Jacobian"
     else:
@@ -254,6 +252,52 @@ def _diagnose_layer(
     return d
 
 
+def _layers_of(trace: Any) -> tuple[list[LayerTrace], dict[str, Any]]:
+    """The layers :func:`diagnose` was given, and the trace's metadata.
+
+    Raises:
+        ArgumentTypeError: not a Trace, a LayerTrace or a sequence of LayerTraces (the
+            message names what was given).
+        ShapeError: a layer holds no step or no sequence.
+    """
+    if isinstance(trace, LayerTrace):
+        return _nonempty([trace]), {}
+    if isinstance(trace, Trace):
+        return _nonempty(list(trace.layers)), dict(trace.meta)
+    path = isinstance(trace, str | bytes | os.PathLike)
+    layers: list[Any] | None = None
+    if not path and not isinstance(trace, dict):
+        try:
+            layers = list(trace)
+        except TypeError:
+            layers = None
+    wrong = [x for x in layers or [] if not isinstance(x, LayerTrace)]
+    if layers is None or wrong:
+        if path:
+            given = f"the path {os.fsdecode(trace)!r}"
+            hint = "; to analyse a saved trace: gs.diagnose(gs.load(path))"
+        else:
+            given = "None" if trace is None else type(trace).__name__
+            if wrong:
+                given += f" of {type(wrong[0]).__name__}"
+            hint = "; record one with gs.trace(model, x) or load one with gs.load(path)"
+        raise ArgumentTypeError(
+            "gs.diagnose needs a gradscope Trace, a LayerTrace or a list of LayerTraces; got "
+            f"{given}{hint}"
+        )
+    return _nonempty(layers), {}
+
+
+def _nonempty(layers: list[LayerTrace]) -> list[LayerTrace]:
+    for layer in layers:
+        if layer.T < 1 or layer.B < 1:
+            raise ShapeError(
+                f"gs.diagnose: layer {layer.name!r} holds T = {layer.T} steps of B = {layer.B} "
+                "sequences, nothing to analyse; record at least one step of one sequence"
+            )
+    return layers
+
+
 def diagnose(
     trace: Trace | LayerTrace | Sequence[LayerTrace],
     *,
@@ -285,17 +329,7 @@ def diagnose(
     Returns:
         A :class:`Diagnosis`.
     """
-    if isinstance(trace, LayerTrace):
-        layers, meta = [trace], {}
-    elif isinstance(trace, Trace):
-        layers, meta = list(trace.layers), dict(trace.meta)
-    else:
-        layers, meta = list(trace), {}
-    if not all(isinstance(layer, LayerTrace) for layer in layers):
-        raise GradscopeError(
-            "diagnose() needs a gradscope Trace, a LayerTrace or a list of LayerTraces; got "
-            f"{type(trace).__name__}. Record one with gs.trace(model, x)."
-        )
+    layers, meta = _layers_of(trace)
     opts = dict(
         k=k,
         discard=discard,

@@ -170,6 +170,12 @@ def summarize(
     notes: list[str] = []
     out["T"], out["B"] = float(layer.T), float(layer.B)
     out["nonfinite"] = float(layer.nonfinite().sum())
+    if layer.B == 0 or layer.T == 0:
+        notes.append(
+            f"{layer.name}: an empty batch (T = {layer.T}, B = {layer.B}) on this sampled "
+            "step: nothing to measure, no numbers invented"
+        )
+        return out, notes
     if layer.grads is not None:
         g = grad_norms(layer) if norms is None else norms
         out["grad_t0"], out["grad_tT"] = float(g[0]), float(g[-1])
