@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import native_xlstm
 import numpy as np
 import pytest
 import torch
@@ -328,7 +329,7 @@ def _chunked_model(family: str):
             chunk_size=4,
             use_cache=False,
         )
-        return transformers.xLSTMModel(cfg)
+        return native_xlstm.modeling().xLSTMModel(cfg)
     cfg = transformers.Qwen3NextConfig(
         vocab_size=64,
         hidden_size=32,

@@ -13,6 +13,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import native_xlstm
 import numpy as np
 import pytest
 import torch
@@ -204,7 +205,8 @@ def _hf(name: str, model: str, **cfg):
     config = getattr(transformers, name)(vocab_size=64, **cfg)
     if name == "Qwen3NextConfig":
         config._experts_implementation = "eager"
-    return gs.trace(getattr(transformers, model)(config).eval(), _ids(), use_cache=False)
+    home = native_xlstm.modeling() if model == "xLSTMModel" else transformers  # its own mLSTM
+    return gs.trace(getattr(home, model)(config).eval(), _ids(), use_cache=False)
 
 
 def _cells() -> gs.Trace:

@@ -129,7 +129,7 @@ def adapter_for(module: nn.Module) -> CellAdapter:
             f"gradscope.CellAdapter."
         )
     adapter = _BY_TYPE[registered]
-    return adapter.for_module(module) if hasattr(adapter, "for_module") else adapter
+    return adapter.for_module(module)
 
 
 def is_fused(module: nn.Module) -> bool:
@@ -141,7 +141,7 @@ def is_fused(module: nn.Module) -> bool:
 def is_sequence(module: nn.Module) -> bool:
     """Whether ``module`` is a registered sequence mixer (a :class:`SequenceAdapter`'s type)."""
     registered = lookup_type(type(module))
-    return registered is not None and getattr(_BY_TYPE[registered], "runs_sequences", False)
+    return registered is not None and _BY_TYPE[registered].runs_sequences
 
 
 def is_registered(module: nn.Module) -> bool:

@@ -32,7 +32,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from gradscope.errors import ArgumentError, ArgumentTypeError, ShapeError
+from gradscope.cells.linearization import Linearization, split_steps, take_rows
+from gradscope.errors import ArgumentError, ShapeError
 
 Params = dict[str, Tensor]
 
@@ -74,13 +75,45 @@ class Forced(NamedTuple):
     carried: Tensor | None = None
 
 
+#: The methods that define a family's maths (see :meth:`CellAdapter.__init_subclass__`).
+MATHS = ("step", "step_factors", "linear_factors", "product")
+#: What a family derives from its maths: reset to the contract's generic version in a
+#: subclass that changes the maths without redefining them.
+DERIVED = (
+    "step_factors",
+    "step_carried",
+    "forced_states",
+    "linear_factors",
+    "product",
+    "takes_xp",
+    "form",
+    "jacobian_state",
+    "jacobian_input",
+)
+
+
 class CellAdapter(ABC):
     """One family of recurrent cell: its step, its state layout and its Jacobians.
 
-    Subclasses set :attr:`kind` (a unique string, used to find the adapter again when a trace
-    is loaded) and :attr:`state_names`, and implement the abstract methods. Register an
-    adapter for a module type with :func:`gradscope.register_cell`.
+    Required: :attr:`kind` (a unique string, used to find the adapter again when a trace is
+    loaded), :attr:`state_names`, :meth:`state_sizes` and :meth:`step`. Everything else is
+    optional and declared, never looked up by introspection: closed-form
+    :meth:`linear_factors` + :meth:`product` (otherwise ``torch.func`` differentiates
+    :meth:`step`), :meth:`project_input` with :attr:`takes_xp`, :meth:`for_module`,
+    :attr:`config`, and the loops of many steps (:meth:`runs` says whether they apply).
+    The dense Jacobians default to products with the identity. Register an adapter for a
+    module type with :func:`gradscope.register_cell`.
+
+    A subclass that changes the maths (defines one of :data:`MATHS`) loses what its parent
+    derived from the parent's maths (:data:`DERIVED`: fast replays, factors, closed-form
+    products, a :class:`~gradscope.cells.gated.GatedForm`) unless it defines them itself:
+    they fall back to the contract's generic versions, so that a subclass whose ``step``
+    adds a bias is replayed and differentiated as what it computes.
     """
+
+    #: Set in a contract class's own body (CellAdapter, GatedCell, SequenceAdapter): its
+    #: members are generic, never reset.
+    _contract = True
 
     #: Unique identifier of the cell family, e.g. ``"lstm"``; stored in saved traces.
     kind: str = ""
@@ -94,6 +127,36 @@ class CellAdapter(ABC):
     #: of :data:`CONFIG_RULES` (a name ending in ``?`` may be absent); checked by
     #: :meth:`check_params` before a trace that did not come from a module is analysed.
     config: dict[str, str] = {}  # noqa: RUF012 (read-only class data)
+    #: Whether :meth:`step` and :meth:`step_factors` accept ``xp``, the precomputed
+    #: :meth:`project_input` of their input (a replay computes it for all steps at once).
+    takes_xp: bool = False
+    #: Whether a module of this family runs whole sequences per call (a sequence mixer).
+    runs_sequences: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Reset what the parent derived from its maths when a subclass changes the maths."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        if "_contract" in own or not any(name in own for name in MATHS):
+            return
+        for name in DERIVED:
+            if name in own:
+                continue
+            owner = next((k for k in cls.__mro__ if name in k.__dict__), None)
+            if owner is None or owner.__dict__.get("_contract"):
+                continue  # generic already
+            generic = next(
+                k for k in cls.__mro__ if k.__dict__.get("_contract") and name in k.__dict__
+            )
+            setattr(cls, name, generic.__dict__[name])
+
+    def for_module(self, module: nn.Module) -> CellAdapter:
+        """The adapter for one module of a registered type (e.g. by its nonlinearity)."""
+        return self
+
+    def runs(self, params: Params) -> bool:
+        """Whether :meth:`state_sweep` and the run loops apply to these weights."""
+        return False
 
     # ------------------------------------------------------------------ layout
     def check_params(self, params: Params) -> None:
@@ -159,13 +222,19 @@ class CellAdapter(ABC):
             Next states ``(N, D)``.
         """
 
-    @abstractmethod
     def jacobian_state(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
-        """State Jacobians ``∂s_t/∂s_{t-1}``, shape ``(N, D, D)``; row = output component."""
+        """State Jacobians ``∂s_t/∂s_{t-1}``, ``(N, D, D)`` (row = output component).
 
-    @abstractmethod
+        The default: ``D`` products with the identity (``O(D)`` products; families with
+        a faster dense form override it).
+        """
+        eye = torch.eye(s.shape[-1], dtype=s.dtype, device=s.device)
+        return self.linearize(params, x, s).jvp_state(eye.expand(s.shape[0], -1, -1))
+
     def jacobian_input(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
-        """Input Jacobians ``∂s_t/∂x_t``, shape ``(N, D, I)``."""
+        """Input Jacobians ``∂s_t/∂x_t``, ``(N, D, I)``; the default from ``I`` products."""
+        eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+        return self.linearize(params, x, s).jvp_input(eye.expand(x.shape[0], -1, -1))
 
     # ------------------------------------------------------------------ products
     # Matrix-free Jacobian products: closed-form adapters override linear_factors and
@@ -307,7 +376,7 @@ class CellAdapter(ABC):
 
     def forced_states(
         self, params: Params, x: Tensor, h_prev: Tensor, s0: Tensor, keep_factors: bool
-    ) -> Forced | tuple[Tensor, Any] | None:
+    ) -> Forced | None:
         """All ``T`` steps of a sequence whose outputs are known, in one batched call.
 
         Args:
@@ -320,8 +389,7 @@ class CellAdapter(ABC):
 
         Returns:
             :class:`Forced` ``(states s_0 … s_T (T+1, B, D), factors with T · B rows or
-            None, carried)`` (a plain ``(states, factors)`` pair from an override is read
-            as ``carried=None``), or None when the state is not determined by the outputs.
+            None, carried)``, or None when the state is not determined by the outputs.
             The default covers cells whose state is their output (``D == P``):
             :meth:`step` (or :meth:`step_carried`) once on all ``T · B`` pairs
             ``(x_t, h_{t-1})``. Cost: the step's, over ``T · B`` rows.
@@ -403,92 +471,21 @@ class CellAdapter(ABC):
         return f"{type(self).__name__}(kind={self.kind!r})"
 
 
-def _take_rows(factors: Any, idx: Tensor | slice) -> Any:
-    """Rows ``idx`` of every tensor in ``factors`` (a tensor, a (named) tuple of them, None).
+#: The old private name of :func:`take_rows`.
+_take_rows = take_rows
 
-    A slice gives views (no copy), an index tensor copies.
-    """
-    if factors is None:
-        return None
-    if isinstance(factors, Tensor):
-        return factors[idx]
-    if isinstance(factors, tuple):
-        parts = [_take_rows(f, idx) for f in factors]
-        return type(factors)(*parts) if hasattr(factors, "_fields") else tuple(parts)
-    raise ArgumentTypeError(f"cannot slice linear factors of type {type(factors).__name__}")
-
-
-def split_steps(factors: Any, steps: int) -> list[Any]:
-    """Factors of ``steps · B`` step-major rows as one view of ``B`` rows per step.
-
-    The same views as :func:`_take_rows` with ``slice(t · B, (t + 1) · B)`` for every
-    ``t``, from one ``unbind`` per tensor instead of a recursive slice per step and field
-    (a Monitor's sampled step: 50 steps of an LSTM's five factors, 1.2 ms → 0.1 ms).
-    """
-    if factors is None or steps == 0:
-        return [None] * steps
-    if isinstance(factors, Tensor):
-        return list(factors.unflatten(0, (steps, -1)).unbind(0))
-    if isinstance(factors, tuple):
-        parts = [split_steps(f, steps) for f in factors]
-        named = hasattr(factors, "_fields")
-        return [type(factors)(*row) if named else tuple(row) for row in zip(*parts)]
-    raise ArgumentTypeError(f"cannot slice linear factors of type {type(factors).__name__}")
-
-
-class Linearization:
-    """An adapter's Jacobian products at fixed pairs ``(x, s)`` (``N`` of them).
-
-    The per-pair factors (gates and their derivatives) are computed once, so applying the
-    same step's Jacobian many times (an Arnoldi iteration, a state and an input product at
-    one lag) costs one weight product each. Every method takes a block of ``k`` columns per
-    pair and returns one, in the pairs' dtype, without tracking gradients:
-
-    * :meth:`jvp_state` ``(N, D, k) -> (N, D, k)``: ``J_t v``;
-    * :meth:`vjp_state` ``(N, D, k) -> (N, D, k)``: ``J_tᵀ u``;
-    * :meth:`jvp_input` ``(N, I, k) -> (N, D, k)``: ``K_t v``;
-    * :meth:`vjp_input` ``(N, D, k) -> (N, I, k)``: ``K_tᵀ u``.
-
-    Raises:
-        ShapeError: a block of the wrong shape (the message names the cell kind).
-    """
-
-    def __init__(self, adapter: CellAdapter, params: Params, x: Tensor, s: Tensor, factors: Any):
-        self.adapter, self.params, self.x, self.s, self.factors = adapter, params, x, s, factors
-
-    def rows(self, idx: Tensor | slice) -> Linearization:
-        """The linearisation at a subset of the pairs (factors sliced, not recomputed)."""
-        return Linearization(
-            self.adapter, self.params, self.x[idx], self.s[idx], _take_rows(self.factors, idx)
-        )
-
-    def _apply(self, name: str, m: Tensor, rows: int, wrt: str, rev: bool) -> Tensor:
-        self.adapter.check_block(name, m, self.x.shape[0], rows)
-        if self.adapter.closed_form:
-            with torch.no_grad():
-                return self.adapter.product(
-                    self.params, self.x, self.s, self.factors, m.to(self.x.dtype), wrt, rev
-                )
-        return self.adapter.product(self.params, self.x, self.s, self.factors, m, wrt, rev)
-
-    def apply(self, wrt: str, transpose: bool, m: Tensor) -> Tensor:
-        """The product chosen by ``wrt`` (``"state"``/``"input"``) and ``transpose``."""
-        if wrt == "state":
-            return self.vjp_state(m) if transpose else self.jvp_state(m)
-        return self.vjp_input(m) if transpose else self.jvp_input(m)
-
-    def jvp_state(self, v: Tensor) -> Tensor:
-        """``J_t v``."""
-        return self._apply("jvp_state", v, self.s.shape[-1], "state", False)
-
-    def vjp_state(self, u: Tensor) -> Tensor:
-        """``J_tᵀ u``."""
-        return self._apply("vjp_state", u, self.s.shape[-1], "state", True)
-
-    def jvp_input(self, v: Tensor) -> Tensor:
-        """``K_t v``."""
-        return self._apply("jvp_input", v, self.x.shape[-1], "input", False)
-
-    def vjp_input(self, u: Tensor) -> Tensor:
-        """``K_tᵀ u``."""
-        return self._apply("vjp_input", u, self.s.shape[-1], "input", True)
+__all__ = [
+    "BLOCK",
+    "DENSE",
+    "DERIVED",
+    "DIAGONAL",
+    "MATHS",
+    "SCALAR_IDENTITY",
+    "STRUCTURES",
+    "CellAdapter",
+    "Forced",
+    "Linearization",
+    "Params",
+    "split_steps",
+    "take_rows",
+]

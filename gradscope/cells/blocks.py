@@ -75,82 +75,15 @@ def new_output(shape: tuple[int, ...], like: Tensor) -> Tensor:
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-@torch.no_grad()
-def scaled_sweep(
-    w: Tensor,
-    scalings: list[Tensor],
-    diagonals: list[Tensor] | None,
-    g_last: Tensor,
-    out_cot: Tensor | None,
-    valid: Tensor | None,
-) -> Tensor:
-    """The backward sweep of a cell whose ``J_kᵀ g = Wᵀ (C_k ⊙ [g; …; g]) + d_k ⊙ g``.
-
-    GRU (``C_k`` the three gate blocks' row scalings, ``d_k = z``) and vanilla
-    (``C_k = φ'(a_k)``, no ``d_k``) cells: ``G_T = g_last + ō_T`` and
-    ``G_k = ō_k + J_{k+1}ᵀ G_{k+1}``, a padded step passing ``G`` on unchanged (see
-    :meth:`~gradscope.cells.base.CellAdapter.state_sweep`). Per step one
-    ``(B, mH) × (mH, H)`` GEMM into ``G_k`` and two fused elementwise calls, no allocation.
-
-    Args:
-        w: ``W_hh`` ``(mH, H)``.
-        scalings: ``T`` tensors ``(B, m, H)`` (or ``(B, H)`` for ``m = 1``).
-        diagonals: ``T`` tensors ``(B, H)``, or None.
-        g_last: ``(B, H)`` cotangent of the final state.
-        out_cot: ``(T, B, H)`` output cotangents, or None.
-        valid: ``(T, B)`` bool, or None (every step real).
-
-    Returns:
-        ``(T+1, B, H)``.
-    """
-    T = len(scalings)
-    B, H = g_last.shape
-    w = w.to(g_last.dtype)
-    G = g_last.new_empty((T + 1, B, H))
-    G[T] = g_last
-    if out_cot is not None and T:
-        G[T] += out_cot[T - 1]
-    rows = w.shape[0]
-    ga = g_last.new_empty((B, rows // H, H))
-    ga2 = ga.view(B, rows)
-    for k in range(T - 1, -1, -1):
-        g = G[k + 1]
-        torch.mul(scalings[k].view(B, -1, H), g.unsqueeze(1), out=ga)
-        new = torch.mm(ga2, w, out=G[k]) if valid is None else ga2 @ w
-        if diagonals is not None:
-            new.addcmul_(diagonals[k], g)
-        if valid is not None:
-            torch.where(valid[k].unsqueeze(-1), new, g, out=G[k])
-        if out_cot is not None and k > 0:
-            G[k] += out_cot[k - 1]
-    return G
-
-
 # --------------------------------------------------------------------------- run loops
-def scaled_run_factors(
-    scalings: Tensor, diagonal: Tensor | None, per_step: int
-) -> tuple[Tensor, Tensor | None]:
-    """The factors of a scaled cell (see :func:`scaled_sweep`) laid out for the run loops.
-
-    ``scalings`` ``(N, m, H, ·)`` or ``(N, H, ·)`` and ``diagonal`` ``(N, H, ·)`` over ``S``
-    steps of ``per_step`` pairs become ``(S, mH, B)`` and ``(S, H, B)``: the pairs of a
-    step side by side, as the columns of :func:`scaled_jvp_run` are.
-    """
-    n = scalings.shape[0]
-
-    def lay(t: Tensor) -> Tensor:
-        return t.reshape(n // per_step, per_step, -1).transpose(1, 2).contiguous()
-
-    return lay(scalings), None if diagonal is None else lay(diagonal)
-
-
 def run_steps(parts, steps, batch: Tensor | None):
     """Per step of a run, its factors as column scalings: tuples of ``(·, n, 1)`` tensors.
 
     ``parts`` are factors in the layout of ``run_factors`` (``(S, ·, B)``; None stays
-    None), ``steps`` indices into the block (consecutive ones, a ``range``, are sliced: no
-    copy), ``batch`` the sequences of the columns (None: every one). Gathered once for
-    the whole run, then unbound per step.
+    None; see :meth:`gradscope.cells.gated.GatedCell.run_factors`), ``steps`` indices into
+    the block (consecutive ones, a ``range``, are sliced: no copy), ``batch`` the sequences
+    of the columns (None: every one). Gathered once for the whole run, then unbound per
+    step.
     """
     consecutive = isinstance(steps, range) and steps.step == 1
     sel = (
@@ -166,49 +99,3 @@ def run_steps(parts, steps, batch: Tensor | None):
         for p in parts
     ]
     return zip(*per_part)
-
-
-@torch.no_grad()
-def scaled_jvp_run(w: Tensor, factors, steps, batch: Tensor | None, v: Tensor) -> Tensor:
-    """``J v`` over ``steps`` for ``J v = Σ_b C_b ⊙ (W_b v) + d ⊙ v`` (columns layout).
-
-    ``v`` ``(H, n, k)``; per step one ``(mH, H) × (H, n k)`` GEMM, the row scaling, the
-    sum over the ``m`` gate blocks and ``d ⊙ v``: ``O(n k · mH · H)``.
-    """
-    H, n, k = v.shape
-    rows = w.shape[0]
-    m = rows // H
-    cur = v.contiguous()
-    da = v.new_empty((rows, n, k))
-    da2, dam = da.view(rows, n * k), da.view(m, H, n, k)
-    for c, d in run_steps(factors, steps, batch):
-        torch.mm(w, cur.view(H, n * k), out=da2)
-        da.mul_(c)
-        new = dam.sum(0) if m > 1 else da.clone()
-        if d is not None:
-            new.addcmul_(d, cur)
-        cur = new
-    return cur
-
-
-@torch.no_grad()
-def scaled_vjp_run(w: Tensor, factors, steps, batch: Tensor | None, u: Tensor) -> Tensor:
-    """``Jᵀ u`` over ``steps`` for ``Jᵀ u = Wᵀ (C ⊙ [u; …; u]) + d ⊙ u`` (columns layout).
-
-    ``u`` ``(H, n, p)``; per step the scaled copies into one ``(mH, n, p)`` buffer, one
-    ``(H, mH) × (mH, n p)`` GEMM and ``d ⊙ u``: ``O(n p · mH · H)``.
-    """
-    H, n, p = u.shape
-    rows = w.shape[0]
-    m = rows // H
-    wt = w.T
-    cur = u.contiguous()
-    ga = u.new_empty((m, H, n, p))
-    ga2 = ga.view(rows, n * p)
-    for c, d in run_steps(factors, steps, batch):
-        torch.mul(c.view(m, H, -1, 1), cur, out=ga)
-        new = torch.mm(wt, ga2).view(H, n, p)
-        if d is not None:
-            new.addcmul_(d, cur)
-        cur = new
-    return cur

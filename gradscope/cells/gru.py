@@ -32,29 +32,31 @@ and likewise for ``K = ∂h_t/∂x_t`` with ``W_ih`` and ``c_n = v`` (no ``z`` t
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from gradscope.cells.base import CellAdapter, Params
-from gradscope.cells.blocks import (
-    cache_block_size,
-    new_output,
-    scaled_jvp_run,
-    scaled_run_factors,
-    scaled_sweep,
-    scaled_vjp_run,
-    weight_t_times,
-    weight_times,
-)
+from gradscope.cells.base import Params
+from gradscope.cells.blocks import cache_block_size, new_output
+from gradscope.cells.gated import GatedCell, GatedFactors, GatedForm
 
 
-class GRUAdapter(CellAdapter):
-    """Adapter for ``nn.GRU`` / ``nn.GRUCell`` (with or without biases); state ``h``."""
+class GRUAdapter(GatedCell):
+    """Adapter for ``nn.GRU`` / ``nn.GRUCell`` (with or without biases); state ``h``.
+
+    Its :class:`~gradscope.cells.gated.GatedForm`: the r, z, n blocks of ``W_hh`` feeding
+    ``h``, and the additive path ``h ← h`` by ``z``.
+    """
 
     kind = "gru"
     state_names = ("h",)
+    takes_xp = True
+    form = GatedForm(
+        parts=("h",),
+        blocks=("r", "z", "n"),
+        terms=(("h", "r"), ("h", "z"), ("h", "n")),
+        order=("h",),
+        diagonal=(("h", "h"),),
+    )
 
     def state_sizes(self, params: Params) -> tuple[int, ...]:  # noqa: D102
         return (int(params["weight_hh"].shape[1]),)
@@ -153,77 +155,30 @@ class GRUAdapter(CellAdapter):
 
     def step_factors(
         self, params: Params, x: Tensor, s: Tensor, xp: Tensor | None = None
-    ) -> tuple[Tensor, Any]:
+    ) -> tuple[Tensor, GatedFactors]:
         """:meth:`step` and its linear factors from one gate evaluation."""
         r, z, n, q = self._gates(params, x, s, xp)
         return n + z * (s - n), self._factors(s, r, z, n, q)
 
-    def step_carried(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Any, Any]:
-        """:meth:`step_factors` and ``a_z``, written by the gate evaluation itself.
-
-        A subclass that overrides :meth:`step` or :meth:`step_factors` gets the default.
-        """
-        cls = type(self)
-        if cls.step is not GRUAdapter.step or cls.step_factors is not GRUAdapter.step_factors:
-            return super().step_carried(params, x, s)
+    def step_carried(
+        self, params: Params, x: Tensor, s: Tensor
+    ) -> tuple[Tensor, GatedFactors, Tensor]:
+        """:meth:`step_factors` and ``a_z``, written by the gate evaluation itself."""
         a_z = s.new_empty(s.shape)
         r, z, n, q = self._gates(params, x, s, keep_z=a_z)
         return n + z * (s - n), self._factors(s, r, z, n, q), a_z
 
-    def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, ...]:
-        """Row scalings ``(N, 3, H, 1)`` for state and input, and ``z`` ``(N, H, 1)``."""
+    def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> GatedFactors:
+        """Row scalings ``(N, 3, H)`` for state and input, and ``z`` ``(N, H)``."""
         return self._factors(s, *self._gates(params, x, s))
 
     @staticmethod
-    def _factors(s: Tensor, r: Tensor, z: Tensor, n: Tensor, q: Tensor) -> tuple[Tensor, ...]:
+    def _factors(s: Tensor, r: Tensor, z: Tensor, n: Tensor, q: Tensor) -> GatedFactors:
         v = (1.0 - z) * ((1.0 - n) * (1.0 + n))  # 1 - n² without cancellation
         c_r, c_z = v * q * r * (1.0 - r), (s - n) * z * (1.0 - z)
-        state = torch.stack([c_r, c_z, v * r], dim=1).unsqueeze(-1)
-        inp = torch.stack([c_r, c_z, v], dim=1).unsqueeze(-1)
-        return state, inp, z.unsqueeze(-1)
-
-    def state_sweep(self, params, factors, g_last, out_cot, valid):
-        """The backward sweep (:meth:`CellAdapter.state_sweep`), one GEMM per step.
-
-        By :func:`~gradscope.cells.blocks.scaled_sweep` with the gate blocks' row scalings
-        and ``d = z``: one ``(B, 3H) × (3H, H)`` GEMM per step. None for a subclass that
-        overrides :meth:`product`.
-        """
-        if type(self).product is not GRUAdapter.product:
-            return None
-        scalings = [f[0].squeeze(-1) for f in factors]
-        diagonals = [f[2].squeeze(-1) for f in factors]
-        return scaled_sweep(params["weight_hh"], scalings, diagonals, g_last, out_cot, valid)
-
-    def run_factors(self, factors, per_step):
-        """The state scalings and ``z`` laid out for the run loops (``scaled_run_factors``)."""
-        return scaled_run_factors(factors[0], factors[2], per_step)
-
-    def state_jvp_run(self, params, factors, steps, batch, v):
-        """``J v`` over a run (:meth:`CellAdapter.state_jvp_run`) by :func:`scaled_jvp_run`.
-
-        The three gate blocks' row scalings and ``d = z``; one ``(3H, H) × (H, n k)`` GEMM
-        per step. None for a subclass that overrides :meth:`product`.
-        """
-        if type(self).product is not GRUAdapter.product:
-            return None
-        return scaled_jvp_run(params["weight_hh"], factors, steps, batch, v)
-
-    def state_vjp_run(self, params, factors, steps, batch, u):
-        """``Jᵀ u`` over a run (:meth:`CellAdapter.state_vjp_run`) by :func:`scaled_vjp_run`."""
-        if type(self).product is not GRUAdapter.product:
-            return None
-        return scaled_vjp_run(params["weight_hh"], factors, steps, batch, u)
-
-    def product(self, params, x, s, factors, m, wrt, rev):  # noqa: D102 (see the module docstring)
-        state, inp, z = factors
-        c = state if wrt == "state" else inp
-        w = params["weight_hh" if wrt == "state" else "weight_ih"]
-        if rev:
-            out = weight_t_times(w, (c * m.unsqueeze(1)).flatten(1, 2))
-        else:
-            out = (c * weight_times(w, m).unflatten(1, (3, -1))).sum(dim=1)
-        return out + z * m if wrt == "state" else out
+        state = torch.stack([c_r, c_z, v * r], dim=1)
+        inp = torch.stack([c_r, c_z, v], dim=1)
+        return GatedFactors(state, (z,), (), inp)
 
 
 GRU_ADAPTER = GRUAdapter()

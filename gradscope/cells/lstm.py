@@ -44,14 +44,12 @@ the closed form about as fast as copying its result (``benchmarks/jacobians.py``
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor, nn
 
-from gradscope.cells import lstm_runs
-from gradscope.cells.base import BLOCK, CellAdapter, Forced, Params
-from gradscope.cells.blocks import cache_block_size, new_output, weight_t_times, weight_times
+from gradscope.cells.base import BLOCK, Forced, Params
+from gradscope.cells.blocks import cache_block_size, new_output
+from gradscope.cells.gated import GatedCell, GatedFactors, GatedForm
 
 
 def _project(params: Params, x: Tensor) -> Tensor:
@@ -93,30 +91,13 @@ def _gates(
     return i, f, g, o
 
 
-class _Local(NamedTuple):
-    """Per-unit factors of the LSTM Jacobians, each ``(N, H)`` (``scale``: ``(N, 4, H)``).
+def _factors(i: Tensor, f: Tensor, g: Tensor, o: Tensor, c_prev: Tensor, tc: Tensor):
+    """The linear factors from the gates, the previous cell state and ``tanh(c_t)``.
 
-    ``alpha`` and ``beta_o`` are views of ``scale``, derived rather than stored, so that
-    slicing or concatenating the factors handles each tensor once.
+    A :class:`~gradscope.cells.gated.GatedFactors` of the LSTM's form: ``scale`` the row
+    scalings ``[α_i, α_f, α_g, β_o]`` ``(N, 4, H)``, ``diag`` ``(f,)`` and ``chain``
+    ``(o (1 − tanh² c_t),)`` (each ``(N, H)``).
     """
-
-    scale: Tensor  # [alpha; beta_o], the row scalings of the four gate blocks
-    ou: Tensor  # o (1 - tanh(c_t)²) = ∂m_t/∂c_t
-    f: Tensor  # forget gate = ∂c_t/∂c_{t-1}
-
-    @property
-    def alpha(self) -> Tensor:
-        """``(N, 3, H)``: scalings of W_i, W_f, W_g in ∂c_t: g i(1-i), c f(1-f), i (1-g²)."""
-        return self.scale[:, :3]
-
-    @property
-    def beta_o(self) -> Tensor:
-        """``(N, H)``: scaling of W_o in ∂m_t: tanh(c_t) o(1-o)."""
-        return self.scale[:, 3]
-
-
-def _factors(i: Tensor, f: Tensor, g: Tensor, o: Tensor, c_prev: Tensor, tc: Tensor) -> _Local:
-    """The local factors from the gates, the previous cell state and ``tanh(c_t)``."""
     scale = i.new_empty((i.shape[0], 4, i.shape[1]))
     a_i, a_f, a_g, beta_o = scale.unbind(1)
     torch.addcmul(i, i, i, value=-1.0, out=a_i).mul_(g)  # i - i² = σ'(a_i)
@@ -125,7 +106,7 @@ def _factors(i: Tensor, f: Tensor, g: Tensor, o: Tensor, c_prev: Tensor, tc: Ten
     torch.addcmul(o, o, o, value=-1.0, out=beta_o).mul_(tc)
     ou = torch.mul(tc, tc)
     torch.addcmul(o, o, ou, value=-1.0, out=ou)  # o (1 - tanh²(c_t))
-    return _Local(scale, ou, f)
+    return GatedFactors(scale, (f,), (ou,))
 
 
 def _output(params: Params, m: Tensor) -> Tensor:
@@ -133,12 +114,28 @@ def _output(params: Params, m: Tensor) -> Tensor:
     return m @ params["weight_hr"].T if "weight_hr" in params else m
 
 
-class LSTMAdapter(CellAdapter):
-    """Adapter for ``nn.LSTM`` (any ``proj_size``) and ``nn.LSTMCell``; state ``(h, c)``."""
+class LSTMAdapter(GatedCell):
+    """Adapter for ``nn.LSTM`` (any ``proj_size``) and ``nn.LSTMCell``; state ``(h, c)``.
+
+    Its :class:`~gradscope.cells.gated.GatedForm`: the i, f, g blocks of ``W_hh`` feed
+    ``c``, the o block ``h``; the additive path ``c ← c`` by ``f`` (the constant error
+    carousel); ``h ← c`` within the step by ``o (1 − tanh² c_t)``; ``h`` projected by
+    ``weight_hr`` when the module has ``proj_size``.
+    """
 
     kind = "lstm"
     state_names = ("h", "c")
     structure = BLOCK
+    takes_xp = True
+    form = GatedForm(
+        parts=("h", "c"),
+        blocks=("i", "f", "g", "o"),
+        terms=(("c", "i"), ("c", "f"), ("c", "g"), ("h", "o")),
+        order=("c", "h"),
+        diagonal=(("c", "c"),),
+        chained=(("h", "c"),),
+        projected=(("h", "weight_hr"),),
+    )
 
     def state_sizes(self, params: Params) -> tuple[int, ...]:
         """``(P, H)`` with a projection ``weight_hr`` of shape ``(P, H)``, else ``(H, H)``."""
@@ -162,26 +159,26 @@ class LSTMAdapter(CellAdapter):
         c_new = f * c + i * g
         return torch.cat([_output(params, o * torch.tanh(c_new)), c_new], dim=-1)
 
-    def _local(self, params: Params, x: Tensor, s: Tensor) -> _Local:
+    def _local(self, params: Params, x: Tensor, s: Tensor) -> GatedFactors:
         """The per-unit factors of both Jacobians (see the module docstring)."""
         h, c = self._split(params, s)
         i, f, g, o = _gates(params, x, h)
         return _factors(i, f, g, o, c, torch.tanh(f * c + i * g))
 
     @staticmethod
-    def _fill_rows(dc: Tensor, dm: Tensor, loc: _Local, sl: slice, w4: Tensor) -> None:
+    def _fill_rows(dc: Tensor, dm: Tensor, loc: GatedFactors, sl: slice, w4: Tensor) -> None:
         """Write ``∂c_t/∂·`` into ``dc`` and ``∂m_t/∂·`` into ``dm`` (both ``(n, H, K)``).
 
         ``w4`` is ``W_hh`` or ``W_ih`` seen as ``(4, H, K)``; ``sl`` selects the rows of
         ``loc`` that this block covers. Uses ``∂m = diag(o u) ∂c + diag(tanh(c) o(1-o)) W_o``
         so that every element costs five multiply-adds.
         """
-        alpha = loc.alpha[sl].unsqueeze(-1)
-        torch.mul(alpha[:, 0], w4[0], out=dc)
-        dc.addcmul_(alpha[:, 1], w4[1])
-        dc.addcmul_(alpha[:, 2], w4[2])
-        torch.mul(dc, loc.ou[sl].unsqueeze(-1), out=dm)
-        dm.addcmul_(loc.beta_o[sl].unsqueeze(-1), w4[3])
+        scale = loc.scale[sl].unsqueeze(-1)
+        torch.mul(scale[:, 0], w4[0], out=dc)
+        dc.addcmul_(scale[:, 1], w4[1])
+        dc.addcmul_(scale[:, 2], w4[2])
+        torch.mul(dc, loc.chain[0][sl].unsqueeze(-1), out=dm)
+        dm.addcmul_(scale[:, 3], w4[3])
 
     @torch.no_grad()
     def jacobian_state(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
@@ -193,7 +190,7 @@ class LSTMAdapter(CellAdapter):
         """
         loc = self._local(params, x, s)
         w_hh, w_hr = params["weight_hh"], params.get("weight_hr")
-        n, hidden = loc.f.shape
+        n, hidden = loc.diag[0].shape
         p = int(w_hh.shape[1])
         d = p + hidden
         w4 = w_hh.reshape(4, hidden, p)
@@ -211,8 +208,9 @@ class LSTMAdapter(CellAdapter):
             blk = buf[: sl.stop - start]
             dm = blk[:, :p, :p] if w_hr is None else dm_tmp[: sl.stop - start]
             self._fill_rows(blk[:, p:, :p], dm, loc, sl, w4)
-            blk[:, p:, p:].diagonal(dim1=-2, dim2=-1).copy_(loc.f[sl])
-            ouf = loc.ou[sl] * loc.f[sl]
+            f = loc.diag[0][sl]
+            blk[:, p:, p:].diagonal(dim1=-2, dim2=-1).copy_(f)
+            ouf = loc.chain[0][sl] * f
             if w_hr is None:
                 blk[:, :p, p:].diagonal(dim1=-2, dim2=-1).copy_(ouf)
             else:
@@ -227,7 +225,7 @@ class LSTMAdapter(CellAdapter):
         """``∂(h_t, c_t)/∂x_t``, shape ``(N, P+H, I)`` (not tracking gradients)."""
         loc = self._local(params, x, s)
         w_ih, w_hr = params["weight_ih"], params.get("weight_hr")
-        n, hidden = loc.f.shape
+        n, hidden = loc.diag[0].shape
         p = hidden if w_hr is None else int(w_hr.shape[0])
         w4 = w_ih.reshape(4, hidden, -1)
         out = new_output((n, p + hidden, w4.shape[-1]), x)
@@ -240,47 +238,9 @@ class LSTMAdapter(CellAdapter):
             out[:, :p] = torch.matmul(w_hr, dm)
         return out
 
-    def _forward(self, params: Params, loc: _Local, da: Tensor, dc_prev: Tensor | None):
-        """``(δh, δc)`` from the gate pre-activation tangents ``da`` ``(N, 4H, k)``.
-
-        Written for a loop of many small products (a QR iteration): one output allocation,
-        six fused multiply-adds, no other tensor calls than the views they need.
-        """
-        hidden = loc.f.shape[-1]
-        a_i, a_f, a_g, a_o = da.split(hidden, 1)
-        al_i, al_f, al_g = loc.alpha.unsqueeze(-1).unbind(1)
-        n, k = da.shape[0], da.shape[2]
-        w_hr = params.get("weight_hr")
-        p = hidden if w_hr is None else int(w_hr.shape[0])
-        out = da.new_empty((n, p + hidden, k))  # written in place: no concatenation
-        dm, dc = out.split((p, hidden), 1)
-        torch.mul(al_i, a_i, out=dc).addcmul_(al_f, a_f).addcmul_(al_g, a_g)
-        if dc_prev is not None:
-            dc.addcmul_(loc.f.unsqueeze(-1), dc_prev)
-        if w_hr is not None:
-            dm = da.new_empty((n, hidden, k))
-        torch.mul(loc.beta_o.unsqueeze(-1), a_o, out=dm).addcmul_(loc.ou.unsqueeze(-1), dc)
-        if w_hr is not None:
-            out[:, :p] = weight_times(w_hr, dm)
-        return out
-
-    def _backward(self, params: Params, loc: _Local, u: Tensor) -> tuple[Tensor, Tensor]:
-        """Cotangents of the gate pre-activations ``(N, 4H, k)`` and ``g_c`` ``(N, H, k)``."""
-        hidden = loc.f.shape[-1]
-        u_h, u_c = u.split((u.shape[1] - hidden, hidden), 1)
-        w_hr = params.get("weight_hr")
-        u_m = u_h if w_hr is None else weight_t_times(w_hr, u_h)
-        g_c = torch.addcmul(u_c, loc.ou.unsqueeze(-1), u_m)
-        n, k = u.shape[0], u.shape[2]
-        ga = u.new_empty((n, 4 * hidden, k))
-        ga4 = ga.unflatten(1, (4, hidden))
-        torch.mul(loc.alpha.unsqueeze(-1), g_c.unsqueeze(1), out=ga4[:, :3])
-        torch.mul(loc.beta_o.unsqueeze(-1), u_m, out=ga4[:, 3])
-        return ga, g_c
-
     def step_factors(
         self, params: Params, x: Tensor, s: Tensor, xp: Tensor | None = None
-    ) -> tuple[Tensor, _Local]:
+    ) -> tuple[Tensor, GatedFactors]:
         """:meth:`step` and the local factors of its linearisation from one gate evaluation."""
         h, c = self._split(params, s)
         i, f, g, o = _gates(params, x, h, xp)
@@ -298,12 +258,9 @@ class LSTMAdapter(CellAdapter):
         known); the cell state from ``c_t = f_t c_{t-1} + i_t g_t``, ``T`` elementwise
         steps computed exactly as :meth:`step` does. With ``keep_factors`` the forget
         gate's pre-activations are kept too (``carried``, one ``(T, B, H)`` copy), so that
-        the gate read-outs do not multiply a quarter of the weights again. None for a
-        subclass that overrides :meth:`step` or :meth:`step_factors` (its maths may differ).
+        the gate read-outs do not multiply a quarter of the weights again. A subclass that
+        changes the maths gets the generic version (:class:`~gradscope.cells.base.CellAdapter`).
         """
-        cls = type(self)
-        if cls.step is not LSTMAdapter.step or cls.step_factors is not LSTMAdapter.step_factors:
-            return None
         T, B = x.shape[:2]
         hid = int(params["weight_hh"].shape[0]) // 4
         a_f = h_prev.new_empty((T * B, hid)) if keep_factors else None
@@ -329,61 +286,9 @@ class LSTMAdapter(CellAdapter):
             return Forced(states, None)
         return Forced(states, _factors(i, f, g, o, c_all[:-B], tc), a_f.unflatten(0, (T, B)))
 
-    def _runs(self, params: Params) -> bool:
-        """Whether :mod:`~gradscope.cells.lstm_runs` applies: no projection, our maths."""
-        return "weight_hr" not in params and type(self).product is LSTMAdapter.product
-
-    def state_sweep(self, params, factors, g_last, out_cot, valid):
-        """The backward sweep (see :meth:`CellAdapter.state_sweep`), without a projection.
-
-        :func:`~gradscope.cells.lstm_runs.sweep`: one ``(B, 4H) × (4H, H)`` GEMM and five
-        fused calls per step, ``O(B · 4H · H)``, the order of the model's own backward step.
-        None with a projection (``weight_hr``), or for a subclass that overrides
-        :meth:`product` (the generic loop then uses its maths).
-        """
-        if not self._runs(params):
-            return None
-        return lstm_runs.sweep(params["weight_hh"], factors, g_last, out_cot, valid)
-
-    def run_factors(self, factors: _Local, per_step: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``[α; β_o]``, ``o u`` and ``f`` in the columns layout (:func:`lstm_runs.run_layout`)."""
-        return lstm_runs.run_layout(factors, per_step)
-
-    def state_jvp_run(self, params, factors, steps, batch, v):
-        """``J_{m-1} ⋯ J_0 v`` (see :meth:`CellAdapter.state_jvp_run`), without a projection.
-
-        :func:`~gradscope.cells.lstm_runs.jvp_run`: one ``(4H, H) × (H, n k)`` GEMM and
-        four fused calls per step, ``O(n · k · 4H · H)``. None with a projection
-        (``weight_hr``) or for a subclass that overrides :meth:`product`.
-        """
-        if not self._runs(params):
-            return None
-        return lstm_runs.jvp_run(params["weight_hh"], factors, steps, batch, v)
-
-    def state_vjp_run(self, params, factors, steps, batch, u):
-        """``J_{s_{m-1}}ᵀ ⋯ J_{s_0}ᵀ u`` (see :meth:`CellAdapter.state_vjp_run`), no projection.
-
-        :func:`~gradscope.cells.lstm_runs.vjp_run`: one ``(H, 4H) × (4H, n p)`` GEMM and
-        four fused calls per step, ``O(n · p · 4H · H)``. None as for :meth:`state_jvp_run`.
-        """
-        if not self._runs(params):
-            return None
-        return lstm_runs.vjp_run(params["weight_hh"], factors, steps, batch, u)
-
-    def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> _Local:
-        """The local factors ``α, β_o, o u, f`` (see the module docstring)."""
+    def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> GatedFactors:
+        """The factors ``[α; β_o]``, ``f``, ``o u`` (see the module docstring)."""
         return self._local(params, x, s)
-
-    def product(self, params, x, s, factors, m, wrt, rev):  # noqa: D102 (see the module docstring)
-        w = params["weight_hh" if wrt == "state" else "weight_ih"]
-        if rev:
-            ga, g_c = self._backward(params, factors, m)
-            out = weight_t_times(w, ga)
-            return torch.cat([out, factors.f.unsqueeze(-1) * g_c], 1) if wrt == "state" else out
-        if wrt == "input":
-            return self._forward(params, factors, weight_times(w, m), None)
-        p = int(w.shape[1])
-        return self._forward(params, factors, weight_times(w, m[:, :p]), m[:, p:])
 
 
 LSTM_ADAPTER = LSTMAdapter()

@@ -26,22 +26,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gradscope.cells.base import CellAdapter, Params
-from gradscope.cells.blocks import (
-    scaled_jvp_run,
-    scaled_run_factors,
-    scaled_sweep,
-    scaled_vjp_run,
-    weight_t_times,
-    weight_times,
-)
+from gradscope.cells.base import Params
+from gradscope.cells.gated import GatedCell, GatedFactors, GatedForm
 from gradscope.errors import ArgumentError
 
 
-class VanillaAdapter(CellAdapter):
-    """Adapter for ``nn.RNN`` / ``nn.RNNCell`` with ``nonlinearity`` tanh or relu."""
+class VanillaAdapter(GatedCell):
+    """Adapter for ``nn.RNN`` / ``nn.RNNCell`` with ``nonlinearity`` tanh or relu.
+
+    Its :class:`~gradscope.cells.gated.GatedForm`: one block (``W_hh``) feeding ``h``,
+    scaled by ``φ'(a_t)``; no additive path.
+    """
 
     state_names = ("h",)
+    takes_xp = True
+    form = GatedForm(parts=("h",), blocks=("a",), terms=(("h", "a"),), order=("h",))
 
     def __init__(self, nonlinearity: str = "tanh") -> None:
         if nonlinearity not in ("tanh", "relu"):
@@ -93,64 +92,21 @@ class VanillaAdapter(CellAdapter):
 
     def step_factors(
         self, params: Params, x: Tensor, s: Tensor, xp: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, GatedFactors]:
         """:meth:`step` and ``φ'(a_t)`` from one pre-activation."""
         a = self._preactivation(params, x, s, xp)
-        return self._phi(a), self._dphi(a).unsqueeze(-1)
+        return self._phi(a), GatedFactors(self._dphi(a).unsqueeze(1))
 
-    def step_carried(self, params: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`step_factors` and ``a_t`` (whose ``φ'`` is the vanilla cell's gate).
-
-        A subclass that overrides :meth:`step` or :meth:`step_factors` gets the default.
-        """
-        cls = type(self)
-        if (
-            cls.step is not VanillaAdapter.step
-            or cls.step_factors is not VanillaAdapter.step_factors
-        ):
-            return super().step_carried(params, x, s)
+    def step_carried(
+        self, params: Params, x: Tensor, s: Tensor
+    ) -> tuple[Tensor, GatedFactors, Tensor]:
+        """:meth:`step_factors` and ``a_t`` (whose ``φ'`` is the vanilla cell's gate)."""
         a = self._preactivation(params, x, s)
-        return self._phi(a), self._dphi(a).unsqueeze(-1), a
+        return self._phi(a), GatedFactors(self._dphi(a).unsqueeze(1)), a
 
-    def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
-        """``φ'(a_t)`` ``(N, H, 1)``."""
-        return self._dphi(self._preactivation(params, x, s)).unsqueeze(-1)
-
-    def state_sweep(self, params, factors, g_last, out_cot, valid):
-        """The backward sweep (:meth:`CellAdapter.state_sweep`), one GEMM per step.
-
-        By :func:`~gradscope.cells.blocks.scaled_sweep`: ``G_k = W_hhᵀ (φ' ⊙ G_{k+1})``, one
-        ``(B, H) × (H, H)`` GEMM per step. None for a subclass that overrides :meth:`product`.
-        """
-        if type(self).product is not VanillaAdapter.product:
-            return None
-        scalings = [f.squeeze(-1) for f in factors]
-        return scaled_sweep(params["weight_hh"], scalings, None, g_last, out_cot, valid)
-
-    def run_factors(self, factors, per_step):
-        """``φ'`` laid out for the run loops (:func:`scaled_run_factors`)."""
-        return scaled_run_factors(factors, None, per_step)
-
-    def state_jvp_run(self, params, factors, steps, batch, v):
-        """``J v = φ' ⊙ (W_hh v)`` over a run by :func:`scaled_jvp_run` (one GEMM per step).
-
-        None for a subclass that overrides :meth:`product`.
-        """
-        if type(self).product is not VanillaAdapter.product:
-            return None
-        return scaled_jvp_run(params["weight_hh"], factors, steps, batch, v)
-
-    def state_vjp_run(self, params, factors, steps, batch, u):
-        """``Jᵀ u = W_hhᵀ (φ' ⊙ u)`` over a run by :func:`scaled_vjp_run`."""
-        if type(self).product is not VanillaAdapter.product:
-            return None
-        return scaled_vjp_run(params["weight_hh"], factors, steps, batch, u)
-
-    def product(self, params, x, s, factors, m, wrt, rev):  # noqa: D102 (see the module docstring)
-        w = params["weight_hh" if wrt == "state" else "weight_ih"]
-        if rev:
-            return weight_t_times(w, factors * m)
-        return factors * weight_times(w, m)
+    def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> GatedFactors:
+        """``φ'(a_t)`` ``(N, 1, H)``, the scaling of the one block."""
+        return GatedFactors(self._dphi(self._preactivation(params, x, s)).unsqueeze(1))
 
 
 _ADAPTERS = {name: VanillaAdapter(name) for name in ("tanh", "relu")}

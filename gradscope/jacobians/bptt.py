@@ -165,6 +165,8 @@ def _generic_sweep(
 def _cat_factors(parts: Sequence[Any]) -> Any:
     """Concatenate per-step factors (tensors, or (named) tuples of them) along the rows."""
     first = parts[0]
+    if first is None:  # an absent field of the factors (e.g. no couplings)
+        return None
     if isinstance(first, Tensor):
         return torch.cat(list(parts))
     fields = [_cat_factors([p[i] for p in parts]) for i in range(len(first))]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradscope.cells.base import CellAdapter, Linearization
+from gradscope.cells.base import Linearization
 from gradscope.errors import ArgumentError, MissingDataError
 from gradscope.jacobians.diagonal import has_diagonal
 from gradscope.layer_trace import LayerTrace
@@ -181,11 +181,6 @@ class StepOps:
         """
         return self.linearization(t, batch) if self._closed_form else None
 
-    def _has_loop(self, name: str) -> bool:
-        return self._closed_form and (
-            getattr(type(self._adapter), name) is not getattr(CellAdapter, name)
-        )
-
     def _run_factors(self, chunk: Linearization):
         """The adapter's ``run_factors`` of a chunk of linearised steps, kept for the chunk."""
         if self._run is None or self._run[0] is not chunk:
@@ -195,12 +190,12 @@ class StepOps:
     @property
     def runs(self) -> bool:
         """Whether the adapter has a loop of its own for runs of ``jvp`` (columns layout)."""
-        return self._has_loop("state_jvp_run")
+        return self._closed_form and self._adapter.runs(self._params)
 
     @property
     def vjp_runs(self) -> bool:
         """Whether the adapter has a loop of its own for ``vjp`` steps (columns layout)."""
-        return self._has_loop("state_vjp_run")
+        return self._closed_form and self._adapter.runs(self._params)
 
     def vjp_columns(self, t: int, batch: Tensor, u: Tensor) -> Tensor:
         """``J_tᵀ u`` per sequence in the columns layout: ``u`` ``(D, n, p)`` -> same.

@@ -10,14 +10,13 @@ single-layer calls over unpadded sequences, teacher-forced from the module's own
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from gradscope.cells.base import Forced, Params, split_steps
+from gradscope.cells.base import Params, split_steps
 from gradscope.recording.dropout import MASK_REPRODUCED, draw_masks
 from gradscope.recording.fused import FusedCall, Replay
 
@@ -34,16 +33,6 @@ def _dropout_masks(call: FusedCall, widths: list[int]) -> list[Tensor]:
     return [lay.to_time_major(m) for m in masks] if lay.packed else masks
 
 
-def _takes_xp(adapter: Any, keep_factors: bool) -> bool:
-    """Whether the step method the replay calls accepts a precomputed input part ``xp``.
-
-    A subclass of a built-in adapter may override ``step`` with the plain signature; then
-    the replay calls it as it is.
-    """
-    fn = adapter.step_factors if keep_factors else adapter.step
-    return "xp" in inspect.signature(fn).parameters
-
-
 def _sequential_direction(
     call: FusedCall, params: Params, x: Tensor, s: Tensor, keep_factors: bool
 ) -> tuple[list[Tensor], list[Any], None]:
@@ -51,11 +40,7 @@ def _sequential_direction(
     valid = call.valid
     seq, seq_factors = [s], []
     # the input part of every step in one GEMM (cells that have one)
-    proj = (
-        call.adapter.project_input(params, x.flatten(0, 1))
-        if _takes_xp(call.adapter, keep_factors)
-        else None
-    )
+    proj = call.adapter.project_input(params, x.flatten(0, 1)) if call.adapter.takes_xp else None
     kw: list[dict[str, Tensor]] = (
         [{}] * len(x) if proj is None else [{"xp": p} for p in proj.unflatten(0, x.shape[:2])]
     )
@@ -131,8 +116,7 @@ def _forced_direction(
     forced = call.adapter.forced_states(params, x, h_prev, s0, keep_factors)
     if forced is None:
         return None
-    states, factors = forced[0], forced[1]
-    carried = forced.carried if isinstance(forced, Forced) else None  # an override's pair
+    states, factors, carried = forced
     seq = list(states.unbind(0))  # s_0 … s_T, consecutive views: stacked() gives them back
     if not keep_factors:
         return seq, [], None

@@ -76,6 +76,7 @@ class SequenceAdapter(CellAdapter):
     identity (``O(D)`` products: meant for tests and small states).
     """
 
+    _contract = True
     structure: str = DIAGONAL
     #: Marks the adapter for the recorder: the module runs whole sequences per call.
     runs_sequences = True
@@ -166,17 +167,6 @@ class SequenceAdapter(CellAdapter):
         if lam is None:
             return None
         return torch.log(lam.abs())
-
-    # ------------------------------------------------------------------ dense (small D)
-    def jacobian_state(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
-        """``∂s_t/∂s_{t-1}`` ``(N, D, D)`` from ``D`` products with the identity."""
-        eye = torch.eye(s.shape[-1], dtype=s.dtype, device=s.device)
-        return self.linearize(params, x, s).jvp_state(eye.expand(s.shape[0], -1, -1))
-
-    def jacobian_input(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
-        """``∂s_t/∂u_t`` ``(N, D, I)`` from ``I`` products with the identity."""
-        eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-        return self.linearize(params, x, s).jvp_input(eye.expand(x.shape[0], -1, -1))
 
 
 def scalar(params: Params, name: str) -> float:
