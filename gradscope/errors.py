@@ -31,7 +31,19 @@ class ReplayMismatchError(GradscopeError, RuntimeError):
     """The step-by-step replay of a fused module did not reproduce the module's own output."""
 
 
-class ChaoticReplayWarning(UserWarning):
+class GradscopeWarning(UserWarning):
+    """Base class of every warning gradscope issues on purpose (filter them all with it)."""
+
+
+class LoggingWarning(GradscopeWarning):
+    """A logging destination failed; the value was skipped and training went on.
+
+    The message names the destination (and its path), what was being logged and the error.
+    Each destination warns once; its later failures are skipped silently.
+    """
+
+
+class ChaoticReplayWarning(GradscopeWarning):
     """A fused module's replay was accepted as a *shadow trajectory* of a chaotic network.
 
     The replay missed the fixed tolerance, but by no more than the rounding errors that the
@@ -98,6 +110,8 @@ __all__ = [
     "CellConventionError",
     "ChaoticReplayWarning",
     "GradscopeError",
+    "GradscopeWarning",
+    "LoggingWarning",
     "MissingDataError",
     "NoRecurrentModuleError",
     "NumericalError",
