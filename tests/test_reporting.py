@@ -688,3 +688,57 @@ def test_training_rate_figure_marks_regimes_and_skips_unanalysed_steps() -> None
     # only the loss rate recorded: still a figure, not an empty panel
     ax = F.training_rate_figure(steps, np.full(4, np.nan), None, loss_rates=loss).axes[0]
     assert not any(t.get_text().startswith("No data") for t in ax.texts)
+
+
+# --------------------------------------------------------------------------- ids and privacy
+class _Twins(nn.Module):
+    """Two RNNs whose names slug alike: ``x-y`` and ``x y``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_module("x-y", nn.RNN(I, 4))
+        self.add_module("x y", nn.RNN(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = getattr(self, "x-y")(x)
+        return getattr(self, "x y")(h)[0]
+
+
+class _TwinHistory:
+    """A history of two layers named ``x-y`` and ``x y`` (the protocol of gs.report)."""
+
+    names = ("x-y", "x y")
+    steps = np.array([0, 5])
+
+    def grad_norms(self, name: str) -> np.ndarray:
+        return np.exp(-np.arange(9.0))[None, :].repeat(2, axis=0) * (1 + self.names.index(name))
+
+
+def test_ids_are_unique_and_links_reach_their_section(tmp_path: Path) -> None:
+    """Regression: names ``x-y`` and ``x y`` (runs, layers, history layers) shared ids."""
+    from types import SimpleNamespace
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        prof = gs.profile(_Twins(), torch.randn(8, 2, I), analysis={"progress": False})
+    assert [str(d.name) for d in prof.diagnosis.layers] == ["x-y.l0", "x y.l0"]
+    monitor = SimpleNamespace(history=_TwinHistory(), diagnosis=prof)
+    _, page = _parse(gs.report({"x-y": monitor, "x y": prof}, tmp_path / "ids.html"))
+    ids = [a["id"] for _, a in page.tags if a.get("id") is not None]
+    assert len(ids) == len(set(ids)) and len(ids) > 20
+    # every link lands on an element; a layer's link on that layer's section of its run
+    runs = {a["id"]: a["data-run"] for a, _ in _section(page, **{"data-section": "run"})}
+    assert sorted(runs.values()) == ["x y", "x-y"]
+    layers = {a["id"]: a["data-layer"] for a, _ in _section(page, **{"data-section": "layer"})}
+    assert len(layers) == 4 and sorted(set(layers.values())) == ["x y.l0", "x-y.l0"]
+    for tag, a in page.tags:
+        if tag == "a" and (a.get("href") or "").startswith("#"):
+            assert a["href"][1:] in ids, a["href"]
+    rows = [a for tag, a in page.tags if tag == "tr" and a.get("data-layer")]
+    links = [a["href"][1:] for tag, a in page.tags if tag == "a" and "--" in (a.get("href") or "")]
+    summary = links[-len(rows) :]  # the verdict table, the last links of the first screen
+    assert [layers[i] for i in summary] == [r["data-layer"] for r in rows]
+    assert [runs[i.split("--")[0]] for i in summary] == ["x-y", "x-y", "x y", "x y"]
+    # the two history layers' training figures have ids of their own too
+    training = [a["id"] for tag, a in page.tags if tag == "figure" and "--training--" in a["id"]]
+    assert len({i.rsplit("--", 1)[0] for i in training}) == 2 and len(training) >= 4

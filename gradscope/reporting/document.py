@@ -121,6 +121,25 @@ class Panel:
         return self.spec.chart(**self.kwargs)
 
 
+class Ids:
+    """The ids of one page: each :meth:`take` returns one not taken before.
+
+    Args:
+        reserved: Ids the page uses already (``"summary"``, ...).
+    """
+
+    def __init__(self, reserved: tuple[str, ...] = ()) -> None:
+        self.used: set[str] = set(reserved)
+
+    def take(self, base: str) -> str:
+        """``base``, or ``base-2``, ``base-3``, ... the first one not taken yet."""
+        out, n = base, 2
+        while out in self.used:
+            out, n = f"{base}-{n}", n + 1
+        self.used.add(out)
+        return out
+
+
 @dataclass
 class Number:
     """One line of the numbers behind a verdict."""
