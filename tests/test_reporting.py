@@ -742,3 +742,28 @@ def test_ids_are_unique_and_links_reach_their_section(tmp_path: Path) -> None:
     # the two history layers' training figures have ids of their own too
     training = [a["id"] for tag, a in page.tags if tag == "figure" and "--training--" in a["id"]]
     assert len({i.rsplit("--", 1)[0] for i in training}) == 2 and len(training) >= 4
+
+
+def test_reports_name_no_machine_unless_asked(
+    profiles: dict[str, gs.Profile], tmp_path: Path
+) -> None:
+    """Privacy: the platform string and absolute paths only with ``environment=True``."""
+    import platform
+
+    prof = profiles["vanilla RNN"]
+    saved = prof.trace.save(tmp_path / "in" / "run.npz").resolve()
+    machine = platform.platform()
+    default = [
+        gs.report({"saved": saved, "live": prof}, tmp_path / "out" / "r.html"),
+        prof.report(tmp_path / "out" / "p.html"),
+    ]
+    for path in default:
+        src = path.read_text(encoding="utf-8")
+        assert machine not in src and str(tmp_path) not in src, path.name
+        assert f"<td>torch</td><td>{torch.__version__}</td>" in src  # versions are kept
+    _, page = _parse(default[0])
+    assert "trace file run.npz" in "".join(page.text)  # the file's name, not where it is
+    asked = gs.report(saved, tmp_path / "out" / "e.html", environment=True)
+    src = asked.read_text(encoding="utf-8")
+    assert machine in src and str(saved) in src
+    assert machine in prof.report(tmp_path / "out" / "pe.html", environment=True).read_text()

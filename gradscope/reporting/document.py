@@ -39,6 +39,9 @@ class Run:
         meta: Run metadata to show (model, shapes, dtype, versions, time, ...).
         layer_meta: Per layer name, facts about the recording (input size, dtype, lengths).
         problem: Why there is no diagnosis, when there is none.
+        environment: Facts about the machine the record came from (the absolute path of
+            a saved trace), added to ``meta`` only when a report is asked for them
+            (``gs.report(..., environment=True)``).
     """
 
     label: str | None
@@ -48,6 +51,7 @@ class Run:
     meta: dict[str, Any] = field(default_factory=dict)
     layer_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     problem: str | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,8 @@ def _from_path(label: str | None, obj: Any, progress: bool | str = False) -> Run
         return run
     run = _from_profile(label, _Loaded(trace, diagnose(trace, progress=progress)))
     run.source = f"trace file {path.name}"
-    run.meta["trace file"] = str(path)
+    run.meta["trace file"] = path.name
+    run.environment["trace file"] = str(path.resolve())  # shown with environment=True only
     return run
 
 
