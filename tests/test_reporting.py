@@ -767,3 +767,35 @@ def test_reports_name_no_machine_unless_asked(
     src = asked.read_text(encoding="utf-8")
     assert machine in src and str(saved) in src
     assert machine in prof.report(tmp_path / "out" / "pe.html", environment=True).read_text()
+
+
+def test_long_names_stay_inside_the_figures() -> None:
+    """A 2000-character name: the titles and legends that show it still fit the figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    lags = np.arange(6.0)
+    names = ["LSTM · encoder.lstm.l1_reverse", "z" * 2000, "\u202eevil $x$"]
+    carry = np.stack([-0.1 * lags] * 5, axis=1)
+    figs = {
+        "mechanism": F.mechanism_figure(
+            {n: F.Mechanism(lags, -0.3 * lags, "vanishing", "f", lags, carry) for n in names}
+        ),
+        "comparison": F.comparison_figure(
+            {n: F.Curve(lags, -0.3 * lags, None, -0.3, "vanishing") for n in names}
+        ),
+    }
+    for what, fig in figs.items():
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        box = fig.bbox
+        texts = [ax.title for ax in fig.axes] + [
+            t for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
+        ]
+        shown = [t for t in texts if t.get_text()]
+        assert len(shown) >= len(names), what
+        for t in shown:
+            ext = t.get_window_extent(canvas.get_renderer())
+            assert box.x0 - 1 <= ext.x0 and ext.x1 <= box.x1 + 1, (what, t.get_text()[:50])
+        joined = " ".join(t.get_text() for t in shown)
+        assert "LSTM · encoder.lstm.l1_reverse" in joined  # a usual name is shown whole
+        assert "[U+202E]evil" in joined and "\u202e" not in joined

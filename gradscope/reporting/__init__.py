@@ -109,11 +109,19 @@ def _versions(environment: bool = False) -> dict[str, str]:
 
 def _default_title(runs: list[Run]) -> str:
     if len(runs) > 1:
-        return "gradscope comparison: " + " vs ".join(str(r.label) for r in runs)
+        return "gradscope comparison: " + " vs ".join(_short(str(r.label)) for r in runs)
     run = runs[0]
     model = run.meta.get("model_class") or run.meta.get("model") or run.source
     model = str(model).splitlines()[0] if model else "recurrent model"
     return f"gradscope report: {model[:80]}"
+
+
+def _short(label: str, limit: int = 60) -> str:
+    """A label for the title: its beginning and end around an ellipsis when long."""
+    if len(label) <= limit:
+        return label
+    head = (limit - 1) // 2
+    return label[:head] + "…" + label[len(label) - (limit - 1 - head) :]
 
 
 # --------------------------------------------------------------------------- writing
