@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import ClassVar
@@ -799,3 +800,40 @@ def test_long_names_stay_inside_the_figures() -> None:
         joined = " ".join(t.get_text() for t in shown)
         assert "LSTM · encoder.lstm.l1_reverse" in joined  # a usual name is shown whole
         assert "[U+202E]evil" in joined and "\u202e" not in joined
+
+
+@pytest.mark.parametrize(
+    ("cls", "fill"), [(nn.LSTM, math.nan), (nn.GRU, math.inf), (nn.RNN, math.nan), (nn.RNN, 0.0)]
+)
+def test_a_report_of_non_finite_or_zero_weights_renders_with_notes(
+    cls: type[nn.Module], fill: float, tmp_path: Path
+) -> None:
+    """Regression: NaN/inf weights crashed the gate view (and then the mechanism figure's
+    colour), zero weights divided by ‖W_hh‖ = 0; empty gate plots were drawn without a note."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = cls(I, 4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(fill)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy: "All-NaN slice encountered"
+        prof = gs.profile(model, torch.randn(8, 2, I), analysis={"progress": False})
+        _, page = _parse(gs.report(prof, tmp_path / "r.html", progress=False))
+    figs = {f["attrs"]["data-figure"]: f for f in page.figures}
+    assert {"mechanism", "decay-state", "gate-distributions"} <= set(figs)
+    if math.isfinite(fill):
+        return  # zero weights: finite, the report just has to exist
+    for key, fig in figs.items():  # nothing finite: every figure is a box saying why
+        assert fig["attrs"].get("data-missing") == "true", key
+        assert "not available" in fig["text"], key
+    gated = cls is not nn.RNN  # a vanilla RNN's gate view is not computed at all (its reason)
+    for key in ("mechanism", "gate-share", "gate-distributions") if gated else ():
+        assert "no finite" in figs[key]["text"], key
+
+
+def test_a_history_without_timesteps_says_so() -> None:
+    fig = F.training_heatmap_figure(np.zeros((3, 0)), np.arange(3))
+    assert [t.get_text() for t in fig.axes[0].texts] == [
+        "No data: the sampled steps hold no timestep"
+    ]

@@ -79,8 +79,8 @@ class GateView:
     def sentence(self) -> str:
         """One plain-language line: which path carries the gradient, how far, the gates."""
         if self.path == "none":
-            ratio = float(np.nanmedian(self.factor[:, 2])) / self.weight_norm
             med = float(np.nanmedian(self.factor[:, 2]))
+            ratio = med / self.weight_norm if self.weight_norm > 0 else math.nan  # W_hh = 0
             d = self.medians.get("φ'", math.nan)
             return (
                 f"No additive path: every step back multiplies by diag(φ′) W_hh, median norm "
