@@ -837,3 +837,30 @@ def test_a_history_without_timesteps_says_so() -> None:
     assert [t.get_text() for t in fig.axes[0].texts] == [
         "No data: the sampled steps hold no timestep"
     ]
+
+
+def test_blank_run_names_still_get_a_link_text(
+    profiles: dict[str, gs.Profile], tmp_path: Path
+) -> None:
+    """Regression: a run named "" had an empty (unclickable) table-of-contents link."""
+    prof = profiles["GRU"]
+    _, page = _parse(gs.report({"": prof, " ": prof}, tmp_path / "blank.html", progress=False))
+    runs = [a["data-run"] for a, _ in _section(page, **{"data-section": "run"})]
+    assert runs == ["(unnamed)", "(unnamed)"]
+
+    class Links(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.texts: dict[str, str] = {}
+            self._href: str | None = None
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            self._href = dict(attrs).get("href") if tag == "a" else None
+
+        def handle_data(self, data: str) -> None:
+            if self._href:
+                self.texts[self._href] = self.texts.get(self._href, "") + data
+
+    links = Links()
+    links.feed((tmp_path / "blank.html").read_text(encoding="utf-8"))
+    assert len(links.texts) >= 4 and all(t.strip() for t in links.texts.values())
