@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -610,3 +611,62 @@ def test_verdict_table_keeps_one_row_per_layer_whatever_the_names():
     rows = _markdown_table(verdict_text(hist))
     assert len(rows) == 1 + len(NAMES) and all(len(r) == 3 for r in rows)
     assert [r[0].strip() for r in rows[1:]] == NAMES
+
+
+# --------------------------------------------------------------------------- odd values
+def test_images_and_scalars_of_odd_values():
+    from gradscope.integrations._images import image_array
+    from gradscope.integrations.writers import TensorBoardWriter
+
+    img = np.array([[[np.nan, 0.5, 1.0], [np.inf, -np.inf, 0.0]]])  # floats in [0, 1] + NaN
+    np.testing.assert_array_equal(image_array(img), [[[0, 128, 255], [255, 0, 0]]])  # no cast
+    for bad, match in [
+        (b"not a png", "9 bytes that are no image"),
+        (np.ones((2, 2, 3), complex), "real pixel values"),
+        (np.zeros((0, 0, 3)), "non-empty"),
+        (np.zeros((2, 2)), r"shape \(2, 2\)"),
+    ]:
+        with pytest.raises(ArgumentTypeError, match=match):
+            image_array(bad)
+
+    class Sink:
+        def __init__(self):
+            self.got = []
+
+        def add_scalar(self, tag, value, global_step):
+            self.got.append((tag, value, global_step))
+
+        def add_text(self, tag, text, global_step):
+            self.got.append((tag, text, global_step))
+
+    sink = Sink()
+    tb = TensorBoardWriter(sink)
+    tb.log_scalars({"a": np.float32(0.5), "b": float("nan")}, 3)
+    tb.log_text("t", 12, 4)  # text is text
+    assert sink.got[0] == ("a", 0.5, 3) and np.isnan(sink.got[1][1])
+    assert sink.got[2] == ("t", "12", 4)
+    with pytest.raises(ArgumentTypeError, match="value of 'gradscope/x/rate' must be a number"):
+        tb.log_scalars({"gradscope/x/rate": None}, 5)
+
+
+def test_wandb_keys_with_a_star_keep_gradscopes_step(tmp_path, monkeypatch):
+    """Regression: a layer named "a*b" made W&B's define_metric raise (a glob), dropping
+    every scalar of the step."""
+    pytest.importorskip("wandb")
+    from gradscope.integrations.wandb import WandbWriter
+    from gradscope.integrations.writers import Writers
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    writers = Writers([WandbWriter(project="gradscope-test", dir=str(tmp_path))])
+    writers.log_scalars({"gradscope/a*b/rate": -0.5, "gradscope/c/rate": math.nan}, 7)
+    writers.close()
+    assert writers.failures == {}
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    records = _wandb_records(run_dir)
+    metrics = {r["metric"]["name"]: r["metric"] for r in records if r["type"] == "metric"}
+    assert metrics["gradscope/a\u2217b/rate"]["step_metric"] == "gradscope/step"
+    (row,) = [r["history"]["item"] for r in records if r["type"] == "history"]
+    assert row["gradscope/a\u2217b/rate"] == -0.5 and row["gradscope/step"] == 7
+    assert row["gradscope/c/rate"] == "NaN"  # a NaN is a NaN point, not a failure

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from gradscope.errors import ArgumentTypeError, LoggingWarning, OutputError
-from gradscope.integrations._images import Image, image_array
+from gradscope.integrations._images import Image, image_array, numbers
 
 
 @runtime_checkable
@@ -114,15 +114,15 @@ class TensorBoardWriter:
             )
 
     def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
-        """``add_scalar`` for each tag."""
+        """``add_scalar`` for each tag (NaN and inf are written as they are)."""
         self._check_dir()
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, float(value), global_step=int(step))
+        for tag, value in numbers(scalars).items():
+            self.writer.add_scalar(tag, value, global_step=int(step))
 
     def log_text(self, tag: str, text: str, step: int) -> None:
         """``add_text`` (TensorBoard renders markdown)."""
         self._check_dir()
-        self.writer.add_text(tag, text, global_step=int(step))
+        self.writer.add_text(tag, str(text), global_step=int(step))
 
     def log_image(self, tag: str, image: Image, step: int) -> None:
         """``add_image`` of an ``(H, W, 3)`` array."""
@@ -180,14 +180,14 @@ class LightningWriter:
     def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
         """``logger.log_metrics`` of every scalar at once."""
         if scalars:
-            self.logger.log_metrics({k: float(v) for k, v in scalars.items()}, step=int(step))
+            self.logger.log_metrics(numbers(scalars), step=int(step))
 
     def log_text(self, tag: str, text: str, step: int) -> None:
         """The logger's ``log_text`` (one cell), else its ``SummaryWriter``, else nothing."""
         if callable(getattr(self.logger, "log_text", None)):
-            self.logger.log_text(key=tag, columns=["text"], data=[[text]], step=int(step))
+            self.logger.log_text(key=tag, columns=["text"], data=[[str(text)]], step=int(step))
         elif (writer := self._summary_writer()) is not None:
-            writer.add_text(tag, text, global_step=int(step))
+            writer.add_text(tag, str(text), global_step=int(step))
 
     def log_image(self, tag: str, image: Image, step: int) -> None:
         """The logger's ``log_image``, else its ``SummaryWriter``, else nothing."""
