@@ -351,6 +351,12 @@ def test_missing_wandb_gives_a_helpful_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import of it now fails
     with pytest.raises(OptionalDependencyError, match=r"gradscope-rnn\[wandb\]"):
         WandbWriter(project="never-started")
+    pytest.importorskip("transformers")
+    from gradscope.integrations.huggingface import GradscopeTrainerCallback
+
+    args = SimpleNamespace(output_dir="unused", report_to=["wandb"])
+    with pytest.raises(OptionalDependencyError, match=r"report_to='wandb'.*\[wandb\]"):
+        GradscopeTrainerCallback()._destinations(args)  # was a bare ModuleNotFoundError
 
 
 def test_lightning_wandb_logger_gets_scalars_text_and_images(tmp_path, monkeypatch):
