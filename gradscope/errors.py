@@ -47,6 +47,14 @@ class GradscopeWarning(UserWarning):
     """
 
 
+class LoggingWarning(GradscopeWarning):
+    """A logging destination failed; the value was skipped and training went on.
+
+    The message names the destination (and its path), what was being logged and the error.
+    Each destination warns once; its later failures are skipped silently.
+    """
+
+
 class ChaoticReplayWarning(GradscopeWarning):
     """A fused module's replay was accepted as a *shadow trajectory* of a chaotic network.
 
@@ -116,6 +124,7 @@ __all__ = [
     "ChaoticReplayWarning",
     "GradscopeError",
     "GradscopeWarning",
+    "LoggingWarning",
     "MissingDataError",
     "NoRecurrentModuleError",
     "NumericalError",

@@ -143,3 +143,89 @@ def test_chromium_dom_has_every_section(report_html: Path, tmp_path: Path) -> No
     source = report_html.read_text(encoding="utf-8")
     n_images = len(re.findall(r"<img ", source))
     assert n_images > 0 and len(re.findall(r"<img ", dom)) == n_images
+
+
+#: Sets an attribute on <html> if any of it ever runs as script.
+PWN = "document.documentElement.setAttribute('data-pwned','1')"
+HOSTILE = [
+    f"<script>{PWN}</script>",
+    f'"><img src=x onerror="{PWN}">',
+    f'\'><svg onload="{PWN}">',
+    "</script><!--",
+    "\u202eevil",  # a bidi override: would reverse everything after it
+    "y" * 2000,
+    "",
+    "😀 层",
+]
+
+
+class _Named(nn.Module):
+    """One small RNN per name, called in a chain (module names as layer names)."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = names
+        for i, name in enumerate(names):
+            self.add_module(name, nn.RNN(3 if i == 0 else 4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.names:
+            x = getattr(self, name)(x)[0]
+        return x
+
+
+def _dom(page: Path, profile: Path, *extra: str) -> tuple[str, str]:
+    chromium = _chromium()
+    proc = subprocess.run(
+        [chromium, *_flags(profile), *extra, "--virtual-time-budget=3000", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _console_problems(proc.stderr) == []
+    return proc.stdout, proc.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Glyph .* missing from font")  # 层 in DejaVu Sans
+def test_hostile_names_run_no_script_and_keep_the_page_whole(tmp_path: Path) -> None:
+    """Names from the user (runs, layers, title, metadata) are text on every HTML path."""
+    from html import unescape
+
+    from gradscope.reporting import first_screen_html
+
+    layers = [n.replace(".", "_") for n in HOSTILE if n]  # module names: no "." nor ""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        prof = gs.profile(_Named(layers[:4]), torch.randn(6, 2, 3), analysis={"progress": False})
+        other = gs.profile(_Named(layers[4:]), torch.randn(6, 2, 3), analysis={"progress": False})
+    prof.trace.meta.update({n or "empty": n for n in HOSTILE})
+    pages = {
+        "report": gs.report(
+            {n: (prof, other)[i % 2] for i, n in enumerate(HOSTILE[::2] + HOSTILE[1:2])},
+            tmp_path / "r.html",
+        ),
+        "titled": gs.report(prof, tmp_path / "t.html", title=HOSTILE[0]),
+    }
+    frag = first_screen_html({n: other for n in HOSTILE[:3]}, title=HOSTILE[1], figures=True)
+    pages["fragment"] = tmp_path / "f.html"
+    pages["fragment"].write_text(f"<!DOCTYPE html><body>{frag}{prof._repr_html_()}</body>")
+    probe = (
+        "<script>window.addEventListener('load', function () { var p = "
+        "document.createElement('pre'); p.id = 'w'; p.textContent = "
+        "document.documentElement.scrollWidth + ' ' + document.documentElement.clientWidth; "
+        "document.body.appendChild(p); });</script></body>"
+    )
+    for key, path in pages.items():
+        src = path.read_text(encoding="utf-8")
+        assert "\u202e" not in src and "[U+202E]evil" in src, key  # written out, not obeyed
+        page = tmp_path / f"probe-{key}.html"
+        page.write_text(src.replace("</body>", probe), encoding="utf-8")
+        dom, _ = _dom(page, tmp_path / f"profile-{key}", "--window-size=1280,2000", "--dump-dom")
+        html_tag = re.search(r"<html[^>]*>", dom).group(0)
+        assert "data-pwned" not in html_tag, key
+        scroll, client = map(int, re.search(r'<pre id="w">(\d+) (\d+)</pre>', dom).groups())
+        assert scroll <= client, (key, scroll, client)  # a 2000-character name wraps
+        text = unescape(re.sub(r"<[^>]+>", "", dom))
+        for name in HOSTILE[:3]:
+            assert name in text, (key, name)  # shown as the text it is

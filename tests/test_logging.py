@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -350,6 +351,12 @@ def test_missing_wandb_gives_a_helpful_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import of it now fails
     with pytest.raises(OptionalDependencyError, match=r"gradscope-rnn\[wandb\]"):
         WandbWriter(project="never-started")
+    pytest.importorskip("transformers")
+    from gradscope.integrations.huggingface import GradscopeTrainerCallback
+
+    args = SimpleNamespace(output_dir="unused", report_to=["wandb"])
+    with pytest.raises(OptionalDependencyError, match=r"report_to='wandb'.*\[wandb\]"):
+        GradscopeTrainerCallback()._destinations(args)  # was a bare ModuleNotFoundError
 
 
 def test_lightning_wandb_logger_gets_scalars_text_and_images(tmp_path, monkeypatch):
@@ -423,3 +430,249 @@ def test_log_all_replays_a_saved_history(tmp_path):
     assert [e.step for e in acc.Scalars("gradscope/rnn.l0/radius_max")] == [0, 2]
     n_scalars = sum(len(acc.Scalars(tag)) for tag in acc.Tags()["scalars"])
     assert totals == {"scalars": n_scalars, "texts": 3, "images": 0}
+
+
+# --------------------------------------------------------------------------- failures
+class _Recorder:
+    """A Writer that keeps what it was given."""
+
+    def __init__(self):
+        self.scalars, self.texts = [], []
+
+    def log_scalars(self, scalars, step):
+        self.scalars.append((step, dict(scalars)))
+
+    def log_text(self, tag, text, step):
+        self.texts.append((step, text))
+
+    def log_image(self, tag, image, step):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _logging_warnings(record):
+    from gradscope.errors import GradscopeWarning, LoggingWarning
+
+    out = [w for w in record if issubclass(w.category, LoggingWarning)]
+    assert all(issubclass(w.category, GradscopeWarning) for w in out)
+    return [str(w.message) for w in out]
+
+
+def test_a_removed_log_dir_is_warned_once_and_training_goes_on(tmp_path):
+    """Regression: deleting the TensorBoard log dir mid-run raised FileNotFoundError out of
+    monitor.step() (and killed TensorBoard's writer thread for good)."""
+    import shutil
+    import warnings
+
+    from gradscope.integrations.tensorboard import TensorBoardCallback
+
+    torch.manual_seed(0)
+    model = Seq()
+    log_dir = tmp_path / "tb"
+    tb = TensorBoardCallback(log_dir, figures_every=1)
+    with Monitor(model, every=1, analyze=False, callbacks=[tb]) as mon:
+        _train(model, mon, 2, seed=0)
+        shutil.rmtree(log_dir)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            _train(model, mon, 2, seed=1)  # raised FileNotFoundError before
+        (message,) = _logging_warnings(record)  # once, for two failing steps
+        assert "TensorBoardWriter" in message and str(log_dir) in message
+        assert "no longer exists" in message and "training goes on" in message
+        assert not log_dir.exists()  # skipped, not recreated behind the user's back
+        log_dir.mkdir()  # back: the writer carries on in it
+        _train(model, mon, 1, seed=2)
+    tb.close()
+    assert len(mon.history) == 5
+    acc = _events(log_dir)
+    got = acc.Scalars("gradscope/rnn.l0/log10_grad_norm_t0")
+    assert [e.step for e in got] == [4]
+    np.testing.assert_allclose(
+        got[0].value, np.log10(mon.history.scalar("rnn.l0", "grad_t0")[4]), rtol=1e-6
+    )
+
+
+def test_a_failing_writer_is_skipped_and_the_others_still_log(tmp_path):
+    import warnings
+
+    from gradscope.integrations.logger import MonitorLogger
+
+    class Broken:  # a SummaryWriter whose add_scalar raises
+        def add_scalar(self, *args, **kwargs):
+            raise OSError(28, "No space left on device", "/data/tb/events.out")
+
+        def add_text(self, *args, **kwargs):
+            pass
+
+        def add_image(self, *args, **kwargs):
+            pass
+
+        def flush(self):
+            pass
+
+    good = _Recorder()
+    log = MonitorLogger(Broken(), good, figures_every=None)
+    torch.manual_seed(0)
+    model = Seq()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with Monitor(model, every=1, analyze=False, callbacks=[log]) as mon:
+            _train(model, mon, 3)
+        log.close()
+    (message,) = _logging_warnings(record)
+    assert "TensorBoardWriter" in message and "No space left on device" in message
+    assert "/data/tb/events.out" in message and "scalars at step 0" in message
+    assert log.writers.failures == {0: 3}  # every step tried, warned once
+    assert [step for step, _ in good.scalars] == [0, 1, 2]
+    np.testing.assert_allclose(
+        [s["gradscope/rnn.l0/log10_grad_norm_t0"] for _, s in good.scalars],
+        np.log10(mon.history.scalar("rnn.l0", "grad_t0")),
+        rtol=1e-6,
+    )
+    assert len(good.texts) == 3
+
+
+def test_a_step_that_cannot_be_logged_is_skipped(monkeypatch):
+    import warnings
+
+    from gradscope.integrations import logger as L
+
+    def no_figures(history, index=-1):
+        raise ValueError("cannot draw")
+
+    monkeypatch.setattr(L, "figure_images", no_figures)
+    log = L.MonitorLogger(_Recorder(), figures_every=1)
+    torch.manual_seed(0)
+    model = Seq()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with Monitor(model, every=1, analyze=False, callbacks=[log]) as mon:
+            _train(model, mon, 2)
+    (message,) = _logging_warnings(record)
+    assert "MonitorLogger" in message and "ValueError: cannot draw" in message
+    assert log.failures == 2 and len(mon.history) == 2
+
+
+def _markdown_table(text):
+    """The cells of the table in ``text`` as TensorBoard's own markdown renderer shows them."""
+    from html.parser import HTMLParser
+
+    plugin_util = pytest.importorskip("tensorboard.plugin_util")
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.rows, self.cell = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.cell = ""
+            elif tag == "br" and self.cell is not None:
+                self.cell += "\n"
+            elif self.cell is not None:  # markup a name must not turn into
+                self.cell += f"<{tag}>"
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.rows[-1].append(self.cell)
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    cells = Cells()
+    cells.feed(plugin_util.markdown_to_safe_html(text))
+    return cells.rows
+
+
+NAMES = [
+    "a|b",
+    "enc\nlstm",
+    "l1_reverse",
+    "__init__",
+    "<script>alert(1)</script>",
+    "*x* [y](http://z) `c`",
+    "back\\slash |",
+    "tab\there",
+    "ünïcode 层 ✓",
+    "&amp; &lt;",
+]
+
+
+def test_verdict_table_keeps_one_row_per_layer_whatever_the_names():
+    """Regression: a "|" or a newline in a layer name broke the markdown verdict table."""
+    from gradscope.integrations.logger import verdict_text
+
+    hist = History(1)
+    row = np.array([[np.nan] * len(hist.keys)])
+    hist.append(3, {name: (np.ones((1, 5)), row) for name in NAMES})
+    rows = _markdown_table(verdict_text(hist))
+    assert len(rows) == 1 + len(NAMES) and all(len(r) == 3 for r in rows)
+    assert [r[0].strip() for r in rows[1:]] == NAMES
+
+
+# --------------------------------------------------------------------------- odd values
+def test_images_and_scalars_of_odd_values():
+    from gradscope.integrations._images import image_array
+    from gradscope.integrations.writers import TensorBoardWriter
+
+    img = np.array([[[np.nan, 0.5, 1.0], [np.inf, -np.inf, 0.0]]])  # floats in [0, 1] + NaN
+    np.testing.assert_array_equal(image_array(img), [[[0, 128, 255], [255, 0, 0]]])  # no cast
+    for bad, match in [
+        (b"not a png", "9 bytes that are no image"),
+        (np.ones((2, 2, 3), complex), "real pixel values"),
+        (np.zeros((0, 0, 3)), "non-empty"),
+        (np.zeros((2, 2)), r"shape \(2, 2\)"),
+    ]:
+        with pytest.raises(ArgumentTypeError, match=match):
+            image_array(bad)
+
+    class Sink:
+        def __init__(self):
+            self.got = []
+
+        def add_scalar(self, tag, value, global_step):
+            self.got.append((tag, value, global_step))
+
+        def add_text(self, tag, text, global_step):
+            self.got.append((tag, text, global_step))
+
+    sink = Sink()
+    tb = TensorBoardWriter(sink)
+    tb.log_scalars({"a": np.float32(0.5), "b": float("nan")}, 3)
+    tb.log_text("t", 12, 4)  # text is text
+    assert sink.got[0] == ("a", 0.5, 3) and np.isnan(sink.got[1][1])
+    assert sink.got[2] == ("t", "12", 4)
+    with pytest.raises(ArgumentTypeError, match="value of 'gradscope/x/rate' must be a number"):
+        tb.log_scalars({"gradscope/x/rate": None}, 5)
+
+
+def test_wandb_keys_with_a_star_keep_gradscopes_step(tmp_path, monkeypatch):
+    """Regression: a layer named "a*b" made W&B's define_metric raise (a glob), dropping
+    every scalar of the step."""
+    pytest.importorskip("wandb")
+    from gradscope.integrations.wandb import WandbWriter
+    from gradscope.integrations.writers import Writers
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    writers = Writers([WandbWriter(project="gradscope-test", dir=str(tmp_path))])
+    writers.log_scalars({"gradscope/a*b/rate": -0.5, "gradscope/c/rate": math.nan}, 7)
+    writers.close()
+    assert writers.failures == {}
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    records = _wandb_records(run_dir)
+    metrics = {r["metric"]["name"]: r["metric"] for r in records if r["type"] == "metric"}
+    assert metrics["gradscope/a\u2217b/rate"]["step_metric"] == "gradscope/step"
+    (row,) = [r["history"]["item"] for r in records if r["type"] == "history"]
+    assert row["gradscope/a\u2217b/rate"] == -0.5 and row["gradscope/step"] == 7
+    assert row["gradscope/c/rate"] == "NaN"  # a NaN is a NaN point, not a failure

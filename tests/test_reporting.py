@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import ClassVar
@@ -688,3 +689,178 @@ def test_training_rate_figure_marks_regimes_and_skips_unanalysed_steps() -> None
     # only the loss rate recorded: still a figure, not an empty panel
     ax = F.training_rate_figure(steps, np.full(4, np.nan), None, loss_rates=loss).axes[0]
     assert not any(t.get_text().startswith("No data") for t in ax.texts)
+
+
+# --------------------------------------------------------------------------- ids and privacy
+class _Twins(nn.Module):
+    """Two RNNs whose names slug alike: ``x-y`` and ``x y``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_module("x-y", nn.RNN(I, 4))
+        self.add_module("x y", nn.RNN(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = getattr(self, "x-y")(x)
+        return getattr(self, "x y")(h)[0]
+
+
+class _TwinHistory:
+    """A history of two layers named ``x-y`` and ``x y`` (the protocol of gs.report)."""
+
+    names = ("x-y", "x y")
+    steps = np.array([0, 5])
+
+    def grad_norms(self, name: str) -> np.ndarray:
+        return np.exp(-np.arange(9.0))[None, :].repeat(2, axis=0) * (1 + self.names.index(name))
+
+
+def test_ids_are_unique_and_links_reach_their_section(tmp_path: Path) -> None:
+    """Regression: names ``x-y`` and ``x y`` (runs, layers, history layers) shared ids."""
+    from types import SimpleNamespace
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        prof = gs.profile(_Twins(), torch.randn(8, 2, I), analysis={"progress": False})
+    assert [str(d.name) for d in prof.diagnosis.layers] == ["x-y.l0", "x y.l0"]
+    monitor = SimpleNamespace(history=_TwinHistory(), diagnosis=prof)
+    _, page = _parse(gs.report({"x-y": monitor, "x y": prof}, tmp_path / "ids.html"))
+    ids = [a["id"] for _, a in page.tags if a.get("id") is not None]
+    assert len(ids) == len(set(ids)) and len(ids) > 20
+    # every link lands on an element; a layer's link on that layer's section of its run
+    runs = {a["id"]: a["data-run"] for a, _ in _section(page, **{"data-section": "run"})}
+    assert sorted(runs.values()) == ["x y", "x-y"]
+    layers = {a["id"]: a["data-layer"] for a, _ in _section(page, **{"data-section": "layer"})}
+    assert len(layers) == 4 and sorted(set(layers.values())) == ["x y.l0", "x-y.l0"]
+    for tag, a in page.tags:
+        if tag == "a" and (a.get("href") or "").startswith("#"):
+            assert a["href"][1:] in ids, a["href"]
+    rows = [a for tag, a in page.tags if tag == "tr" and a.get("data-layer")]
+    links = [a["href"][1:] for tag, a in page.tags if tag == "a" and "--" in (a.get("href") or "")]
+    summary = links[-len(rows) :]  # the verdict table, the last links of the first screen
+    assert [layers[i] for i in summary] == [r["data-layer"] for r in rows]
+    assert [runs[i.split("--")[0]] for i in summary] == ["x-y", "x-y", "x y", "x y"]
+    # the two history layers' training figures have ids of their own too
+    training = [a["id"] for tag, a in page.tags if tag == "figure" and "--training--" in a["id"]]
+    assert len({i.rsplit("--", 1)[0] for i in training}) == 2 and len(training) >= 4
+
+
+def test_reports_name_no_machine_unless_asked(
+    profiles: dict[str, gs.Profile], tmp_path: Path
+) -> None:
+    """Privacy: the platform string and absolute paths only with ``environment=True``."""
+    import platform
+
+    prof = profiles["vanilla RNN"]
+    saved = prof.trace.save(tmp_path / "in" / "run.npz").resolve()
+    machine = platform.platform()
+    default = [
+        gs.report({"saved": saved, "live": prof}, tmp_path / "out" / "r.html"),
+        prof.report(tmp_path / "out" / "p.html"),
+    ]
+    for path in default:
+        src = path.read_text(encoding="utf-8")
+        assert machine not in src and str(tmp_path) not in src, path.name
+        assert f"<td>torch</td><td>{torch.__version__}</td>" in src  # versions are kept
+    _, page = _parse(default[0])
+    assert "trace file run.npz" in "".join(page.text)  # the file's name, not where it is
+    asked = gs.report(saved, tmp_path / "out" / "e.html", environment=True)
+    src = asked.read_text(encoding="utf-8")
+    assert machine in src and str(saved) in src
+    assert machine in prof.report(tmp_path / "out" / "pe.html", environment=True).read_text()
+
+
+def test_long_names_stay_inside_the_figures() -> None:
+    """A 2000-character name: the titles and legends that show it still fit the figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    lags = np.arange(6.0)
+    names = ["LSTM · encoder.lstm.l1_reverse", "z" * 2000, "\u202eevil $x$"]
+    carry = np.stack([-0.1 * lags] * 5, axis=1)
+    figs = {
+        "mechanism": F.mechanism_figure(
+            {n: F.Mechanism(lags, -0.3 * lags, "vanishing", "f", lags, carry) for n in names}
+        ),
+        "comparison": F.comparison_figure(
+            {n: F.Curve(lags, -0.3 * lags, None, -0.3, "vanishing") for n in names}
+        ),
+    }
+    for what, fig in figs.items():
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        box = fig.bbox
+        texts = [ax.title for ax in fig.axes] + [
+            t for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
+        ]
+        shown = [t for t in texts if t.get_text()]
+        assert len(shown) >= len(names), what
+        for t in shown:
+            ext = t.get_window_extent(canvas.get_renderer())
+            assert box.x0 - 1 <= ext.x0 and ext.x1 <= box.x1 + 1, (what, t.get_text()[:50])
+        joined = " ".join(t.get_text() for t in shown)
+        assert "LSTM · encoder.lstm.l1_reverse" in joined  # a usual name is shown whole
+        assert "[U+202E]evil" in joined and "\u202e" not in joined
+
+
+@pytest.mark.parametrize(
+    ("cls", "fill"), [(nn.LSTM, math.nan), (nn.GRU, math.inf), (nn.RNN, math.nan), (nn.RNN, 0.0)]
+)
+def test_a_report_of_non_finite_or_zero_weights_renders_with_notes(
+    cls: type[nn.Module], fill: float, tmp_path: Path
+) -> None:
+    """Regression: NaN/inf weights crashed the gate view (and then the mechanism figure's
+    colour), zero weights divided by ‖W_hh‖ = 0; empty gate plots were drawn without a note."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = cls(I, 4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(fill)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy: "All-NaN slice encountered"
+        prof = gs.profile(model, torch.randn(8, 2, I), analysis={"progress": False})
+        _, page = _parse(gs.report(prof, tmp_path / "r.html", progress=False))
+    figs = {f["attrs"]["data-figure"]: f for f in page.figures}
+    assert {"mechanism", "decay-state", "gate-distributions"} <= set(figs)
+    if math.isfinite(fill):
+        return  # zero weights: finite, the report just has to exist
+    for key, fig in figs.items():  # nothing finite: every figure is a box saying why
+        assert fig["attrs"].get("data-missing") == "true", key
+        assert "not available" in fig["text"], key
+    gated = cls is not nn.RNN  # a vanilla RNN's gate view is not computed at all (its reason)
+    for key in ("mechanism", "gate-share", "gate-distributions") if gated else ():
+        assert "no finite" in figs[key]["text"], key
+
+
+def test_a_history_without_timesteps_says_so() -> None:
+    fig = F.training_heatmap_figure(np.zeros((3, 0)), np.arange(3))
+    assert [t.get_text() for t in fig.axes[0].texts] == [
+        "No data: the sampled steps hold no timestep"
+    ]
+
+
+def test_blank_run_names_still_get_a_link_text(
+    profiles: dict[str, gs.Profile], tmp_path: Path
+) -> None:
+    """Regression: a run named "" had an empty (unclickable) table-of-contents link."""
+    prof = profiles["GRU"]
+    _, page = _parse(gs.report({"": prof, " ": prof}, tmp_path / "blank.html", progress=False))
+    runs = [a["data-run"] for a, _ in _section(page, **{"data-section": "run"})]
+    assert runs == ["(unnamed)", "(unnamed)"]
+
+    class Links(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.texts: dict[str, str] = {}
+            self._href: str | None = None
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            self._href = dict(attrs).get("href") if tag == "a" else None
+
+        def handle_data(self, data: str) -> None:
+            if self._href:
+                self.texts[self._href] = self.texts.get(self._href, "") + data
+
+    links = Links()
+    links.feed((tmp_path / "blank.html").read_text(encoding="utf-8"))
+    assert len(links.texts) >= 4 and all(t.strip() for t in links.texts.values())

@@ -32,11 +32,14 @@ class Profile:
     output: Any = None
     loss: float | None = None
 
-    def report(self, path: str | Path) -> Path:
-        """Write an HTML or PDF report (by suffix) with :func:`gradscope.reporting.report`."""
+    def report(self, path: str | Path, *, environment: bool = False) -> Path:
+        """Write an HTML or PDF report (by suffix) with :func:`gradscope.reporting.report`.
+
+        ``environment=True`` adds the platform string (see there); off by default.
+        """
         from gradscope.reporting import report
 
-        return report(self, path)
+        return report(self, path, environment=environment)
 
     def __str__(self) -> str:
         return str(self.diagnosis)

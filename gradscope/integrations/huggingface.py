@@ -45,7 +45,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from gradscope.integrations._imports import TRANSFORMERS, require
+from gradscope.errors import LoggingWarning
+from gradscope.integrations._imports import TRANSFORMERS, WANDB, require
 from gradscope.integrations._session import MonitorSession
 from gradscope.monitor import Schedule
 
@@ -138,12 +139,12 @@ class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
             if name == "tensorboard":
                 out.append(TensorBoardWriter(tensorboard_dir(args)))
             elif name == "wandb":
-                import wandb
-
+                wandb = require(WANDB, "GradscopeTrainerCallback(report_to='wandb')")
                 if wandb.run is None:
                     warnings.warn(
                         "GradscopeTrainerCallback: report_to includes 'wandb' but no W&B run "
                         "is active; nothing is logged to W&B",
+                        LoggingWarning,
                         stacklevel=2,
                     )
                     continue
@@ -154,6 +155,7 @@ class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
                 warnings.warn(
                     f"GradscopeTrainerCallback: report_to {name!r} is not supported; gradscope "
                     "logs to 'tensorboard' and 'wandb' (or any writers=...)",
+                    LoggingWarning,
                     stacklevel=2,
                 )
         return out

@@ -51,19 +51,28 @@ decay rates over training), the figures of the training report.
 
 The logging runs inside ``monitor.step()`` (a Monitor callback), so its time (mostly the
 figures) counts as the Monitor's in the time budget of ``analyze="auto"``.
+
+Logging never stops training: a destination that fails (its log directory removed during
+the run, a full disk, a lost connection) is skipped for that call and the others still get
+it; the first failure of each destination is a :class:`~gradscope.errors.LoggingWarning`
+naming it, its path, what was being logged and the error (later ones are only counted, in
+``logger.writers.failures``). A TensorBoard destination whose log directory is back is
+written to again.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from gradscope.errors import ArgumentError
+from gradscope.errors import ArgumentError, LoggingWarning
 from gradscope.history import REGIME_CODES, SUMMARY_KEYS
-from gradscope.integrations.writers import Writers
+from gradscope.integrations.writers import Writers, caller_level
 
 #: History fields logged as ``log10`` of their value, and their tags.
 LOG10_TAGS: dict[str, str] = {"grad_t0": "log10_grad_norm_t0", "grad_tT": "log10_grad_norm_tT"}
@@ -127,12 +136,29 @@ def _rate(rate: float, lo: float, hi: float) -> str:
     return f"rate {_fmt(rate)} per step{ci}"
 
 
+def md_cell(text: str) -> str:
+    r"""``text`` as the content of one markdown table cell, read back as the same text.
+
+    A ``|`` would end the cell and a line break the row; ``*``, a backtick, ``[``, ``_`` at
+    a word's edge, ``<`` and ``&`` would turn into emphasis, code, links, tags or entities.
+    These are escaped (``\|``, ``&lt;``, ...), line breaks become ``<br>`` and tabs ``&#9;``
+    (as TensorBoard's markdown renders them). An underscore inside a word (``l1_reverse``) is
+    left as it is, as markdown leaves it.
+    """
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;")
+    text = re.sub(r"([\\`*\[\]|])", r"\\\1", text)
+    text = re.sub(r"(?<![^\W_])_|_(?![^\W_])", r"\\_", text)
+    text = text.replace("\t", "&#9;")
+    return re.sub(r"\r\n|\r|\n", "<br>", text)
+
+
 def verdict_text(history: Any, index: int = -1) -> str:
     """A markdown table of each layer's verdict at one sampled step.
 
     The loss-gradient verdict is this step's (its fit runs on every sampled step); the
     state-gradient verdict and spectral radius are those of the latest analysed step up to
-    this one, and say which step that was.
+    this one, and say which step that was. Layer names are escaped (:func:`md_cell`), so a
+    ``|`` or a line break in one keeps the table at one row per layer.
     """
     index = index % len(history)
     step = int(history.steps[index])
@@ -161,7 +187,7 @@ def verdict_text(history: Any, index: int = -1) -> str:
             )
         else:
             state = "not analysed yet"
-        rows.append(f"| {name} | {loss} | {state} |")
+        rows.append(f"| {md_cell(name)} | {loss} | {state} |")
     return "\n".join(rows)
 
 
@@ -211,7 +237,10 @@ class MonitorLogger:
             the framework callbacks pass their trainer's step.
 
     Attributes:
-        writers: The destinations, as one :class:`~gradscope.integrations.writers.Writers`.
+        writers: The destinations, as one :class:`~gradscope.integrations.writers.Writers`
+            (a destination that fails is skipped, with one warning; see there).
+        failures: How many sampled steps could not be logged at all (their values or
+            figures could not be made), each skipped with training going on.
 
     Raises:
         ArgumentError: no target, or ``figures_every`` < 1.
@@ -239,10 +268,28 @@ class MonitorLogger:
         self.figures_every = figures_every
         self.text = bool(text)
         self.step = step
+        self.failures = 0
 
     def __call__(self, monitor: Any) -> None:
-        """Log the monitor's latest sampled step (called by the Monitor)."""
-        self.log(monitor.history)
+        """Log the monitor's latest sampled step (called by the Monitor).
+
+        Logging never stops training: a destination that fails is skipped (see
+        :class:`~gradscope.integrations.writers.Writers`), and so is a step whose values or
+        figures cannot be made, with one :class:`~gradscope.errors.LoggingWarning` the first
+        time (:attr:`failures` counts them all).
+        """
+        try:
+            self.log(monitor.history)
+        except Exception as exc:  # never out of monitor.step()
+            self.failures += 1
+            if self.failures == 1:
+                warnings.warn(
+                    f"gradscope: {self!r} could not log the step: {type(exc).__name__}: {exc}. "
+                    "Skipped; training goes on, and later failures are skipped without a "
+                    "warning",
+                    LoggingWarning,
+                    stacklevel=caller_level(),
+                )
 
     def log(self, history: Any, index: int = -1) -> dict[str, int]:
         """Log one sampled step of ``history`` (see the module docstring for what and when).
@@ -310,5 +357,6 @@ __all__ = [
     "figure_images",
     "history_scalars",
     "log_all",
+    "md_cell",
     "tag_of",
 ]

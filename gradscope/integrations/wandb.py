@@ -16,6 +16,10 @@ W&B's own step counter, which other loggers in the same run advance (Lightning,
 ``transformers.Trainer``, your own ``wandb.log`` calls). Text is logged as ``wandb.Html``
 (the markdown in a ``<pre>`` block), images as ``wandb.Image``.
 
+A ``*`` in a key (a layer named ``a*b``) is logged as ``∗`` (U+2217): W&B reads ``*`` in a
+metric name as a glob and refuses to declare it. An empty key is logged without a step
+metric (W&B cannot declare it).
+
 Offline runs (``WANDB_MODE=offline``) work the same; their ``.wandb`` file reads back with
 ``wandb leet inspect --json <run dir>``. ``wandb`` is imported when a :class:`WandbWriter`
 is made (``pip install "gradscope-rnn[wandb]"``).
@@ -28,8 +32,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradscope.errors import ArgumentError, ArgumentTypeError
-from gradscope.integrations._images import Image, image_array
+from gradscope.integrations._images import Image, image_array, numbers
 from gradscope.integrations._imports import WANDB, require
+
+#: What a ``*`` in a key is logged as (W&B's ``define_metric`` takes ``*`` as a glob).
+GLOB_FREE = "\u2217"
 
 
 class WandbWriter:
@@ -80,7 +87,10 @@ class WandbWriter:
         self._defined: set[str] = set()
 
     def _log(self, data: dict[str, Any], step: int) -> None:
-        new = [key for key in data if key not in self._defined]
+        # W&B reads "*" in a metric name as a glob and refuses it inside a name: a layer
+        # named "a*b" is logged as "a∗b" (U+2217), on gradscope's step like every key
+        data = {key.replace("*", GLOB_FREE): value for key, value in data.items()}
+        new = [key for key in data if key and key not in self._defined]
         if new:
             if self.step_metric not in self._defined:
                 self.run.define_metric(self.step_metric)
@@ -93,11 +103,11 @@ class WandbWriter:
     def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
         """One ``run.log`` of every scalar, with the step metric."""
         if scalars:
-            self._log({k: float(v) for k, v in scalars.items()}, step)
+            self._log(numbers(scalars), step)
 
     def log_text(self, tag: str, text: str, step: int) -> None:
         """``wandb.Html`` of the text in a ``<pre>`` block."""
-        self._log({tag: self._wandb.Html(f"<pre>{html.escape(text)}</pre>")}, step)
+        self._log({tag: self._wandb.Html(f"<pre>{html.escape(str(text))}</pre>")}, step)
 
     def log_image(self, tag: str, image: Image, step: int) -> None:
         """``wandb.Image`` of an ``(H, W, 3)`` array or PNG bytes."""
@@ -116,4 +126,4 @@ class WandbWriter:
         return f"WandbWriter({getattr(self.run, 'id', '?')!r}, step_metric={self.step_metric!r})"
 
 
-__all__ = ["WandbWriter"]
+__all__ = ["GLOB_FREE", "WandbWriter"]

@@ -30,11 +30,13 @@ None of these imports TensorBoard, Lightning or W&B until an adapter needs it.
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from gradscope.errors import ArgumentTypeError
-from gradscope.integrations._images import Image, image_array
+from gradscope.errors import ArgumentTypeError, LoggingWarning, OutputError
+from gradscope.integrations._images import Image, image_array, numbers
 
 
 @runtime_checkable
@@ -93,28 +95,53 @@ class TensorBoardWriter:
         get = getattr(self.writer, "get_logdir", None)
         return str(get()) if callable(get) else getattr(self.writer, "log_dir", None)
 
+    def _check_dir(self) -> None:
+        """Refuse to write once a local log directory is gone.
+
+        TensorBoard writes from a thread of its own, which dies on the first write into a
+        removed directory and takes every later point with it; checked here, the call fails
+        in the caller (where :class:`Writers` skips it) and the writer carries on when the
+        directory is back.
+
+        Raises:
+            OutputError: the log directory no longer exists.
+        """
+        where = self.log_dir
+        if where and "://" not in where and not os.path.isdir(where):
+            raise OutputError(
+                f"cannot write {where}: the log directory no longer exists (removed during "
+                "the run?); nothing is written there until it is back"
+            )
+
     def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
-        """``add_scalar`` for each tag."""
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, float(value), global_step=int(step))
+        """``add_scalar`` for each tag (NaN and inf are written as they are)."""
+        self._check_dir()
+        for tag, value in numbers(scalars).items():
+            self.writer.add_scalar(tag, value, global_step=int(step))
 
     def log_text(self, tag: str, text: str, step: int) -> None:
         """``add_text`` (TensorBoard renders markdown)."""
-        self.writer.add_text(tag, text, global_step=int(step))
+        self._check_dir()
+        self.writer.add_text(tag, str(text), global_step=int(step))
 
     def log_image(self, tag: str, image: Image, step: int) -> None:
         """``add_image`` of an ``(H, W, 3)`` array."""
+        self._check_dir()
         self.writer.add_image(tag, image_array(image), global_step=int(step), dataformats="HWC")
 
     def flush(self) -> None:
         """Flush the event file."""
+        self._check_dir()
         self.writer.flush()
 
     def close(self) -> None:
-        """Flush; close the ``SummaryWriter`` if this writer created it."""
-        self.flush()
-        if self._owns:
-            self.writer.close()
+        """Flush; close the ``SummaryWriter`` if this writer created it (even if flush fails)."""
+        try:
+            self.flush()
+        finally:
+            if self._owns:
+                self._owns = False  # closed once, whatever happens
+                self.writer.close()
 
     def __repr__(self) -> str:
         return f"TensorBoardWriter({self.log_dir!r})"
@@ -153,14 +180,14 @@ class LightningWriter:
     def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
         """``logger.log_metrics`` of every scalar at once."""
         if scalars:
-            self.logger.log_metrics({k: float(v) for k, v in scalars.items()}, step=int(step))
+            self.logger.log_metrics(numbers(scalars), step=int(step))
 
     def log_text(self, tag: str, text: str, step: int) -> None:
         """The logger's ``log_text`` (one cell), else its ``SummaryWriter``, else nothing."""
         if callable(getattr(self.logger, "log_text", None)):
-            self.logger.log_text(key=tag, columns=["text"], data=[[text]], step=int(step))
+            self.logger.log_text(key=tag, columns=["text"], data=[[str(text)]], step=int(step))
         elif (writer := self._summary_writer()) is not None:
-            writer.add_text(tag, text, global_step=int(step))
+            writer.add_text(tag, str(text), global_step=int(step))
 
     def log_image(self, tag: str, image: Image, step: int) -> None:
         """The logger's ``log_image``, else its ``SummaryWriter``, else nothing."""
@@ -180,47 +207,85 @@ class LightningWriter:
         self.flush()
 
     def __repr__(self) -> str:
-        return f"LightningWriter({type(self.logger).__name__})"
+        try:
+            where = getattr(self.logger, "log_dir", None)
+        except Exception:  # a logger may compute it, and fail
+            where = None
+        at = f", {str(where)!r}" if where else ""
+        return f"LightningWriter({type(self.logger).__name__}{at})"
 
 
 # --------------------------------------------------------------------------- fan-out
+def caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside gradscope, for a warning issued here.
+
+    A logging warning then points at the line of the training loop (``monitor.step()``, or
+    the framework's) whatever the path through gradscope.
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("gradscope."):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class Writers:
     """Several writers as one: every call goes to each of them, in order.
 
+    Logging never stops training: a call that raises in one writer (a log directory removed
+    during the run, a full disk, a network error) is skipped for that writer, the others
+    still get it, and the first failure of each writer is reported as a
+    :class:`~gradscope.errors.LoggingWarning` naming the writer (and its path), the call
+    and the error; its later failures are counted in :attr:`failures`, not warned again.
+
     Args:
         writers: The destinations (each passed through :func:`as_writer`).
+
+    Attributes:
+        writers: The destinations.
+        failures: How many calls failed, per writer (by its position in :attr:`writers`).
     """
 
     def __init__(self, writers: Sequence[Any] = ()) -> None:
         self.writers: list[Writer] = [as_writer(w) for w in writers]
+        self.failures: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.writers)
 
+    def _each(self, what: str, call: Callable[[Writer], None]) -> None:
+        for i, w in enumerate(self.writers):
+            try:
+                call(w)
+            except Exception as exc:  # logging must never stop training
+                self.failures[i] = self.failures.get(i, 0) + 1
+                if self.failures[i] == 1:
+                    warnings.warn(
+                        f"gradscope: logging to {w!r} failed ({what}): "
+                        f"{type(exc).__name__}: {exc}. Skipped; training goes on, and later "
+                        "failures of this destination are skipped without a warning",
+                        LoggingWarning,
+                        stacklevel=caller_level(),
+                    )
+
     def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
         """:meth:`Writer.log_scalars` on each writer."""
-        for w in self.writers:
-            w.log_scalars(scalars, step)
+        self._each(f"{len(scalars)} scalars at step {step}", lambda w: w.log_scalars(scalars, step))
 
     def log_text(self, tag: str, text: str, step: int) -> None:
         """:meth:`Writer.log_text` on each writer."""
-        for w in self.writers:
-            w.log_text(tag, text, step)
+        self._each(f"text {tag!r} at step {step}", lambda w: w.log_text(tag, text, step))
 
     def log_image(self, tag: str, image: Image, step: int) -> None:
         """:meth:`Writer.log_image` on each writer."""
-        for w in self.writers:
-            w.log_image(tag, image, step)
+        self._each(f"image {tag!r} at step {step}", lambda w: w.log_image(tag, image, step))
 
     def flush(self) -> None:
         """:meth:`Writer.flush` on each writer."""
-        for w in self.writers:
-            w.flush()
+        self._each("flush", lambda w: w.flush())
 
     def close(self) -> None:
         """:meth:`Writer.close` on each writer."""
-        for w in self.writers:
-            w.close()
+        self._each("close", lambda w: w.close())
 
     def __repr__(self) -> str:
         return f"Writers({self.writers!r})"

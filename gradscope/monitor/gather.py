@@ -43,11 +43,14 @@ class Snapshot:
                 self._diagnosis = diagnose(self.trace, progress=False)
         return self._diagnosis
 
-    def report(self, path: str | os.PathLike) -> Path:
-        """Write this step's full report (see :func:`gradscope.reporting.report`)."""
+    def report(self, path: str | os.PathLike, *, environment: bool = False) -> Path:
+        """Write this step's full report (see :func:`gradscope.reporting.report`).
+
+        ``environment=True`` adds the platform string (see there); off by default.
+        """
         from gradscope.reporting import report
 
-        return report(self, path)
+        return report(self, path, environment=environment)
 
 
 # --------------------------------------------------------------------------- distributed

@@ -407,8 +407,11 @@ class Monitor:
             )
 
     # ----------------------------------------------------------------- output
-    def report(self, path: str | os.PathLike) -> Path | None:
+    def report(self, path: str | os.PathLike, *, environment: bool = False) -> Path | None:
         """Write the training report (HTML or PDF by suffix) on rank 0.
+
+        ``environment=True`` adds the platform string (see
+        :func:`gradscope.reporting.report`); off by default.
 
         Returns:
             The path written, or None on ranks other than 0 (which write nothing).
@@ -418,7 +421,7 @@ class Monitor:
         from gradscope.reporting import report
 
         with rng_preserved():
-            return report(self, path)
+            return report(self, path, environment=environment)
 
     def save(self, path: str | os.PathLike) -> Path | None:
         """Save :attr:`history` (:meth:`History.save`) on rank 0; None on other ranks."""

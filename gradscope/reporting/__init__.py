@@ -54,6 +54,10 @@ as a trace and, if it is not one, as a history.
 A history without ``summaries`` still gets its heatmap; the rate figure is then shown as
 missing with that reason.
 
+A report names no machine by default: the library versions are shown, the platform string
+(``platform.platform()``) and absolute paths (of a saved trace read from a file) only with
+``environment=True``.
+
 Writes are atomic: the report is written to a temporary file in the destination directory
 and moved into place with :func:`os.replace`, so an interrupted or failing render never
 leaves a partial report (and keeps any previous file at ``path`` intact).
@@ -83,30 +87,41 @@ FORMATS: dict[str, str] = {
 
 
 # --------------------------------------------------------------------------- metadata
-def _versions() -> dict[str, str]:
+def _versions(environment: bool = False) -> dict[str, str]:
+    """The library versions; with ``environment`` also the machine (``platform.platform()``)."""
     import matplotlib
     import numpy
     import torch
 
     from gradscope._version import __version__
 
-    return {
+    out = {
         "gradscope": __version__,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "matplotlib": matplotlib.__version__,
         "python": sys.version.split()[0],
-        "platform": platform.platform(),
     }
+    if environment:
+        out["platform"] = platform.platform()
+    return out
 
 
 def _default_title(runs: list[Run]) -> str:
     if len(runs) > 1:
-        return "gradscope comparison: " + " vs ".join(str(r.label) for r in runs)
+        return "gradscope comparison: " + " vs ".join(_short(str(r.label)) for r in runs)
     run = runs[0]
     model = run.meta.get("model_class") or run.meta.get("model") or run.source
     model = str(model).splitlines()[0] if model else "recurrent model"
     return f"gradscope report: {model[:80]}"
+
+
+def _short(label: str, limit: int = 60) -> str:
+    """A label for the title: its beginning and end around an ellipsis when long."""
+    if len(label) <= limit:
+        return label
+    head = (limit - 1) // 2
+    return label[:head] + "…" + label[len(label) - (limit - 1 - head) :]
 
 
 # --------------------------------------------------------------------------- writing
@@ -117,6 +132,7 @@ def report(
     title: str | None = None,
     progress: bool | str = "auto",
     pdf_detail: bool = False,
+    environment: bool = False,
 ) -> Path:
     """Write a report of ``obj`` to ``path``; the format follows the suffix.
 
@@ -132,6 +148,10 @@ def report(
         pdf_detail: For a PDF, add every layer's section, the figures shared by all entries
             and all metadata; by default the PDF holds the first screen only (verdicts,
             comparison, the mechanism picture). The HTML report always holds everything.
+        environment: Also show where the report was made: the platform string
+            (``platform.platform()``: OS, kernel, architecture) and the absolute path of a
+            saved trace reported from a file. Off by default, so a report can be shared
+            without them; the library versions are always shown.
 
     Returns:
         The path written.
@@ -159,7 +179,7 @@ def report(
     writer = importlib.import_module(module_name)
     if hasattr(writer, "engine"):
         writer.engine()  # a PDF without a PDF engine fails fast too, saying what to install
-    doc = _document(obj, title, progress)
+    doc = _document(obj, title, progress, environment)
     figures = doc.figures()
     with progress_bar(len(figures), f"figures of {path.name}", progress, unit="figure") as bar:
         for panel in figures:
@@ -172,10 +192,15 @@ def report(
     return path
 
 
-def _document(obj: Any, title: str | None, progress: bool | str = False) -> Any:
+def _document(
+    obj: Any, title: str | None, progress: bool | str = False, environment: bool = False
+) -> Any:
     runs = runs_of(obj, progress)
+    if environment:
+        for run in runs:
+            run.meta.update(run.environment)
     generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-    return build_document(runs, title or _default_title(runs), generated, _versions())
+    return build_document(runs, title or _default_title(runs), generated, _versions(environment))
 
 
 def first_screen_html(obj: Any, *, figures: bool = True, title: str | None = None) -> str:

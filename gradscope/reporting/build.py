@@ -10,6 +10,7 @@ import numpy as np
 from gradscope.reporting import figures as F
 from gradscope.reporting.document import (
     Document,
+    Ids,
     LayerSection,
     Missing,
     Number,
@@ -33,8 +34,20 @@ from gradscope.reporting.panels import (
 )
 from gradscope.reporting.shared import SHARED_KEYS, mechanism_panel, shared_panels
 
+#: The ids the page itself uses (:mod:`gradscope.reporting.html`); runs start with ``run``.
+PAGE_IDS = ("top", "summary", "comparison", "mechanism", "shared", "metadata")
+
 
 # --------------------------------------------------------------------------- document
+def _unique(label: str, used: set[str]) -> str:
+    """``label``, or ``label (2)``, ``label (3)``, ... the first not in ``used`` (now added)."""
+    out, n = label, 2
+    while out in used:
+        out, n = f"{label} ({n})", n + 1
+    used.add(out)
+    return out
+
+
 def _flatten_meta(meta: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for k, v in meta.items():
@@ -48,10 +61,11 @@ def _flatten_meta(meta: Mapping[str, Any], prefix: str = "") -> list[tuple[str, 
     return out
 
 
-def _layer_section(run: Run, layer: Any, run_anchor: str, shared: bool) -> LayerSection:
+def _layer_section(run: Run, layer: Any, anchor: str, shared: bool) -> LayerSection:
     """One layer's section; with ``shared``, the figures drawn once for all layers are left out.
 
     The gate carry is always left out: it is part of the mechanism picture on the first screen.
+    ``anchor`` is the section's id, unique in the page.
     """
     name = str(layer.name)
     specs = [*LAYER_PANELS[:1], *GATE_PANELS, *LAYER_PANELS[1:]]  # the why after the what
@@ -59,7 +73,7 @@ def _layer_section(run: Run, layer: Any, run_anchor: str, shared: bool) -> Layer
     return LayerSection(
         run=run.label,
         name=name,
-        anchor=f"{run_anchor}--{slug(name)}",
+        anchor=anchor,
         kind=str(layer.kind),
         regime=getattr(layer, "regime", None),
         verdict=str(getattr(layer, "verdict", "") or ""),
@@ -158,28 +172,30 @@ def build_document(
     summary: list[SummaryRow] = []
     alerts: list[str] = []
     curves: dict[str, F.Curve] = {}
-    used: set[str] = set()
-    extra: dict[tuple[str | None, str], tuple[Run, Any]] = {}
+    labels: set[str] = set()
+    extra: dict[str, tuple[Run, Any]] = {}
     entries: list[tuple[str, Any]] = []
     n_layers = sum(len(r.diagnosis.layers) for r in runs if r.diagnosis is not None)
-    for i, run in enumerate(runs):
-        anchor = slug(f"run-{run.label}") if run.label is not None else "run"
-        if anchor in used:
-            anchor = f"{anchor}-{i}"
-        used.add(anchor)
+    # names that slug alike (``x-y``, ``x y``) or repeat still get ids of their own
+    ids = Ids(PAGE_IDS)
+    for run in runs:
+        anchor = ids.take(slug(f"run-{run.label}") if run.label is not None else "run")
+        ids.take(f"{anchor}--training")  # the run's training section (html_sections)
         layers = [] if run.diagnosis is None else list(run.diagnosis.layers)
         lsecs = []
         for layer in layers:
-            sec = _layer_section(run, layer, anchor, shared=n_layers > 1)
+            lid = ids.take(f"{anchor}--{slug(str(layer.name))}")
+            sec = _layer_section(run, layer, lid, shared=n_layers > 1)
             lsecs.append(sec)
             summary.append(_summary_row(sec, layer))
-            extra[(sec.run, sec.name)] = (run, layer)
+            extra[sec.anchor] = (run, layer)
             if sec.nonfinite:
                 who = f"{run.label} / {sec.name}" if run.label else sec.name
                 alerts.append(f"{who}: {sec.nonfinite}")
             label = sec.name if run.label is None else f"{run.label} · {sec.name}"
             if len(layers) == 1 and run.label is not None:
                 label = run.label
+            label = _unique(label, labels)  # the figures' legends are keyed by it
             entries.append((label, layer))
             d = (getattr(layer, "decay", None) or {}).get("state")
             if d is not None:
@@ -224,7 +240,7 @@ def build_document(
             who = row.run if row.run is not None else row.layer
             if row.run is not None and sum(r.run == row.run for r in summary) > 1:
                 who = f"{row.run} · {row.layer}"
-            run, layer = extra[(row.run, row.layer)]
+            run, layer = extra[row.anchor]
             d = (getattr(layer, "decay", None) or {}).get("state")
             table.append(
                 [who, F.regime_label(row.regime), row.rate, row.half_life, _horizon_vs_t(layer, d)]

@@ -39,6 +39,9 @@ class Run:
         meta: Run metadata to show (model, shapes, dtype, versions, time, ...).
         layer_meta: Per layer name, facts about the recording (input size, dtype, lengths).
         problem: Why there is no diagnosis, when there is none.
+        environment: Facts about the machine the record came from (the absolute path of
+            a saved trace), added to ``meta`` only when a report is asked for them
+            (``gs.report(..., environment=True)``).
     """
 
     label: str | None
@@ -48,6 +51,7 @@ class Run:
     meta: dict[str, Any] = field(default_factory=dict)
     layer_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     problem: str | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,25 @@ class Panel:
         if self.kwargs is None or self.spec.chart is None:
             return None
         return self.spec.chart(**self.kwargs)
+
+
+class Ids:
+    """The ids of one page: each :meth:`take` returns one not taken before.
+
+    Args:
+        reserved: Ids the page uses already (``"summary"``, ...).
+    """
+
+    def __init__(self, reserved: tuple[str, ...] = ()) -> None:
+        self.used: set[str] = set(reserved)
+
+    def take(self, base: str) -> str:
+        """``base``, or ``base-2``, ``base-3``, ... the first one not taken yet."""
+        out, n = base, 2
+        while out in self.used:
+            out, n = f"{base}-{n}", n + 1
+        self.used.add(out)
+        return out
 
 
 @dataclass

@@ -37,6 +37,21 @@ def _vanilla(layer: Any) -> bool:
     return str(getattr(layer, "kind", "")) in _VANILLA
 
 
+def _finite(values: Any, what: str) -> Any:
+    """``values``, unless none of them is finite (then :class:`Missing`, saying so)."""
+    arrays = values.values() if isinstance(values, Mapping) else [values]
+    if not any(np.isfinite(np.asarray(v, dtype=float)).any() for v in arrays):
+        raise Missing(f"no finite {what}: the layer's weights or states are NaN/inf")
+    return values
+
+
+def _share(layer: Any) -> Any:
+    """The path share, unless it is finite at lag 0 only (where it is 1 by definition)."""
+    view = _view(layer)
+    _finite(np.asarray(view.share, dtype=float)[np.asarray(view.walk_lags) > 0], "path share")
+    return view.share
+
+
 def _carry_kwargs(layer: Any) -> dict[str, Any]:
     view = _view(layer)
     d = (getattr(layer, "decay", None) or {}).get("state")
@@ -90,7 +105,7 @@ GATE_PANELS: list[PanelSpec] = [
         "near 0 the weights do.",
         "an LSTM or GRU layer's gate view (gradscope.analysis.gates)",
         lambda layer: dict(
-            lags=_view(layer).walk_lags, share=_view(layer).share, path=_view(layer).path
+            lags=_view(layer).walk_lags, share=_share(layer), path=_view(layer).path
         ),
         F.path_share_figure,
         _gated,
@@ -102,7 +117,7 @@ GATE_PANELS: list[PanelSpec] = [
         "or update (GRU) gate near 1 holds the state and its gradient; for a vanilla RNN the "
         "curve is tanh′, which falls towards 0 as units saturate.",
         "a gate view (gradscope.analysis.gates)",
-        lambda layer: dict(gates=_view(layer).gates),
+        lambda layer: dict(gates=_finite(_view(layer).gates, "gate value")),
         F.gate_distribution_figure,
         lambda layer: _gated(layer) or _vanilla(layer),
     ),
@@ -115,7 +130,7 @@ GATE_PANELS: list[PanelSpec] = [
         "a vanilla RNN layer's gate view (gradscope.analysis.gates)",
         lambda layer: dict(
             steps=_view(layer).factor_steps,
-            factor=_view(layer).factor,
+            factor=_finite(_view(layer).factor, "one-step factor"),
             weight_norm=float(_view(layer).weight_norm),
         ),
         F.repeated_factor_figure,

@@ -44,6 +44,7 @@ from gradscope.errors import ArgumentError
 from gradscope.reporting import interactive as I
 from gradscope.reporting.document import Document
 from gradscope.reporting.figures import REGIME_SYMBOLS
+from gradscope.reporting.figures.theme import visible_controls
 from gradscope.reporting.html_css import CSS, PRINT_CSS
 from gradscope.reporting.html_figures import DPI, figure_png
 from gradscope.reporting.html_figures import panel_html as _panel
@@ -88,8 +89,8 @@ def _summary_table(doc: Document, media: str) -> str:
     out.extend(f"<th>{escape(h)}</th>" for h in head)
     out.append("</tr></thead><tbody>")
     for r in doc.summary:
-        cells = [f"<td>{escape(r.run or '')}</td>"] if several else []
-        cells += [f"<td><a href='#{r.anchor}'>{escape(r.layer)}</a></td>"]
+        cells = [f"<td class='name'>{escape(r.run or '')}</td>"] if several else []
+        cells += [f"<td class='name'><a href='#{r.anchor}'>{escape(r.layer)}</a></td>"]
         cells += [f"<td>{escape(r.kind)}</td>", f"<td>{_regime(r.regime)}</td>"]
         cells += [
             f"<td class='num'>{escape(v)}</td>"
@@ -121,7 +122,10 @@ def _comparison(doc: Document, media: str) -> str:
         # the regime cell holds "▼ vanishing": show it as the same badge as everywhere else
         name = regime.split(" ")[-1] if regime else ""
         name = name if name in REGIME_SYMBOLS else None
-        cells = [f"<td><a href='#{r.anchor}'>{escape(who)}</a></td>", f"<td>{_regime(name)}</td>"]
+        cells = [
+            f"<td class='name'><a href='#{r.anchor}'>{escape(who)}</a></td>",
+            f"<td>{_regime(name)}</td>",
+        ]
         cells += [f"<td class='num'>{escape(c)}</td>" for c in rest]
         cells.append(_verdict_cell(r.short or r.verdict, r.full_verdict or r.verdict, media))
         out.append("<tr>" + "".join(cells) + "</tr>")
@@ -197,6 +201,9 @@ def render(
             interactive figures (hover values, zoom, CSV/JSON downloads; the script inlined
             once); False (or ``media="static"``) draws every figure as a PNG.
 
+    Names (of runs, layers, the title) are shown as they are, escaped, except for explicit
+    bidi controls, written out as ``[U+202E]`` so that they cannot reorder the page.
+
     Raises:
         ArgumentError: an unknown ``media``.
     """
@@ -243,7 +250,9 @@ def render(
         "accumulated in log space. Rates are natural log per timestep.</footer>",
         "</main></body></html>",
     ]
-    return "\n".join(p for p in parts if p)
+    # a name's bidi override would reverse the text after it, in the page and in the figures'
+    # data: written out as [U+202E]
+    return visible_controls("\n".join(p for p in parts if p))
 
 
 def write(doc: Document, path: Path, interactive: bool = True, **options: Any) -> None:

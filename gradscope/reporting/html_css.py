@@ -62,12 +62,14 @@ figure.missing .nodata strong { color: var(--fg); display: block; margin-bottom:
 .note { color: var(--muted); font-size: .9em; }
 .missing-line { margin: 14px 0; color: var(--muted); border: 1px dashed var(--line);
   padding: 8px 12px; border-radius: 6px; }
-table.meta td:first-child { white-space: nowrap; color: var(--muted); width: 18em; }
+table.meta td:first-child { color: var(--muted); width: 18em; min-width: 12em; }
 table.meta td { font-size: .88em; word-break: break-word; }
 details > summary { cursor: pointer; }
 section.run > details > summary h2 { display: inline-block; border: none; margin: 18px 0 6px; }
 table.summary td.verdict-text details summary { color: var(--fg); }
 pre { white-space: pre-wrap; margin: 0; font-size: .95em; }
+/* a very long name wraps instead of widening the page (numbers and headers do not) */
+h1, h2, h3, nav.toc a, td.name, .sub, .alert, figcaption { overflow-wrap: anywhere; }
 footer { margin-top: 30px; color: var(--muted); font-size: .85em;
   border-top: 1px solid var(--line); padding-top: 8px; }
 .cols { display: grid; grid-template-columns: minmax(0, 2fr) minmax(0, 3fr); gap: 18px;

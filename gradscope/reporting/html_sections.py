@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 
 from gradscope.reporting import html_figures as H
-from gradscope.reporting.document import Document, LayerSection, RunSection
+from gradscope.reporting.document import Document, Ids, LayerSection, RunSection
 from gradscope.reporting.figures import REGIME_SYMBOLS, regime_label
 from gradscope.reporting.panels import slug
 
@@ -96,9 +96,11 @@ def run_section(run: RunSection, several: bool, media: str = "screen") -> str:
             "<div class='missing-line' data-missing='training'>"
             f"{escape(run.training_missing)}</div>"
         )
+    names = Ids()  # the ids below are unique under tid, itself unique in the page
     for name, panels in run.training:
         training.append(f"<h3>Training history: {escape(name)}</h3><div class='figs'>")
-        training.extend(H.panel_html(p, f"{tid}--{slug(name)}", media) for p in panels)
+        fid = f"{tid}--{names.take(slug(name))}"
+        training.extend(H.panel_html(p, fid, media) for p in panels)
         training.append("</div>")
     training.append("</section>")
     # A Monitor's training views come first; a run without history notes it at the end.

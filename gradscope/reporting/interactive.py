@@ -48,7 +48,8 @@ CSS = """
   border: 1px solid #888; border-radius: 4px; padding: 4px 7px; font-size: 12px;
   line-height: 1.35; box-shadow: 0 1px 4px rgba(0,0,0,.18); white-space: nowrap; z-index: 2; }
 .gs-legend { font-size: .8em; color: var(--muted, #5f6368); margin-top: 2px; }
-.gs-legend span { margin-right: 12px; white-space: nowrap; }
+.gs-legend span { margin-right: 12px; display: inline-block; max-width: 100%;
+  overflow-wrap: anywhere; }
 .gs-legend i { display: inline-block; width: 14px; height: 4px; margin-right: 4px;
   vertical-align: middle; }
 @media print { .gs-tools { display: none; } }

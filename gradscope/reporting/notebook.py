@@ -22,6 +22,7 @@ from typing import Any
 
 from gradscope.reporting.build import build_document
 from gradscope.reporting.document import Panel, Run
+from gradscope.reporting.figures.theme import visible_controls
 from gradscope.reporting.html import FRAGMENT_CLASS
 from gradscope.reporting.html import first_screen as page_first_screen
 from gradscope.reporting.html_css import CSS, scoped
@@ -42,7 +43,7 @@ def scoped_css() -> str:
 
 
 def _wrap(body: str, title: str) -> str:
-    return (
+    return visible_controls(  # a name's bidi override must not reorder the notebook
         f'<div class="{SCOPE}"><style>{scoped_css()}</style>'
         f"<div class='sub'>{escape(title)}</div>{body}</div>"
     )
@@ -99,7 +100,8 @@ def _history(history: Any, label: str | None) -> str:
             layer["regime"] if layer["regime"] in ("vanishing", "exploding", "neutral") else None
         )
         rows.append(
-            f"<tr data-layer='{escape(layer['name'])}'><td>{escape(layer['name'])}</td>"
+            f"<tr data-layer='{escape(layer['name'])}'>"
+            f"<td class='name'>{escape(layer['name'])}</td>"
             f"<td>{_regime(regime)}</td>{_cell(layer['rate'])}"
             f"{_cell(layer['half_life'], '{:.1f}')}{_cell(layer['loss_rate'])}"
             f"{_cell(layer['radius_median'], '{:.3g}')}{_cell(layer['norm_median'], '{:.3g}')}"

@@ -23,8 +23,12 @@ from gradscope.reporting.gate_panels import TRAINING_GATE_PANEL
 
 # --------------------------------------------------------------------------- helpers
 def slug(text: str) -> str:
-    """An HTML-id-safe version of ``text`` (letters, digits, ``-``)."""
-    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+    """An HTML-id-safe version of ``text`` (letters, digits, single ``-``; never ``--``).
+
+    Different names can share a slug (``x-y``, ``x y``, ``X_Y``):
+    :class:`~gradscope.reporting.document.Ids` makes the ids of one page unique.
+    """
+    s = re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-").lower()
     return s or "x"
 
 

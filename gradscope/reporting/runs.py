@@ -83,7 +83,8 @@ def _from_path(label: str | None, obj: Any, progress: bool | str = False) -> Run
         return run
     run = _from_profile(label, _Loaded(trace, diagnose(trace, progress=progress)))
     run.source = f"trace file {path.name}"
-    run.meta["trace file"] = str(path)
+    run.meta["trace file"] = path.name
+    run.environment["trace file"] = str(path.resolve())  # shown with environment=True only
     return run
 
 
@@ -224,7 +225,8 @@ def runs_of(obj: Any, progress: bool | str = False) -> list[Run]:
         progress: Progress of the analysis of saved traces: True, False or ``"auto"``.
 
     Returns:
-        The runs, in order.
+        The runs, in order; a mapping's keys are their labels (``str(key)``; an empty or
+        blank one reads ``(unnamed)``).
     """
     if isinstance(obj, Mapping):
         if not obj:
@@ -236,6 +238,7 @@ def runs_of(obj: Any, progress: bool | str = False) -> list[Run]:
                     f"gs.report: entry {name!r} is itself a mapping; a comparison takes "
                     "{name: Diagnosis | Profile | Monitor | trace path}"
                 )
-            out.append(_run(str(name), value, progress))
+            label = str(name) if str(name).strip() else "(unnamed)"  # a link needs a text
+            out.append(_run(label, value, progress))
         return out
     return [_run(None, obj, progress)]

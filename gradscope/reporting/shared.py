@@ -101,6 +101,15 @@ def shared_panels(entries: Entries) -> list[Panel]:
     return out
 
 
+def _finite(values: Any) -> bool:
+    return bool(np.isfinite(np.asarray(values, dtype=float)).any())
+
+
+def carried(m: F.Mechanism) -> np.ndarray:
+    """The carry beyond lag 0 (where it is 1 by definition, whatever the gates)."""
+    return np.asarray(m.carry, dtype=float)[np.asarray(m.carry_lags) > 0]
+
+
 def _mechanism(layer: Any) -> F.Mechanism:
     try:
         d = decay(layer, "state")
@@ -146,10 +155,14 @@ def mechanism_panel(entries: Entries) -> Panel | None:
         m = _mechanism(layer)
         if np.size(m.lags) == 0 and m.gate is None:
             missing[label] = "no state decay"
+        elif not _finite(m.median) and not _finite(carried(m)) and not math.isfinite(m.factor):
+            missing[label] = "no finite value (non-finite weights or states)"
         else:
             data[label] = m
     if not data:
-        return Panel(MECHANISM_PANEL, None, "no layer has a state decay or a gate view")
+        reasons = set(missing.values())
+        why = reasons.pop() if len(reasons) == 1 else "no layer has a state decay or a gate view"
+        return Panel(MECHANISM_PANEL, None, why)
     return Panel(MECHANISM_PANEL, dict(entries=data), None, note=_missing_note(missing))
 
 

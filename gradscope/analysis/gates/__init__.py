@@ -117,8 +117,9 @@ def gate_view(layer: LayerTrace, *, max_lag: int | None = None, seed: int = 0) -
         rest_log=empty,
         share=empty,
     )
-    if not any(np.isfinite(m) for m in medians.values()):
-        return view  # no finite gate anywhere (diverged, or no sequence): nothing to walk
+    finite = any(np.isfinite(m) for m in medians.values())
+    if kind not in GATED and not finite and not layer.B:
+        return view  # no sequence at all: no factor to measure
     if kind not in GATED:
         view.factor, view.factor_steps, view.weight_norm = factor_norms(layer, gates_t["φ'"])
         return view
@@ -128,6 +129,8 @@ def gate_view(layer: LayerTrace, *, max_lag: int | None = None, seed: int = 0) -
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: lags past a sequence's end
         view.carry_max = np.nanmedian(np.nanmax(carry, axis=2), axis=1)
+    if not finite:
+        return view  # no finite gate anywhere (diverged): carries of NaN, nothing to walk
     with compute_threads(walk_threads(layer)):  # one thread for small products
         keep, path, rest, total, p, notes = walk(layer, seed, max_lag)
     view.walk_lags, view.probes, view.notes = keep, p, notes

@@ -74,7 +74,7 @@ def comparison_figure(
             color=colours[i],
             ls=ls,
             lw=2,
-            label=f"{plain(label)}: {regime_label(c.regime)}, {fmt_rate(c.rate)}/step",
+            label=f"{plain(label, 44)}: {regime_label(c.regime)}, {fmt_rate(c.rate)}/step",
         )
         shown.append(med)
     if not shown:

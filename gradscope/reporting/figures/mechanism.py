@@ -83,8 +83,11 @@ def _panel(ax, m: Mechanism, label: str) -> list[np.ndarray]:
     if lags.size and np.isfinite(med).any():
         ax.plot(lags, med, color=_BLUE, lw=2)
         shown.append(med)
-    colour = REGIME_COLOURS.get(m.regime or "", NEUTRAL_GREY)
-    ax.set_title(f"{plain(label)}: {regime_label(m.regime)}", color=colour, fontsize=10)
+    colour = REGIME_COLOURS.get(m.regime or "", NEUTRAL_GREY)  # no verdict (all-NaN): grey
+    name, regime = plain(label, 40), regime_label(m.regime)
+    # a panel is about 40 characters wide: a longer title puts the regime on a second line
+    sep = ": " if len(name) + len(regime) <= 40 else "\n"
+    ax.set_title(f"{name}{sep}{regime}", color=colour, fontsize=10)
     return shown
 
 

@@ -45,7 +45,7 @@ def small_multiples(
     for i, (label, kwargs) in enumerate(entries.items()):
         ax = axes[i // cols, i % cols]
         draw(**kwargs, ax=ax)
-        ax.set_title(plain(label), fontsize=9.5)
+        ax.set_title(plain(label, 44), fontsize=9.5)
         if i and ax.get_legend() is not None:
             ax.get_legend().remove()
         if i // cols != rows - 1 and (i + cols) < n:

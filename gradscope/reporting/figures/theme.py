@@ -7,6 +7,7 @@ number formats.
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -133,9 +134,28 @@ def no_data(ax: Axes, reason: str, title: str | None = None) -> None:
     )
 
 
-def plain(text: str) -> str:
-    """``text`` as matplotlib shows it literally: a ``$`` in a name never starts mathtext."""
-    return str(text).replace("$", r"\$")
+#: Explicit bidirectional embeddings, overrides and isolates (U+202A–E, U+2066–9): in a
+#: name they would reorder the text after it; reports show them as ``[U+202E]``.
+BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def visible_controls(text: str) -> str:
+    """``text`` with each bidi control (:data:`BIDI_CONTROLS`) written out as ``[U+XXXX]``."""
+    return BIDI_CONTROLS.sub(lambda m: f"[U+{ord(m.group()):04X}]", str(text))
+
+
+def plain(text: str, limit: int | None = None) -> str:
+    """``text`` as matplotlib shows it literally: a ``$`` in a name never starts mathtext.
+
+    Bidi controls are written out (:func:`visible_controls`); with ``limit``, a longer text
+    keeps its beginning and end around an ellipsis (names differ most at their ends:
+    ``encoder.lay…l1_reverse``), so a long name cannot push a figure's layout apart.
+    """
+    text = visible_controls(text)
+    if limit is not None and len(text) > limit:
+        head = (limit - 1) // 2
+        text = text[:head] + "…" + text[len(text) - (limit - 1 - head) :]
+    return text.replace("$", r"\$")
 
 
 def regime_label(regime: str | None) -> str:

@@ -48,7 +48,9 @@ def training_heatmap_figure(
     data = np.asarray(norms, dtype=float)
     steps = np.asarray(steps)
     if data.ndim != 2 or data.size == 0:
-        no_data(ax, "the history holds no sampled step", title)
+        empty = data.ndim == 2 and data.shape[0] > 0  # steps, but no timestep in them
+        why = "the sampled steps hold no timestep" if empty else "the history holds no sampled step"
+        no_data(ax, why, title)
         return fig
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.where(data > 0, np.log10(np.where(data > 0, data, 1.0)), np.nan)

@@ -85,7 +85,10 @@
   function csvCell(v) {
     if (v === null || v === undefined) return "";
     var s = String(v);
-    return /[",\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
+    /* a text starting with = + - @ tab or CR is a formula to a spreadsheet (CSV injection):
+       a leading ' keeps it text; numbers stay numbers */
+    if (typeof v === "string" && /^[=+\-@\t\r]/.test(s)) s = "'" + s;
+    return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
   }
   function toCSV(d) {
     var cols = table(d), rows = [cols.map(function (c) { return csvCell(c.name + " (" + c.unit + ")"); }).join(",")];
