@@ -210,7 +210,7 @@ def as_float64(layer: LayerTrace) -> LayerTrace:
         return layer
     if layer.adapter is not None and not layer.adapter.closed_form:
         return layer
-    if layer.adapter is None and layer.kind.startswith("custom:"):
+    if layer.lacks_module:
         return layer
     out = layer.to(dtype=torch.float64)
     out.meta = {**out.meta, "recorded_dtype": str(layer.dtype).removeprefix("torch.")}

@@ -232,6 +232,25 @@ class LayerTrace:
         return np.where(self.state_mask, norms, np.nan)
 
     # ------------------------------------------------------------- jacobians
+    @property
+    def lacks_module(self) -> bool:
+        """A custom cell recorded without its module (a loaded ``custom:`` trace).
+
+        Its Jacobians come from ``torch.func`` on the module, so only stored Jacobians can
+        stand in for them.
+        """
+        return self.adapter is None and self.kind.startswith("custom:")
+
+    def computing_adapter(self) -> CellAdapter | None:
+        """The adapter the Jacobians are computed by, or None where stored matrices serve.
+
+        None for a trace holding stored Jacobians or lacking its custom cell's module
+        (:attr:`lacks_module`); otherwise :meth:`cell_adapter`.
+        """
+        if self.stored_jacobians is not None or self.lacks_module:
+            return None
+        return self.cell_adapter()
+
     def cell_adapter(self) -> CellAdapter:
         """The cell adapter (the recording's, or the one registered for :attr:`kind`).
 
@@ -250,7 +269,7 @@ class LayerTrace:
     def _jac(self, wrt: str, steps: Tensor, batch: Tensor) -> Tensor:
         if self.stored_jacobians is not None and wrt in self.stored_jacobians:
             return self.stored_jacobians[wrt][steps][:, batch]
-        if self.adapter is None and self.kind.startswith("custom:"):
+        if self.lacks_module:
             raise MissingDataError(
                 f"{self.name}: a custom cell's Jacobians need the cell module or stored "
                 "Jacobians; this trace has neither (analyse the live recording, or save it "
@@ -335,7 +354,7 @@ class LayerTrace:
         if stored is not None and wrt in stored:
             jac = stored[wrt][t_idx][:, b_idx].to(M.dtype)
             return (jac.transpose(-1, -2) if transpose else jac) @ M
-        if self.adapter is None and self.kind.startswith("custom:"):
+        if self.lacks_module:
             raise MissingDataError(
                 f"{self.name}: a custom cell's Jacobian products need the cell module or "
                 "stored Jacobians; this trace has neither (analyse the live recording, or "

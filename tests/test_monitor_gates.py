@@ -360,8 +360,9 @@ def test_the_monitor_reads_the_gate_logits_its_replay_kept(float64, seeded, monk
     def no_product(*args, **kwargs):
         raise AssertionError("the gate summary multiplied the weights again")
 
-    monkeypatch.setattr(summary, "carried_logits", no_product)
-    monkeypatch.setattr(summary, "preacts", no_product)
+    family = type(layer.cell_adapter())  # the adapter's own products of the gate weights
+    monkeypatch.setattr(family, "carried_logits", no_product)
+    monkeypatch.setattr(family, "gate_values", no_product)
     kept = summary.gate_summary(layer)
     assert kept.keys() == recomputed.keys()
     for name, value in recomputed.items():

@@ -20,14 +20,6 @@ from gradscope.jacobians.diagonal import LOG_ZERO
 from gradscope.layer_trace import LayerTrace
 
 
-def _family(kind: str) -> str:
-    if kind.startswith("rnn_"):
-        return "vanilla"
-    if kind in ("lstm", "gru"):
-        return kind
-    return "other"
-
-
 def verdict(d: LayerDiagnosis, layer: LayerTrace) -> str:
     """The layer's verdict: regime, rate, Lyapunov exponent and one-step norms, in words."""
     st = d.decay.get("state")
@@ -153,20 +145,13 @@ def verdict(d: LayerDiagnosis, layer: LayerTrace) -> str:
     return " ".join(bits)
 
 
-def _lstm_forget_bias(layer: LayerTrace) -> float | None:
-    p = layer.params
-    if "bias_ih" not in p and "bias_hh" not in p:
-        return None
-    hidden = int(p["weight_hh"].shape[0]) // 4
-    b = sum(
-        p[k].detach().double().cpu()[hidden : 2 * hidden] for k in ("bias_ih", "bias_hh") if k in p
-    )
-    return float(b.mean())
-
-
 def advice(d: LayerDiagnosis, layer: LayerTrace) -> list[str]:
-    """What to do about the regime, keyed to the cell family (one sentence per item)."""
-    fam = _family(d.kind)
+    """What to do about the regime, one sentence per item.
+
+    What to try against vanishing gradients is the family's own
+    (:meth:`~gradscope.cells.base.CellAdapter.vanishing_advice`, with this layer's numbers);
+    a family that says nothing gets the general advice.
+    """
     st = d.decay.get("state")
     horizon = fmt_steps(st.horizon) if st is not None else "n/a"
     out: list[str] = []
@@ -192,42 +177,15 @@ def advice(d: LayerDiagnosis, layer: LayerTrace) -> list[str]:
     radius = d.eig.get("median", math.nan)
     smax = d.svd.get("median", math.nan)
     if d.regime == "vanishing":
-        if fam == "vanilla":
-            out += [
-                "Initialise weight_hh orthogonally (torch.nn.init.orthogonal_) or, with ReLU, "
-                f"as the identity (IRNN, Le et al. 2015): its singular values then start at 1 "
-                f"(one-step σ_max median now {fmt_num(smax)}).",
-                "Switch to a gated cell (nn.LSTM / nn.GRU): the additive cell-state path "
-                "carries gradients across long lags.",
-                f"Dependencies longer than ~{horizon} steps are out of reach; truncated BPTT "
-                "over that many steps loses nothing and is cheaper.",
-            ]
-        elif fam == "lstm":
-            fb = _lstm_forget_bias(layer)
-            fb_txt = "" if fb is None else f" (mean forget-gate bias now {fb:+.2f})"
-            out += [
-                "Raise the forget-gate bias (rows H:2H of bias_ih + bias_hh) to 1–3 so that "
-                f"f = σ(b) ≈ 0.73–0.95 at initialisation{fb_txt} (Gers et al. 2000; Jozefowicz "
-                "et al. 2015).",
-                "Or use chrono initialisation (Tallec & Ollivier 2018): b_f ~ log U(1, T_max − "
-                "1), b_i = −b_f, for dependencies up to T_max steps.",
-                f"Dependencies longer than ~{horizon} steps are out of reach at present.",
-            ]
-        elif fam == "gru":
-            out += [
-                "Bias the update gate towards keeping the state (rows H:2H of bias_hh, the z "
-                "gate; h_t = (1 − z) n + z h_(t−1)) to 1–3, so z ≈ 0.73–0.95 at "
-                "initialisation; the chrono idea of Tallec & Ollivier (2018) applies to z.",
-                "Initialise the recurrent weights orthogonally (torch.nn.init.orthogonal_).",
-                f"Dependencies longer than ~{horizon} steps are out of reach at present.",
-            ]
-        else:
-            out += [
-                "Give the cell an additive or gated state path (as in LSTM/GRU) or initialise "
-                "its recurrent weights orthogonally, so that the state Jacobian has singular "
-                f"values near 1 (one-step σ_max median now {fmt_num(smax)}).",
-                f"Dependencies longer than ~{horizon} steps are out of reach at present.",
-            ]
+        facts = {"horizon": horizon, "smax": fmt_num(smax), "radius": fmt_num(radius)}
+        adapter = layer.computing_adapter()
+        own = None if adapter is None else adapter.vanishing_advice(layer.params, facts)
+        out += own or [
+            "Give the cell an additive or gated state path (as in LSTM/GRU) or initialise "
+            "its recurrent weights orthogonally, so that the state Jacobian has singular "
+            f"values near 1 (one-step σ_max median now {fmt_num(smax)}).",
+            f"Dependencies longer than ~{horizon} steps are out of reach at present.",
+        ]
     elif d.regime == "exploding":
         out += [
             "Clip gradients: torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0) "

@@ -38,6 +38,7 @@ from gradscope.analysis.advice import advice, verdict
 from gradscope.analysis.decay import Decay, decay_curves, fit_decay, loss_log_norms
 from gradscope.analysis.finite import Prefix, finite_prefix, prefix_of, with_overflow
 from gradscope.analysis.gates import gate_view
+from gradscope.analysis.gates.values import declared
 from gradscope.analysis.lyapunov import lyapunov
 from gradscope.analysis.results import Diagnosis, LayerDiagnosis
 from gradscope.analysis.sampling import evenly_spaced
@@ -114,10 +115,7 @@ def _diagnose_layer(
     progress: bool | str,
 ) -> LayerDiagnosis:
     notes: list[str] = []
-    if layer.stored_jacobians is None and not (
-        layer.adapter is None and layer.kind.startswith("custom:")
-    ):
-        layer.cell_adapter()  # a hand-made or loaded trace's params: ArgumentError up front
+    layer.computing_adapter()  # a hand-made or loaded trace's params: ArgumentError up front
     bad_params = _bad_params(layer)
     if bad_params:
         view, prefix = None, prefix_of(layer)
@@ -239,6 +237,8 @@ def _diagnose_layer(
         d.memory = timescales(layer)
     except (GradscopeError, np.linalg.LinAlgError) as exc:
         notes.append(f"memory timescales not computed: {exc}")
+    found = declared(layer)
+    d.gate_spec = None if found is None else found[1].as_dict()
     try:
         d.gates = gate_view(layer, max_lag=max_lag, seed=seed)
     except (GradscopeError, np.linalg.LinAlgError, RuntimeError) as exc:

@@ -53,9 +53,12 @@ class LayerDiagnosis:
         memory: Per-coordinate memory timescales of a diagonal recurrence (Mamba, minGRU,
             LRU, ...), None for other cells.
         reason: Why the regime is ``"unknown"`` ("" otherwise).
-        gates: Gate view of an LSTM, GRU or vanilla RNN layer (gate distributions, carries,
-            the additive path's share of the gradient; :mod:`gradscope.analysis.gates`), None
-            for other cells.
+        gates: Gate view of a layer whose family declares gates (LSTM, GRU, vanilla RNN:
+            gate distributions, carries, the additive path's share of the gradient;
+            :mod:`gradscope.analysis.gates`), None for other cells or when it failed.
+        gate_spec: What the family declares of its gates (``Gates.as_dict()``: ``shown``,
+            ``carried``, ``word``, ``path``...), None for a family without gates: the record
+            reports read, also where the view itself could not be computed.
     """
 
     name: str
@@ -78,6 +81,7 @@ class LayerDiagnosis:
     memory: Timescales | None = None
     reason: str = ""
     gates: GateView | None = None
+    gate_spec: dict[str, Any] | None = None
 
     @property
     def lambda1(self) -> float:
@@ -113,6 +117,8 @@ class LayerDiagnosis:
             out["memory"] = self.memory.to_dict(arrays)
         if self.gates is not None:
             out["gates"] = self.gates.to_dict(arrays=arrays)
+        if self.gate_spec is not None:
+            out["gate_spec"] = dict(self.gate_spec)
         if arrays:
             out["spectrum_eig"] = jsonable(self.spectrum_eig)
             out["spectrum_svd"] = jsonable(self.spectrum_svd)

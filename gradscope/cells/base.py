@@ -24,7 +24,6 @@ without the model.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -32,8 +31,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from gradscope.cells.config import check_config
 from gradscope.cells.linearization import Linearization, split_steps, take_rows
-from gradscope.errors import ArgumentError, ShapeError
+from gradscope.errors import ShapeError
 
 Params = dict[str, Tensor]
 
@@ -43,25 +43,6 @@ BLOCK = "block"  #: blocks per state part, some of them diagonal (LSTM: ``∂c/�
 DIAGONAL = "diagonal"  #: ``J_t`` is diagonal (Mamba, minGRU, LRU, RG-LRU)
 SCALAR_IDENTITY = "scalar_identity"  #: a scalar per head times the identity (mLSTM, GLA)
 STRUCTURES = (DENSE, BLOCK, DIAGONAL, SCALAR_IDENTITY)
-
-
-#: Ranges of configuration numbers (:attr:`CellAdapter.config`), and their words.
-CONFIG_RULES = {
-    "count": lambda x: x >= 1 and float(x).is_integer(),
-    "positive": lambda x: math.isfinite(x) and x > 0,
-    "nonnegative": lambda x: math.isfinite(x) and x >= 0,
-    "limit": lambda x: not math.isnan(x) and x >= 0,  # may be +inf (no limit)
-    "flag": lambda x: x in (0.0, 1.0),
-    "finite": math.isfinite,
-}
-CONFIG_TEXT = {
-    "count": "a whole number >= 1",
-    "positive": "a finite number > 0",
-    "nonnegative": "a finite number >= 0",
-    "limit": "a number >= 0 (or inf)",
-    "flag": "0 or 1",
-    "finite": "finite",
-}
 
 
 class Forced(NamedTuple):
@@ -132,6 +113,9 @@ class CellAdapter(ABC):
     takes_xp: bool = False
     #: Whether a module of this family runs whole sequences per call (a sequence mixer).
     runs_sequences: bool = False
+    #: The family's gates (:class:`~gradscope.cells.gates.Gates`, declared by gated cells,
+    #: :class:`~gradscope.cells.gated.GatedCell`), or None: no gate views.
+    gates: Any = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Reset what the parent derived from its maths when a subclass changes the maths."""
@@ -158,32 +142,37 @@ class CellAdapter(ABC):
         """Whether :meth:`state_sweep` and the run loops apply to these weights."""
         return False
 
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str] | None:
+        """What to try against vanishing gradients in this family, or None (general advice).
+
+        ``facts``: this layer's numbers as text, ``horizon`` (the memory horizon in steps),
+        ``smax`` and ``radius`` (the one-step spectral norm and radius medians).
+        """
+        return None
+
+    def diagonal(self, params: Params, u: Tensor) -> Tensor | None:
+        """Eigenvalues ``(N, D)`` of a transition diagonal in the state's own coordinates.
+
+        None (the default): not such a transition. See
+        :meth:`gradscope.sequences.base.SequenceAdapter.diagonal` for the contract.
+        """
+        return None
+
+    def log_decay(self, params: Params, u: Tensor) -> Tensor | None:
+        """``ln|λ_t|`` per pair and coordinate ``(N, D)``, or None (see :meth:`diagonal`)."""
+        lam = self.diagonal(params, u)
+        return None if lam is None else torch.log(lam.abs())
+
     # ------------------------------------------------------------------ layout
     def check_params(self, params: Params) -> None:
         """Raise :class:`~gradscope.errors.ArgumentError` if ``params`` are not this family's.
 
-        The default checks :attr:`config` (each number present, 0-d and in its range);
-        adapters add constraints between numbers (e.g. heads dividing a width). Called for
-        traces built by hand or loaded from a file, never on the recording's hot path.
+        The default checks :attr:`config` (:func:`~gradscope.cells.config.check_config`:
+        each number present, 0-d and in its range); adapters add constraints between
+        numbers (e.g. heads dividing a width). Called for traces built by hand or loaded from
+        a file, never on the recording's hot path.
         """
-        for key, rule in self.config.items():
-            name = key.rstrip("?")
-            if name not in params:
-                if key.endswith("?"):
-                    continue
-                raise ArgumentError(f"{self.kind}: params lack the configuration number {name!r}")
-            v = params[name]
-            if not isinstance(v, Tensor) or v.ndim != 0:
-                got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-                raise ArgumentError(
-                    f"{self.kind}: params[{name!r}] must be a 0-d tensor, got {got}"
-                )
-            x = float(v)
-            if not CONFIG_RULES[rule](x):
-                raise ArgumentError(
-                    f"{self.kind}: params[{name!r}] = {x:g} is not {CONFIG_TEXT[rule]}; this is "
-                    "not a configuration the family has (a trace made or edited by hand?)"
-                )
+        check_config(self.kind, self.config, params)
 
     @abstractmethod
     def state_sizes(self, params: Params) -> tuple[int, ...]:

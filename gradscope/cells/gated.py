@@ -46,6 +46,7 @@ from torch import Tensor
 from gradscope.cells import gated_loops
 from gradscope.cells.base import CellAdapter, Params
 from gradscope.cells.blocks import weight_t_times, weight_times
+from gradscope.cells.gates import Gates
 from gradscope.errors import AdapterContractError
 
 
@@ -158,6 +159,36 @@ class GatedCell(CellAdapter):
 
     _contract = True
     form: GatedForm | None = None
+    #: The family's gates (:class:`~gradscope.cells.gates.Gates`), or None: no gate views.
+    gates: Gates | None = None
+
+    # ------------------------------------------------------------------ the gates
+    def gate_values(self, params: Params, x: Tensor, s: Tensor) -> tuple[dict, Tensor | None]:
+        """Every shown gate ``(N, H)`` and ``ln`` of the carried gate (or None).
+
+        From the weights at the pairs, ``O(N · w)`` (:attr:`gates` ``.shown``).
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares no gate read-outs")
+
+    def carried_logits(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """The carried gate's pre-activations ``(N, H)``, from its own weight rows only.
+
+        A vanilla cell: its whole pre-activation, whose ``φ'`` is its gate.
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares no gate read-outs")
+
+    def carried_from_logits(self, a: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The carried gate and its ``ln`` (None when it has none) from its pre-activations."""
+        raise NotImplementedError(f"{type(self).__name__} declares no gate read-outs")
+
+    def additive(self, params: Params, factors: GatedFactors) -> list[tuple[slice, Tensor]]:
+        """The additive path ``A_t``: ``(state slice, (N, size) diagonal)`` per part.
+
+        The parts of :meth:`GatedForm.additive`, from the linear factors alone.
+        """
+        form = self.form
+        sl = part_slices(self, params, form)
+        return [(sl[to], factors.diag[j]) for j, (to, frm) in enumerate(form.diagonal) if to == frm]
 
     def runs(self, params: Params) -> bool:
         """The sweep and run loops apply: a form, and no output projection present."""

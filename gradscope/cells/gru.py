@@ -33,11 +33,13 @@ and likewise for ``K = ∂h_t/∂x_t`` with ``W_ih`` and ``c_n = v`` (no ``z`` t
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from gradscope.cells.base import Params
 from gradscope.cells.blocks import cache_block_size, new_output
 from gradscope.cells.gated import GatedCell, GatedFactors, GatedForm
+from gradscope.cells.gates import Gates, gate_rows, preacts
 
 
 class GRUAdapter(GatedCell):
@@ -56,6 +58,14 @@ class GRUAdapter(GatedCell):
         terms=(("h", "r"), ("h", "z"), ("h", "n")),
         order=("h",),
         diagonal=(("h", "h"),),
+    )
+    gates = Gates(
+        shown=("r", "z"),
+        carried="z",
+        word="update",
+        path="update",
+        path_text="update-gate path (diag z)",
+        short_text="z path",
     )
 
     def state_sizes(self, params: Params) -> tuple[int, ...]:  # noqa: D102
@@ -171,6 +181,32 @@ class GRUAdapter(GatedCell):
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> GatedFactors:
         """Row scalings ``(N, 3, H)`` for state and input, and ``z`` ``(N, H)``."""
         return self._factors(s, *self._gates(params, x, s))
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """An update-gate bias towards keeping the state, orthogonal recurrent weights."""
+        return [
+            "Bias the update gate towards keeping the state (rows H:2H of bias_hh, the z "
+            "gate; h_t = (1 − z) n + z h_(t−1)) to 1–3, so z ≈ 0.73–0.95 at "
+            "initialisation; the chrono idea of Tallec & Ollivier (2018) applies to z.",
+            "Initialise the recurrent weights orthogonally (torch.nn.init.orthogonal_).",
+            f"Dependencies longer than ~{facts['horizon']} steps are out of reach at present.",
+        ]
+
+    def gate_values(self, params: Params, x: Tensor, s: Tensor) -> tuple[dict, Tensor]:
+        """``{"r", "z"}`` and ``ln z = −softplus(−a_z)`` (exact where ``z`` rounds to 0)."""
+        gi, gh = preacts(params, x, s)
+        a_r = gi.chunk(3, dim=-1)[0] + gh.chunk(3, dim=-1)[0]
+        a_z = gi.chunk(3, dim=-1)[1] + gh.chunk(3, dim=-1)[1]
+        return {"r": torch.sigmoid(a_r), "z": torch.sigmoid(a_z)}, nnf.logsigmoid(a_z)
+
+    def carried_logits(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """``a_z`` from the z rows of the weights alone (a third of the forward)."""
+        gi, gh = preacts(params, x, s, gate_rows(params, 3, 1))
+        return gi + gh
+
+    def carried_from_logits(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        """``z = σ(a_z)`` and ``ln z``."""
+        return torch.sigmoid(a), nnf.logsigmoid(a)
 
     @staticmethod
     def _factors(s: Tensor, r: Tensor, z: Tensor, n: Tensor, q: Tensor) -> GatedFactors:

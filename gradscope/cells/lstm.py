@@ -45,11 +45,13 @@ the closed form about as fast as copying its result (``benchmarks/jacobians.py``
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from gradscope.cells.base import BLOCK, Forced, Params
 from gradscope.cells.blocks import cache_block_size, new_output
 from gradscope.cells.gated import GatedCell, GatedFactors, GatedForm
+from gradscope.cells.gates import Gates, gate_rows, preacts
 
 
 def _project(params: Params, x: Tensor) -> Tensor:
@@ -109,6 +111,15 @@ def _factors(i: Tensor, f: Tensor, g: Tensor, o: Tensor, c_prev: Tensor, tc: Ten
     return GatedFactors(scale, (f,), (ou,))
 
 
+def _forget_bias(params: Params) -> float | None:
+    """The mean forget-gate bias ``b_ih + b_hh`` over units, or None without biases."""
+    if "bias_ih" not in params and "bias_hh" not in params:
+        return None
+    rows = gate_rows(params, 4, 1)
+    b = sum(params[k].detach().double().cpu()[rows] for k in ("bias_ih", "bias_hh") if k in params)
+    return float(b.mean())
+
+
 def _output(params: Params, m: Tensor) -> Tensor:
     """``h_t``: ``m = o ⊙ tanh(c_t)``, through the projection ``W_hr`` when there is one."""
     return m @ params["weight_hr"].T if "weight_hr" in params else m
@@ -135,6 +146,14 @@ class LSTMAdapter(GatedCell):
         diagonal=(("c", "c"),),
         chained=(("h", "c"),),
         projected=(("h", "weight_hr"),),
+    )
+    gates = Gates(
+        shown=("i", "f", "o"),
+        carried="f",
+        word="forget",
+        path="cell",
+        path_text="cell path (diag f on c)",
+        short_text="cell path",
     )
 
     def state_sizes(self, params: Params) -> tuple[int, ...]:
@@ -289,6 +308,38 @@ class LSTMAdapter(GatedCell):
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> GatedFactors:
         """The factors ``[α; β_o]``, ``f``, ``o u`` (see the module docstring)."""
         return self._local(params, x, s)
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """A higher forget-gate bias (with this layer's), chrono initialisation."""
+        fb = _forget_bias(params)
+        fb_txt = "" if fb is None else f" (mean forget-gate bias now {fb:+.2f})"
+        return [
+            "Raise the forget-gate bias (rows H:2H of bias_ih + bias_hh) to 1–3 so that "
+            f"f = σ(b) ≈ 0.73–0.95 at initialisation{fb_txt} (Gers et al. 2000; Jozefowicz "
+            "et al. 2015).",
+            "Or use chrono initialisation (Tallec & Ollivier 2018): b_f ~ log U(1, T_max − "
+            "1), b_i = −b_f, for dependencies up to T_max steps.",
+            f"Dependencies longer than ~{facts['horizon']} steps are out of reach at present.",
+        ]
+
+    def gate_values(self, params: Params, x: Tensor, s: Tensor) -> tuple[dict, Tensor]:
+        """``{"i", "f", "o"}`` and ``ln f = −softplus(−a_f)`` (exact where ``f`` rounds to 0)."""
+        gi, gh = preacts(params, x, s[..., : int(params["weight_hh"].shape[1])])
+        gi += gh  # in place: one (N, 4H) tensor less at the peak
+        del gh
+        a_i, a_f, _, a_o = gi.chunk(4, dim=-1)
+        gates = {"i": torch.sigmoid(a_i), "f": torch.sigmoid(a_f), "o": torch.sigmoid(a_o)}
+        return gates, nnf.logsigmoid(a_f)
+
+    def carried_logits(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """``a_f`` from the forget rows of the weights alone (a quarter of the forward)."""
+        h = s[..., : int(params["weight_hh"].shape[1])]
+        gi, gh = preacts(params, x, h, gate_rows(params, 4, 1))
+        return gi + gh
+
+    def carried_from_logits(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        """``f = σ(a_f)`` and ``ln f``."""
+        return torch.sigmoid(a), nnf.logsigmoid(a)
 
 
 LSTM_ADAPTER = LSTMAdapter()

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import Params
 from gradscope.cells.gated import GatedCell, GatedFactors, GatedForm
+from gradscope.cells.gates import Gates, preacts
 from gradscope.errors import ArgumentError
 
 
@@ -41,6 +42,7 @@ class VanillaAdapter(GatedCell):
     state_names = ("h",)
     takes_xp = True
     form = GatedForm(parts=("h",), blocks=("a",), terms=(("h", "a"),), order=("h",))
+    gates = Gates(shown=("φ'",), carried=None, word="dphi")
 
     def __init__(self, nonlinearity: str = "tanh") -> None:
         if nonlinearity not in ("tanh", "relu"):
@@ -107,6 +109,31 @@ class VanillaAdapter(GatedCell):
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> GatedFactors:
         """``φ'(a_t)`` ``(N, 1, H)``, the scaling of the one block."""
         return GatedFactors(self._dphi(self._preactivation(params, x, s)).unsqueeze(1))
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """Orthogonal / identity initialisation, a gated cell, truncated BPTT."""
+        return [
+            "Initialise weight_hh orthogonally (torch.nn.init.orthogonal_) or, with ReLU, "
+            "as the identity (IRNN, Le et al. 2015): its singular values then start at 1 "
+            f"(one-step σ_max median now {facts['smax']}).",
+            "Switch to a gated cell (nn.LSTM / nn.GRU): the additive cell-state path "
+            "carries gradients across long lags.",
+            f"Dependencies longer than ~{facts['horizon']} steps are out of reach; truncated "
+            "BPTT over that many steps loses nothing and is cheaper.",
+        ]
+
+    def gate_values(self, params: Params, x: Tensor, s: Tensor) -> tuple[dict, None]:
+        """``{"φ'": φ'(a_t)}``; no carried gate."""
+        return {"φ'": self._dphi(self.carried_logits(params, x, s))}, None
+
+    def carried_logits(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
+        """The whole pre-activation ``a_t`` (its ``φ'`` is the vanilla cell's gate)."""
+        gi, gh = preacts(params, x, s)
+        return gi + gh
+
+    def carried_from_logits(self, a: Tensor) -> tuple[Tensor, None]:
+        """``φ'(a)``; no log (no additive path to carry)."""
+        return self._dphi(a), None
 
 
 _ADAPTERS = {name: VanillaAdapter(name) for name in ("tanh", "relu")}

@@ -37,23 +37,18 @@ LOG_ZERO = float(np.log(np.finfo(np.float64).tiny))
 
 def has_diagonal(layer: LayerTrace) -> bool:
     """Whether the layer's adapter gives the eigenvalues of a diagonal transition."""
-    if layer.stored_jacobians is not None or (
-        layer.adapter is None and layer.kind.startswith("custom:")
-    ):
-        return False
-    adapter = layer.cell_adapter()
-    fn = getattr(adapter, "diagonal", None)
-    if not (callable(fn) and callable(getattr(adapter, "log_decay", None))):
+    adapter = layer.computing_adapter()
+    if adapter is None:
         return False
     if layer.T == 0 or layer.B == 0:
         return False
     params = {k: v.to(layer.inputs.device) for k, v in layer.params.items()}
-    return fn(params, torch.nan_to_num(layer.inputs[:1, 0])) is not None
+    return adapter.diagonal(params, torch.nan_to_num(layer.inputs[:1, 0])) is not None
 
 
 def _chunks(layer: LayerTrace, fn_name: str, steps: np.ndarray, batch: np.ndarray):
     adapter = layer.cell_adapter()
-    fn = getattr(adapter, fn_name)
+    fn = adapter.diagonal if fn_name == "diagonal" else adapter.log_decay
     params = {k: v.to(layer.inputs.device) for k, v in layer.params.items()}
     b = torch.from_numpy(batch)
     for lo in range(0, len(steps), CHUNK_STEPS):

@@ -89,7 +89,7 @@ class StepOps:
         self._stored = stored
         self._adapter = None
         if not {"state", "input"} <= set(stored):
-            if layer.adapter is None and layer.kind.startswith("custom:"):
+            if layer.lacks_module:
                 if not stored:
                     raise MissingDataError(
                         f"{layer.name}: a custom cell's Jacobian products need the cell module "

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from gradscope._rng import rng_preserved
+from gradscope.analysis.gates.values import declared
 from gradscope.cells import is_registered
 from gradscope.errors import (
     ArgumentError,
@@ -358,6 +359,10 @@ class Monitor:
                 notes.extend(more)
                 for layer in trace.layers if trace is not None else ():
                     self.history.meta.setdefault("kinds", {})[layer.name] = layer.kind
+                    found = declared(layer)  # what the family declares of its gates
+                    self.history.meta.setdefault("gate_families", {})[layer.name] = (
+                        None if found is None else found[1].as_dict()
+                    )
                     gn = norms[layer.name]
                     values, msgs = summarize(layer, analyze=analyze, norms=gn, **self.options)
                     entries[layer.name] = (gn, np.array([values[k] for k in SUMMARY_KEYS]))

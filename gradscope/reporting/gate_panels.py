@@ -17,9 +17,6 @@ from gradscope.reporting import figures as F
 from gradscope.reporting.chart_dynamics import carry_chart
 from gradscope.reporting.document import Missing, PanelSpec
 
-_GATED = ("lstm", "gru")
-_VANILLA = ("rnn_tanh", "rnn_relu")
-
 
 def _view(layer: Any) -> Any:
     view = getattr(layer, "gates", None)
@@ -29,12 +26,25 @@ def _view(layer: Any) -> Any:
     return view
 
 
+def _spec(layer: Any) -> dict[str, Any] | None:
+    """What the layer's family declares of its gates (the diagnosis's record), or None."""
+    spec = getattr(layer, "gate_spec", None)
+    view = getattr(layer, "gates", None)
+    if spec is None and view is not None:  # a record made before gate_spec existed
+        return {"carried": view.gate}
+    return spec
+
+
 def _gated(layer: Any) -> bool:
-    return str(getattr(layer, "kind", "")) in _GATED
+    """The family declares a carried gate on an additive path (LSTM f, GRU z)."""
+    spec = _spec(layer)
+    return spec is not None and spec.get("carried") is not None
 
 
 def _vanilla(layer: Any) -> bool:
-    return str(getattr(layer, "kind", "")) in _VANILLA
+    """The family declares gates but no additive path (a vanilla cell's φ′)."""
+    spec = _spec(layer)
+    return spec is not None and spec.get("carried") is None
 
 
 def _finite(values: Any, what: str) -> Any:
@@ -61,14 +71,14 @@ def _carry_kwargs(layer: Any) -> dict[str, Any]:
         carry_max=view.carry_max,
         decay_lags=None if d is None else d.lags,
         decay_median=None if d is None else d.median,
-        gate="f" if layer.kind == "lstm" else "z",
+        gate=view.gate,
     )
 
 
 def gate_note(layer: Any) -> str | None:
     """The line shown instead of the gate views for a cell they do not explain."""
     kind = str(getattr(layer, "kind", ""))
-    if kind in _GATED or kind in _VANILLA:
+    if _spec(layer) is not None:
         return None
     if getattr(layer, "memory", None) is not None:
         return (
@@ -76,8 +86,8 @@ def gate_note(layer: Any) -> str | None:
             "memory timescales below play their part."
         )
     return (
-        f"Gate views: not shown for a {kind} layer (they explain LSTM, GRU and vanilla RNN "
-        "cells, whose gates gradscope knows in closed form)."
+        f"Gate views: not shown for a {kind} layer (they explain the cells whose family "
+        "declares its gates: LSTM, GRU, vanilla RNN, sLSTM)."
     )
 
 
@@ -140,7 +150,8 @@ GATE_PANELS: list[PanelSpec] = [
 
 
 # --------------------------------------------------------------------------- training
-#: Gate family in a history's keys -> the gate's symbol.
+#: Gate words in a history's keys -> the gate's symbol, for histories saved before the
+#: Monitor recorded what each family declares (``history.meta["gate_families"]``).
 _FAMILIES = (("forget", "f"), ("update", "z"), ("dphi", "φ'"))
 
 
@@ -158,15 +169,22 @@ def _training_gate_kwargs(rec: tuple[Any, str]) -> dict[str, Any]:
         median = summ.get(f"gate_{family}_median") if isinstance(summ, Mapping) else None
         return median is not None and np.isfinite(np.asarray(median, dtype=float)).any()
 
-    found = [(family, gate) for family, gate in _FAMILIES if recorded(family)]
+    meta = getattr(history, "meta", None) or {}
+    families_meta = meta.get("gate_families")
+    declared = families_meta if isinstance(families_meta, Mapping) else None
+    spec = declared.get(name, "?") if declared is not None else "?"  # "?": an older file
+    families = _FAMILIES
+    if isinstance(spec, Mapping) and spec.get("word"):  # the family's own words first
+        families = ((spec["word"], spec.get("carried") or spec["shown"][0]), *_FAMILIES)
+    found = [(family, gate) for family, gate in dict(families).items() if recorded(family)]
     if not found:
-        kinds = (getattr(history, "meta", None) or {}).get("kinds")
+        kinds = meta.get("kinds")
         kind = kinds.get(name) if isinstance(kinds, Mapping) else None
-        if kind is not None and kind not in _GATED and kind not in _VANILLA:
+        if spec is None:
             raise Missing(
-                f"gates over training: not recorded for a {kind} layer (the Monitor keeps gate "
-                "summaries of LSTM, GRU and vanilla RNN cells, whose gates gradscope knows in "
-                "closed form)"
+                f"gates over training: not recorded for a {kind or 'this'} layer (the Monitor "
+                "keeps gate summaries of the cells whose family declares its gates: LSTM, "
+                "GRU, vanilla RNN, sLSTM)"
             )
         if not isinstance(summ, Mapping) or "gate_forget_median" not in summ:
             raise Missing(
@@ -185,7 +203,8 @@ def _training_gate_kwargs(rec: tuple[Any, str]) -> dict[str, Any]:
 
     steps = np.asarray(summ.get("steps", history.steps))
     lags = sorted(int(k.rsplit("lag", 1)[1]) for k in summ if k.startswith("gate_log_carry_lag"))
-    gated = family != "dphi"
+    # an additive path: what the family declares (older histories: what their keys say)
+    gated = spec.get("carried") is not None if isinstance(spec, Mapping) else family != "dphi"
     return dict(
         steps=steps,
         median=arr(f"gate_{family}_median"),

@@ -117,10 +117,8 @@ def _mechanism(layer: Any) -> F.Mechanism:
     except Missing:
         lags, median, regime = np.zeros(0), np.zeros(0), getattr(layer, "regime", None)
     view = getattr(layer, "gates", None)
-    kind = str(getattr(layer, "kind", ""))
-    if view is not None and kind in ("lstm", "gru") and np.size(view.carry):
-        gate = "f" if kind == "lstm" else "z"
-        return F.Mechanism(lags, median, regime, gate, view.lags, view.carry)
+    if view is not None and view.gate is not None and np.size(view.carry):
+        return F.Mechanism(lags, median, regime, view.gate, view.lags, view.carry)
     factor = math.nan
     if view is not None and np.size(view.factor):
         med = np.asarray(view.factor, dtype=float)[:, 2]

@@ -161,13 +161,6 @@ class SequenceAdapter(CellAdapter):
         """
         return None
 
-    def log_decay(self, params: Params, u: Tensor) -> Tensor | None:
-        """``ln|λ_t|`` per pair and coordinate, ``(N, D)`` float, or None (see :meth:`diagonal`)."""
-        lam = self.diagonal(params, u)
-        if lam is None:
-            return None
-        return torch.log(lam.abs())
-
 
 def scalar(params: Params, name: str) -> float:
     """A configuration number stored in ``params`` as a 0-d tensor."""

@@ -71,20 +71,16 @@ from gradscope.analysis.gates.paths import (
     walk,
     walk_threads,
 )
-from gradscope.analysis.gates.values import (
-    GATED,
-    QUANTILES,
-    VANILLA,
-    gate_values,
-    step_quantiles,
-)
+from gradscope.analysis.gates.values import QUANTILES, declared, gate_values, step_quantiles
 from gradscope.analysis.gates.view import SENTENCE_LAG, GateView
 from gradscope.traces import LayerTrace
 
 
 @analysis
 def gate_view(layer: LayerTrace, *, max_lag: int | None = None, seed: int = 0) -> GateView | None:
-    """The gate view of an LSTM, GRU or vanilla RNN layer; None for every other cell.
+    """The gate view of a layer whose family declares gates (LSTM, GRU, vanilla RNN, ...).
+
+    None for a family that declares none (:attr:`~gradscope.cells.base.CellAdapter.gates`).
 
     Args:
         layer: The recorded layer.
@@ -92,9 +88,10 @@ def gate_view(layer: LayerTrace, *, max_lag: int | None = None, seed: int = 0) -
             gate distributions always cover every step.
         seed: Seed of the probe directions (states over :data:`EXACT_MAX_D`).
     """
-    kind = layer.kind
-    if kind not in GATED and kind not in VANILLA:
+    found = declared(layer)
+    if found is None:
         return None
+    _, spec = found
     gates_t, log_g = gate_values(layer)
     gates = {name: step_quantiles(v.numpy()) for name, v in gates_t.items()}
     with warnings.catch_warnings():
@@ -104,9 +101,9 @@ def gate_view(layer: LayerTrace, *, max_lag: int | None = None, seed: int = 0) -
     empty = np.zeros(0)
     view = GateView(
         name=layer.name,
-        kind=kind,
+        kind=layer.kind,
         T=T,
-        path=GATED.get(kind, "none"),
+        path=spec.path,
         gates=gates,
         medians=medians,
         lags=empty.astype(np.int64),
@@ -116,12 +113,15 @@ def gate_view(layer: LayerTrace, *, max_lag: int | None = None, seed: int = 0) -
         path_log=empty,
         rest_log=empty,
         share=empty,
+        gate=spec.carried,
+        word=spec.word,
+        path_text=spec.path_text,
+        short_text=spec.short_text,
     )
     finite = any(np.isfinite(m) for m in medians.values())
-    if kind not in GATED and not finite and not layer.B:
-        return view  # no sequence at all: no factor to measure
-    if kind not in GATED:
-        view.factor, view.factor_steps, view.weight_norm = factor_norms(layer, gates_t["φ'"])
+    if spec.carried is None:  # no additive path: the repeated factor's norm instead
+        if layer.B:
+            view.factor, view.factor_steps, view.weight_norm = factor_norms(layer)
         return view
     carry = carries(log_g.numpy(), layer.seq_lengths)
     view.lags = np.arange(carry.shape[0])
@@ -147,11 +147,9 @@ def gate_view(layer: LayerTrace, *, max_lag: int | None = None, seed: int = 0) -
 __all__ = [
     "EXACT_MAX_D",
     "FACTOR_STEPS",
-    "GATED",
     "PROBES",
     "QUANTILES",
     "SENTENCE_LAG",
-    "VANILLA",
     "WALK_LAGS",
     "WALK_SEQS",
     "GateView",

@@ -20,12 +20,7 @@ import math
 import numpy as np
 import torch
 
-from gradscope.analysis.gates.values import (
-    GATED,
-    QUANTILES,
-    carried_gate,
-    gate_values,
-)
+from gradscope.analysis.gates.values import QUANTILES, declared
 from gradscope.errors import MissingDataError
 from gradscope.jacobians.products import top_singular_log
 from gradscope.jacobians.steps import product_dtype
@@ -122,13 +117,11 @@ def walk(
     path = np.full((len(keep), n), np.nan)
     rest = np.full((len(keep), n), np.nan)
     total = np.full((len(keep), n), np.nan)
-    c = layer.part("c") if layer.kind == "lstm" else slice(0, D)
-    hid = layer.state_sizes[0]
     # The linearisations and carried gates of LAG_BLOCK lags at once (one GEMM over their
     # rows), then the rows each lag needs: few calls, memory bounded by the block.
     T = x.shape[0]
     xs_all, ss_all = x[:, :n].reshape(T * n, -1), s[:-1, :n].reshape(T * n, -1)
-    block_end, starts, lin_blk, gate_blk = 0, [0], None, None  # lags [k0, block_end)
+    block_end, starts, lin_blk = 0, [0], None  # lags [k0, block_end)
     y = u.clone()  # (Π^A_k)ᵀ U with Π^A_0 = I, on the common scale
     e = torch.zeros_like(u)  # E_kᵀ U, E_0 = 0
     scale = np.zeros(n)
@@ -154,15 +147,15 @@ def walk(
             xs, ss = xs_all[rows], ss_all[rows]
             starts = np.concatenate([[0], np.cumsum([len(lv) for lv in per])]).tolist()
             lin_blk = adapter.linearize(params, xs, ss)
-            gate_blk = carried_gate(layer.kind, params, xs, ss[:, :hid])
         sel = slice(starts[k - k0], starts[k - k0 + 1])
-        lin, gate = lin_blk.rows(sel), gate_blk[sel]  # (m, H)
+        lin = lin_blk.rows(sel)
         every = len(live) == n  # every sequence still walks: no gather and scatter
         yl, el = (y, e) if every else (y[bl], e[bl])
         # E_{k+1}ᵀU = Jᵀ E_kᵀU + Rᵀ Π_kᵀU = Jᵀ (E_k + Π_k)ᵀU − A Π_kᵀU: one product on
         # P_kᵀU, p columns (A is diagonal: no product)
         ay = torch.zeros_like(yl)
-        torch.mul(gate.unsqueeze(-1), yl[:, c], out=ay[:, c])
+        for part, diag in adapter.additive(params, lin.factors):  # A: the gates' diagonals
+            torch.mul(diag.unsqueeze(-1), yl[:, part], out=ay[:, part])
         e_new = lin.vjp_state(yl + el).sub_(ay)
         big = torch.maximum(
             torch.linalg.matrix_norm(ay), torch.linalg.matrix_norm(e_new)
@@ -184,37 +177,39 @@ def path_share(path_log: np.ndarray, rest_log: np.ndarray) -> np.ndarray:
 
 
 def factor_samples(
-    layer: LayerTrace, dphi: torch.Tensor, *, steps: int = FACTOR_STEPS, seqs: int = WALK_SEQS
+    layer: LayerTrace, *, steps: int = FACTOR_STEPS, seqs: int = WALK_SEQS
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Vanilla: ``‖diag(φ'(a_t)) W_hh‖₂`` at sampled steps of the first sequences.
+    """A cell without an additive path: ``‖J_t‖₂`` at sampled steps of the first sequences.
 
-    One ``H × H`` SVD per sampled (step, sequence): ``O(S·n·H³)`` for ``S ≤ steps`` steps
+    For a vanilla RNN ``J_t = diag(φ'(a_t)) W_hh``, the repeated factor; it is measured
+    against ``‖W``‖₂ of the recurrent weight the family's form declares. One ``H × H``
+    Jacobian and SVD per sampled (step, sequence): ``O(S·n·H³)`` for ``S ≤ steps`` steps
     spread over ``0 … T−1`` and the first ``n ≤ seqs`` sequences.
 
     Returns:
-        ``(norms (S, n), NaN at padded steps and where φ' is not finite; steps (S,);
-        ‖W_hh‖₂)``.
+        ``(norms (S, n), NaN at padded and non-finite steps; steps (S,); ‖W‖₂)``.
     """
-    w = layer.params["weight_hh"].detach().to("cpu", torch.float64)
+    adapter, _ = declared(layer)
+    w = layer.params[adapter.form.recurrent].detach().to("cpu", torch.float64)
     n = min(layer.B, seqs)
     at = np.unique(np.linspace(0, layer.T - 1, min(steps, layer.T)).astype(int))
-    if not bool(torch.isfinite(w).all()):  # diverged weights: no norm to take (LAPACK fails)
+    if not bool(torch.isfinite(w).all()) or n == 0:  # diverged weights: LAPACK fails on NaN
         return np.full((len(at), n), np.nan), at, math.nan
-    d = dphi[torch.from_numpy(at), :n]  # (S, n, H); NaN at padded (and non-finite) steps
-    norms = norm2(torch.nan_to_num(d, nan=0.0).unsqueeze(-1) * w)  # (S, n); LAPACK fails on NaN
-    real = layer.mask[at, :n] & torch.isfinite(d).all(dim=-1).numpy()
+    jac = layer.jacobians(steps=at, batch=slice(0, n)).to("cpu", torch.float64)  # (S, n, D, D)
+    real = layer.mask[at, :n] & torch.isfinite(jac).flatten(2).all(-1).numpy()
+    norms = norm2(torch.nan_to_num(jac, nan=0.0, posinf=0.0, neginf=0.0))
     return np.where(real, norms, np.nan), at, float(norm2(w))
 
 
 def factor_norms(
-    layer: LayerTrace, dphi: torch.Tensor, *, steps: int = FACTOR_STEPS, seqs: int = WALK_SEQS
+    layer: LayerTrace, *, steps: int = FACTOR_STEPS, seqs: int = WALK_SEQS
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Vanilla: quantiles (:data:`QUANTILES`) over sequences of :func:`factor_samples`.
 
     Returns:
         ``(quantiles (S, 5), steps (S,), ‖W_hh‖₂)``.
     """
-    norms, at, w_norm = factor_samples(layer, dphi, steps=steps, seqs=seqs)
+    norms, at, w_norm = factor_samples(layer, steps=steps, seqs=seqs)
     q = np.full((len(at), len(QUANTILES)), np.nan)
     ok = ~np.isnan(norms).all(axis=1) if norms.shape[1] else np.zeros(len(at), dtype=bool)
     if ok.any():
@@ -225,24 +220,28 @@ def factor_norms(
 def split_jacobian(layer: LayerTrace, steps=None, batch=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The one-step Jacobians split as ``J = A + R`` (dense, float64, ``(T', B', D, D)``).
 
-    ``A``: the additive path (LSTM ``diag(f_t)`` on the ``c → c`` block, GRU ``diag(z_t)``,
-    vanilla 0); ``R = J − A``: the rest, with ``J`` the adapter's closed form.
+    ``A``: the additive path, the form's couplings of a part with its own previous value
+    (LSTM ``diag(f_t)`` on the ``c → c`` block, GRU ``diag(z_t)``, vanilla 0), from the
+    adapter's linear factors; ``R = J − A``: the rest, with ``J`` the adapter's closed form.
 
     Raises:
-        MissingDataError: the layer is not an LSTM, GRU or vanilla RNN.
+        MissingDataError: the layer's family declares no gates.
     """
-    if layer.kind not in GATED and not layer.kind.startswith("rnn_"):
+    found = declared(layer)
+    if found is None:
         raise MissingDataError(f"{layer.name} ({layer.kind}) has no gates to split by")
-    j = layer.to(torch.float64).jacobians(steps=steps, batch=batch).to("cpu")
+    adapter, _ = found
+    lay64 = layer.to(torch.float64)
+    j = lay64.jacobians(steps=steps, batch=batch).to("cpu")
     a = torch.zeros_like(j)
-    if layer.kind in GATED:
-        gates, _ = gate_values(layer)
-        g = gates["f" if layer.kind == "lstm" else "z"]
-        t_idx = torch.arange(layer.T) if steps is None else torch.as_tensor(steps).reshape(-1)
-        b_idx = torch.arange(layer.B) if batch is None else torch.as_tensor(batch).reshape(-1)
-        g = g[t_idx][:, b_idx]
-        c = layer.part("c") if layer.kind == "lstm" else slice(0, layer.D)
-        a[..., c, c] = torch.diag_embed(g)
+    t_idx = torch.arange(layer.T) if steps is None else torch.as_tensor(steps).reshape(-1)
+    b_idx = torch.arange(layer.B) if batch is None else torch.as_tensor(batch).reshape(-1)
+    x = lay64.inputs[t_idx][:, b_idx].cpu()
+    s = lay64.states[t_idx][:, b_idx].cpu()
+    params = {k: v.detach().to("cpu") for k, v in lay64.params.items()}
+    lin = adapter.linearize(params, x.flatten(0, 1), s.flatten(0, 1))
+    for part, diag in adapter.additive(params, lin.factors):
+        a[..., part, part] = torch.diag_embed(diag.unflatten(0, x.shape[:2]))
     return a, j - a
 
 

@@ -34,21 +34,11 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as nnf
 
 from gradscope._progress import compute_threads
 from gradscope.analysis.gates.carry import carries, carry_horizon, median_log_carry
 from gradscope.analysis.gates.paths import factor_samples, path_share, walk, walk_threads
-from gradscope.analysis.gates.values import (
-    GATED,
-    VANILLA,
-    carried_logits,
-    dphi,
-    layer_native,
-    preacts,
-    previous_h,
-    step_quantiles,
-)
+from gradscope.analysis.gates.values import declared, layer_native, step_quantiles
 from gradscope.history import CARRY_LAGS, GATE_KEYS
 from gradscope.traces import LayerTrace
 
@@ -56,7 +46,6 @@ from gradscope.traces import LayerTrace
 SUMMARY_QUANTILES = (0.1, 0.5, 0.9)
 #: Steps sampled (spread over the sequence) for the vanilla factor norm.
 FACTOR_SAMPLES = 8
-_NAMES = {"lstm": "forget", "gru": "update", "rnn_tanh": "dphi", "rnn_relu": "dphi"}
 
 
 def _quantiles(out: dict[str, float], name: str, values: torch.Tensor) -> None:
@@ -102,33 +91,28 @@ def gate_summary(
         ``{key: float}`` for every key of ``GATE_KEYS``.
     """
     out = dict.fromkeys(GATE_KEYS, math.nan)
-    kind = layer.kind
-    if kind not in GATED and kind not in VANILLA:
+    found = declared(layer)
+    if found is None:
         return out
+    adapter, spec = found
     n = layer.B if seqs is None else max(1, int(seqs))
     params, x, s = layer_native(layer)  # the product where the layer lives, its own precision
-    h = previous_h(layer, s)
     kept = layer.carried_logits  # the replay's own pre-activations (T, B, H), if it kept them
     if kept is not None and kept.dtype != x.dtype:
         kept = None
-    if kind in VANILLA:
-        if kept is None:
-            gi, gh = preacts(params, x, h)
-            kept = gi + gh
-        d = dphi(kind, kept).cpu()
-        _quantiles(out, "dphi", d)
-        d = d.to(torch.float64)
+    a = adapter.carried_logits(params, x, s[:-1]) if kept is None else kept
+    gate, log_gate = adapter.carried_from_logits(a)
+    _quantiles(out, spec.word, gate.cpu())
+    if spec.carried is None:  # no additive path: the repeated factor's norm instead
         if paths:
             with compute_threads():  # small LAPACK calls: one BLAS thread (see _progress)
-                norms, _, w_norm = factor_samples(layer, d, steps=FACTOR_SAMPLES, seqs=n)
+                norms, _, w_norm = factor_samples(layer, steps=FACTOR_SAMPLES, seqs=n)
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: a diverged layer
                 out["gate_factor_norm"] = float(np.nanmedian(norms)) if norms.size else math.nan
             out["gate_weight_norm"] = w_norm
         return out
-    a = carried_logits(kind, params, x, h) if kept is None else kept
-    _quantiles(out, _NAMES[kind], torch.sigmoid(a).cpu())
-    log_g = nnf.logsigmoid(a).to("cpu", torch.float64).numpy()
+    log_g = log_gate.to("cpu", torch.float64).numpy()
     log_c = carries(log_g, layer.seq_lengths)  # (K, B, H), summed in float64
     for k, v in zip(CARRY_LAGS, median_log_carry(log_c, list(CARRY_LAGS))):
         out[f"gate_log_carry_lag{k}"] = float(v)

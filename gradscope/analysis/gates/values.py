@@ -1,36 +1,38 @@
-r"""Gate statistics: every gate of a recorded LSTM, GRU or vanilla RNN layer, from its weights.
+r"""Gate statistics: the gates a layer's family declares, read out from its weights.
 
-The gates are recomputed in float64 from the layer's recorded inputs ``x_t``, previous
-states ``h_{t−1}`` and weights (PyTorch's layouts and gate order):
-
-* LSTM ``a = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh = [a_i, a_f, a_g, a_o]``,
-  ``i, f, o = σ(a_i), σ(a_f), σ(a_o)``;
-* GRU ``[r_x, z_x, n_x] = W_ih x_t + b_ih``, ``[r_h, z_h, n_h] = W_hh h_{t−1} + b_hh``,
-  ``r = σ(r_x + r_h)``, ``z = σ(z_x + z_h)`` (``h_t = (1 − z) n + z h_{t−1}``);
-* vanilla ``a = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh``, ``φ'(a)`` (``tanh' = 1 − tanh²``,
-  ``relu' = [a > 0]``).
-
-The carried gate (LSTM ``f``, GRU ``z``) also comes as its log, ``ln σ(a) = −softplus(−a)``,
+A gated family (:attr:`~gradscope.cells.base.CellAdapter.gates`, a
+:class:`~gradscope.cells.gates.Gates`) says which gates it shows and which one carries its
+additive path, and computes them (:meth:`~gradscope.cells.gated.GatedCell.gate_values`):
+here they are read out in float64 from the layer's recorded inputs ``x_t``, previous
+states and weights (PyTorch's layouts for the built-in LSTM, GRU and vanilla cells). The
+carried gate (LSTM ``f``, GRU ``z``) also comes as its log, ``ln σ(a) = −softplus(−a)``,
 exact where ``σ(a)`` itself would round to 0 or 1. Padded steps are NaN (their inputs are).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
-import torch.nn.functional as nnf
 
 from gradscope._select import quantiles as exact_quantiles
+from gradscope.cells import adapter_for_kind
+from gradscope.cells.gates import Gates, preacts
 from gradscope.traces import LayerTrace
 
 #: Quantiles of every per-timestep distribution (over units and sequences).
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-#: The gated cells and the name of their additive path.
-GATED = {"lstm": "cell", "gru": "update"}
-#: The vanilla cells (no additive path; their "gate" is ``φ'(a_t)``).
-VANILLA = ("rnn_tanh", "rnn_relu")
-#: Rows of the carried gate's pre-activation in the stacked weights: (chunks, which chunk).
-_CARRIED = {"lstm": (4, 1), "gru": (3, 1)}
+
+
+def declared(layer: LayerTrace) -> tuple[Any, Gates] | None:
+    """``(adapter, its gates)`` when the layer's family declares gates, else None.
+
+    A custom cell without its module (a loaded ``custom:`` trace) or with stored Jacobians
+    only has no adapter to ask: None.
+    """
+    adapter = layer.computing_adapter()
+    return None if adapter is None or adapter.gates is None else (adapter, adapter.gates)
 
 
 def layer_f64(layer: LayerTrace) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -56,40 +58,13 @@ def layer_native(
     return params, x, layer.states.detach().to(dtype=dtype)
 
 
-def preacts(
-    params: dict[str, torch.Tensor], x: torch.Tensor, h: torch.Tensor, rows: slice | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(W_ih x + b_ih, W_hh h + b_hh)`` over any leading shape, only ``rows`` if given.
+def carried_logits(kind: str, params: dict[str, torch.Tensor], x: torch.Tensor, h: torch.Tensor):
+    """The carried gate's pre-activations (any leading shape) of the family ``kind``.
 
-    Cost ``O(R·(I + P))`` per step and sequence for ``R`` rows (all: ``4H``, ``3H``, ``H``).
+    :meth:`~gradscope.cells.gated.GatedCell.carried_logits` of the adapter registered
+    under ``kind``: only the gate's own rows of the weights are multiplied.
     """
-    sel = slice(None) if rows is None else rows
-    gi = x @ params["weight_ih"][sel].T
-    gh = h @ params["weight_hh"][sel].T
-    if "bias_ih" in params:  # in place: these are (T, B, R) and the analysis holds few
-        gi += params["bias_ih"][sel]
-    if "bias_hh" in params:
-        gh += params["bias_hh"][sel]
-    return gi, gh
-
-
-def carried_logits(
-    kind: str, params: dict[str, torch.Tensor], x: torch.Tensor, h: torch.Tensor
-) -> torch.Tensor:
-    """Pre-activation of the carried gate: LSTM ``a_f``, GRU ``a_z`` (any leading shape).
-
-    Only the gate's own rows of the weights are multiplied: ``O(H·(I + P))`` per step and
-    sequence, a quarter (LSTM) or a third (GRU) of the layer's own forward.
-    """
-    chunks, which = _CARRIED[kind]
-    hid = params["weight_ih"].shape[0] // chunks
-    gi, gh = preacts(params, x, h, slice(which * hid, (which + 1) * hid))
-    return gi + gh
-
-
-def carried_gate(kind: str, params: dict[str, torch.Tensor], x: torch.Tensor, h: torch.Tensor):
-    """The carried gate itself, ``σ(a_f)`` (LSTM) or ``σ(a_z)`` (GRU)."""
-    return torch.sigmoid(carried_logits(kind, params, x, h))
+    return adapter_for_kind(kind).carried_logits(params, x, h)
 
 
 def previous_h(layer: LayerTrace, s: torch.Tensor) -> torch.Tensor:
@@ -100,30 +75,15 @@ def previous_h(layer: LayerTrace, s: torch.Tensor) -> torch.Tensor:
 def gate_values(layer: LayerTrace) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Every gate ``(T, B, H)`` in float64 and the log of the carried gate ``(T, B, H)``.
 
+    The gates the layer's family declares (:attr:`~gradscope.cells.gates.Gates.shown`:
     LSTM ``{"i", "f", "o"}`` and ``ln f``; GRU ``{"r", "z"}`` and ``ln z``; vanilla
-    ``{"φ'"}`` and an empty tensor. Padded steps are NaN (their inputs are).
+    ``{"φ'"}``), from its weights; the log is empty where there is no carried gate. Padded
+    steps are NaN (their inputs are).
     """
+    adapter, _ = declared(layer)
     params, x, s = layer_f64(layer)
-    gi, gh = preacts(params, x, previous_h(layer, s))
-    if layer.kind == "lstm":
-        gi += gh  # in place: one (T, B, 4H) float64 tensor less at the peak
-        del gh
-        a_i, a_f, _, a_o = gi.chunk(4, dim=-1)
-        gates = {"i": torch.sigmoid(a_i), "f": torch.sigmoid(a_f), "o": torch.sigmoid(a_o)}
-        return gates, nnf.logsigmoid(a_f)
-    if layer.kind == "gru":
-        a_r = gi.chunk(3, dim=-1)[0] + gh.chunk(3, dim=-1)[0]
-        a_z = gi.chunk(3, dim=-1)[1] + gh.chunk(3, dim=-1)[1]
-        return {"r": torch.sigmoid(a_r), "z": torch.sigmoid(a_z)}, nnf.logsigmoid(a_z)
-    return {"φ'": dphi(layer.kind, gi + gh)}, x.new_zeros(0)
-
-
-def dphi(kind: str, a: torch.Tensor) -> torch.Tensor:
-    """``φ'(a)`` of a vanilla cell: ``1 − tanh²(a)`` or ``[a > 0]`` (NaN stays NaN)."""
-    if kind == "rnn_tanh":
-        t = torch.tanh(a)  # (1 - t)(1 + t): no cancellation where |t| -> 1
-        return (1.0 - t) * (1.0 + t)
-    return torch.where(torch.isnan(a), a, (a > 0).to(a.dtype))
+    gates, log_g = adapter.gate_values(params, x, s[:-1])
+    return gates, x.new_zeros(0) if log_g is None else log_g
 
 
 def step_quantiles(v: np.ndarray, quantiles: tuple[float, ...] = QUANTILES) -> np.ndarray:
@@ -145,12 +105,9 @@ def step_quantiles(v: np.ndarray, quantiles: tuple[float, ...] = QUANTILES) -> n
 
 
 __all__ = [
-    "GATED",
     "QUANTILES",
-    "VANILLA",
-    "carried_gate",
     "carried_logits",
-    "dphi",
+    "declared",
     "gate_values",
     "layer_f64",
     "layer_native",

@@ -40,10 +40,11 @@ class GateView:
 
     Attributes:
         name: The layer's name.
-        kind: ``"lstm"``, ``"gru"``, ``"rnn_tanh"`` or ``"rnn_relu"``.
+        kind: The cell family (its adapter's kind).
         T: Median sequence length.
-        path: ``"cell"`` (LSTM ``diag(f)`` on ``c → c``), ``"update"`` (GRU ``diag(z)``) or
-            ``"none"`` (vanilla: no additive path).
+        path: The additive path in one word, as the family declares it: ``"cell"`` (LSTM
+            ``diag(f)`` on ``c → c``), ``"update"`` (GRU ``diag(z)``) or ``"none"``
+            (vanilla: no additive path).
         gates: Gate name -> ``(T, 5)`` quantiles per timestep over units and sequences.
         medians: Gate name -> median over every unit, step and sequence.
         lags: ``(K,)`` lags ``0 .. K-1`` of :attr:`carry` (empty for vanilla).
@@ -61,6 +62,10 @@ class GateView:
         factor_steps: ``(S,)`` those steps (0-based).
         weight_norm: ``‖W_hh‖₂`` (vanilla; NaN otherwise).
         notes: What was sampled or left out.
+        gate: The family's carried gate (``"f"``, ``"z"``), None without an additive path.
+        word: The carried gate in a word (``"forget"``, ``"update"``, ``"dphi"``).
+        path_text: The additive path in a sentence (``"cell path (diag f on c)"``).
+        short_text: The additive path in a table cell (``"cell path"``).
     """
 
     name: str
@@ -82,6 +87,10 @@ class GateView:
     factor_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     weight_norm: float = math.nan
     notes: list[str] = field(default_factory=list)
+    gate: str | None = None
+    word: str = ""
+    path_text: str = ""
+    short_text: str = ""
 
     def share_at(self, lag: int) -> tuple[int, float]:
         """``(lag actually used, share)``: the measured lag closest to ``lag``."""
@@ -94,7 +103,7 @@ class GateView:
         """One plain-language line: which path carries the gradient, how far, the gates."""
         if not any(math.isfinite(v) for v in self.medians.values()):
             return NOT_MEASURED
-        if self.path == "none":
+        if self.gate is None:
             med = _median(self.factor[:, 2])
             d = self.medians.get("φ'", math.nan)
             if self.weight_norm == 0:
@@ -108,11 +117,9 @@ class GateView:
                 f"{med:.2f} per step (‖W_hh‖₂ = {self.weight_norm:.2f}, φ′ median {d:.2f}, so "
                 f"saturation shrinks it ×{ratio:.2f})."
             )
-        gate = "forget" if self.kind == "lstm" else "update"
-        g = "f" if self.kind == "lstm" else "z"
+        gate, g, what = self.word, self.gate, self.path_text
         want = min(SENTENCE_LAG, int(self.lags[-1]) if self.lags.size else 0)
         lag, share = self.share_at(want)
-        what = "cell path (diag f on c)" if self.kind == "lstm" else "update-gate path (diag z)"
         i = int(np.argmin(np.abs(self.walk_lags - lag))) if self.walk_lags.size else 0
         total = math.exp(self.total_log[i]) if self.total_log.size else math.nan
         best = math.exp(self.carry_max[lag]) if lag < len(self.carry_max) else math.nan
@@ -126,14 +133,13 @@ class GateView:
         """A few words for a table cell: the path's share and the median carried gate."""
         if not any(math.isfinite(v) for v in self.medians.values()):
             return "no finite gate values"
-        if self.path == "none":
+        if self.gate is None:
             if self.weight_norm == 0:
                 return "no recurrent path (W_hh = 0)"
             return f"no gate path; ‖diag(φ′)W_hh‖₂ ≈ {_median(self.factor[:, 2]):.2f} per step"
-        g = "f" if self.kind == "lstm" else "z"
+        g, what = self.gate, self.short_text
         want = min(SENTENCE_LAG, int(self.lags[-1]) if self.lags.size else 0)
         lag, share = self.share_at(want)
-        what = "cell path" if self.kind == "lstm" else "z path"
         return (
             f"{what} carries {100 * share:.0f}% at lag {lag}; {g} median "
             f"{self.medians.get(g, math.nan):.2f}"
@@ -146,6 +152,8 @@ class GateView:
             kind=self.kind,
             T=self.T,
             path=self.path,
+            gate=self.gate,
+            word=self.word,
             medians=self.medians,
             probes=self.probes,
             weight_norm=self.weight_norm,
