@@ -36,6 +36,8 @@ _LAZY: dict[str, str] = {
     "transformers.models.qwen3_next.modeling_qwen3_next.Qwen3NextGatedDeltaNet": (
         "gradscope.sequences.deltanet"
     ),
+    "minGRU_pytorch.minGRU.minGRU": "gradscope.sequences.mingru_pkg",
+    "minGRU_pytorch.minLSTM.minLSTM": "gradscope.sequences.minlstm_pkg",
 }
 
 
