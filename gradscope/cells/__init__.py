@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "transformers.models.xlstm.modeling_xlstm.xLSTMLayer": "gradscope.sequences.xlstm",
     # transformers builds its xLSTM from this class when the xlstm package is installed
     "xlstm.xlstm_large.model.mLSTMLayer": "gradscope.sequences.xlstm",
+    "xlstm.blocks.mlstm.layer.mLSTMLayer": "gradscope.sequences.xlstm_pkg",
     "transformers.models.recurrent_gemma.modeling_recurrent_gemma.RecurrentGemmaRglru": (
         "gradscope.sequences.rglru"
     ),
