@@ -225,3 +225,17 @@ def test_monitor_over_training_steps_of_minlm() -> None:
     assert sorted(hist.names) == ["layers.0.2", "layers.1.2"]
     norms = hist.grad_norms("layers.1.2")
     assert norms.shape == (3, 13) and np.isfinite(norms).all() and (norms[:, 1:] > 0).all()
+
+
+def test_recording_never_imports_the_packages() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, torch, gradscope as gs\n"
+        "gs.diagnose(gs.trace(torch.nn.LSTM(2, 3), torch.randn(6, 1, 2)), progress=False)\n"
+        "bad = {'minGRU_pytorch', 'xlstm', 'mlstm_kernels'} & set(sys.modules)\n"
+        "assert not bad, f'imported {bad}'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
