@@ -173,6 +173,19 @@ def test_loss_gradients_match_a_hand_written_loop(family: str) -> None:
     want = torch.stack([s.grad for s in states])
     assert relative_error(got, want) < 1e-10
 
+    # and autograd through the module itself, one call per step (its sequential path); the
+    # state it hands back is a view of its output, so the total ∂L/∂h_t is its base's grad
+    h = (h0 if family == "mingru" else g_ref(h0)).clone().requires_grad_(True)
+    bases, outs = [h], []
+    for t in range(T):
+        out, h = module(x[:, t : t + 1], h, return_next_prev_hidden=True)
+        h._base.retain_grad()
+        bases.append(h._base)
+        outs.append(out)
+    (torch.cat(outs, dim=1) * weight).sum().backward()
+    through = torch.stack([b.grad[:, -1] for b in bases])
+    assert relative_error(got, through) < 1e-10
+
 
 # --------------------------------------------------------------------------- minLM
 def lm(use_lstm: bool, **kw) -> torch.nn.Module:
