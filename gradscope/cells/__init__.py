@@ -30,12 +30,17 @@ _LAZY: dict[str, str] = {
     "transformers.models.mamba2.modeling_mamba2.Mamba2Mixer": "gradscope.sequences.mamba2",
     "transformers.models.rwkv.modeling_rwkv.RwkvSelfAttention": "gradscope.sequences.rwkv",
     "transformers.models.xlstm.modeling_xlstm.xLSTMLayer": "gradscope.sequences.xlstm",
+    # transformers builds its xLSTM from this class when the xlstm package is installed
+    "xlstm.xlstm_large.model.mLSTMLayer": "gradscope.sequences.xlstm",
+    "xlstm.blocks.mlstm.layer.mLSTMLayer": "gradscope.sequences.xlstm_pkg",
     "transformers.models.recurrent_gemma.modeling_recurrent_gemma.RecurrentGemmaRglru": (
         "gradscope.sequences.rglru"
     ),
     "transformers.models.qwen3_next.modeling_qwen3_next.Qwen3NextGatedDeltaNet": (
         "gradscope.sequences.deltanet"
     ),
+    "minGRU_pytorch.minGRU.minGRU": "gradscope.sequences.mingru_pkg",
+    "minGRU_pytorch.minLSTM.minLSTM": "gradscope.sequences.minlstm_pkg",
 }
 
 

@@ -1,8 +1,13 @@
-r"""xLSTM's mLSTM layer (``xLSTMLayer`` of Hugging Face ``transformers`` 5.x, xLSTM-7B style).
+r"""xLSTM-7B's mLSTM layer: ``transformers``' ``xLSTMLayer`` and ``xlstm.xlstm_large``'s.
 
-``transformers`` ships only the mLSTM ("matrix memory") half of xLSTM (Beck et al. 2024): the
-architecture of NX-AI's xLSTM-7B (``xlstm.xlstm_large``). There is no sLSTM in it, so there
-is no sLSTM adapter here.
+``transformers`` 5.x ships only the mLSTM ("matrix memory") half of xLSTM (Beck et al.
+2024): the architecture of NX-AI's xLSTM-7B, ``xlstm/xlstm_large/model.py``'s ``mLSTMLayer``
+(package ``xlstm`` 2.0.6). When the ``xlstm`` package is installed ``transformers`` builds
+its blocks from that very class (``xLSTMBlock`` subclasses ``xlstm_large``'s ``mLSTMBlock``),
+otherwise from its own copy ``xLSTMLayer``; both have the same attributes and compute the
+same function, and this adapter records either (kind ``mlstm``). There is no sLSTM in it,
+so there is no sLSTM adapter here. (The original xLSTM paper's ``mLSTMLayer`` of
+``xlstm.blocks`` is another layer: :mod:`gradscope.sequences.xlstm_pkg`.)
 
 The layer. For the input ``x_t`` of the layer (the block's RMS-normed residual stream) and
 ``H`` heads with key size ``d_k`` and value size ``d_v``::
@@ -76,13 +81,21 @@ Backends. On the CPU ``xLSTMBackend`` runs the native PyTorch kernels: ``mode="t
 chunkwise over chunks of ``chunk_size`` (``T`` must be a multiple), ``mode="inference"``
 (the default) chunkwise over whole chunks then step by step for the rest (``T = 1``: one
 step), with states stored in ``inference_state_dtype`` (float32 only: the config rejects
-"float64") between steps; the config's ``chunkwise_kernel``, ``sequence_kernel`` and
-``step_kernel`` are ignored (always the native ones). All compute the same function; the
-replay reproduces each. In a float64 model the inference mode and
-``norm_reduction_force_float32=True`` (the default, the head norm computed in float32)
-round to float32 inside the module, so only ``mode="train"`` with
+"float64") between steps; ``transformers``' own copy ignores the config's
+``chunkwise_kernel``, ``sequence_kernel`` and ``step_kernel`` (always the native ones).
+The ``xlstm`` package's layer hands them to ``mlstm_kernels``' ``mLSTMBackend``, which runs
+what they name: the native ones (``chunkwise--native_autograd`` / ``--native_custbw``,
+``native_sequence__native``, ``native``) are replayed, any other that the mode uses is
+refused (``_xlstm_backend.check_backend``): the Triton kernels run on the GPU only, in
+their own precision and tiling, which the replay is not checked against; the parallel
+kernels cannot run inside this layer (no state in training mode, no initial state in
+inference), and the ``siging`` ones have a sigmoid input gate, another recurrence. All
+native ones compute the same function; the replay reproduces each. In a float64 model the
+inference mode and ``norm_reduction_force_float32=True`` (the default, the head norm
+computed in float32) round to float32 inside the module, so only ``mode="train"`` with
 ``norm_reduction_force_float32=False`` is reproducible to float64 rounding; otherwise the
-replay agrees to float32 rounding (measured up to 6e-8), see :meth:`MLSTMAdapter.replay_tolerance`.
+replay agrees to float32 rounding (measured up to 6e-8), see
+:meth:`MLSTMAdapter.replay_tolerance`.
 """
 
 from __future__ import annotations
@@ -95,6 +108,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import SCALAR_IDENTITY, Params
 from gradscope.errors import ArgumentError, ShapeError, UnsupportedModuleError
+from gradscope.sequences._xlstm_backend import check_backend
 from gradscope.sequences.base import Drive, SequenceAdapter, count, scalar
 
 
@@ -177,17 +191,12 @@ class MLSTMAdapter(SequenceAdapter):
         :meth:`replay_tolerance`).
 
         Raises:
-            UnsupportedModuleError: ``mode="train_with_padding"`` (the layer cannot run it)
-                or head sizes that do not divide.
+            UnsupportedModuleError: ``mode="train_with_padding"`` (the layer cannot run it),
+                a kernel other than the native ones (``_xlstm_backend.check_backend``), or
+                head sizes that do not divide.
         """
         cfg = module.config
-        mode = getattr(module.mlstm_backend.config, "mode", "inference")
-        if "with_padding" in str(mode):
-            raise UnsupportedModuleError(
-                "gradscope's mLSTM adapter: this xLSTMLayer runs mode='train_with_padding', "
-                "whose backend returns no state (the layer's forward cannot unpack it); use "
-                "mode='train' (T a multiple of chunk_size) or mode='inference'"
-            )
+        mode = check_backend(module)
         h = int(cfg.num_heads)
         qk, v = int(module.qk_dim), int(module.v_dim)
         if qk % h or v % h:
@@ -261,13 +270,11 @@ class MLSTMAdapter(SequenceAdapter):
         if x.ndim != 3:
             raise ShapeError(f"mLSTM: the layer's input must be (B, T, hidden), got {x.shape}")
         h, dk, dv = self._dims(params)
-        B, T = x.shape[:2]
+        B = x.shape[0]
         q, k, v, o, i_pre, f_pre = self._projections(params, x)
         dtype = q.dtype
-        # the stabiliser m_t = max(ln f_t + m_{t-1}, ĩ_t), in parallel and in float64
-        ip, logf = i_pre.double(), F.logsigmoid(f_pre.double())
         if state is None:
-            m0 = ip.new_zeros((B, h))
+            m0 = i_pre.new_zeros((B, h), dtype=torch.float64)
         else:
             c0, n0, m0 = state
             if tuple(c0.shape) != (B, h, dk, dv) or tuple(n0.shape) != (B, h, dk):
@@ -276,22 +283,7 @@ class MLSTMAdapter(SequenceAdapter):
                     f"the layer needs ({B}, {h}, {dk}, {dv}) and ({B}, {h}, {dk})"
                 )
             m0 = m0.to(device=x.device, dtype=torch.float64).reshape(B, h)
-        cum = logf.cumsum(dim=1)  # (B, T, H)
-        m = cum + torch.maximum(m0[:, None], torch.cummax(ip - cum, dim=1).values)
-        r = torch.maximum(m0, ip.amax(dim=1)) if T else m0  # (B, H)
-        u = torch.cat(
-            [
-                q,
-                k,
-                v,
-                (ip - r[:, None]).to(dtype),
-                f_pre,
-                o,
-                (m - r[:, None]).to(dtype),
-                r[:, None].expand(B, T, h).to(dtype),
-            ],
-            dim=-1,
-        )
+        u, r = self.assemble(q, k, v, o, i_pre, f_pre, m0)
         s0 = None
         if state is not None:
             scale = torch.exp(m0 - r).to(dtype)  # (B, H), ≤ 1
@@ -300,6 +292,26 @@ class MLSTMAdapter(SequenceAdapter):
             s0 = torch.cat([cs.flatten(1), ns.flatten(1)], dim=-1)
         return Drive(u.transpose(0, 1).contiguous(), s0)
 
+    @staticmethod
+    def assemble(
+        q: Tensor, k: Tensor, v: Tensor, o: Tensor, i_pre: Tensor, f_pre: Tensor, m0: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The drive ``(B, T, I)`` (batch-first) and ``r`` ``(B, H)`` float64 from the gates.
+
+        The stabiliser ``m_t = max(ln f_t + m_{t-1}, ĩ_t)`` in parallel and in float64,
+        ``m_t = B_t + max(m_0, cummax_{s≤t}(ĩ_s - B_s))``, and ``r = max(m_0, max_t ĩ_t)``;
+        ``m_0`` ``(B, H)`` float64 (``-inf``: no floor, the parallel form without a state).
+        """
+        B, T, h = i_pre.shape
+        dtype = q.dtype
+        ip, logf = i_pre.double(), F.logsigmoid(f_pre.double())
+        cum = logf.cumsum(dim=1)  # (B, T, H)
+        m = cum + torch.maximum(m0[:, None], torch.cummax(ip - cum, dim=1).values)
+        r = torch.maximum(m0, ip.amax(dim=1)) if T else m0  # (B, H)
+        parts = [q, k, v, (ip - r[:, None]).to(dtype), f_pre, o, (m - r[:, None]).to(dtype)]
+        u = torch.cat([*parts, r[:, None].expand(B, T, h).to(dtype)], dim=-1)
+        return u, r
+
     def initial_state(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
         """``s0`` of the call, taken before it runs; None without a cached state.
 
@@ -307,24 +319,35 @@ class MLSTMAdapter(SequenceAdapter):
         every block, so after the call the arguments hold the *final* state; the drive's
         stabiliser also reads ``m_0`` from them, so the captured arguments must be cloned.
         """
+        check_backend(module)
         state = kwargs.get("state", args[1] if len(args) > 1 else None)
         if state is None:
             return None
         with torch.no_grad():
             return self.drive(self.module_params(module), args, kwargs).s0
 
-    def readout(self, params: Params, u: Tensor, states: Tensor) -> Tensor:
-        """``y`` ``(B, T, hidden)`` as ``xLSTMLayer`` returns it (see the module docstring)."""
+    def retrieve(self, params: Params, u: Tensor, states: Tensor) -> Tensor:
+        """The heads' outputs ``h_t`` ``(B, T, H, d_v)`` before the norm (module docstring).
+
+        ``h_t = (q_tᵀ C̄_t / √d_k) / (max(|q_tᵀ n̄_t| / √d_k, e^{-r}) + ε e^{m_t - r})``;
+        differentiable in ``states``. ``O(T B H d_k d_v)``.
+        """
         h, dk, dv = self._dims(params)
-        q, _, _, _, _, o, mu, r = self._split(params, u)
-        T, B = u.shape[:2]
+        q, mu, r = (self._split(params, u)[j] for j in (0, 6, 7))
         C = states[1:, :, : h * dk * dv].unflatten(-1, (h, dk, dv))
         n = states[1:, :, h * dk * dv :].unflatten(-1, (h, dk))
         qs = q.unflatten(-1, (h, dk)) * (dk**-0.5)
         num = torch.einsum("tbhk,tbhkv->tbhv", qs, C)
         qn = (qs * n).sum(-1)
         den = torch.maximum(qn.abs(), torch.exp(-r)) + scalar(params, "eps") * torch.exp(mu)
-        hh = (num / den[..., None]).transpose(0, 1)  # (B, T, H, dv)
+        return (num / den[..., None]).transpose(0, 1)
+
+    def readout(self, params: Params, u: Tensor, states: Tensor) -> Tensor:
+        """``y`` ``(B, T, hidden)`` as ``xLSTMLayer`` returns it (see the module docstring)."""
+        h, _, dv = self._dims(params)
+        o = self._split(params, u)[5]
+        T, B = u.shape[:2]
+        hh = self.retrieve(params, u, states)  # (B, T, H, dv)
         # xLSTMMultiHeadLayerNorm, float32 reductions as the module's flag says
         in_dtype = hh.dtype
         if count(params, "norm_float32"):
