@@ -33,6 +33,7 @@ _LAZY: dict[str, str] = {
     # transformers builds its xLSTM from this class when the xlstm package is installed
     "xlstm.xlstm_large.model.mLSTMLayer": "gradscope.sequences.xlstm",
     "xlstm.blocks.mlstm.layer.mLSTMLayer": "gradscope.sequences.xlstm_pkg",
+    "xlstm.blocks.slstm.cell.sLSTMCell_vanilla": "gradscope.sequences.slstm",
     "transformers.models.recurrent_gemma.modeling_recurrent_gemma.RecurrentGemmaRglru": (
         "gradscope.sequences.rglru"
     ),

@@ -68,7 +68,8 @@ class GatedForm:
             present (an LSTM's ``weight_hr``); the loops of many steps then do not apply.
         reads: The part ``W`` multiplies.
         recurrent: The parameter holding ``W`` (``(len(blocks)·H, P)``).
-        inputs: The parameter holding the input weight (the same gate blocks).
+        inputs: The parameter holding the input weight (the same gate blocks), or None when
+            the cell's input already is the gates' input part (an sLSTM cell reads ``W x``).
     """
 
     parts: tuple[str, ...]
@@ -80,7 +81,7 @@ class GatedForm:
     projected: tuple[tuple[str, str], ...] = ()
     reads: str = "h"
     recurrent: str = "weight_hh"
-    inputs: str = "weight_ih"
+    inputs: str | None = "weight_ih"
 
     def __post_init__(self) -> None:
         parts = set(self.parts)
@@ -203,14 +204,15 @@ class GatedCell(CellAdapter):
             return super().product(params, x, s, factors, m, wrt, rev)
         form, f = self.form, factors
         state = wrt == "state"
-        w = params[form.recurrent if state else form.inputs]
+        name = form.recurrent if state else form.inputs
+        w = None if name is None else params[name]  # None: the input is the gates' own
         scale = f.scale if state or f.input_scale is None else f.input_scale
         sl = part_slices(self, params, form)
         H = scale.shape[-1]
         proj = {p: params[name] for p, name in form.projected if name in params}
         if rev:
             return _vjp(form, f, scale, w, sl, H, proj, m, state)
-        a = weight_times(w, m[:, sl[form.reads]] if state else m)
+        a = m.clone() if w is None else weight_times(w, m[:, sl[form.reads]] if state else m)
         a = a.unflatten(1, (len(form.blocks), H))  # (N, blocks, H, k)
         new: dict[str, Tensor] = {}
         for p in form.order:
@@ -289,7 +291,7 @@ def _vjp(form, f, scale, w, sl, H, proj, u, state: bool) -> Tensor:
                 if to == p:
                     term = f.diag[j].unsqueeze(-1) * g
                     back[frm] = term if frm not in back else back[frm] + term
-    out = weight_t_times(w, ga.flatten(1, 2))
+    out = ga.flatten(1, 2) if w is None else weight_t_times(w, ga.flatten(1, 2))
     if not state:
         return out
     parts = []
