@@ -36,6 +36,7 @@ _LAZY: dict[str, str] = {
     "transformers.models.qwen3_next.modeling_qwen3_next.Qwen3NextGatedDeltaNet": (
         "gradscope.sequences.deltanet"
     ),
+    "mambapy.mamba.MambaBlock": "gradscope.sequences.mambapy_block",
 }
 
 
