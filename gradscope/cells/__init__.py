@@ -37,6 +37,7 @@ _LAZY: dict[str, str] = {
         "gradscope.sequences.deltanet"
     ),
     "mambapy.mamba.MambaBlock": "gradscope.sequences.mambapy_block",
+    "s5.s5_model.S5": "gradscope.sequences.s5",
 }
 
 
