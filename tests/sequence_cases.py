@@ -130,3 +130,24 @@ def check_diagonal(adapter: SequenceAdapter, params: dict, u: Tensor, states: Te
     sv = torch.linalg.svdvals(js)
     mags = torch.sort(lam.abs(), dim=-1, descending=True).values
     assert relative_error(sv, mags) < 1e-10
+
+
+def monitored_training(
+    model: nn.Module, loss: Callable[[int], Tensor], steps: int = 3, lr: float = 1e-3
+) -> Any:
+    """``steps`` Adam steps on ``loss(i)`` under a ``gs.Monitor(every=1, analyze=False)``.
+
+    Returns the Monitor's :class:`~gradscope.history.History`.
+    """
+    import gradscope as gs
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    monitor = gs.Monitor(model, every=1, analyze=False)
+    for i in range(steps):
+        value = loss(i)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        monitor.step()
+    monitor.close()
+    return monitor.history

@@ -42,6 +42,8 @@ _LAZY: dict[str, str] = {
     ),
     "minGRU_pytorch.minGRU.minGRU": "gradscope.sequences.mingru_pkg",
     "minGRU_pytorch.minLSTM.minLSTM": "gradscope.sequences.minlstm_pkg",
+    "mambapy.mamba.MambaBlock": "gradscope.sequences.mambapy_block",
+    "s5.s5_model.S5": "gradscope.sequences.s5",
 }
 
 

@@ -35,7 +35,7 @@ from gradscope.recording.grads import (
     fused_cotangent_tensors,
     grad_hook,
 )
-from gradscope.recording.sequences import SequenceCall, capture_sequence
+from gradscope.recording.sequences import SequenceCall, capture_sequence, guard_methods
 from gradscope.traces import Trace
 
 
@@ -204,6 +204,7 @@ class Recorder:
                             prepend=True,
                         )
                     )
+                    self._handles.extend(guard_methods(module, adapter_for(module)))
                     continue
                 # A fused module's own output is recorded before any user forward hook
                 # can replace it (what a hook returns is downstream of the recurrence);

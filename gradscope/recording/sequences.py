@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.cells.base import Params
-from gradscope.errors import ReplayMismatchError
+from gradscope.errors import ReplayMismatchError, UnsupportedModuleError
 from gradscope.layer_trace import LayerTrace
 from gradscope.recording.check import mismatch
 from gradscope.recording.contract import (
@@ -80,6 +80,45 @@ class SequenceCall:
     layer: LayerTrace | None = None
     #: A backward pass reached the output (set by the recorder's gradient hook).
     reached: bool = False
+
+
+class MethodGuard:
+    """A method of one module shadowed, while recording, by a function that refuses the call.
+
+    See :meth:`~gradscope.sequences.base.SequenceAdapter.refused_methods`. ``remove()`` (a
+    hook handle's interface, so the recorder removes it with its hooks) restores the method.
+    """
+
+    def __init__(self, module: nn.Module, name: str, message: str) -> None:
+        self.module, self.name = module, name
+        self._had = name in module.__dict__
+        self._old = module.__dict__.get(name)
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise UnsupportedModuleError(message)
+
+        module.__dict__[name] = refuse
+
+    def remove(self) -> None:
+        """Put the module's own method back."""
+        if self._had:
+            self.module.__dict__[self.name] = self._old
+        else:
+            self.module.__dict__.pop(self.name, None)
+
+
+def guard_methods(module: nn.Module, adapter: SequenceAdapter) -> list[MethodGuard]:
+    """Shadow the methods the adapter refuses (:class:`MethodGuard`), one guard each.
+
+    A dotted name (``"seq.forward_rnn"``) is a method of a submodule.
+    """
+    where = f"{type(module).__name__}"
+    refused = called(adapter, "refused_methods", lambda: adapter.refused_methods(module), where)
+    guards = []
+    for name, text in dict(refused).items():
+        owner, _, method = name.rpartition(".")
+        guards.append(MethodGuard(module.get_submodule(owner), method, text))
+    return guards
 
 
 def capture_sequence(
@@ -257,4 +296,11 @@ def sequence_grads(call: SequenceCall) -> Tensor | None:
     return G.detach()
 
 
-__all__ = ["SequenceCall", "build_sequence", "capture_sequence", "sequence_grads"]
+__all__ = [
+    "MethodGuard",
+    "SequenceCall",
+    "build_sequence",
+    "capture_sequence",
+    "guard_methods",
+    "sequence_grads",
+]

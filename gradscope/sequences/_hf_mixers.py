@@ -116,6 +116,19 @@ def causal_conv_silu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return F.silu(out).to(x.dtype).transpose(1, 2)
 
 
+def optional_biases(module: nn.Module) -> dict[str, Tensor]:
+    """The Mamba mixers' optional biases that are present (``in_proj``, ``conv1d``, ``out_proj``).
+
+    Not detached. Shared by the Mamba-1 (``transformers`` and ``mambapy``) and Mamba-2 adapters.
+    """
+    out = {}
+    for name in ("in_proj", "conv1d", "out_proj"):
+        bias = getattr(module, name).bias
+        if bias is not None:
+            out[f"{name}.bias"] = bias
+    return out
+
+
 def check_silu(module: nn.Module, kind: str) -> None:
     """Raise :class:`UnsupportedModuleError` unless the mixer's activation is SiLU."""
     act = str(getattr(module, "activation", "silu"))
@@ -133,5 +146,6 @@ __all__ = [
     "causal_conv_silu",
     "check_silu",
     "mask_padding",
+    "optional_biases",
     "refuse_carried_state",
 ]

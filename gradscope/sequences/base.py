@@ -118,6 +118,19 @@ class SequenceAdapter(CellAdapter):
         """
         return None
 
+    def refused_methods(self, module: nn.Module) -> dict[str, str]:
+        """Methods of ``module`` besides ``forward`` that run its recurrence, with why refused.
+
+        Forward hooks see only calls of ``forward``; a method that a model calls directly
+        (a generation ``step(x, cache)`` continuing a state the hooks never see) would run
+        unseen, and the trace would silently lack it. While a recording is open, each name
+        given here is shadowed on the instance by a function that raises
+        :class:`~gradscope.errors.UnsupportedModuleError` with its message; the method is
+        restored when the hooks are removed. A dotted name is a submodule's method
+        (``"seq.forward_rnn"``). The default is none.
+        """
+        return {}
+
     def replay_tolerance(self, params: Params, dtype: torch.dtype) -> float | None:
         """The replay check's relative tolerance for this module, or None for the default.
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import DIAGONAL, Params
 from gradscope.errors import UnsupportedModuleError
+from gradscope.sequences._hf_mixers import optional_biases
 from gradscope.sequences.base import Drive, SequenceAdapter
 
 
@@ -54,12 +55,34 @@ def _as_float32(t: Tensor) -> Tensor:
     return t + (t.float().to(t.dtype) - t).detach()
 
 
+def mixer_weights(module: nn.Module) -> Params:
+    """A Mamba-1 mixer's weights by the names both ``transformers`` and ``mambapy`` use.
+
+    ``A = −exp(A_log)`` formed in float32, as both form it; the optional biases when present.
+    Not detached.
+    """
+    out: Params = {
+        "in_proj.weight": module.in_proj.weight,
+        "conv1d.weight": module.conv1d.weight,
+        "x_proj.weight": module.x_proj.weight,
+        "dt_proj.weight": module.dt_proj.weight,
+        "dt_proj.bias": module.dt_proj.bias,
+        "A": -torch.exp(module.A_log.float()),
+        "D": module.D,
+        "out_proj.weight": module.out_proj.weight,
+    }
+    return {**out, **optional_biases(module)}
+
+
 class MambaAdapter(SequenceAdapter):
     """``transformers``' ``MambaMixer`` (Mamba-1): a diagonal selective scan."""
 
     kind = "mamba"
     state_names = ("h",)
     structure = DIAGONAL
+    #: The state update reads ``x_t`` and ``B_t`` rounded to float32 (``transformers`` calls
+    #: ``.float()`` on them); a subclass for a module that does not round sets it False.
+    rounds_update_inputs = True
 
     # ------------------------------------------------------------------ layout
     def _dims(self, params: Params) -> tuple[int, int]:
@@ -88,24 +111,7 @@ class MambaAdapter(SequenceAdapter):
                 f"gradscope's Mamba adapter replays the silu activation; this MambaMixer uses "
                 f"{module.activation!r}"
             )
-        out: Params = {
-            "in_proj.weight": module.in_proj.weight,
-            "conv1d.weight": module.conv1d.weight,
-            "x_proj.weight": module.x_proj.weight,
-            "dt_proj.weight": module.dt_proj.weight,
-            "dt_proj.bias": module.dt_proj.bias,
-            "A": -torch.exp(module.A_log.float()),
-            "D": module.D,
-            "out_proj.weight": module.out_proj.weight,
-        }
-        for name, p in (
-            ("in_proj.bias", module.in_proj.bias),
-            ("conv1d.bias", module.conv1d.bias),
-            ("out_proj.bias", module.out_proj.bias),
-        ):
-            if p is not None:
-                out[name] = p
-        return {k: v.detach() for k, v in out.items()}
+        return {k: v.detach() for k, v in mixer_weights(module).items()}
 
     def initial_state(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         """Zeros; a call that continues a cached state is refused (see the message)."""
@@ -158,8 +164,9 @@ class MambaAdapter(SequenceAdapter):
         x, dt, b, _, _ = self._split(params, u)
         A = params["A"].to(u.dtype)
         a = torch.exp(dt[:, :, None] * A)
-        xr, br = _as_float32(x), _as_float32(b)  # the module's .float() on x and B
-        return a, xr, dt, br
+        if self.rounds_update_inputs:
+            x, b = _as_float32(x), _as_float32(b)  # the module's .float() on x and B
+        return a, x, dt, b
 
     def step(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
         """``h_t = exp(Δ_t A) ⊙ h_{t−1} + (Δ_t x_t) ⊗ B_t``."""
@@ -218,4 +225,4 @@ class MambaAdapter(SequenceAdapter):
 
 ADAPTER = MambaAdapter()
 
-__all__ = ["ADAPTER", "MambaAdapter"]
+__all__ = ["ADAPTER", "MambaAdapter", "mixer_weights"]

@@ -72,6 +72,7 @@ from gradscope.sequences._hf_mixers import (
     causal_conv_silu,
     check_silu,
     mask_padding,
+    optional_biases,
     refuse_carried_state,
 )
 from gradscope.sequences.base import Drive, SequenceAdapter, count, scalar
@@ -145,13 +146,7 @@ class Mamba2Adapter(SequenceAdapter):
             "norm.weight": module.norm.weight,
             "out_proj.weight": module.out_proj.weight,
         }
-        for name, p in (
-            ("in_proj.bias", module.in_proj.bias),
-            ("conv1d.bias", module.conv1d.bias),
-            ("out_proj.bias", module.out_proj.bias),
-        ):
-            if p is not None:
-                params[name] = p
+        params.update(optional_biases(module))
         params = {k: v.detach() for k, v in params.items()}
         params.update(
             num_heads=torch.tensor(int(module.num_heads)),
