@@ -138,7 +138,8 @@ def step_quantiles(v: np.ndarray, quantiles: tuple[float, ...] = QUANTILES) -> n
         return np.quantile(flat, quantiles, axis=1).T
     out = np.full((flat.shape[0], len(quantiles)), np.nan)
     ok = ~np.isnan(flat).all(axis=1)
-    out[ok] = np.nanquantile(flat[ok], quantiles, axis=1).T
+    if ok.any():
+        out[ok] = np.nanquantile(flat[ok], quantiles, axis=1).T
     return out
 
 
