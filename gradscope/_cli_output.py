@@ -64,6 +64,79 @@ def summary(diagnosis: Any, arrays: bool = False) -> list[dict[str, Any]]:
     return [d.to_dict(arrays=arrays) for d in diagnosis.layers]
 
 
+def read_as(trace: Any) -> list[dict[str, Any]]:
+    """How the recorded layers read the input: ``[{"T", "B", "layers"}]``, one per (T, B)."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for layer in trace.layers:
+        groups.setdefault((int(layer.T), int(layer.B)), []).append(layer.name)
+    return [{"T": t, "B": b, "layers": names} for (t, b), names in groups.items()]
+
+
+def read_as_text(shape: tuple[int, ...], batch_first: bool, groups: list[dict[str, Any]]) -> str:
+    """``input (100, 8, 32) given as (T, B, I); read as T=100, B=8 by lstm.l0``."""
+    given = "(B, T, I)" if batch_first else "(T, B, I)"
+    read = "; ".join(f"T={g['T']}, B={g['B']} by {', '.join(g['layers'])}" for g in groups)
+    return f"input {tuple(shape)} given as {given}; read as {read or 'no layer'}"
+
+
+def layout_warnings(
+    trace: Any, shape: tuple[int, ...], batch_first: bool, random: bool
+) -> list[str]:
+    """A warning per recorded fused module whose ``batch_first`` disagrees with the input.
+
+    The input's layout is ``(B, T, I)`` with ``--batch-first``, else ``(T, B, I)``; an
+    ``nn.RNN``/``nn.LSTM``/``nn.GRU`` reads its own, so the two disagree when it read the
+    steps as sequences.
+
+    Args:
+        trace: The recording (each fused layer's ``meta`` holds its module's ``batch_first``).
+        shape: The input's shape.
+        batch_first: ``--batch-first`` was given.
+        random: The input was ``random:T,B,I`` (else a file).
+
+    Returns:
+        The warnings, one per module.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    for layer in trace.layers:
+        meta = layer.meta
+        module = str(meta.get("module", layer.name))
+        bf = meta.get("batch_first")
+        if meta.get("source") != "fused" or meta.get("unbatched") or module in seen:
+            continue
+        seen.add(module)
+        if not isinstance(bf, bool) or bf == batch_first or len(shape) < 2:
+            continue
+        a, b = shape[0], shape[1]
+        if bf:  # the module reads (B, T, ...), the input was given as (T, B, ...)
+            meant, fix = (
+                f"T={a} steps of B={b} sequences",
+                (
+                    "pass --batch-first (random: input is then made (B, T, I))"
+                    if random
+                    else "save the input as (B, T, I), or pass --batch-first if it already is"
+                ),
+            )
+            given = "(T, B, I) (no --batch-first)"
+        else:
+            meant, fix = (
+                f"B={a} sequences of T={b} steps",
+                (
+                    "drop --batch-first"
+                    if random
+                    else "save the input as (T, B, I), or drop --batch-first if it already is"
+                ),
+            )
+            given = "(B, T, I) (--batch-first)"
+        out.append(
+            f"{module or 'the model'} ({meta.get('module_type', 'RNN')}) is batch_first={bf} "
+            f"but the input was given as {given}: it read T={layer.T}, B={layer.B}; "
+            f"if you meant {meant}, {fix}"
+        )
+    return out
+
+
 def parse_fail_on(values: list[str] | None) -> set[str]:
     """``--fail-on vanishing --fail-on exploding`` or ``--fail-on vanishing,exploding``.
 
@@ -82,6 +155,10 @@ def parse_fail_on(values: list[str] | None) -> set[str]:
                     f"{', '.join(REGIMES)} (repeat the flag or separate them with commas)"
                 )
             out.add(name)
+    if values and not out:
+        raise UsageError(
+            f"--fail-on {values[-1]!r} names no regime; use one or more of {', '.join(REGIMES)}"
+        )
     return out
 
 
@@ -95,7 +172,10 @@ __all__ = [
     "REGIMES",
     "diagnosis_text",
     "failing",
+    "layout_warnings",
     "parse_fail_on",
+    "read_as",
+    "read_as_text",
     "summary",
     "width",
 ]

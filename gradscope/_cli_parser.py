@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 
+from gradscope._cli_inputs import MAX_INPUT_GB
 from gradscope._cli_output import FAIL_ON_EXIT, REGIMES
 from gradscope._version import __version__
 
@@ -27,7 +28,9 @@ examples:
       --json --fail-on vanishing,exploding        CI: JSON on stdout, exit 3 on a bad regime
 
 exit codes: 0 ok, 1 internal error (a bug), 2 bad input or usage, 3 a layer's regime is one
-named by --fail-on (the outputs are written first)
+named by --fail-on (the outputs are written first); --debug adds tracebacks, never changes them
+
+--json is strict JSON: a number that is not finite is the string "nan", "inf" or "-inf"
 """
 
 
@@ -36,7 +39,8 @@ def _json_and_fail_on(p: argparse.ArgumentParser) -> None:
         "--json",
         action="store_true",
         help="results as JSON on stdout (per layer: regime, decay rates with intervals, "
-        "half-life, horizon, spectra summaries, Lyapunov exponents; the paths written)",
+        "half-life, horizon, spectra summaries, Lyapunov exponents; the paths written). "
+        'Strict JSON: NaN, inf and -inf are the strings "nan", "inf", "-inf"',
     )
     p.add_argument(
         "--fail-on",
@@ -90,12 +94,14 @@ def build_parser(commands: Mapping[str, Command]) -> argparse.ArgumentParser:
         "adding problem at initialisation and after a short training run with the Monitor, "
         "and write one comparison report (HTML and PDF). No data or download needed.",
     )
-    p.add_argument("--out", default="reports/demo", help="output folder (default reports/demo)")
-    p.add_argument("--steps", type=int, default=600, help="training steps per model")
-    p.add_argument("--seq-len", type=int, default=50, help="sequence length T")
-    p.add_argument("--hidden", type=int, default=32, help="hidden size of every model")
-    p.add_argument("--batch", type=int, default=64, help="training batch size")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", default="reports/demo", help="output folder, created (default reports/demo)"
+    )
+    p.add_argument("--steps", type=int, default=600, help="training steps per model (600)")
+    p.add_argument("--seq-len", type=int, default=50, help="sequence length T, at least 2 (50)")
+    p.add_argument("--hidden", type=int, default=32, help="hidden size of every model (32)")
+    p.add_argument("--batch", type=int, default=64, help="training batch size (64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and weights (0)")
     _pdf_detail(p)
     p.add_argument("--no-pdf", action="store_true", help="write the HTML report only")
     p.set_defaults(func=commands["demo"])
@@ -108,13 +114,31 @@ def build_parser(commands: Mapping[str, Command]) -> argparse.ArgumentParser:
         "verdicts, and write a report plus the trace (.npz) for later.",
         epilog="example: gradscope profile mypkg.models:make_model --input random:100,8,32",
     )
-    p.add_argument("target", metavar="TARGET", help="package.module:factory or :model")
+    p.add_argument(
+        "target",
+        metavar="TARGET",
+        help="package.module:factory (called with no arguments) or package.module:model",
+    )
     p.add_argument(
         "--input",
         required=True,
-        help="random:T,B,I (standard normal) or a .npy / .pt tensor file",
+        help="random:T,B,I (standard normal, in the model's dtype) or a .npy / .pt tensor "
+        "file (floats become the model's dtype, integers int64 token ids)",
     )
-    p.add_argument("--batch-first", action="store_true", help="random input as (B, T, I)")
+    p.add_argument(
+        "--batch-first",
+        action="store_true",
+        help="the input is (B, T, I), not (T, B, I): random: input is made so; for a file, "
+        "it says how the file is laid out (the output says how the model read it)",
+    )
+    p.add_argument(
+        "--max-input-gb",
+        type=float,
+        default=MAX_INPUT_GB,
+        metavar="GB",
+        help=f"refuse an input larger than this many GiB, before it is made or loaded "
+        f"(default {MAX_INPUT_GB:g}; recording and analysis need several times the input)",
+    )
     p.add_argument("-o", "--output", default="profile.html", help="report path (.html/.pdf)")
     p.add_argument("--trace", help="where to save the trace (default: report path, .npz)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")

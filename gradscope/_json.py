@@ -1,7 +1,15 @@
-"""One JSON convention for every result gradscope writes (summaries, reports, histories)."""
+"""One JSON convention for every result gradscope writes (summaries, reports, histories).
+
+Everything gradscope writes is strict JSON (RFC 8259): a reader that refuses the bare
+``NaN``/``Infinity`` tokens Python's :mod:`json` would otherwise emit reads it. A value that
+is not finite is written as one of the strings ``"nan"``, ``"inf"`` or ``"-inf"``: the three
+stay apart (an infinite half-life, a gradient that never halves, is not an unknown one),
+where ``null`` would merge them with "absent". :func:`dumps` is the one writer.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -51,7 +59,7 @@ def jsonable(obj: Any) -> Any:
     if type(obj).__module__.startswith("torch") and hasattr(obj, "detach"):
         return jsonable(obj.detach().cpu().numpy())
     if hasattr(obj, "to_dict") and callable(obj.to_dict):
-        return obj.to_dict()
+        return jsonable(obj.to_dict())
     if isinstance(obj, Mapping):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, Sequence):
@@ -64,3 +72,19 @@ def jsonable(obj: Any) -> Any:
 def dataclass_dict(obj: Any, skip: Sequence[str] = ()) -> dict[str, Any]:
     """The fields of a dataclass instance as JSON-serialisable data (see :func:`jsonable`)."""
     return {f.name: jsonable(getattr(obj, f.name)) for f in fields(obj) if f.name not in skip}
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """``obj`` as strict JSON text, non-finite numbers as strings (see :func:`jsonable`).
+
+    Args:
+        obj: Anything :func:`jsonable` converts.
+        **kwargs: Passed to :func:`json.dumps` (``indent``, ...).
+
+    Returns:
+        The JSON text; it never holds ``NaN``, ``Infinity`` or ``-Infinity``.
+
+    Raises:
+        ArgumentTypeError: Something in ``obj`` has no JSON form.
+    """
+    return json.dumps(jsonable(obj), allow_nan=False, **kwargs)

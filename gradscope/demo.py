@@ -22,7 +22,6 @@ so that its cell path carries gradients across the sequence from the first step.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gradscope._json import jsonable
+from gradscope._json import dumps
 from gradscope.errors import ArgumentError
 
 #: Display names of the three model families, in report order.
@@ -130,6 +129,63 @@ def train_adding(
     return losses
 
 
+#: The largest tensor the demo may build, in numbers (1 GiB of float32): the LSTM's
+#: recurrent weights ``4H × H`` and one batch of its gate activations ``T × B × 4H``.
+MAX_NUMBERS = 2**28
+
+
+def check_settings(*, steps: int, seq_len: int, hidden: int, batch: int, seed: int) -> None:
+    """Refuse demo settings out of range before any work.
+
+    Raises:
+        ArgumentError: a size below its least value, a model or batch too large for
+            :data:`MAX_NUMBERS`, or a seed ``torch.Generator`` refuses.
+    """
+    for name, value, least in (
+        ("steps", steps, 1),
+        ("seq_len", seq_len, 2),
+        ("hidden", hidden, 1),
+        ("batch", batch, 1),
+    ):
+        if value < least:
+            flag = "--" + name.replace("_", "-")
+            raise ArgumentError(f"demo: {name} ({flag}) must be at least {least}, got {value}")
+    largest = {
+        "the LSTM's recurrent weights (4·hidden × hidden)": 4 * hidden * hidden,
+        "one batch's gate activations (seq_len × max(batch, 512) × 4·hidden)": (
+            seq_len * max(batch, 512) * 4 * hidden
+        ),
+    }
+    for what, numbers in largest.items():
+        if numbers > MAX_NUMBERS:
+            raise ArgumentError(
+                f"demo: {what} would be {numbers:,} numbers, over the demo's limit of "
+                f"{MAX_NUMBERS:,} (1 GiB of float32); choose smaller --hidden, --seq-len or "
+                "--batch"
+            )
+    try:
+        torch.Generator().manual_seed(seed)
+    except (RuntimeError, ValueError, OverflowError):
+        raise ArgumentError(
+            f"demo: seed (--seed) must be an integer in [-2**63, 2**64), got {seed}"
+        ) from None
+
+
+def check_out(out: Path, pdf: bool) -> None:
+    """The output folder can take the demo's files (created if missing).
+
+    Raises:
+        OutputError: ``out`` is a file, or a file cannot be written in it.
+    """
+    from gradscope._files import check_writable
+    from gradscope.errors import OutputError
+
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"cannot write into {out}: it is a file, not a folder (--out)")
+    for name in ("report.html", "summary.json") + (("report.pdf",) if pdf else ()):
+        check_writable(out / name)
+
+
 def run_demo(
     out: Path = Path("reports/demo"),
     steps: int = 600,
@@ -167,14 +223,18 @@ def run_demo(
         The paths written: the HTML report, the PDF report (when ``pdf``) and a JSON summary.
 
     Raises:
+        ArgumentError: a size or the seed out of range (before any work).
+        OutputError: ``out`` is a file or cannot be written (before any work).
         PdfEngineError: ``pdf`` and no headless Chromium is installed (before any training).
     """
     from gradscope._progress import compute_threads
 
+    check_settings(steps=steps, seq_len=seq_len, hidden=hidden, batch=batch, seed=seed)
     if pdf:
         from gradscope.reporting.pdf import engine
 
         engine()  # fail before minutes of training, saying what to install
+    check_out(Path(out), pdf)
     opts = dict(pdf=pdf, pdf_detail=pdf_detail)
 
     # models this small run fastest on one thread, and a busy machine's spinning worker
@@ -277,6 +337,6 @@ def _run(out, steps, seq_len, hidden, batch, seed, lr, chrono, every, progress, 
         lstm_init="chrono" if chrono else "PyTorch default",
         seed=seed,
     )
-    summary_path.write_text(json.dumps(jsonable({"settings": settings, **summary}), indent=2))
+    summary_path.write_text(dumps({"settings": settings, **summary}, indent=2))
     log(f"report: {html}")
     return [*written, summary_path]

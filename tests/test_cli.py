@@ -65,6 +65,11 @@ def user_models(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def refuse(token: str) -> None:
+    """``json.loads(..., parse_constant=refuse)``: strict JSON has no NaN or Infinity."""
+    raise ValueError(f"not strict JSON: {token}")
+
+
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.startswith("gradscope:")]
     assert len(lines) == 1, proc.stderr
@@ -163,10 +168,12 @@ def test_report_rejects_unknown_suffix(user_models: Path) -> None:
     assert ".html" in one_error_line(proc)
 
 
-def test_debug_shows_the_traceback(user_models: Path) -> None:
-    proc = run_cli("--debug", "diagnose", "missing.npz", cwd=user_models)
-    assert proc.returncode != 0
-    assert "Traceback" in proc.stderr
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(user_models: Path) -> None:
+    for argv in (["--debug", "diagnose", "missing.npz"], ["diagnose", "missing.npz", "--debug"]):
+        proc = run_cli(*argv, cwd=user_models)
+        assert proc.returncode == 2  # bad input, as without --debug (it was 1)
+        assert "Traceback" in proc.stderr
+        assert proc.stderr.rstrip().endswith("gradscope: error: missing.npz: no such file")
 
 
 def test_demo_reduced_size(tmp_path: Path) -> None:
@@ -181,7 +188,7 @@ def test_demo_reduced_size(tmp_path: Path) -> None:
     for label in ("vanilla RNN", "LSTM", "GRU"):
         assert label in html
     assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=refuse)
     settings = summary.pop("settings")
     assert settings["seed"] == 0 and settings["seq_len"] == 12 and settings["steps"] == 6
     assert set(summary) == {"vanilla RNN", "LSTM", "GRU"}

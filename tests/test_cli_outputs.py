@@ -36,6 +36,19 @@ def loss(output, batch):
 def bad_loss(output, batch):
     raise ValueError("labels are missing")
 
+def vector_loss(output, batch):
+    return output[0].pow(2).mean(-1)           # one number per step and sequence
+
+def constant_loss(output, batch):
+    return torch.tensor(1.0)                   # does not depend on the output
+
+def nan_loss(output, batch):
+    return output[0].sum() * float("nan")
+
+def make_bf():
+    torch.manual_seed(0)
+    return torch.nn.RNN(3, 4, batch_first=True)
+
 not_a_function = 3
 """
 
@@ -101,6 +114,11 @@ def test_fail_on_exit_code_follows_the_regimes(saved, workdir, capsys) -> None:
     assert code == FAIL_ON_EXIT and f"gru.l0 ({regime})" in err
     code, _, err = run(capsys, "diagnose", str(saved), "--fail-on", "vanshing")
     assert code == 2 and "'vanshing' is not a regime" in err
+    for empty in ("", ","):  # they failed on nothing, silently
+        code, _, err = run(capsys, "diagnose", str(saved), "--fail-on", empty)
+        assert code == 2 and f"--fail-on {empty!r} names no regime" in err
+    code, _, err = run(capsys, "diagnose", str(saved), "--arrays")  # it was ignored
+    assert code == 2 and "pass --json too" in err
 
 
 def test_loss_errors_name_the_users_function(workdir, capsys) -> None:
@@ -111,6 +129,11 @@ def test_loss_errors_name_the_users_function(workdir, capsys) -> None:
     assert code == 2 and "not a function" in err
     code, _, err = run(capsys, *base, "tiny")
     assert code == 2 and "package.module:function" in err
+    code, _, err = run(capsys, *base, "tiny:vector_loss")  # it said profile(loss_fn=...)
+    assert code == 2 and "--loss tiny:vector_loss returned a tensor of shape (6, 2)" in err
+    assert "scalar tensor" in err
+    code, _, err = run(capsys, *base, "tiny:constant_loss")  # it dropped the loss silently
+    assert code == 2 and "--loss tiny:constant_loss returned a tensor that needs no" in err
     assert not (workdir / "p.html").exists()
 
 
@@ -198,3 +221,70 @@ def test_report_progress_counts_every_figure(history_file, tmp_path, capsys, mon
     ]
     gs.report(history_file, tmp_path / "q.html", progress=False)
     assert capsys.readouterr().err == ""
+
+
+def refuse(token: str) -> None:
+    """``json.loads(..., parse_constant=refuse)``: strict JSON has no NaN or Infinity."""
+    raise ValueError(f"not strict JSON: {token}")
+
+
+def test_json_is_strict_and_non_finite_numbers_are_strings(workdir, capsys) -> None:
+    import numpy as np
+
+    np.save(workdir / "nan.npy", np.full((5, 2, 3), np.nan, dtype=np.float32))
+    code, out, err = run(capsys, "-q", "profile", "tiny:make", "--input", "nan.npy", "--loss",
+                         "tiny:nan_loss", "--json", "-o", "p.html")  # fmt: skip
+    assert code == 0, err  # it crashed in the gates' quantiles (all NaN), rc 1
+    doc = json.loads(out, parse_constant=refuse)  # it wrote `"loss": NaN`
+    assert doc["loss"] == "nan"
+    layer = doc["layers"][0]
+    assert layer["regime"] == "unknown" and layer["nonfinite"]["count"] == 10  # 5 steps x 2
+    assert layer["eig"]["median"] == "nan" and layer["eig"]["n"] == 0  # no finite step
+    assert doc["warnings"] == [
+        "--input 'nan.npy' holds 30 NaN/inf values of 30; the states they reach are "
+        "non-finite and the analysis reports them as such",
+        "--loss tiny:nan_loss returned nan: its gradients are not finite, and the "
+        "loss-gradient decay cannot be measured",
+    ]
+    assert f"gradscope: warning: {doc['warnings'][0]}" in err  # -q keeps warnings
+    code, out, _ = run(capsys, "-q", "diagnose", "p.npz", "--json", "--arrays")
+    assert code == 0 and json.loads(out, parse_constant=refuse)["layers"][0]["regime"] == (
+        "unknown"
+    )
+
+
+def test_dumps_writes_strict_json() -> None:
+    from gradscope._json import dumps
+
+    class Result:
+        def to_dict(self):  # a to_dict that leaves a float as it is
+            return {"rate": float("-inf")}
+
+    text = dumps({"a": float("nan"), "b": [float("inf"), 1.5], "c": Result(), "d": None})
+    assert text == '{"a": "nan", "b": ["inf", 1.5], "c": {"rate": "-inf"}, "d": null}'
+
+
+@pytest.mark.parametrize(
+    ("target", "flags", "read", "warning"),
+    [
+        ("tiny:make", [], "read as T=10, B=2 by rnn.l0", None),
+        ("tiny:make_bf", ["--batch-first"], "read as T=10, B=2 by rnn.l0", None),
+        ("tiny:make_bf", [], "read as T=2, B=10 by rnn.l0",  # it read this silently
+         "the model (RNN) is batch_first=True but the input was given as (T, B, I) "
+         "(no --batch-first): it read T=2, B=10; if you meant T=10 steps of B=2 sequences, "
+         "pass --batch-first "
+         "(random: input is then made (B, T, I))"),
+        ("tiny:make", ["--batch-first"], "read as T=2, B=10 by rnn.l0",
+         "the model (RNN) is batch_first=False but the input was given as (B, T, I) "
+         "(--batch-first): it read T=2, B=10; if you meant B=2 sequences of T=10 steps, "
+         "drop --batch-first"),
+    ],
+)  # fmt: skip
+def test_profile_says_how_the_model_read_the_input(workdir, capsys, target, flags, read, warning):
+    code, out, err = run(capsys, "-q", "profile", target, "--input", "random:10,2,3",
+                         "-o", "p.html", *flags)  # fmt: skip
+    assert code == 0, err
+    given, shape = ("(B, T, I)", (2, 10, 3)) if flags else ("(T, B, I)", (10, 2, 3))
+    assert out.splitlines()[0] == f"input {shape} given as {given}; {read}"
+    warnings = [line for line in err.splitlines() if line.startswith("gradscope: warning:")]
+    assert warnings == ([] if warning is None else [f"gradscope: warning: {warning}"])
