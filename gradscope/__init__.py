@@ -19,7 +19,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from gradscope import _views
 from gradscope._version import __version__
+
+# Records below the reporting layer render through these (gradscope._views): the top
+# plugs the reporting layer in, so no lower layer imports it.
+_views.register("report", "gradscope.reporting:report")
+_views.register("notebook_html", "gradscope.reporting.notebook:notebook_html")
 
 #: Where each public name lives, grouped by concept.
 _HOMES: dict[str, str] = {

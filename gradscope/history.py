@@ -17,6 +17,7 @@ import numpy as np
 
 from gradscope._files import as_path
 from gradscope._npz import NpzArchive, check_version, write_npz
+from gradscope._views import render
 from gradscope.errors import ShapeError, TraceFormatError, UnknownNameError
 from gradscope.history_checks import check_history_meta, plan_history, row_widths
 from gradscope.history_keys import (  # re-exported: the History's vocabulary
@@ -286,9 +287,7 @@ class History:
 
     def _repr_html_(self) -> str:
         """In a notebook: the latest sampled step's numbers per layer, as a table."""
-        from gradscope.reporting.notebook import notebook_html
-
-        return notebook_html(self)
+        return render("notebook_html", self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope._json.jsonable`)."""

@@ -21,17 +21,17 @@ PKG = Path(__file__).resolve().parents[1] / "gradscope"
 MAX_LINES = 500
 
 
-def _modules() -> dict[str, Path]:
+def _modules(pkg: Path = PKG) -> dict[str, Path]:
     mods = {}
-    for p in PKG.rglob("*.py"):
-        name = ".".join(p.relative_to(PKG.parent).with_suffix("").parts)
+    for p in pkg.rglob("*.py"):
+        name = ".".join(p.relative_to(pkg.parent).with_suffix("").parts)
         mods[name.removesuffix(".__init__")] = p
     return mods
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(pkg: Path = PKG) -> dict[str, set[str]]:
     """Module -> gradscope modules it imports (module level and inside functions)."""
-    mods = _modules()
+    mods = _modules(pkg)
     edges: dict[str, set[str]] = {m: set() for m in mods}
     for m, p in mods.items():
         pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
@@ -103,6 +103,61 @@ def test_no_import_cycles():
 
 def test_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+#: The layers, bottom to top: a module may import its own layer and the ones below, never
+#: one above (function-local imports count). Records reach the reporting layer through the
+#: renderers the package's top registers (``gradscope._views``), not by importing it.
+LAYERS: dict[str, int] = {
+    **dict.fromkeys(
+        ["errors", "_version", "_json", "_files", "_npz", "_rng", "_select", "_views"], 0
+    ),
+    **dict.fromkeys(["theory", "history_keys"], 0),
+    **dict.fromkeys(["cells", "sequences"], 1),
+    **dict.fromkeys(["layer_trace", "traces", "trace_checks", "_progress"], 2),
+    **dict.fromkeys(["recording", "jacobians"], 3),
+    "analysis": 4,
+    **dict.fromkeys(["history", "history_checks", "history_text"], 5),
+    "reporting": 6,
+    **dict.fromkeys(["monitor", "integrations"], 7),
+    **dict.fromkeys(["cli", "_cli_parser", "_cli_inputs", "_cli_output", "demo", "__main__"], 8),
+}
+
+
+def layer_of(module: str) -> int:
+    """The layer of a gradscope module (the package's own ``__init__`` is the top)."""
+    if module == "gradscope":
+        return max(LAYERS.values()) + 1
+    top = module.split(".")[1]
+    assert top in LAYERS, f"{module}: add its top-level name to LAYERS in tests/test_layout.py"
+    return LAYERS[top]
+
+
+def test_no_import_runs_back_up_the_layers():
+    up = sorted(
+        f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
+        for m, ts in import_graph().items()
+        for t in ts
+        if layer_of(t) > layer_of(m)
+    )
+    assert not up, "imports that run back up the layers:\n" + "\n".join(up)
+
+
+def test_the_layer_check_sees_a_function_local_import_up(tmp_path):
+    """A lazy import inside a function that runs up a layer is found (not only top-level)."""
+    fake = tmp_path / "gradscope"
+    (fake / "analysis").mkdir(parents=True)
+    (fake / "reporting").mkdir()
+    for init in (fake, fake / "analysis", fake / "reporting"):
+        (init / "__init__.py").write_text("")
+    (fake / "reporting" / "notebook.py").write_text("def notebook_html(obj):\n    return ''\n")
+    (fake / "analysis" / "results.py").write_text(
+        "def view(obj):\n    from gradscope.reporting.notebook import notebook_html\n"
+        "    return notebook_html(obj)\n"
+    )
+    edges = import_graph(fake)
+    up = [(m, t) for m, ts in edges.items() for t in ts if layer_of(t) > layer_of(m)]
+    assert up == [("gradscope.analysis.results", "gradscope.reporting.notebook")]
 
 
 def test_reports_never_import_the_monitor():

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradscope._views import render
 from gradscope.analysis.diagnosis import Diagnosis, diagnose
 from gradscope.errors import GradscopeError, GradscopeWarning
 from gradscope.traces import Trace
@@ -37,18 +38,14 @@ class Profile:
 
         ``environment=True`` adds the platform string (see there); off by default.
         """
-        from gradscope.reporting import report
-
-        return report(self, path, environment=environment)
+        return render("report", self, path, environment=environment)
 
     def __str__(self) -> str:
         return str(self.diagnosis)
 
     def _repr_html_(self) -> str:
         """In a notebook: the verdict table, as on the report's first screen."""
-        from gradscope.reporting.notebook import notebook_html
-
-        return notebook_html(self)
+        return render("notebook_html", self)
 
 
 def _leaf_tensors(obj: Any, out: list[torch.Tensor]) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradscope._json import jsonable
+from gradscope._views import render
 from gradscope.analysis.decay import Decay
 from gradscope.analysis.formatting import fmt_num, fmt_steps
 from gradscope.analysis.gates import GateView
@@ -241,9 +242,7 @@ class Diagnosis:
 
     def _repr_html_(self) -> str:
         """In a notebook: the verdict table, as on the report's first screen."""
-        from gradscope.reporting.notebook import notebook_html
-
-        return notebook_html(self)
+        return render("notebook_html", self)
 
     def to_dict(self, arrays: bool = True) -> dict[str, Any]:
         """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope._json.jsonable`).

@@ -39,7 +39,7 @@ from gradscope._progress import compute_threads
 from gradscope.analysis.gates.carry import carries, carry_horizon, median_log_carry
 from gradscope.analysis.gates.paths import factor_samples, path_share, walk, walk_threads
 from gradscope.analysis.gates.values import declared, layer_native, step_quantiles
-from gradscope.history import CARRY_LAGS, GATE_KEYS
+from gradscope.history_keys import CARRY_LAGS, GATE_KEYS
 from gradscope.traces import LayerTrace
 
 #: The quantiles kept of the carried gate (``p10``, ``median``, ``p90``).
