@@ -83,8 +83,8 @@ from gradscope.errors import ArgumentError, MissingDataError, NumericalError
 from gradscope.jacobians.dense import auto_chunk, finite_steps, iter_chunks, prep_chunk
 from gradscope.jacobians.dense_walk import DenseWalk
 from gradscope.jacobians.diagonal import input_log_norms, log_moduli, state_log_norms
+from gradscope.jacobians.operator import operator_of
 from gradscope.jacobians.products import BackwardSweep
-from gradscope.jacobians.steps import StepOps, check_method, use_diagonal
 from gradscope.traces import LayerTrace
 
 Of = Literal["state", "input", "loss"]
@@ -199,7 +199,7 @@ def _dense_walk(layer: LayerTrace, c: _Curves, chunk: int | None, bar) -> dict[i
 def _operator_walk(layer: LayerTrace, c: _Curves, bar) -> dict[int, int]:
     """Walk back with ``vjp`` products, all live sequences per step in one call."""
     lengths = layer.seq_lengths
-    sweep = BackwardSweep(StepOps(layer), torch.from_numpy(c.basis))
+    sweep = BackwardSweep(operator_of(layer).steps, torch.from_numpy(c.basis))
     alive = np.ones(layer.B, dtype=bool)
     dead_at: dict[int, int] = {}
     for j in range(c.hi - 1, c.lo - 1, -1):
@@ -260,13 +260,12 @@ def decay_curves(
     Returns:
         ``(log_state (K, B), log_input (K', B) or None, p, notes)``.
     """
-    check_method(layer, method)
+    op = operator_of(layer)
     want_input = "input" in of
-    if use_diagonal(layer, method):
+    if op.route("decay", method) == "diagonal":
         return _diagonal_curves(layer, want_input, max_lag, probes, basis, seed, progress)
     c = _setup(layer, want_input, max_lag, probes, basis, seed)
-    stored = layer.stored_jacobians is not None and "state" in layer.stored_jacobians
-    operators = method == "operator" or (method == "auto" and c.p < layer.D and not stored)
+    operators = op.route("decay", method, probes=c.p) == "operator"  # the one place
     cols = c.p if operators else layer.D
     work = float(c.k_state.sum()) * 2 * cols * layer.D * (layer.D + want_input * layer.I)
     with progress_bar(

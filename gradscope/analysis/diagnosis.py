@@ -42,10 +42,10 @@ from gradscope.analysis.gates.values import declared
 from gradscope.analysis.lyapunov import lyapunov
 from gradscope.analysis.results import Diagnosis, LayerDiagnosis
 from gradscope.analysis.sampling import evenly_spaced
-from gradscope.analysis.spectra import DENSE_MAX_D as SPECTRUM_DENSE_MAX_D
 from gradscope.analysis.spectra import spectrum
 from gradscope.analysis.timescales import timescales
 from gradscope.errors import ArgumentTypeError, GradscopeError, ShapeError
+from gradscope.jacobians.operator import DENSE_UP_TO, operator_of
 from gradscope.traces import LayerTrace, Trace
 
 #: Flop budget of the one-step spectra of one layer (eig ~25 D³, svd ~10 D³ per matrix).
@@ -91,7 +91,7 @@ def _spectrum_selection(layer: LayerTrace, steps: int | None) -> tuple[np.ndarra
     as ``OPERATOR_PRODUCTS`` per Jacobian.
     """
     D, B = layer.D, layer.B
-    dense = D <= SPECTRUM_DENSE_MAX_D or layer.stored_jacobians is not None
+    dense = DENSE_UP_TO["spectrum"] >= D or operator_of(layer).stored
     batch = np.arange(min(B, 4 if dense else 1))
     valid_steps = np.nonzero(layer.mask[:, batch].any(axis=1))[0] if layer.T else np.zeros(0)
     if steps is None:
@@ -115,7 +115,7 @@ def _diagnose_layer(
     progress: bool | str,
 ) -> LayerDiagnosis:
     notes: list[str] = []
-    layer.computing_adapter()  # a hand-made or loaded trace's params: ArgumentError up front
+    operator_of(layer)  # built once for every analysis below; a bad trace's params raise here
     bad_params = _bad_params(layer)
     if bad_params:
         view, prefix = None, prefix_of(layer)

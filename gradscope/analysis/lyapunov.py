@@ -38,11 +38,11 @@ from gradscope._json import dataclass_dict
 from gradscope._progress import analysis, progress_bar
 from gradscope.analysis.qr_engines import Sums, dense_engine, diagonal_engine, operator_engine
 from gradscope.errors import ArgumentError
-from gradscope.jacobians.steps import check_method, use_diagonal
+from gradscope.jacobians.operator import DENSE_UP_TO, operator_of
 from gradscope.traces import LayerTrace
 
 #: States up to this size run the QR iteration on dense Jacobians by default.
-DENSE_MAX_D = 64
+DENSE_MAX_D = DENSE_UP_TO["lyapunov"]
 
 
 @dataclass(frozen=True)
@@ -138,11 +138,7 @@ def use_operators(layer: LayerTrace, k: int, method: str) -> bool:
     spectrum is asked for (``k = D``: the dense iteration never forms ``Q``), or the trace
     only has stored Jacobians.
     """
-    check_method(layer, method)
-    if method != "auto":
-        return method == "operator"
-    stored = layer.stored_jacobians is not None and "state" in layer.stored_jacobians
-    return not (stored or layer.D <= DENSE_MAX_D or k == layer.D)
+    return operator_of(layer).route("lyapunov", method, k=k) == "operator"
 
 
 @analysis
@@ -171,8 +167,8 @@ def _run(
         raise ArgumentError(f"{layer.name}: discard must be >= 0, got {discard}")
     if init not in ("random", "identity"):
         raise ArgumentError(f"{layer.name}: init must be 'random' or 'identity', got {init!r}")
-    diagonal = use_diagonal(layer, method)
-    operators = not diagonal and use_operators(layer, k, method)
+    route = operator_of(layer).route("lyapunov", method, k=k)  # the one place that decides
+    diagonal, operators = route == "diagonal", route == "operator"
     rng = np.random.default_rng(seed)
     lengths = layer.seq_lengths
     starts = np.zeros(B, dtype=np.int64) if window is None else np.maximum(lengths - window, 0)

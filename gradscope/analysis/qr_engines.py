@@ -28,8 +28,8 @@ from gradscope.jacobians.dense import (
     prep_chunk,
 )
 from gradscope.jacobians.diagonal import log_moduli, resets
+from gradscope.jacobians.operator import operator_of
 from gradscope.jacobians.products import ForwardQR
-from gradscope.jacobians.steps import StepOps
 
 
 class Sums:
@@ -120,7 +120,7 @@ def operator_engine(layer, k, discard, rng, init, bounds, starts, lengths, acc, 
     """
     B, D = layer.B, layer.D
     q0 = torch.from_numpy(np.stack([orthonormal(D, k, init, rng) for _ in range(B)]))
-    engine = ForwardQR(StepOps(layer), q0)
+    engine = ForwardQR(operator_of(layer).steps, q0)
     applied = np.zeros(B, dtype=np.int64)
     bad_steps: list[tuple[int, int, int]] = []
     first = int(starts.min()) if B else 0

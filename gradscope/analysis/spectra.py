@@ -37,7 +37,7 @@ from gradscope._progress import analysis, progress_bar
 from gradscope.errors import ArgumentError, ShapeError
 from gradscope.jacobians.diagonal import eigenvalues
 from gradscope.jacobians.krylov import leading_values
-from gradscope.jacobians.steps import StepOps, check_method, use_diagonal
+from gradscope.jacobians.operator import DENSE_UP_TO, operator_of
 from gradscope.layer_trace import LayerTrace, StepSelect, select_index
 
 Which = Literal["eig", "svd"]
@@ -132,7 +132,7 @@ class Spectrum:
 
 # --------------------------------------------------------------------------- compute
 #: Largest state decomposed densely by ``method="auto"``.
-DENSE_MAX_D = 256
+DENSE_MAX_D = DENSE_UP_TO["spectrum"]
 #: Leading values per Jacobian on the operator path.
 OPERATOR_VALUES = 4
 
@@ -149,7 +149,7 @@ def _operator_spectrum(layer, which, step_idx, b_idx, k, tol, progress) -> Spect
     valid = np.zeros((T_, B_), dtype=bool)
     if T_ and B_:
         mask = layer.mask[np.ix_(step_idx.numpy(), b_idx.numpy())]
-        ops = StepOps(layer)
+        ops = operator_of(layer).steps
         with progress_bar(
             total=T_, desc=f"{which} {layer.name}", progress=progress, work=T_ * B_ * 400 * D * D
         ) as bar:
@@ -254,13 +254,12 @@ def spectrum(
     """
     if which not in ("eig", "svd"):
         raise ArgumentError(f"{layer.name}: which must be 'eig' or 'svd', got {which!r}")
-    check_method(layer, method)
+    route = operator_of(layer).route("spectrum", method)  # the one place that decides
     step_idx = select_index(steps, layer.T, "step")
     b_idx = select_index(batch, layer.B, "batch")
-    if use_diagonal(layer, method):
+    if route == "diagonal":
         return _diagonal_spectrum(layer, which, step_idx, b_idx)
-    stored = layer.stored_jacobians is not None and "state" in layer.stored_jacobians
-    if method == "operator" or (method == "auto" and layer.D > DENSE_MAX_D and not stored):
+    if route == "operator":
         return _operator_spectrum(layer, which, step_idx, b_idx, k, tol, progress)
     T_, B_, D = len(step_idx), len(b_idx), layer.D
     dtype = np.complex128 if which == "eig" else np.float64

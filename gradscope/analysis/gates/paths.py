@@ -22,6 +22,7 @@ import torch
 
 from gradscope.analysis.gates.values import QUANTILES, declared
 from gradscope.errors import MissingDataError
+from gradscope.jacobians.operator import operator_of
 from gradscope.jacobians.products import top_singular_log
 from gradscope.jacobians.steps import product_dtype
 from gradscope.traces import LayerTrace
@@ -93,7 +94,7 @@ def walk(
     dtype = torch.promote_types(product_dtype(layer), torch.float32)
     params = {k: v.detach().to("cpu", dtype) for k, v in layer.params.items()}
     x, s = (t.detach().to("cpu", dtype) for t in (layer.inputs, layer.states))
-    adapter = layer.cell_adapter()
+    adapter = operator_of(layer).adapter  # the layer's one operator's adapter
     n = min(layer.B, seqs)
     lengths = layer.seq_lengths[:n]
     D = layer.D
