@@ -441,4 +441,7 @@ class MLSTMAdapter(SequenceAdapter):
 
 ADAPTER = MLSTMAdapter()
 
-__all__ = ["ADAPTER", "MLSTMAdapter"]
+#: The classes this module serves, by qualified name (``transformers`` is not imported here).
+SERVES = {"transformers.models.xlstm.modeling_xlstm.xLSTMLayer": ADAPTER}
+
+__all__ = ["ADAPTER", "SERVES", "MLSTMAdapter"]
