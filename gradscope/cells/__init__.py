@@ -22,29 +22,70 @@ _BY_TYPE: dict[type[nn.Module], CellAdapter] = {}
 _BY_KIND: dict[str, CellAdapter] = {}
 #: Fused (multi-step, multi-layer) module types; everything else registered is a one-step cell.
 _FUSED: set[type[nn.Module]] = set()
-#: Module types of libraries gradscope does not import, by ``module.qualname``: the adapter
-#: module (with an ``ADAPTER``) is imported the first time a model holds such a module, so
-#: recording a model without them never imports ``transformers``.
+#: Modules that serve classes of libraries gradscope does not import (``transformers``, and
+#: PyPI packages): each declares ``SERVES``, a dict from a class's qualified name
+#: (``f"{cls.__module__}.{cls.__qualname__}"``) to the adapter instance that records it, and
+#: ``ADAPTER``, its family's adapter (found again by ``kind`` when a saved trace is loaded).
+#: They are imported the first time a model holds a module that neither torch nor gradscope
+#: defines, so recording a model without them never imports ``transformers``. A family that
+#: serves new classes adds them to its module's ``SERVES``; a new family adds its module here.
+_HOMES: tuple[str, ...] = (
+    "gradscope.sequences.mamba",
+    "gradscope.sequences.mamba_relatives",
+    "gradscope.sequences.mamba2",
+    "gradscope.sequences.mamba2_relatives",
+    "gradscope.sequences.rwkv",
+    "gradscope.sequences.xlstm",
+    "gradscope.sequences.rglru",
+    "gradscope.sequences.deltanet",
+    "gradscope.sequences.deltanet_relatives",
+    "gradscope.sequences.kda",
+    "gradscope.sequences.lightning",
+)
+#: Single classes by qualified name -> the adapter module that serves them (its
+#: ``SERVES[name]``, else its ``ADAPTER``): for a module that serves one class and declares no
+#: ``SERVES``. Merged with the declarations of :data:`_HOMES` by :func:`served`.
 _LAZY: dict[str, str] = {
-    "transformers.models.mamba.modeling_mamba.MambaMixer": "gradscope.sequences.mamba",
-    "transformers.models.mamba2.modeling_mamba2.Mamba2Mixer": "gradscope.sequences.mamba2",
-    "transformers.models.rwkv.modeling_rwkv.RwkvSelfAttention": "gradscope.sequences.rwkv",
-    "transformers.models.xlstm.modeling_xlstm.xLSTMLayer": "gradscope.sequences.xlstm",
-    # transformers builds its xLSTM from this class when the xlstm package is installed
-    "xlstm.xlstm_large.model.mLSTMLayer": "gradscope.sequences.xlstm",
     "xlstm.blocks.mlstm.layer.mLSTMLayer": "gradscope.sequences.xlstm_pkg",
     "xlstm.blocks.slstm.cell.sLSTMCell_vanilla": "gradscope.sequences.slstm",
-    "transformers.models.recurrent_gemma.modeling_recurrent_gemma.RecurrentGemmaRglru": (
-        "gradscope.sequences.rglru"
-    ),
-    "transformers.models.qwen3_next.modeling_qwen3_next.Qwen3NextGatedDeltaNet": (
-        "gradscope.sequences.deltanet"
-    ),
     "minGRU_pytorch.minGRU.minGRU": "gradscope.sequences.mingru_pkg",
     "minGRU_pytorch.minLSTM.minLSTM": "gradscope.sequences.minlstm_pkg",
     "mambapy.mamba.MambaBlock": "gradscope.sequences.mambapy_block",
     "s5.s5_model.S5": "gradscope.sequences.s5",
 }
+#: Top-level packages whose classes are never served lazily (no adapter module is imported
+#: for them).
+_NATIVE = ("torch", "gradscope", "builtins")
+
+
+def _home(name: str):
+    return __import__(name, fromlist=["ADAPTER"])
+
+
+@lru_cache(maxsize=1)
+def served() -> dict[str, CellAdapter]:
+    """Every class served lazily, by qualified name -> its adapter (imports the homes once).
+
+    Raises:
+        GradscopeError: two homes declare the same class.
+    """
+    table: dict[str, CellAdapter] = {}
+    owner: dict[str, str] = {}
+    for home in _HOMES:
+        for qualname, adapter in getattr(_home(home), "SERVES", {}).items():
+            if qualname in owner:
+                raise GradscopeError(f"{qualname} is declared by both {owner[qualname]} and {home}")
+            table[qualname], owner[qualname] = adapter, home
+    for qualname, home in _LAZY.items():
+        module = _home(home)
+        table[qualname] = getattr(module, "SERVES", {}).get(qualname, module.ADAPTER)
+    return table
+
+
+def _lazy_adapter(base: type) -> CellAdapter | None:
+    if base.__module__.split(".", 1)[0] in _NATIVE:
+        return None
+    return served().get(f"{base.__module__}.{base.__qualname__}")
 
 
 def register_cell(
@@ -104,9 +145,8 @@ def _lookup(module_type: type) -> type[nn.Module] | None:
     for base in module_type.__mro__:
         if base in _BY_TYPE:
             return base
-        home = _LAZY.get(f"{base.__module__}.{base.__qualname__}")
-        if home is not None:
-            adapter = __import__(home, fromlist=["ADAPTER"]).ADAPTER
+        adapter = _lazy_adapter(base)
+        if adapter is not None:
             _BY_TYPE[base] = adapter
             _BY_KIND.setdefault(adapter.kind, adapter)
             return base
@@ -164,11 +204,12 @@ def adapter_for_kind(kind: str) -> CellAdapter:
         UnsupportedModuleError: No adapter has that kind (e.g. a custom cell whose module
             was not registered in this process).
     """
-    if kind not in _BY_KIND:
-        for home in set(_LAZY.values()):  # a saved trace of a lazily registered family
-            adapter = __import__(home, fromlist=["ADAPTER"]).ADAPTER
+    if kind not in _BY_KIND:  # a saved trace of a lazily served family: its ADAPTER
+        for home in (*_HOMES, *sorted(set(_LAZY.values()))):
+            adapter = _home(home).ADAPTER
             if adapter.kind == kind:
                 _BY_KIND[kind] = adapter
+                break
     try:
         return _BY_KIND[kind]
     except KeyError:
@@ -202,4 +243,5 @@ __all__ = [
     "is_registered",
     "is_sequence",
     "register_cell",
+    "served",
 ]

@@ -1,9 +1,14 @@
 """Sequence adapters: recurrences that a module runs over whole sequences (parallel scans).
 
-See :mod:`gradscope.sequences.base` for the contract. Built in: Mamba
-(:mod:`~gradscope.sequences.mamba`) and the other families listed in
-:data:`gradscope.cells._LAZY`, found by their class names so that ``transformers`` is never
-imported by gradscope itself.
+See :mod:`gradscope.sequences.base` for the contract. Built in, one module per family (and
+one per family's relatives): Mamba (:mod:`~gradscope.sequences.mamba`, FalconMamba, Jamba and
+Zamba in :mod:`~gradscope.sequences.mamba_relatives`), Mamba-2 (Bamba, Nemotron-H, Zamba2,
+Granite-MoE-Hybrid, FalconH1), RWKV, xLSTM's mLSTM, RG-LRU, gated DeltaNet (Qwen3-Next,
+Qwen3.5, Qwen4-Exp, LARA, OLMo-Hybrid), Kimi delta attention (:mod:`~gradscope.sequences.kda`:
+Kimi Linear, GLM-5 Next, Bailing) and lightning attention
+(:mod:`~gradscope.sequences.lightning`: MiniMax). Each module declares the classes it serves
+in ``SERVES`` (qualified class name -> adapter); :data:`gradscope.cells._HOMES` lists the
+modules, so ``transformers`` is never imported by gradscope itself.
 """
 
 from __future__ import annotations

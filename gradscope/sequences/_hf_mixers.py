@@ -1,6 +1,7 @@
 """Shared pieces of the adapters for ``transformers``' linear-attention and SSM mixers.
 
-The mixers (``Mamba2Mixer``, ``Qwen3NextGatedDeltaNet``) share one calling convention,
+The mixers (the Mamba, Mamba-2, gated DeltaNet and Kimi-delta families and their relatives;
+not MiniMax's lightning attention) share one calling convention,
 ``forward(hidden_states, cache=None, attention_mask=None, **kwargs)``, the padding mask
 (multiply the hidden states by a 2-D ``(B, T)`` mask) and the causal depthwise convolution
 with SiLU. Nothing here imports ``transformers``.

@@ -53,6 +53,11 @@ while the replay runs in the module's dtype: a float64 module is replayed to flo
 rounding (measured about ``1e-7`` relative at toy sizes), not to float64 rounding
 (:attr:`DeltaNetAdapter.replay_tolerance`).
 
+Relatives (:mod:`gradscope.sequences.deltanet_relatives`: Qwen3.5, Qwen4-Exp, LARA,
+OLMo-Hybrid) read ``q, k, v, z, b, a`` from other projections (:meth:`DeltaNetAdapter.project`)
+and may set ``beta_scale`` (``β = scale · sigmoid(b)``) and ``gate_sigmoid`` (an output gate
+``sigmoid(z)``); the rest is this module's.
+
 Unsupported calls raise :class:`~gradscope.errors.UnsupportedModuleError`: a call that
 continues from a cache holding this layer's state (a generation step; refused by
 :meth:`~DeltaNetAdapter.initial_state` before the module runs: record with
@@ -98,6 +103,18 @@ def l2normalize(x: Tensor, eps: float) -> Tensor:
     return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
 
 
+def config_numbers(module: nn.Module, norm: nn.Module) -> Params:
+    """Head counts, head sizes and epsilons as 0-d tensors (``norm``: the layer's gated norm)."""
+    return {
+        "num_k_heads": torch.tensor(int(module.num_k_heads)),
+        "num_v_heads": torch.tensor(int(module.num_v_heads)),
+        "head_k_dim": torch.tensor(int(module.head_k_dim)),
+        "head_v_dim": torch.tensor(int(module.head_v_dim)),
+        "norm_eps": torch.tensor(float(norm.variance_epsilon), dtype=torch.float64),
+        "l2_eps": torch.tensor(L2NORM_EPS, dtype=torch.float64),
+    }
+
+
 class DeltaNetAdapter(SequenceAdapter):
     """Adapter for ``transformers``' ``Qwen3NextGatedDeltaNet`` (torch gated delta rule).
 
@@ -115,6 +132,9 @@ class DeltaNetAdapter(SequenceAdapter):
         "head_v_dim": "count",
         "norm_eps": "nonnegative",
         "l2_eps": "nonnegative",
+        # relatives (gradscope.sequences.deltanet_relatives); absent: Qwen3-Next's values
+        "beta_scale?": "positive",  # β = scale · sigmoid(b) (1)
+        "gate_sigmoid?": "flag",  # the output gate is sigmoid(z), not silu(z) (0)
     }
 
     def check_params(self, params: Params) -> None:
@@ -162,14 +182,7 @@ class DeltaNetAdapter(SequenceAdapter):
             if p is not None:
                 params[name] = p
         params = {k: v.detach() for k, v in params.items()}
-        params.update(
-            num_k_heads=torch.tensor(int(module.num_k_heads)),
-            num_v_heads=torch.tensor(int(module.num_v_heads)),
-            head_k_dim=torch.tensor(int(module.head_k_dim)),
-            head_v_dim=torch.tensor(int(module.head_v_dim)),
-            norm_eps=torch.tensor(float(module.norm.variance_epsilon), dtype=torch.float64),
-            l2_eps=torch.tensor(L2NORM_EPS, dtype=torch.float64),
-        )
+        params.update(config_numbers(module, module.norm))
         return params
 
     def initial_state(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -225,31 +238,43 @@ class DeltaNetAdapter(SequenceAdapter):
         Raises:
             UnsupportedModuleError: packed sequences (see the module docstring).
         """
-        hidden, mask = call_arguments(args, kwargs, "gated_deltanet")
+        hidden, mask = call_arguments(args, kwargs, self.kind)
         Hk, Hv, dk, dv = self._dims(params)
-        r = Hv // Hk
         h = mask_padding(hidden, mask)
         B, T = h.shape[:2]
-        qkvz = F.linear(h, params["in_proj_qkvz.weight"], params.get("in_proj_qkvz.bias"))
-        ba = F.linear(h, params["in_proj_ba.weight"], params.get("in_proj_ba.bias"))
-        # The module's ordering: grouped per key head [q (d_k), k (d_k), v (r d_v), z (r d_v)]
-        # and [b (r), a (r)].
-        q, k, v, z = torch.split(qkvz.view(B, T, Hk, -1), [dk, dk, r * dv, r * dv], dim=-1)
-        b, a = torch.split(ba.view(B, T, Hk, 2 * r), [r, r], dim=-1)
-        qkv = torch.cat([q.reshape(B, T, -1), k.reshape(B, T, -1), v.reshape(B, T, -1)], -1)
+        qkv, z, b, a = self.project(params, h)
         qkv = causal_conv_silu(qkv, params["conv1d.weight"], params.get("conv1d.bias"))
         q, k, v = torch.split(qkv, [Hk * dk, Hk * dk, Hv * dv], dim=-1)
         eps = scalar(params, "l2_eps")
         q = l2normalize(q.reshape(B, T, Hk, dk), eps).reshape(B, T, -1)
         k = l2normalize(k.reshape(B, T, Hk, dk), eps).reshape(B, T, -1)
-        b, a = b.reshape(B, T, Hv), a.reshape(B, T, Hv)
         beta = torch.sigmoid(b)
+        if "beta_scale" in params:  # OLMo-Hybrid's allow_neg_eigval: β in (0, 2)
+            beta = beta * scalar(params, "beta_scale")
         # The module rounds a to float32 (a.float()) before adding dt_bias; so does the drive
         # (values only: nothing is differentiated through the drive).
         a = a.float().to(a.dtype)
         g = -params["A"].to(a.dtype) * F.softplus(a + params["dt_bias"].to(a.dtype))
-        u = torch.cat([q, k, v, g, beta, z.reshape(B, T, -1)], dim=-1)
+        u = torch.cat([q, k, v, g, beta, z], dim=-1)
         return Drive(u.transpose(0, 1).contiguous())
+
+    def project(self, params: Params, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``[q; k; v]`` before the convolution, ``z``, ``b``, ``a`` from the masked input.
+
+        Flat layouts ``(B, T, ·)``: ``[q (H_k·d_k) | k (H_k·d_k) | v (H_v·d_v)]``, ``z``
+        ``(H_v·d_v)``, ``b`` and ``a`` ``(H_v)``. Qwen3-Next fuses them into two projections
+        grouped per key head: ``[q (d_k), k (d_k), v (r d_v), z (r d_v)]`` and ``[b (r), a (r)]``.
+        Relatives with other projections override this (``deltanet_relatives``).
+        """
+        Hk, Hv, dk, dv = self._dims(params)
+        r = Hv // Hk
+        B, T = h.shape[:2]
+        qkvz = F.linear(h, params["in_proj_qkvz.weight"], params.get("in_proj_qkvz.bias"))
+        ba = F.linear(h, params["in_proj_ba.weight"], params.get("in_proj_ba.bias"))
+        q, k, v, z = torch.split(qkvz.view(B, T, Hk, -1), [dk, dk, r * dv, r * dv], dim=-1)
+        b, a = torch.split(ba.view(B, T, Hk, 2 * r), [r, r], dim=-1)
+        qkv = torch.cat([q.reshape(B, T, -1), k.reshape(B, T, -1), v.reshape(B, T, -1)], -1)
+        return qkv, z.reshape(B, T, -1), b.reshape(B, T, Hv), a.reshape(B, T, Hv)
 
     def readout(self, params: Params, u: Tensor, states: Tensor) -> Tensor:
         """The layer's output ``(B, T, hidden)`` from ``u`` and the states ``S_1 … S_T``.
@@ -261,7 +286,12 @@ class DeltaNetAdapter(SequenceAdapter):
         S = states[1:].reshape(states.shape[0] - 1, states.shape[1], Hv, dk, dv)
         o = torch.einsum("tbhij,tbhi->tbhj", S, q) * dk**-0.5
         o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + scalar(params, "norm_eps"))
-        o = params["norm.weight"] * o * F.silu(z)
+        gate = (
+            torch.sigmoid(z)
+            if "gate_sigmoid" in params and scalar(params, "gate_sigmoid")
+            else F.silu(z)
+        )
+        o = params["norm.weight"] * o * gate
         out = F.linear(o.flatten(-2), params["out_proj.weight"], params.get("out_proj.bias"))
         return out.transpose(0, 1)
 
@@ -351,7 +381,17 @@ class DeltaNetAdapter(SequenceAdapter):
 
 ADAPTER = DeltaNetAdapter()
 
-#: The module this adapter replays, by qualified name (``transformers`` is not imported here).
+#: The module this adapter was written for, by qualified name.
 MODULE_QUALNAME = "transformers.models.qwen3_next.modeling_qwen3_next.Qwen3NextGatedDeltaNet"
 
-__all__ = ["ADAPTER", "MODULE_QUALNAME", "DeltaNetAdapter", "l2normalize"]
+#: The classes this module serves, by qualified name (``transformers`` is not imported here).
+SERVES = {MODULE_QUALNAME: ADAPTER}
+
+__all__ = [
+    "ADAPTER",
+    "MODULE_QUALNAME",
+    "SERVES",
+    "DeltaNetAdapter",
+    "config_numbers",
+    "l2normalize",
+]

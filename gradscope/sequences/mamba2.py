@@ -50,6 +50,13 @@ float32); the replay runs everything in the module's dtype, so a float64 module 
 to float32 rounding (measured below ``1e-6`` relative at toy sizes), not to float64 rounding:
 :attr:`Mamba2Adapter.replay_tolerance` says so.
 
+Relatives (:mod:`gradscope.sequences.mamba2_relatives`): Bamba's, Nemotron-H's, Zamba2's and
+Granite-MoE-Hybrid's mixers run this same forward and are served by this adapter; FalconH1's
+adds multipliers ``m_in`` (on ``h``) and ``m_vec`` (on ``W_in h``) and a norm that may come
+after the gate or not at all: the optional numbers ``ssm_in_multiplier``, ``rms_norm`` and
+``norm_before_gate`` (and the tensor ``mup_vector``) in ``params`` say so, and the drive and
+readout here follow them.
+
 Unsupported calls raise :class:`~gradscope.errors.UnsupportedModuleError`: a call that
 continues from a cache holding this layer's state (a generation step;
 :meth:`~Mamba2Adapter.initial_state`, called before the module runs, refuses it: record
@@ -87,6 +94,11 @@ class _Factors(NamedTuple):
     b: Tensor  # (N, H, S) B_t of each head's group
 
 
+def _flag(params: Params, name: str, default: bool) -> bool:
+    """An optional 0/1 configuration number, ``default`` when absent."""
+    return bool(scalar(params, name)) if name in params else default
+
+
 class Mamba2Adapter(SequenceAdapter):
     """Adapter for ``transformers``' ``Mamba2Mixer`` (torch / chunked SSD path).
 
@@ -106,6 +118,10 @@ class Mamba2Adapter(SequenceAdapter):
         "norm_eps": "nonnegative",
         "dt_min": "nonnegative",
         "dt_max": "limit",
+        # FalconH1 (gradscope.sequences.mamba2_relatives); absent: Mamba-2's values
+        "ssm_in_multiplier?": "finite",  # h ← m h before W_in (1)
+        "rms_norm?": "flag",  # the gated RMSNorm is there (1)
+        "norm_before_gate?": "flag",  # RMSNorm(y) ⊙ silu(z) instead of RMSNorm(y ⊙ silu(z)) (0)
     }
 
     def check_params(self, params: Params) -> None:
@@ -219,7 +235,11 @@ class Mamba2Adapter(SequenceAdapter):
         H, P, G, N = self._dims(params)
         E = H * P
         h = mask_padding(hidden, mask)
+        if "ssm_in_multiplier" in params:
+            h = h * scalar(params, "ssm_in_multiplier")
         proj = F.linear(h, params["in_proj.weight"], params.get("in_proj.bias"))
+        if "mup_vector" in params:  # FalconH1's per-output multipliers of W_in
+            proj = proj * params["mup_vector"]
         z, xbc, dt = torch.split(proj, [E, E + 2 * G * N, H], dim=-1)
         xbc = causal_conv_silu(xbc, params["conv1d.weight"], params.get("conv1d.bias"))
         xbc = mask_padding(xbc, mask)
@@ -232,18 +252,26 @@ class Mamba2Adapter(SequenceAdapter):
     def readout(self, params: Params, u: Tensor, states: Tensor) -> Tensor:
         """The mixer's output ``(B, T, d_model)`` from ``u`` and the states ``S_1 … S_T``.
 
-        ``y = S C + D x``, then ``W_out (w ⊙ RMSNorm_groups(y ⊙ silu(z)))``.
+        ``y = S C + D x``, then ``W_out (w ⊙ RMSNorm_groups(y ⊙ silu(z)))`` (FalconH1:
+        ``W_out (w ⊙ RMSNorm_groups(y) ⊙ silu(z))`` or ``W_out (y ⊙ silu(z))``, see ``config``).
         """
         H, P, _, N = self._dims(params)
         x, _, _, c, z = self._split(params, u)
         S = states[1:].reshape(states.shape[0] - 1, states.shape[1], H, P, N)
         y = torch.einsum("tbhpn,tbhn->tbhp", S, self._heads(params, c))
         y = y + params["D"][:, None] * x
-        y = y.flatten(-2) * F.silu(z)
-        gs = count(params, "norm_group_size")
-        yg = y.unflatten(-1, (-1, gs))
-        yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + scalar(params, "norm_eps"))
-        y = params["norm.weight"] * yg.flatten(-2)
+        y = y.flatten(-2)
+        if not _flag(params, "rms_norm", True):  # FalconH1 without its norm
+            y = y * F.silu(z)
+        else:
+            before = _flag(params, "norm_before_gate", False)
+            if not before:
+                y = y * F.silu(z)
+            yg = y.unflatten(-1, (-1, count(params, "norm_group_size")))
+            yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + scalar(params, "norm_eps"))
+            y = params["norm.weight"] * yg.flatten(-2)
+            if before:
+                y = y * F.silu(z)
         out = F.linear(y, params["out_proj.weight"], params.get("out_proj.bias"))
         return out.transpose(0, 1)
 
@@ -309,7 +337,10 @@ class Mamba2Adapter(SequenceAdapter):
 
 ADAPTER = Mamba2Adapter()
 
-#: The module this adapter replays, by qualified name (``transformers`` is not imported here).
+#: The module this adapter was written for, by qualified name.
 MODULE_QUALNAME = "transformers.models.mamba2.modeling_mamba2.Mamba2Mixer"
 
-__all__ = ["ADAPTER", "MODULE_QUALNAME", "Mamba2Adapter"]
+#: The classes this module serves, by qualified name (``transformers`` is not imported here).
+SERVES = {MODULE_QUALNAME: ADAPTER}
+
+__all__ = ["ADAPTER", "MODULE_QUALNAME", "SERVES", "Mamba2Adapter"]

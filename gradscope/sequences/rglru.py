@@ -218,4 +218,9 @@ class RglruAdapter(SequenceAdapter):
 
 ADAPTER = RglruAdapter()
 
-__all__ = ["ADAPTER", "GATE_SCALE", "RglruAdapter"]
+#: The classes this module serves, by qualified name (``transformers`` is not imported here).
+SERVES = {
+    "transformers.models.recurrent_gemma.modeling_recurrent_gemma.RecurrentGemmaRglru": ADAPTER
+}
+
+__all__ = ["ADAPTER", "SERVES", "GATE_SCALE", "RglruAdapter"]

@@ -272,4 +272,7 @@ class RwkvAdapter(SequenceAdapter):
 
 ADAPTER = RwkvAdapter()
 
-__all__ = ["ADAPTER", "RwkvAdapter"]
+#: The classes this module serves, by qualified name (``transformers`` is not imported here).
+SERVES = {"transformers.models.rwkv.modeling_rwkv.RwkvSelfAttention": ADAPTER}
+
+__all__ = ["ADAPTER", "SERVES", "RwkvAdapter"]

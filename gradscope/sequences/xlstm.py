@@ -464,4 +464,11 @@ class MLSTMAdapter(SequenceAdapter):
 
 ADAPTER = MLSTMAdapter()
 
-__all__ = ["ADAPTER", "MLSTMAdapter"]
+#: The classes this module serves, by qualified name (``transformers`` is not imported here).
+SERVES = {
+    "transformers.models.xlstm.modeling_xlstm.xLSTMLayer": ADAPTER,
+    # transformers builds its xLSTM from this class when the xlstm package is installed
+    "xlstm.xlstm_large.model.mLSTMLayer": ADAPTER,
+}
+
+__all__ = ["ADAPTER", "SERVES", "MLSTMAdapter"]
