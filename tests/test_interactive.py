@@ -26,9 +26,9 @@ from test_browser import _chromium, _console_problems, _flags
 from torch import nn
 
 import gradscope as gs
-from gradscope.reporting import html as H
-from gradscope.reporting.chart import Chart, ChartError, Column, Series, to_json
-from gradscope.reporting.interactive import script
+from gradscope.reporting.figures.chart import Chart, ChartError, Column, Series, to_json
+from gradscope.reporting.writers import html as H
+from gradscope.reporting.writers.interactive import script
 
 T, B = 40, 4
 STEPS = np.array([0, 50, 100, 150, 200])
@@ -86,9 +86,9 @@ def test_chart_json_writes_finite_numbers_and_nulls() -> None:
 
 
 def test_figures_without_finite_data_or_too_large_stay_pictures() -> None:
-    from gradscope.reporting.document import Panel
-    from gradscope.reporting.interactive import MAX_VALUES, panel_html
-    from gradscope.reporting.panels import LAYER_PANELS
+    from gradscope.reporting.content.document import Panel
+    from gradscope.reporting.content.panels import LAYER_PANELS
+    from gradscope.reporting.writers.interactive import MAX_VALUES, panel_html
 
     (spec,) = [s for s in LAYER_PANELS if s.key == "heatmap"]
 
@@ -104,10 +104,10 @@ def test_figures_without_finite_data_or_too_large_stay_pictures() -> None:
 
 
 def test_names_cannot_break_out_of_the_page() -> None:
-    from gradscope.reporting.document import Panel
+    from gradscope.reporting.content.document import Panel
+    from gradscope.reporting.content.panels import COMPARISON_PANEL
     from gradscope.reporting.figures import Curve
-    from gradscope.reporting.interactive import panel_html
-    from gradscope.reporting.panels import COMPARISON_PANEL
+    from gradscope.reporting.writers.interactive import panel_html
 
     name = 'x</script><!--<script>alert("hi")</script>'
     curves = {name: Curve(np.arange(3), -0.5 * np.arange(3), None, -0.5, "vanishing")}
@@ -118,7 +118,7 @@ def test_names_cannot_break_out_of_the_page() -> None:
 
 
 def test_panels_declare_their_data(run: SimpleNamespace) -> None:
-    from gradscope.reporting.panels import LAYER_PANELS, make_panel
+    from gradscope.reporting.content.panels import LAYER_PANELS, make_panel
 
     d = run.layer.decay["state"]
     (spec,) = [s for s in LAYER_PANELS if s.key == "decay-state"]
@@ -133,7 +133,7 @@ def test_panels_declare_their_data(run: SimpleNamespace) -> None:
 
 
 def test_static_html_has_no_script(run: SimpleNamespace) -> None:
-    from gradscope.reporting.build import Run, build_document
+    from gradscope.reporting.content.build import Run, build_document
 
     runs = [Run(None, "a profile", diagnosis=run.prof.diagnosis, history=run.history)]
     page = H.render(build_document(runs, "static", "now", {}), interactive=False)
@@ -374,10 +374,10 @@ FORMULAS = {
 @pytest.mark.browser
 def test_csv_download_neutralises_formulas(tmp_path: Any) -> None:
     """Regression: a run named ``=...`` became a formula in the CSV of the comparison."""
-    from gradscope.reporting.document import Panel
+    from gradscope.reporting.content.document import Panel
+    from gradscope.reporting.content.panels import COMPARISON_PANEL
     from gradscope.reporting.figures import Curve
-    from gradscope.reporting.interactive import head, panel_html
-    from gradscope.reporting.panels import COMPARISON_PANEL
+    from gradscope.reporting.writers.interactive import head, panel_html
 
     lags = np.arange(4)
     curves = {n: Curve(lags, -0.5 * lags, None, -0.5, "vanishing") for n in FORMULAS}

@@ -1,4 +1,4 @@
-"""The data of the figures a person hovers over, as :class:`~gradscope.reporting.chart.Chart`.
+"""The data of the figures a person hovers over, as :class:`~.figures.chart.Chart`.
 
 Each function takes the same keyword arguments as the matplotlib figure of the same panel
 (:mod:`gradscope.reporting.figures`; ``ax`` is accepted and ignored), so one extraction of the
@@ -17,7 +17,7 @@ from typing import Any
 import matplotlib as mpl
 import numpy as np
 
-from gradscope.reporting.chart import Chart, Column, Grid, Series
+from gradscope.reporting.figures.chart import Chart, Column, Grid, Series
 from gradscope.reporting.figures.comparison import Curve
 from gradscope.reporting.figures.decay import DECAY_TITLE, band_ok
 from gradscope.reporting.figures.theme import (

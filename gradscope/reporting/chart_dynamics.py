@@ -2,7 +2,7 @@
 
 The spectral norm and radius over time, the Lyapunov running estimates and the gate carry:
 each function takes the keyword arguments of the matplotlib figure of the same panel and
-returns the :class:`~gradscope.reporting.chart.Chart` that the HTML report draws and offers
+returns the :class:`~gradscope.reporting.figures.chart.Chart` that the HTML report draws and offers
 for download (see :mod:`gradscope.reporting.chart_data` for the decay curves and heat maps).
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from gradscope.reporting.chart import Chart, Column, Series
 from gradscope.reporting.chart_data import DASHES
+from gradscope.reporting.figures.chart import Chart, Column, Series
 from gradscope.reporting.figures.spectra import _median_band
 from gradscope.reporting.figures.theme import REGIME_COLOURS, palette
 

@@ -3,8 +3,8 @@
 ``Profile``, ``Diagnosis`` and ``History`` have a ``_repr_html_`` that returns
 :func:`notebook_html` of themselves, so the last line of a cell shows the verdict table
 instead of a text repr. :func:`first_screen` lays out the same summary table and comparison
-as the top of the HTML report (:func:`gradscope.reporting.build.build_document` and the
-renderers of :mod:`gradscope.reporting.html`), inside one ``<div>`` with its own CSS scoped
+as the top of the HTML report (:func:`gradscope.reporting.content.build.build_document` and the
+renderers of :mod:`gradscope.reporting.writers.html`), inside one ``<div>`` with its own CSS scoped
 to it, so it neither restyles the notebook nor is restyled by it.
 
 It is fast: no figure is drawn unless ``figures=True`` (the comparison's decay curves, the
@@ -20,13 +20,14 @@ import re
 from html import escape
 from typing import Any
 
-from gradscope.reporting.build import build_document
-from gradscope.reporting.document import Panel, Run
+from gradscope.reporting.content.build import build_document
+from gradscope.reporting.content.document import Panel
 from gradscope.reporting.figures.theme import visible_controls
-from gradscope.reporting.html import FRAGMENT_CLASS
-from gradscope.reporting.html import first_screen as page_first_screen
-from gradscope.reporting.html_css import CSS, scoped
-from gradscope.reporting.html_figures import regime_badge as _regime
+from gradscope.reporting.inputs.run import Run
+from gradscope.reporting.writers.css import CSS, scoped
+from gradscope.reporting.writers.figure_html import regime_badge as _regime
+from gradscope.reporting.writers.html import FRAGMENT_CLASS
+from gradscope.reporting.writers.html import first_screen as page_first_screen
 
 #: The class of the fragment's outer ``<div>``; every CSS rule is scoped under it.
 SCOPE = FRAGMENT_CLASS

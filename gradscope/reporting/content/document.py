@@ -1,14 +1,15 @@
 """What a report contains, independent of how it is laid out (HTML or PDF).
 
-A report is built in two steps. :func:`~gradscope.reporting.build.build_document` turns the
-records (diagnoses and Monitor histories, already normalised to :class:`Run` objects) into a
+A report is built in two steps. :func:`~gradscope.reporting.content.build.build_document` turns the
+records (diagnoses and Monitor histories, already normalised to
+:class:`~gradscope.reporting.inputs.run.Run` objects) into a
 :class:`Document`: a summary table, an optional comparison, and per run and layer the verdict,
 the numbers behind it and a list of :class:`Panel` objects. The renderers
-(:mod:`gradscope.reporting.html`; the PDF is printed from its print rendering by
-:mod:`gradscope.reporting.pdf`) only lay the document out.
+(:mod:`gradscope.reporting.writers.html`; the PDF is printed from its print rendering by
+:mod:`gradscope.reporting.writers.pdf`) only lay the document out.
 
 Each figure a section can show is declared once, as a :class:`PanelSpec` in
-:mod:`gradscope.reporting.panels` (``LAYER_PANELS`` / ``TRAINING_PANELS``): its title, its
+:mod:`gradscope.reporting.content.panels` (``LAYER_PANELS`` / ``TRAINING_PANELS``): its title, its
 two-line "how to read this" caption, the data it needs (in words) and a function that pulls
 that data out of the record or raises :class:`Missing` with the reason. A panel whose data is
 absent is kept in the document with that reason and shown as missing, never dropped.
@@ -27,33 +28,6 @@ class Missing(Exception):
     """Raised by a panel's data extractor: the record lacks what the panel needs."""
 
 
-@dataclass
-class Run:
-    """One record to report on: a diagnosis and/or a training history.
-
-    Attributes:
-        label: Name in a comparison (None for a single-run report).
-        source: What it came from, in words (``"Profile"``, ``"trace file run.npz"``, ...).
-        diagnosis: A :class:`gradscope.analysis.diagnosis.Diagnosis`, or None (a history alone).
-        history: A Monitor history (see :mod:`gradscope.reporting` for the protocol) or None.
-        meta: Run metadata to show (model, shapes, dtype, versions, time, ...).
-        layer_meta: Per layer name, facts about the recording (input size, dtype, lengths).
-        problem: Why there is no diagnosis, when there is none.
-        environment: Facts about the machine the record came from (the absolute path of
-            a saved trace), added to ``meta`` only when a report is asked for them
-            (``gs.report(..., environment=True)``).
-    """
-
-    label: str | None
-    source: str
-    diagnosis: Any | None = None
-    history: Any | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    layer_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
-    problem: str | None = None
-    environment: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class PanelSpec:
     """One kind of figure: its texts, the data it needs, and how to draw it.
@@ -68,7 +42,7 @@ class PanelSpec:
         applies: ``record -> bool``: whether the panel belongs to this record at all (e.g.
             memory timescales only for diagonal recurrences); a panel that does not apply is
             left out, unlike a missing one, which is shown with its reason.
-        chart: The figure's data as a :class:`~gradscope.reporting.chart.Chart`, from the
+        chart: The figure's data as a :class:`~gradscope.reporting.figures.chart.Chart`, from the
             same keyword arguments as ``draw`` (:mod:`gradscope.reporting.chart_data`), or
             None; a panel with one is interactive in the HTML report (hover values, zoom,
             CSV/JSON download of exactly those numbers).
@@ -116,7 +90,7 @@ class Panel:
         return fig
 
     def chart(self) -> Any:
-        """The figure's data (a :class:`~gradscope.reporting.chart.Chart`), or None.
+        """The figure's data (a :class:`~gradscope.reporting.figures.chart.Chart`), or None.
 
         None when the spec declares no chart or the panel is missing its data.
         """

@@ -15,7 +15,7 @@ import numpy as np
 
 from gradscope.reporting import figures as F
 from gradscope.reporting.chart_dynamics import carry_chart
-from gradscope.reporting.document import Missing, PanelSpec
+from gradscope.reporting.content.document import Missing, PanelSpec
 
 
 def _view(layer: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Records in, a :class:`~gradscope.reporting.document.Document` out (:func:`build_document`)."""
+"""Records in, a :class:`~.document.Document` out (:func:`build_document`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from gradscope.reporting import figures as F
-from gradscope.reporting.document import (
+from gradscope.reporting.content.document import (
     Document,
     Ids,
     LayerSection,
@@ -16,13 +16,12 @@ from gradscope.reporting.document import (
     Number,
     Panel,
     PanelSpec,
-    Run,
     RunSection,
     SummaryRow,
 )
-from gradscope.reporting.gate_panels import GATE_PANELS, gate_note
-from gradscope.reporting.numbers import layer_numbers, nonfinite_text
-from gradscope.reporting.panels import (
+from gradscope.reporting.content.gate_panels import GATE_PANELS, gate_note
+from gradscope.reporting.content.numbers import layer_numbers, nonfinite_text
+from gradscope.reporting.content.panels import (
     COMPARISON_PANEL,
     LAYER_PANELS,
     TRAINING_PANELS,
@@ -32,9 +31,10 @@ from gradscope.reporting.panels import (
     make_panel,
     slug,
 )
-from gradscope.reporting.shared import SHARED_KEYS, mechanism_panel, shared_panels
+from gradscope.reporting.content.shared import SHARED_KEYS, mechanism_panel, shared_panels
+from gradscope.reporting.inputs.run import Run
 
-#: The ids the page itself uses (:mod:`gradscope.reporting.html`); runs start with ``run``.
+#: The ids the page itself uses (:mod:`gradscope.reporting.writers.html`); runs start with ``run``.
 PAGE_IDS = ("top", "summary", "comparison", "mechanism", "shared", "metadata")
 
 

@@ -1,7 +1,7 @@
 """The figures a report can show, each declared once as a ``PanelSpec``.
 
 Every panel names the data it needs and pulls it out of a record (a layer diagnosis or a
-Monitor history) or raises :class:`~gradscope.reporting.document.Missing` with the reason;
+Monitor history) or raises :class:`~gradscope.reporting.content.document.Missing` with the reason;
 the panel is then shown as missing with that reason, never dropped.
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 from gradscope.reporting import chart_data as C
 from gradscope.reporting import chart_dynamics as CD
 from gradscope.reporting import figures as F
-from gradscope.reporting.document import Missing, Panel, PanelSpec
-from gradscope.reporting.gate_panels import TRAINING_GATE_PANEL
+from gradscope.reporting.content.document import Missing, Panel, PanelSpec
+from gradscope.reporting.content.gate_panels import TRAINING_GATE_PANEL
 
 
 # --------------------------------------------------------------------------- helpers
@@ -26,7 +26,7 @@ def slug(text: str) -> str:
     """An HTML-id-safe version of ``text`` (letters, digits, single ``-``; never ``--``).
 
     Different names can share a slug (``x-y``, ``x y``, ``X_Y``):
-    :class:`~gradscope.reporting.document.Ids` makes the ids of one page unique.
+    :class:`~gradscope.reporting.content.document.Ids` makes the ids of one page unique.
     """
     s = re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-").lower()
     return s or "x"

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from gradscope.reporting import figures as F
-from gradscope.reporting.document import Missing, Panel, PanelSpec
-from gradscope.reporting.panels import LAYER_PANELS, decay, make_panel
+from gradscope.reporting.content.document import Missing, Panel, PanelSpec
+from gradscope.reporting.content.panels import LAYER_PANELS, decay, make_panel
 
 #: Keys of the layer figures drawn once for all entries when a report has several layers.
 SHARED_KEYS = (

@@ -2,7 +2,7 @@
 
 A :class:`Chart` is what an interactive figure of the HTML report draws and what its CSV and
 JSON downloads carry, so the download holds exactly the plotted numbers. It is built by a
-panel's :attr:`~gradscope.reporting.document.PanelSpec.chart` function from the same keyword
+panel's :attr:`~gradscope.reporting.content.document.PanelSpec.chart` function from the same keyword
 arguments as the matplotlib figure (:mod:`gradscope.reporting.chart_data`), so the picture in
 the PDF, the interactive one and the download come from one extraction of the record.
 

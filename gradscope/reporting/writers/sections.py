@@ -1,6 +1,6 @@
 """The detail of an HTML report: shared figures, runs and their layers, metadata.
 
-Figures go through :func:`gradscope.reporting.html._panel`, the one function that renders a
+Figures go through :func:`gradscope.reporting.writers.html._panel`, the one function that renders a
 figure for every part of the report.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from html import escape
 
-from gradscope.reporting import html_figures as H
-from gradscope.reporting.document import Document, Ids, LayerSection, RunSection
+from gradscope.reporting.content.document import Document, Ids, LayerSection, RunSection
+from gradscope.reporting.content.panels import slug
 from gradscope.reporting.figures import REGIME_SYMBOLS, regime_label
-from gradscope.reporting.panels import slug
+from gradscope.reporting.writers import figure_html as H
 
 
 def shared_section(doc: Document, media: str = "screen") -> str:

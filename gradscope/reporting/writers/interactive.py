@@ -1,7 +1,7 @@
 """Interactive figures of the HTML report: hover values, drag to zoom, CSV/JSON downloads.
 
-A panel whose :class:`~gradscope.reporting.document.PanelSpec` declares a ``chart`` (its
-data as a :class:`~gradscope.reporting.chart.Chart`, see :mod:`.chart_data`) is shown on
+A panel whose :class:`~gradscope.reporting.content.document.PanelSpec` declares a ``chart`` (its
+data as a :class:`~gradscope.reporting.figures.chart.Chart`, see :mod:`.chart_data`) is shown on
 screen as a canvas drawn by a small script, :data:`SCRIPT`, instead of a PNG. The figure's
 data sits in the page as JSON next to it; the script draws it at the screen's pixel density,
 shows the values under the pointer, zooms to a dragged range (double-click resets) and offers
@@ -27,8 +27,8 @@ from functools import cache
 from html import escape
 from importlib import resources
 
-from gradscope.reporting.chart import to_json
-from gradscope.reporting.document import Panel
+from gradscope.reporting.content.document import Panel
+from gradscope.reporting.figures.chart import to_json
 
 #: Marks a figure drawn by the script (the page includes the script only when one is present).
 MARK = 'class="gs-chart"'

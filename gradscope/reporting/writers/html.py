@@ -1,16 +1,16 @@
-"""Lay a report :class:`~gradscope.reporting.document.Document` out as one self-contained HTML file.
+"""Lay a report :class:`~..content.document.Document` out as one self-contained HTML file.
 
 Self-contained means: every figure is an inline ``data:image/png;base64`` image or an
-interactive figure drawn from data in the page (:mod:`gradscope.reporting.interactive`: hover
-values, zoom, CSV/JSON download; its script inlined once), the CSS is inline, and there is no
+interactive figure drawn from data in the page (:mod:`.interactive`: hover values,
+zoom, CSV/JSON download; its script inlined once), the CSS is inline, and there is no
 URL to anything outside the file (no fonts, no CDN), so the file opens the same offline, from
 an e-mail attachment or a CI artifact.
 
 One rendering, three media (:func:`render`): ``"screen"`` is the HTML report (interactive
 figures where a panel declares its data), ``"static"`` the same with PNG figures only, and
-``"print"`` is what the PDF is printed from (:mod:`gradscope.reporting.pdf`): static figures,
-every collapsed block open, the print style sheet
-(:data:`~gradscope.reporting.html_css.PRINT_CSS`) and, unless asked for the detail, only the
+``"print"`` is what the PDF is printed from (:mod:`.pdf`): static figures, every
+collapsed block open, the print style sheet
+(:data:`~gradscope.reporting.writers.css.PRINT_CSS`) and, unless asked for the detail, only the
 first screen. Every figure goes through one function, :func:`_panel`.
 
 Layout (every block carries ``id`` and ``data-section`` attributes, every figure
@@ -23,7 +23,7 @@ Layout (every block carries ``id`` and ``data-section`` attributes, every figure
    the gates' carry, per model); the verdict table (regime as coloured badge *and* text and
    symbol; for a comparison collapsed under "all numbers per layer");
 2. ``#shared``: the figures every entry has (decay curves, spectra, Lyapunov), each drawn
-   once for all entries (:mod:`gradscope.reporting.shared`);
+   once for all entries (:mod:`gradscope.reporting.content.shared`);
 3. per run ``#run-…``, per layer ``#run-…--layer``: verdict, advice, the numbers behind the
    verdict, then the figures specific to the layer, each with a two-line "how to read this"
    caption; a figure without data is a box that says what is missing and why;
@@ -41,15 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from gradscope.errors import ArgumentError
-from gradscope.reporting import interactive as I
-from gradscope.reporting.document import Document
+from gradscope.reporting.content.document import Document
 from gradscope.reporting.figures import REGIME_SYMBOLS
 from gradscope.reporting.figures.theme import visible_controls
-from gradscope.reporting.html_css import CSS, PRINT_CSS
-from gradscope.reporting.html_figures import DPI, figure_png
-from gradscope.reporting.html_figures import panel_html as _panel
-from gradscope.reporting.html_figures import regime_badge as _regime
-from gradscope.reporting.html_sections import meta_section, run_section, shared_section
+from gradscope.reporting.writers import interactive as I
+from gradscope.reporting.writers.css import CSS, PRINT_CSS
+from gradscope.reporting.writers.figure_html import DPI, figure_png
+from gradscope.reporting.writers.figure_html import panel_html as _panel
+from gradscope.reporting.writers.figure_html import regime_badge as _regime
+from gradscope.reporting.writers.sections import meta_section, run_section, shared_section
 
 #: The media :func:`render` lays a document out for.
 MEDIA = ("screen", "static", "print")
