@@ -30,22 +30,31 @@ class Missing(Exception):
 
 @dataclass(frozen=True)
 class PanelSpec:
-    """One kind of figure: its texts, the data it needs, and how to draw it.
+    """One kind of figure: its texts, the data it needs, and the figure itself.
+
+    The figure is either ``chart`` (a figure a person would hover over: its data as a
+    :class:`~gradscope.reporting.figures.chart.Chart`, drawn in the HTML page by the
+    interactive script and, for the PDF and the static HTML, by
+    :func:`~gradscope.reporting.figures.render.render_chart`) or ``draw`` (a picture drawn by
+    hand with matplotlib, where no chart expresses it); exactly one of the two.
 
     Attributes:
         key: Stable identifier (``data-figure`` attribute in HTML, e.g. ``"decay-state"``).
         title: Heading of the panel.
         caption: Two sentences: what is plotted, then how to read it.
         needs: The data the panel needs, in words (shown with the reason when missing).
-        extract: ``record -> kwargs`` for ``draw``; raises :class:`Missing` with the reason.
-        draw: A function of :mod:`gradscope.reporting.figures`.
+        extract: ``record -> kwargs`` of the figure; raises :class:`Missing` with the reason.
+        chart: ``**kwargs -> Chart`` (a function of :mod:`gradscope.reporting.figures`), or
+            None.
+        draw: ``**kwargs, ax=None -> Figure``, or None.
         applies: ``record -> bool``: whether the panel belongs to this record at all (e.g.
             memory timescales only for diagonal recurrences); a panel that does not apply is
             left out, unlike a missing one, which is shown with its reason.
-        chart: The figure's data as a :class:`~gradscope.reporting.figures.chart.Chart`, from the
-            same keyword arguments as ``draw`` (:mod:`gradscope.reporting.chart_data`), or
-            None; a panel with one is interactive in the HTML report (hover values, zoom,
-            CSV/JSON download of exactly those numbers).
+        live: Whether a chart is drawn in the page (hover, zoom, downloads) on screen;
+            False keeps it a picture there too.
+
+    Raises:
+        ValueError: neither or both of ``chart`` and ``draw`` given (a programming error).
     """
 
     key: str
@@ -53,9 +62,20 @@ class PanelSpec:
     caption: str
     needs: str
     extract: Callable[[Any], dict[str, Any]]
-    draw: Callable[..., Any]
-    applies: Callable[[Any], bool] = lambda record: True
     chart: Callable[..., Any] | None = None
+    draw: Callable[..., Any] | None = None
+    applies: Callable[[Any], bool] = lambda record: True
+    live: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.chart is None) == (self.draw is None):
+            raise ValueError(f"panel {self.key!r}: give exactly one of chart= and draw=")
+
+    def figure(self, kwargs: dict[str, Any], ax: Any = None) -> Any:
+        """The picture of the panel's data ``kwargs`` (into ``ax`` if given)."""
+        if self.chart is not None:
+            return F.render_chart(self.chart(**kwargs), ax)
+        return self.draw(**kwargs, ax=ax)
 
 
 @dataclass
@@ -84,15 +104,15 @@ class Panel:
             with F.style():
                 F.no_data(ax, self.missing or "not available", self.spec.title)
             return fig
-        fig = self.spec.draw(**self.kwargs, ax=ax)
+        fig = self.spec.figure(self.kwargs, ax)
         if self.observer is not None:
             self.observer.update(1)
         return fig
 
     def chart(self) -> Any:
-        """The figure's data (a :class:`~gradscope.reporting.figures.chart.Chart`), or None.
+        """The figure (a :class:`~gradscope.reporting.figures.chart.Chart`), or None.
 
-        None when the spec declares no chart or the panel is missing its data.
+        None when the spec's figure is hand-drawn or the panel is missing its data.
         """
         if self.kwargs is None or self.spec.chart is None:
             return None

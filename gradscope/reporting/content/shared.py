@@ -22,6 +22,7 @@ import numpy as np
 from gradscope.reporting import figures as F
 from gradscope.reporting.content.document import Missing, Panel, PanelSpec
 from gradscope.reporting.content.panels import LAYER_PANELS, decay, make_panel
+from gradscope.reporting.figures.comparison import comparison_chart
 
 #: Keys of the layer figures drawn once for all entries when a report has several layers.
 SHARED_KEYS = (
@@ -40,22 +41,35 @@ _OVERLAID = {"decay-input": "input", "decay-loss": "loss"}
 Entries = Sequence[tuple[str, Any]]
 
 
-def _multiples(draw: Any, title: str) -> Any:
+def _multiples(spec: PanelSpec, title: str) -> Any:
     def draw_all(entries: dict[str, dict[str, Any]], ax: Any = None) -> Any:
-        return F.small_multiples(draw, entries, title=title)
+        return F.small_multiples(lambda ax=None, **kw: spec.figure(kw, ax), entries, title=title)
 
     return draw_all
 
 
 def _shared_spec(spec: PanelSpec) -> PanelSpec:
+    """The comparison version of ``spec``: decay curves overlaid, the rest small multiples.
+
+    Both stay pictures on screen (``live=False``), as each entry's own figure would be one
+    of several.
+    """
+    texts = (spec.key, spec.title)
     if spec.key in _OVERLAID:
         how = "Every model on one axes, median and band 10–90% over sequences. "
-        draw = F.comparison_figure
-    else:
-        how = "One axes per model, in the order of the table. "
-        draw = _multiples(spec.draw, spec.title + ", all models")
+        return PanelSpec(
+            *texts,
+            how + spec.caption,
+            spec.needs,
+            lambda rec: rec,
+            chart=comparison_chart,
+            applies=spec.applies,
+            live=False,
+        )
+    how = "One axes per model, in the order of the table. "
+    draw = _multiples(spec, spec.title + ", all models")
     return PanelSpec(
-        spec.key, spec.title, how + spec.caption, spec.needs, lambda rec: rec, draw, spec.applies
+        *texts, how + spec.caption, spec.needs, lambda rec: rec, draw=draw, applies=spec.applies
     )
 
 
@@ -139,7 +153,7 @@ MECHANISM_PANEL = PanelSpec(
     "grey is the gradient vanishing through the weights.",
     "a state decay and, for LSTM/GRU, a gate view (gradscope.analysis.gates)",
     lambda rec: rec,
-    lambda entries, ax=None: F.mechanism_figure(entries),
+    draw=lambda entries, ax=None: F.mechanism_figure(entries),
 )
 
 

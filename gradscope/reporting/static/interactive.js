@@ -122,6 +122,7 @@
       '</span></div><div class="gs-plot"><canvas role="img"></canvas><div class="gs-tip" hidden></div>' +
       '</div><div class="gs-legend"></div>');
     box.querySelector(".gs-title").textContent = d.title;
+    if (d.accent) box.querySelector(".gs-title").style.color = d.accent;
     this.cv = box.querySelector("canvas");
     this.cv.setAttribute("aria-label", d.title);
     this.tip = box.querySelector(".gs-tip");
@@ -171,7 +172,7 @@
         /* points coloured by a category: one entry per category shown */
         if (by) {
           shown.map(function (i) { return by[i]; }).filter(function (c, j, a) { return c && s.styles[c] && a.indexOf(c) === j; })
-            .forEach(function (c) { key(s.styles[c][0], s.label + ": " + c); });
+            .forEach(function (c) { key(s.styles[c][0], s.styles[c][2] || s.label + ": " + c); });
         }
       }
       return {s: s, x: x, ys: ys, rows: rows, by: by};
@@ -321,7 +322,7 @@
     var c = this.c, self = this, sc = this.d.yscale;
     this.series.forEach(function (q) {
       var s = q.s, col = s.color;
-      c.setLineDash(s.dash || []); c.lineWidth = s.kind === "line" ? 2 : 1.2;
+      c.setLineDash(s.dash || []); c.lineWidth = s.kind === "line" ? (s.width || 2) : 1.2;
       if (s.kind === "band") {
         var runs = [[]];
         q.rows.forEach(function (i) {
@@ -329,7 +330,7 @@
           if (a === null || b === null) { runs.push([]); return; }
           runs[runs.length - 1].push([self.px(q.x[i]), self.py(a), self.py(b)]);
         });
-        c.fillStyle = col; c.globalAlpha = 0.22;
+        c.fillStyle = col; c.globalAlpha = s.opacity || 0.22;
         runs.forEach(function (r) {
           if (r.length < 2) return;
           c.beginPath(); c.moveTo(r[0][0], r[0][1]);
@@ -345,7 +346,7 @@
         var on = false;
         q.rows.forEach(function (i) {
           var y = tr(q.ys[0][i], sc);
-          if (y === null || !fin(q.x[i])) { on = false; return; }
+          if (y === null || !fin(q.x[i])) { if (!s.join) on = false; return; }
           if (on) c.lineTo(self.px(q.x[i]), self.py(y)); else c.moveTo(self.px(q.x[i]), self.py(y));
           on = true;
         });
