@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from gradscope.reporting import figures as F
 from gradscope.reporting.content.document import (
     Document,
@@ -19,19 +17,21 @@ from gradscope.reporting.content.document import (
     RunSection,
     SummaryRow,
 )
+from gradscope.reporting.content.entries import Entry, left_out_note, repeats
 from gradscope.reporting.content.gate_panels import GATE_PANELS, gate_note
+from gradscope.reporting.content.headline import sentence
 from gradscope.reporting.content.numbers import layer_numbers, nonfinite_text
 from gradscope.reporting.content.panels import (
     COMPARISON_PANEL,
     LAYER_PANELS,
     TRAINING_PANELS,
-    fmt,
     headline,
     history_names,
     make_panel,
     slug,
 )
 from gradscope.reporting.content.shared import SHARED_KEYS, mechanism_panel, shared_panels
+from gradscope.reporting.content.tables import comparison_table, summary_row
 from gradscope.reporting.inputs.run import Run
 
 #: The ids the page itself uses (:mod:`gradscope.reporting.writers.html`); runs start with ``run``.
@@ -86,59 +86,6 @@ def _layer_section(run: Run, layer: Any, anchor: str, shared: bool) -> LayerSect
     )
 
 
-def _summary_row(section: LayerSection, layer: Any) -> SummaryRow:
-    decays = getattr(layer, "decay", None) or {}
-    d = decays.get("state")
-    ly = getattr(layer, "lyapunov", None)
-    eig = getattr(layer, "eig", None) or {}
-    svd = getattr(layer, "svd", None) or {}
-    nf = getattr(layer, "nonfinite", None) or {}
-    count = int(nf.get("count", 0) or 0)
-    return SummaryRow(
-        run=section.run,
-        layer=section.name,
-        anchor=section.anchor,
-        kind=section.kind,
-        regime=section.regime,
-        rate="n/a" if d is None else F.fmt_rate(d.rate),
-        half_life="n/a" if d is None else fmt(d.half_life),
-        horizon="n/a" if d is None else fmt(d.horizon),
-        radius=fmt(eig.get("median")),
-        norm=fmt(svd.get("median")),
-        lyap="n/a" if ly is None or not np.size(ly.exponents) else F.fmt_rate(ly.exponents[0]),
-        nonfinite=None if count == 0 else f"{count} (step {nf.get('first_step')})",
-        verdict=headline(section.verdict),
-        full_verdict=section.verdict,
-        short=_short(layer, d),
-    )
-
-
-def _short(layer: Any, d: Any) -> str:
-    """A few words for the verdict cell: the gate view's, else the regime and half-life."""
-    view = getattr(layer, "gates", None)
-    if view is not None:
-        return view.short()
-    if d is None:
-        return "no state decay"
-    return f"{F.regime_label(d.regime)}, half-life {fmt(d.half_life)} steps"
-
-
-def _outcome(run: Run) -> str:
-    """Test MSE ÷ baseline and whether that is at most one half (from ``meta["outcome"]``)."""
-    out = run.meta.get("outcome")
-    if not isinstance(out, dict) or "test_mse" not in out or "baseline_mse" not in out:
-        return "n/a"
-    ratio = float(out["test_mse"]) / float(out["baseline_mse"])
-    return f"{'yes' if ratio <= 0.5 else 'no'} ({ratio:.2g})"
-
-
-def _horizon_vs_t(layer: Any, d: Any) -> str:
-    if d is None:
-        return "n/a"
-    t = getattr(layer, "T", None)
-    return f"{fmt(d.horizon)} / {t}" if t else fmt(d.horizon)
-
-
 def _training(run: Run) -> tuple[list[tuple[str, list[Panel]]], str | None]:
     if run.history is None:
         return [], (
@@ -154,10 +101,62 @@ def _training(run: Run) -> tuple[list[tuple[str, list[Panel]]], str | None]:
     ], None
 
 
+def _curve(layer: Any, look: tuple[str, tuple[float, ...]]) -> F.Curve | None:
+    d = (getattr(layer, "decay", None) or {}).get("state")
+    if d is None:
+        return None
+    return F.Curve(d.lags, d.median, d.band, float(d.rate), d.regime, *look)
+
+
+def _entries(runs: Sequence[Run], ids: Ids) -> tuple[list[Entry], list[str]]:
+    """Every analysed layer as an entry (unique labels, unique anchors); the runs' anchors."""
+    entries: list[Entry] = []
+    anchors: list[str] = []
+    labels: set[str] = set()
+    for run in runs:
+        anchor = ids.take(slug(f"run-{run.label}") if run.label is not None else "run")
+        ids.take(f"{anchor}--training")  # the run's training section (writers.sections)
+        anchors.append(anchor)
+        layers = [] if run.diagnosis is None else list(run.diagnosis.layers)
+        for layer in layers:
+            name = str(layer.name)
+            label = name if run.label is None else f"{run.label} · {name}"
+            if len(layers) == 1 and run.label is not None:
+                label = run.label
+            label = _unique(label, labels)  # the figures' legends are keyed by it
+            entries.append(Entry(label, run, layer, ids.take(f"{anchor}--{slug(name)}")))
+    return entries, anchors
+
+
+def _run_section(run: Run, anchor: str, layers: list[LayerSection]) -> RunSection:
+    training, training_missing = _training(run)
+    problem = run.problem
+    if run.diagnosis is None and problem is None:
+        problem = "no diagnosis"
+    meta_rows = _flatten_meta(run.meta)
+    for lname, lm in run.layer_meta.items():
+        meta_rows.extend((f"layer {lname}: {k}", str(v)) for k, v in lm.items())
+    return RunSection(
+        label=run.label,
+        anchor=anchor,
+        source=run.source,
+        layers=layers,
+        training=training,
+        training_missing=training_missing,
+        problem=problem if run.diagnosis is None else None,
+        meta=meta_rows,
+    )
+
+
 def build_document(
     runs: Sequence[Run], title: str, generated: str, meta: Mapping[str, Any]
 ) -> Document:
     """Turn normalised runs into the report's content.
+
+    Every analysed layer is an entry (:mod:`.entries`); the first screen (headline, tables,
+    the decay comparison, the mechanism) and the shared figures show each analysis once
+    (:func:`~.entries.repeats`), every entry in the same colour and dash
+    (:func:`~gradscope.reporting.figures.comparison.entry_styles`).
 
     Args:
         runs: One run (single report) or several (comparison), in display order.
@@ -168,104 +167,66 @@ def build_document(
     Returns:
         The :class:`Document` the renderers lay out.
     """
-    sections: list[RunSection] = []
-    summary: list[SummaryRow] = []
-    alerts: list[str] = []
-    curves: dict[str, F.Curve] = {}
-    labels: set[str] = set()
-    extra: dict[str, tuple[Run, Any]] = {}
-    entries: list[tuple[str, Any]] = []
-    n_layers = sum(len(r.diagnosis.layers) for r in runs if r.diagnosis is not None)
     # names that slug alike (``x-y``, ``x y``) or repeat still get ids of their own
-    ids = Ids(PAGE_IDS)
-    for run in runs:
-        anchor = ids.take(slug(f"run-{run.label}") if run.label is not None else "run")
-        ids.take(f"{anchor}--training")  # the run's training section (html_sections)
-        layers = [] if run.diagnosis is None else list(run.diagnosis.layers)
-        lsecs = []
-        for layer in layers:
-            lid = ids.take(f"{anchor}--{slug(str(layer.name))}")
-            sec = _layer_section(run, layer, lid, shared=n_layers > 1)
-            lsecs.append(sec)
-            summary.append(_summary_row(sec, layer))
-            extra[sec.anchor] = (run, layer)
-            if sec.nonfinite:
-                who = f"{run.label} / {sec.name}" if run.label else sec.name
-                alerts.append(f"{who}: {sec.nonfinite}")
-            label = sec.name if run.label is None else f"{run.label} · {sec.name}"
-            if len(layers) == 1 and run.label is not None:
-                label = run.label
-            label = _unique(label, labels)  # the figures' legends are keyed by it
-            entries.append((label, layer))
-            d = (getattr(layer, "decay", None) or {}).get("state")
-            if d is not None:
-                curves[label] = F.Curve(d.lags, d.median, d.band, float(d.rate), d.regime)
-        training, training_missing = _training(run)
-        problem = run.problem
-        if run.diagnosis is None and problem is None:
-            problem = "no diagnosis"
-        meta_rows = _flatten_meta(run.meta)
-        for lname, lm in run.layer_meta.items():
-            meta_rows.extend((f"layer {lname}: {k}", str(v)) for k, v in lm.items())
-        sections.append(
-            RunSection(
-                label=run.label,
-                anchor=anchor,
-                source=run.source,
-                layers=lsecs,
-                training=training,
-                training_missing=training_missing,
-                problem=problem if run.diagnosis is None else None,
-                meta=meta_rows,
-            )
-        )
+    entries, anchors = _entries(runs, Ids(PAGE_IDS))
+    left = repeats(entries)
+    shown = [e for e in entries if e.anchor not in left]
+    several = len(shown) > 1
+    looks = F.entry_styles([e.label for e in shown]) if several else {}
+    sections: dict[str, LayerSection] = {}
+    alerts: list[str] = []
+    for e in entries:
+        # the figures every compared entry has are drawn once for all, not in each section
+        sec = _layer_section(e.run, e.layer, e.anchor, shared=several and e.anchor not in left)
+        sections[e.anchor] = sec
+        if sec.nonfinite:
+            who = f"{e.run.label} / {sec.name}" if e.run.label else sec.name
+            alerts.append(f"{who}: {sec.nonfinite}")
+    summary = []
+    for e in shown:
+        row = summary_row(sections[e.anchor], e.layer)
+        row.color, row.dash = looks.get(e.label, (None, None))
+        summary.append(row)
+    runs_out = [
+        _run_section(run, anchor, [sections[e.anchor] for e in entries if e.run is run])
+        for run, anchor in zip(runs, anchors)
+    ]
     comparison = None
     table: list[list[str]] = []
-    if len(runs) > 1 or n_layers > 1:
+    if len(runs) > 1 or len(entries) > 1:
+        curves = {
+            e.label: c
+            for e in shown
+            if (c := _curve(e.layer, looks.get(e.label, (None, None)))) is not None
+        }
         if len(curves) >= 2:
             comparison = Panel(COMPARISON_PANEL, dict(curves=curves), None)
         else:
-            comparison = Panel(
-                COMPARISON_PANEL,
-                None,
-                f"only {len(curves)} of the {len(entries)} layers has a state decay curve",
-            )
-        learned = any(isinstance(r.meta.get("outcome"), dict) for r in runs)
-        table = [
-            ["model / layer", "regime", "rate per step", "half-life (steps)", "horizon / T"]
-            + (["learned? (test MSE ÷ baseline)"] if learned else [])
-            + ["λ₁", "‖J‖₂"]
-        ]
-        for row in summary:
-            who = row.run if row.run is not None else row.layer
-            if row.run is not None and sum(r.run == row.run for r in summary) > 1:
-                who = f"{row.run} · {row.layer}"
-            run, layer = extra[row.anchor]
-            d = (getattr(layer, "decay", None) or {}).get("state")
-            table.append(
-                [who, F.regime_label(row.regime), row.rate, row.half_life, _horizon_vs_t(layer, d)]
-                + ([_outcome(run)] if learned else [])
-                + [row.lyap, row.norm]
-            )
+            why = f"only {len(curves)} of the {len(shown)} layers has a state decay curve"
+            comparison = Panel(COMPARISON_PANEL, None, why)
+        table = comparison_table(summary, shown)
     common: list[tuple[str, str]] = []
-    if len(sections) > 1:
+    if len(runs_out) > 1:
         # rows every run shares (versions, settings) are shown once, not once per run
-        shared = set(sections[0].meta).intersection(*(set(r.meta) for r in sections[1:]))
-        common = [row for row in sections[0].meta if row in shared]
-        for sec in sections:
-            sec.meta = [row for row in sec.meta if row not in shared]
+        same = set(runs_out[0].meta).intersection(*(set(r.meta) for r in runs_out[1:]))
+        common = [row for row in runs_out[0].meta if row in same]
+        for sec in runs_out:
+            sec.meta = [row for row in sec.meta if row not in same]
+    pairs = [(e.label, e.layer) for e in shown]
     return Document(
         title=title,
         generated=generated,
-        runs=sections,
+        runs=runs_out,
         common_meta=common,
         summary=summary,
         alerts=alerts,
         comparison=comparison,
         comparison_table=table,
         meta=_flatten_meta(meta),
-        mechanism=mechanism_panel(entries),
-        shared=shared_panels(entries) if n_layers > 1 else [],
+        mechanism=mechanism_panel(pairs),
+        shared=shared_panels(pairs, looks) if several else [],
+        headline=sentence(pairs),
+        shown_once=left_out_note(entries, left),
     )
 
 

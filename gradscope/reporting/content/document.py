@@ -198,6 +198,8 @@ class SummaryRow:
     verdict: str
     full_verdict: str = ""
     short: str = ""
+    color: str | None = None  # the entry's look in the comparison figures (None: no look)
+    dash: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -215,6 +217,8 @@ class Document:
     common_meta: list[tuple[str, str]] = field(default_factory=list)
     mechanism: Panel | None = None
     shared: list[Panel] = field(default_factory=list)
+    headline: str = ""  # how far back each compared entry's gradient reaches, one sentence
+    shown_once: str | None = None  # which entries the comparison leaves out, and why
 
     def figures(self) -> list[Panel]:
         """Every panel with data to draw (missing ones are a box of text), in document order."""

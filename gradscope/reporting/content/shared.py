@@ -14,7 +14,7 @@ Entries are ``(label, layer)`` pairs (the label as in the comparison: the run's 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,11 +39,17 @@ SHARED_KEYS = (
 _OVERLAID = {"decay-input": "input", "decay-loss": "loss"}
 
 Entries = Sequence[tuple[str, Any]]
+Looks = Mapping[str, tuple[str, tuple[float, ...]]]
 
 
 def _multiples(spec: PanelSpec, title: str) -> Any:
-    def draw_all(entries: dict[str, dict[str, Any]], ax: Any = None) -> Any:
-        return F.small_multiples(lambda ax=None, **kw: spec.figure(kw, ax), entries, title=title)
+    def draw_all(
+        entries: dict[str, dict[str, Any]], colours: dict[str, str] | None = None, ax: Any = None
+    ) -> Any:
+        def draw(ax: Any = None, **kw: Any) -> Any:
+            return spec.figure(kw, ax)
+
+        return F.small_multiples(draw, entries, title=title, colours=colours)
 
     return draw_all
 
@@ -79,12 +85,19 @@ def _missing_note(missing: dict[str, str]) -> str | None:
     return "Not shown for " + "; ".join(f"{k}: {v}" for k, v in missing.items())
 
 
-def shared_panels(entries: Entries) -> list[Panel]:
+def shared_panels(entries: Entries, looks: Looks | None = None) -> list[Panel]:
     """One comparison panel per shared figure kind (all but the state decay, see build).
 
     An entry without the data is listed in the panel's note with the reason; a kind that no
     entry has is a missing panel with the first reason.
+
+    Args:
+        entries: ``(label, layer)`` pairs in display order.
+        looks: ``{label: (colour, dash)}`` of the entries, as in the comparison
+            (:func:`~gradscope.reporting.figures.comparison.entry_styles`); the overlaid
+            curves are drawn in them and each small multiple's title in its colour.
     """
+    looks = looks or {}
     out = []
     for spec in LAYER_PANELS:
         if spec.key not in SHARED_KEYS or spec.key == "decay-state":
@@ -99,7 +112,8 @@ def shared_panels(entries: Entries) -> list[Panel]:
                 missing[label] = panel.missing or "not available"
             elif spec.key in _OVERLAID:
                 d = decay(layer, _OVERLAID[spec.key])
-                data[label] = F.Curve(d.lags, d.median, d.band, float(d.rate), d.regime)
+                look = looks.get(label, (None, None))
+                data[label] = F.Curve(d.lags, d.median, d.band, float(d.rate), d.regime, *look)
             else:
                 data[label] = panel.kwargs
         shared = _shared_spec(spec)
@@ -110,7 +124,7 @@ def shared_panels(entries: Entries) -> list[Panel]:
         if spec.key in _OVERLAID:
             kwargs: dict[str, Any] = dict(curves=data, of=_OVERLAID[spec.key])
         else:
-            kwargs = dict(entries=data)
+            kwargs = dict(entries=data, colours={k: looks[k][0] for k in data if k in looks})
         out.append(Panel(shared, kwargs, None, note=_missing_note(missing)))
     return out
 

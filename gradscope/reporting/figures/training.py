@@ -18,6 +18,7 @@ from gradscope.reporting.figures.axes import set_log10_axis
 from gradscope.reporting.figures.chart import Chart, Column, Grid, Series
 from gradscope.reporting.figures.render import figure_of
 from gradscope.reporting.figures.theme import (
+    FIGSIZE,
     MISSING_GREY,
     NEUTRAL_GREY,
     REGIME_COLOURS,
@@ -219,6 +220,10 @@ def training_gates_figure(
     Returns:
         The figure drawn on.
     """
+    own = ax is None
+    if own:  # constrained: it keeps room for a legend outside the axes
+        fig = Figure(figsize=(FIGSIZE[0], FIGSIZE[1] + 0.6), layout="constrained")
+        ax = fig.add_subplot()
     fig, ax = new_axes(ax)
     name = TRAINING_GATE_NAMES.get(gate, gate)
     title = f"{'The ' if gate in TRAINING_GATE_NAMES else ''}{name} over training"
@@ -276,10 +281,12 @@ def training_gates_figure(
         right.set_ylabel("one-step norm (dotted: 1)")
     handles = [h for a in (ax, right) for h in a.get_legend_handles_labels()[0]]
     # below the axes: "best" on the twin axes sees only its own lines, and put the box over
-    # the gate's median (near 1 for a trained LSTM); the top axes', so above both
-    right.legend(
-        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2,
-        fontsize="small", borderaxespad=0,
-    )  # fmt: skip
+    # the gate's median (near 1 for a trained LSTM). On a figure of its own the legend is the
+    # figure's, under everything, with room kept for it (it used to cover the x label)
+    if own:
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small")
+    else:
+        right.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2,
+                     fontsize="small", borderaxespad=0)  # fmt: skip
     ax.set_title(title)
     return fig

@@ -58,6 +58,25 @@ DECAY_HEADING = "How far back the gradient reaches"
 MECHANISM_HEADING = "The mechanism: the gradient highway"
 #: The element a first-screen fragment is wrapped in (its CSS applies only inside it).
 FRAGMENT_CLASS = "gradscope-report"
+#: What the headline's words mean (its tooltip).
+HEADLINE_HOW = (
+    "Keeps its gradient: the state gradient ‖∂s_T/∂s_{T−k}‖ is still above 0.1% of its "
+    "lag-0 value k = T steps back (or the regime is neutral). Loses it after h steps: it "
+    "falls below 0.1% at lag h, the memory horizon."
+)
+
+
+def swatch(color: str | None, dash: tuple[float, ...] | None) -> str:
+    """A short line in an entry's colour and dash, as its curves are drawn (or "")."""
+    if not color:
+        return ""
+    pattern = " ".join(f"{d:g}" for d in dash or ())
+    dashes = f' stroke-dasharray="{pattern}"' if pattern else ""
+    return (
+        '<svg class="swatch" width="24" height="8" aria-hidden="true">'
+        f'<line x1="0" y1="4" x2="24" y2="4" stroke="{escape(color)}" stroke-width="2.5"'
+        f"{dashes}/></svg>"
+    )
 
 
 # --------------------------------------------------------------------------- first screen
@@ -89,7 +108,11 @@ def _summary_table(doc: Document, media: str) -> str:
     out.extend(f"<th>{escape(h)}</th>" for h in head)
     out.append("</tr></thead><tbody>")
     for r in doc.summary:
-        cells = [f"<td class='name'>{escape(r.run or '')}</td>"] if several else []
+        cells = (
+            [f"<td class='name'>{swatch(r.color, r.dash)}{escape(r.run or '')}</td>"]
+            if several
+            else []
+        )
         cells += [f"<td class='name'><a href='#{r.anchor}'>{escape(r.layer)}</a></td>"]
         cells += [f"<td>{escape(r.kind)}</td>", f"<td>{_regime(r.regime)}</td>"]
         cells += [
@@ -122,8 +145,9 @@ def _comparison(doc: Document, media: str) -> str:
         # the regime cell holds "▼ vanishing": show it as the same badge as everywhere else
         name = regime.split(" ")[-1] if regime else ""
         name = name if name in REGIME_SYMBOLS else None
+        link = f"<a href='#{r.anchor}'>{escape(who)}</a>"
         cells = [
-            f"<td class='name'><a href='#{r.anchor}'>{escape(who)}</a></td>",
+            f"<td class='name'>{swatch(r.color, r.dash)}{link}</td>",
             f"<td>{_regime(name)}</td>",
         ]
         cells += [f"<td class='num'>{escape(c)}</td>" for c in rest]
@@ -153,9 +177,19 @@ def _figures(doc: Document, media: str) -> str:
 
 
 def first_screen(doc: Document, media: str = "screen") -> str:
-    """The first screen as an HTML section: alerts, comparison, mechanism, the verdict table."""
+    """The first screen as an HTML section: headline, alerts, comparison, mechanism, numbers.
+
+    On screen the comparison table comes before the two figures; on paper the figures come
+    first, under the headline, so that they fill the first page (they cannot be split, and
+    after a comparison of several models they no longer fit on it) and the tables follow.
+    """
     several = len(doc.summary) > 1
     out = ['<section id="summary" data-section="summary"><h2>Does the gradient survive?</h2>']
+    if doc.headline:
+        out.append(
+            f"<p class='headline' data-headline title='{escape(HEADLINE_HOW)}'>"
+            f"{escape(doc.headline)}</p>"
+        )
     for alert in doc.alerts:
         out.append(
             f'<div class="alert" role="alert" data-alert="nonfinite">⚠ {escape(alert)}</div>'
@@ -167,8 +201,11 @@ def first_screen(doc: Document, media: str = "screen") -> str:
             else "see the sections below"
         )
         out.append(f"<p class='missing-line'>No layer was analysed: {why}.</p>")
-    out.append(_comparison(doc, media))
-    out.append(_figures(doc, media))
+    once = f"<p class='note' data-shown-once>{escape(doc.shown_once)}</p>" if doc.shown_once else ""
+    if media == "print":  # paper: the pictures fill page 1 under the headline, tables follow
+        out += [_figures(doc, media), _comparison(doc, media), once]
+    else:
+        out += [_comparison(doc, media), once, _figures(doc, media)]
     if doc.summary:
         table = _summary_table(doc, media)
         if several and media != "print":
@@ -245,7 +282,7 @@ def render(
         *body,
     ]
     parts += [
-        meta_section(doc, detail),
+        meta_section(doc, detail, media),
         "<footer>Gradient norms are spectral norms of exact products of per-step Jacobians, "
         "accumulated in log space. Rates are natural log per timestep.</footer>",
         "</main></body></html>",

@@ -49,6 +49,8 @@ CSS = """
 .gs-tip { position: absolute; pointer-events: none; background: rgba(255,255,255,.96);
   border: 1px solid #888; border-radius: 4px; padding: 4px 7px; font-size: 12px;
   line-height: 1.35; box-shadow: 0 1px 4px rgba(0,0,0,.18); white-space: nowrap; z-index: 2; }
+.gs-tip .gs-near { font-weight: 700; }
+.gs-tip .gs-more { color: var(--muted, #5f6368); font-style: italic; }
 .gs-legend { font-size: .8em; color: var(--muted, #5f6368); margin-top: 2px; }
 .gs-legend span { margin-right: 12px; display: inline-block; max-width: 100%;
   overflow-wrap: anywhere; }
