@@ -134,7 +134,7 @@ def _summary_table(doc: Document, media: str) -> str:
 
 
 def _comparison(doc: Document, media: str) -> str:
-    if doc.comparison is None:
+    if not doc.comparison_table:
         return ""
     out = ['<section id="comparison" data-section="comparison"><h3>Side by side</h3>']
     out.append("<table class='cmp'><thead><tr>")
