@@ -69,7 +69,7 @@ def _check_report(out: Path) -> None:
             f"{out.suffix or 'no suffix'!r}"
         )
     if out.suffix.lower() == ".pdf":
-        from gradscope.reporting.pdf import engine
+        from gradscope.reporting.writers.pdf import engine
 
         engine()  # before minutes of work, the PdfEngineError saying what to install
 

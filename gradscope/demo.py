@@ -231,7 +231,7 @@ def run_demo(
 
     check_settings(steps=steps, seq_len=seq_len, hidden=hidden, batch=batch, seed=seed)
     if pdf:
-        from gradscope.reporting.pdf import engine
+        from gradscope.reporting.writers.pdf import engine
 
         engine()  # fail before minutes of training, saying what to install
     check_out(Path(out), pdf)

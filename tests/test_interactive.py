@@ -26,9 +26,9 @@ from test_browser import _chromium, _console_problems, _flags
 from torch import nn
 
 import gradscope as gs
-from gradscope.reporting import html as H
-from gradscope.reporting.chart import Chart, ChartError, Column, Series, to_json
-from gradscope.reporting.interactive import script
+from gradscope.reporting.figures.chart import Chart, ChartError, Column, Series, to_json
+from gradscope.reporting.writers import html as H
+from gradscope.reporting.writers.interactive import script
 
 T, B = 40, 4
 STEPS = np.array([0, 50, 100, 150, 200])
@@ -86,9 +86,9 @@ def test_chart_json_writes_finite_numbers_and_nulls() -> None:
 
 
 def test_figures_without_finite_data_or_too_large_stay_pictures() -> None:
-    from gradscope.reporting.document import Panel
-    from gradscope.reporting.interactive import MAX_VALUES, panel_html
-    from gradscope.reporting.panels import LAYER_PANELS
+    from gradscope.reporting.content.document import Panel
+    from gradscope.reporting.content.panels import LAYER_PANELS
+    from gradscope.reporting.writers.interactive import MAX_VALUES, panel_html
 
     (spec,) = [s for s in LAYER_PANELS if s.key == "heatmap"]
 
@@ -104,10 +104,10 @@ def test_figures_without_finite_data_or_too_large_stay_pictures() -> None:
 
 
 def test_names_cannot_break_out_of_the_page() -> None:
-    from gradscope.reporting.document import Panel
+    from gradscope.reporting.content.document import Panel
+    from gradscope.reporting.content.panels import COMPARISON_PANEL
     from gradscope.reporting.figures import Curve
-    from gradscope.reporting.interactive import panel_html
-    from gradscope.reporting.panels import COMPARISON_PANEL
+    from gradscope.reporting.writers.interactive import panel_html
 
     name = 'x</script><!--<script>alert("hi")</script>'
     curves = {name: Curve(np.arange(3), -0.5 * np.arange(3), None, -0.5, "vanishing")}
@@ -118,7 +118,7 @@ def test_names_cannot_break_out_of_the_page() -> None:
 
 
 def test_panels_declare_their_data(run: SimpleNamespace) -> None:
-    from gradscope.reporting.panels import LAYER_PANELS, make_panel
+    from gradscope.reporting.content.panels import LAYER_PANELS, make_panel
 
     d = run.layer.decay["state"]
     (spec,) = [s for s in LAYER_PANELS if s.key == "decay-state"]
@@ -133,7 +133,7 @@ def test_panels_declare_their_data(run: SimpleNamespace) -> None:
 
 
 def test_static_html_has_no_script(run: SimpleNamespace) -> None:
-    from gradscope.reporting.build import Run, build_document
+    from gradscope.reporting.content.build import Run, build_document
 
     runs = [Run(None, "a profile", diagnosis=run.prof.diagnosis, history=run.history)]
     page = H.render(build_document(runs, "static", "now", {}), interactive=False)
@@ -174,6 +174,8 @@ window.addEventListener("load", function () {
   document.querySelectorAll("figure[data-interactive]").forEach(function (fig) {
     var cv = fig.querySelector("canvas"), key = fig.getAttribute("data-figure"), o = {};
     at(cv, 0.5, 0.45); o.hover = tip(fig);
+    var t = fig.querySelector(".gs-tip"), near = t.querySelector(".gs-near");
+    o.tip_h = t.offsetHeight; o.plot_h = cv.clientHeight; o.near = near ? near.innerText : null;
     at(cv, 0.3, 0.45); o.hover_left = tip(fig);
     at(cv, 0.3, 0.45, "mousedown"); at(cv, 0.6, 0.45); at(cv, 0.6, 0.45, "mouseup", window);
     at(cv, 0.0, 0.45); at(cv, 66.5 / cv.getBoundingClientRect().width, 0.45);
@@ -374,10 +376,10 @@ FORMULAS = {
 @pytest.mark.browser
 def test_csv_download_neutralises_formulas(tmp_path: Any) -> None:
     """Regression: a run named ``=...`` became a formula in the CSV of the comparison."""
-    from gradscope.reporting.document import Panel
+    from gradscope.reporting.content.document import Panel
+    from gradscope.reporting.content.panels import COMPARISON_PANEL
     from gradscope.reporting.figures import Curve
-    from gradscope.reporting.interactive import head, panel_html
-    from gradscope.reporting.panels import COMPARISON_PANEL
+    from gradscope.reporting.writers.interactive import head, panel_html
 
     lags = np.arange(4)
     curves = {n: Curve(lags, -0.5 * lags, None, -0.5, "vanishing") for n in FORMULAS}
@@ -396,3 +398,41 @@ def test_csv_download_neutralises_formulas(tmp_path: Any) -> None:
     assert [float(r[ln_norm]) for r in rows[1:5]] == [0.0, -0.5, -1.0, -1.5]
     (model,) = [c for c in json.loads(o["json"]["text"])["columns"] if c["name"] == "model"]
     assert list(dict.fromkeys(model["values"])) == list(FORMULAS)
+
+
+@pytest.mark.browser
+def test_comparison_hover_names_the_nearest_curves_not_all(tmp_path: Any) -> None:
+    """Regression (#27): the hover text listed all 18 series of a comparison over the plot."""
+    from gradscope.reporting.content.document import Panel
+    from gradscope.reporting.content.panels import COMPARISON_PANEL
+    from gradscope.reporting.figures import Curve
+    from gradscope.reporting.writers.interactive import head, panel_html
+
+    lags = np.arange(20)
+    flat = np.ones(20)
+    names = [f"model {i}" for i in range(9)]  # 9 curves with bands: 18 series
+    curves = {
+        n: Curve(
+            lags,
+            -2.0 * i * flat,
+            np.stack([(-2.0 * i - 0.5) * flat, (-2.0 * i + 0.5) * flat]),
+            0.0,
+            "neutral",
+        )
+        for i, n in enumerate(names)
+    }
+    fig = panel_html(Panel(COMPARISON_PANEL, dict(curves=curves), None), "cmp")
+    page = f"<!DOCTYPE html><html><head>{head()}</head><body>{fig}</body></html>"
+    o = _probe(page, tmp_path)["comparison"]
+    lines = o["hover"].splitlines()
+    # the pointer sits at the middle of the plot: model 4 (ln = -8, the middle of the data
+    # range), with its neighbours above (model 3) and below (model 5); each with its band
+    shown = [n for n in names if any(line.startswith(f"{n}: ") for line in lines)]
+    assert shown == ["model 3", "model 4", "model 5"]
+    assert sum(line.startswith(("model 3 10", "model 4 10", "model 5 10")) for line in lines) == 3
+    assert o["near"].startswith("model 4")
+    assert lines[-1] == "+ 6 more curves: move up or down"
+    assert len(lines) == 1 + 3 * 2 + 1  # the lag, three curves with their bands, the rest
+    median = next(line for line in lines if line.startswith("model 4: "))
+    assert math.isclose(_ln_of(median), -8.0, rel_tol=1e-6)
+    assert o["tip_h"] < 0.5 * o["plot_h"], o["hover"]  # it no longer covers the plot

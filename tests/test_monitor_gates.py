@@ -17,8 +17,8 @@ from torch import nn
 
 import gradscope as gs
 from gradscope.history import GATE_KEYS, SUMMARY_KEYS, History, load_history
-from gradscope.reporting.gate_panels import TRAINING_GATE_PANEL
-from gradscope.reporting.panels import make_panel
+from gradscope.reporting.content.gate_panels import TRAINING_GATE_PANEL
+from gradscope.reporting.content.panels import make_panel
 
 QS = (0.1, 0.5, 0.9)
 

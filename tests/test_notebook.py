@@ -86,3 +86,42 @@ def test_css_is_scoped_to_the_fragment() -> None:
         for sel in selectors.split(","):
             assert sel.strip().startswith(f".{SCOPE}"), sel
     assert "@media" not in css and "body" not in css
+
+
+def test_first_screen_without_figures_says_in_one_line_what_it_leaves_out(prof) -> None:
+    html = first_screen_html({"a": prof, "b": prof.diagnosis}, figures=False)
+    assert "not available" not in html and "data-missing" not in html  # no empty boxes
+    (line,) = re.findall(r"<p class='note' data-left-out>(.*?)</p>", html)
+    assert "the decay comparison and the mechanism picture" in line
+
+
+def test_a_layer_diagnosis_shows_its_verdict_and_numbers(prof) -> None:
+    from html import unescape
+
+    from gradscope.reporting.content.numbers import layer_numbers
+    from gradscope.reporting.notebook import layer_html
+
+    d = prof.diagnosis[1]
+    html = layer_html(d)
+    assert html.startswith(f'<div class="{SCOPE}"><style>') and html.endswith("</div>")
+    assert "<img" not in html and "<script" not in html
+    text = unescape(re.sub(r"<[^>]+>", " ", html))
+    assert " ".join(d.verdict.split()) in " ".join(text.split())
+    assert f"regime-{d.regime}" in html and d.name in text
+    for n in layer_numbers(d):
+        assert n.label in text and n.value in text
+    for advice in d.advice:
+        assert advice in text
+
+
+def test_a_layer_diagnosis_has_a_short_text_repr(prof) -> None:
+    from gradscope.analysis.layer_text import layer_repr
+
+    for d in prof.diagnosis:
+        st = d.decay["state"]
+        text = layer_repr(d)
+        assert len(text) < 2000 and "\n" not in text
+        assert text.startswith(f"LayerDiagnosis({d.name!r}, {d.kind}, T={d.T} B={d.B} D={d.D}")
+        assert f": {d.regime}, rate {st.rate:+.4f}/step" in text
+        assert f"λ₁ {d.lyapunov.exponents[0]:+.4f}" in text
+        assert d.verdict.split(". ")[0][:60] in text

@@ -17,7 +17,7 @@ from scipy import stats
 
 import gradscope as gs
 from gradscope.analysis.finite import finite_prefix
-from gradscope.reporting.numbers import nonfinite_text
+from gradscope.reporting.content.numbers import nonfinite_text
 
 
 def _cell(module: torch.nn.Module) -> torch.nn.Module:

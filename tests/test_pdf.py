@@ -21,11 +21,12 @@ from torch import nn
 
 import gradscope as gs
 from gradscope.errors import ArgumentError, PdfEngineError
-from gradscope.reporting import first_screen_html, html_figures, runs_of
-from gradscope.reporting.build import build_document
-from gradscope.reporting.document import Panel
-from gradscope.reporting.html import render
-from gradscope.reporting.pdf import print_pdf
+from gradscope.reporting import first_screen_html, runs_of
+from gradscope.reporting.content.build import build_document
+from gradscope.reporting.content.document import Panel
+from gradscope.reporting.writers import figure_html as html_figures
+from gradscope.reporting.writers.html import render
+from gradscope.reporting.writers.pdf import print_pdf
 
 pytestmark = pytest.mark.browser
 
@@ -153,7 +154,7 @@ def test_tables_are_not_split_across_pages(pdfs: dict, profiles: dict[str, gs.Pr
     bounds = list(zip(starts, [*starts[1:], len(pages)]))
     for (lo, hi), prof in zip(bounds, profiles.values()):
         (layer,) = prof.diagnosis.layers
-        numbers = gs.reporting.numbers.layer_numbers(layer)
+        numbers = gs.reporting.content.numbers.layer_numbers(layer)
         first, last = numbers[0].label, numbers[-1].label
         holding = [i for i in range(lo, hi) if first in pages[i] and last in pages[i]]
         assert len(holding) == 1, (layer.name, first, last)

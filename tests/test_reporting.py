@@ -321,7 +321,7 @@ def test_html_summary_and_numbers(cmp_html: Path, profiles: dict[str, gs.Profile
 
 
 def test_html_is_self_contained(cmp_html: Path) -> None:
-    from gradscope.reporting.interactive import script
+    from gradscope.reporting.writers.interactive import script
 
     src, page = _parse(cmp_html)
     # one script, inline, once: the interactive figures' (it loads nothing: no URL in it)
@@ -465,8 +465,8 @@ def test_atomic_write_success_and_failure(
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
 
     out.write_text("previous report")
-    from gradscope.reporting import html_figures as html_mod
-    from gradscope.reporting import pdf as pdf_mod
+    from gradscope.reporting.writers import figure_html as html_mod
+    from gradscope.reporting.writers import pdf as pdf_mod
 
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("render failed")
@@ -559,7 +559,7 @@ def test_monitor_history_and_saved_history(tmp_path: Path) -> None:
     assert "training history file hist.npz" in text
     assert "Full analysis: not available" in text
     # both training figures, found by their captions (the titles are drawn in the images)
-    from gradscope.reporting.panels import TRAINING_PANELS
+    from gradscope.reporting.content.panels import TRAINING_PANELS
 
     for spec in TRAINING_PANELS:
         assert _squash(spec.caption)[:60] in text, spec.key

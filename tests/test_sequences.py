@@ -274,8 +274,8 @@ def test_timescales_of_an_lru_are_theory():
 
 
 def test_memory_panels_only_for_diagonal_layers(tmp_path):
-    from gradscope.reporting.build import build_document
-    from gradscope.reporting.document import Run
+    from gradscope.reporting.content.build import build_document
+    from gradscope.reporting.inputs.run import Run
 
     lstm = torch.nn.LSTM(3, 4)
     runs = {

@@ -5,12 +5,12 @@
     gs.report({"vanilla": p1, "LSTM": p2}, "cmp.pdf")  # several: a comparison
 
 The format follows the suffix (``.html``/``.htm`` or ``.pdf``). Reports read records, never
-live models: what goes in is normalised to :class:`~gradscope.reporting.document.Run` objects
-(a diagnosis and/or a training history plus metadata; :mod:`~gradscope.reporting.runs`),
-:func:`~gradscope.reporting.build.build_document` decides what is shown (every figure
+live models: what goes in is normalised to :class:`~gradscope.reporting.inputs.run.Run`
+objects (a diagnosis and/or a training history plus metadata; :mod:`.inputs.sources`),
+:func:`~gradscope.reporting.content.build.build_document` decides what is shown (every figure
 declares the data it needs and is shown as missing, with the reason, when that data is
-absent), and :mod:`~gradscope.reporting.html`
-lays it out; :mod:`~gradscope.reporting.pdf` prints the HTML's print rendering with headless
+absent), and :mod:`~gradscope.reporting.writers.html`
+lays it out; :mod:`~gradscope.reporting.writers.pdf` prints the HTML's print rendering with headless
 Chromium (short by default: the first screen; ``pdf_detail=True`` for every layer). Figures
 live in :mod:`gradscope.reporting.figures`. :func:`first_screen_html` gives the first screen
 (verdicts, comparison, the mechanism picture) as an HTML fragment to embed elsewhere.
@@ -74,15 +74,15 @@ from typing import Any
 
 from gradscope._files import atomic_write, check_writable
 from gradscope.errors import GradscopeError
-from gradscope.reporting.build import build_document
-from gradscope.reporting.document import Run
-from gradscope.reporting.runs import runs_of
+from gradscope.reporting.content.build import build_document
+from gradscope.reporting.inputs.run import Run
+from gradscope.reporting.inputs.sources import runs_of
 
 #: Report formats by file suffix: the module that writes them.
 FORMATS: dict[str, str] = {
-    ".html": "gradscope.reporting.html",
-    ".htm": "gradscope.reporting.html",
-    ".pdf": "gradscope.reporting.pdf",
+    ".html": "gradscope.reporting.writers.html",
+    ".htm": "gradscope.reporting.writers.html",
+    ".pdf": "gradscope.reporting.writers.pdf",
 }
 
 

@@ -1,10 +1,14 @@
-r"""One function per figure, grouped by what it shows: arrays in, a matplotlib figure out.
+r"""The figures a report can show, grouped by what they show; and how a chart is drawn.
 
-Every function here is pure: it takes plain numpy arrays and numbers (the fields of the
-analysis results, never a model or a trace), draws one axes, and returns the figure it drew
-on. Pass ``ax=`` to draw into an existing axes (the PDF layout does, to put several figures
-on a page); without it a new :class:`~matplotlib.figure.Figure` of :data:`FIGSIZE` is made
-(no pyplot state is touched, so figures are garbage-collected like any object).
+A figure a person would hover over is declared once, as a function that returns its
+:class:`~gradscope.reporting.figures.chart.Chart` (named columns with units, and how to draw
+them): the HTML report draws that chart in the page (hover values, zoom, CSV/JSON download of
+the same numbers), and :func:`~gradscope.reporting.figures.render.render_chart` draws the same
+chart as the picture of the PDF and of the static HTML. ``*_figure`` of a chart is
+``figure_of(*_chart)``: the same arguments plus ``ax=``, returning the picture. The figures
+that have no chart (the eigenvalue plane, the singular-value histograms, the Lyapunov
+spectrum, the gate views, the memory timescales, the mechanism picture, the gates over
+training) are drawn by hand with matplotlib; each module says why.
 
 Conventions shared by all figures:
 
@@ -19,35 +23,50 @@ Conventions shared by all figures:
   :class:`gradscope.Decay`), base-10 goes on the axis: :math:`\log_{10} x = \ln x/\ln 10`;
 * a panel without data is never left blank: it says why (:func:`no_data`).
 
-Modules: :mod:`.theme` (palette, regime colours and markers, the style context, number
-formats), :mod:`.axes` (log-scale axes), :mod:`.decay`, :mod:`.training`, :mod:`.spectra`,
-:mod:`.lyapunov`, :mod:`.comparison`, :mod:`.mechanism` (the gradient highway per model),
+Modules: :mod:`.chart` (the data model), :mod:`.render` (a chart as a picture),
+:mod:`.theme` (palette, regime colours and markers, dash patterns, the style context, number
+formats), :mod:`.axes` (log-scale axes), :mod:`.decay`, :mod:`.comparison` (and the look of
+each entry of a comparison), :mod:`.training`, :mod:`.spectra`, :mod:`.lyapunov`,
+:mod:`.gates`, :mod:`.memory`, :mod:`.mechanism` (the gradient highway per model),
 :mod:`.multiples` (one figure function drawn for several entries). The figures and the
-shared look are re-exported here, so ``from gradscope.reporting import figures as F;
-F.decay_figure(...)`` reads as before.
+shared look are re-exported here (``from gradscope.reporting import figures as F``).
 """
 
 from __future__ import annotations
 
 from gradscope.reporting.figures.axes import log10_ticks
-from gradscope.reporting.figures.comparison import Curve, comparison_figure
-from gradscope.reporting.figures.decay import decay_figure, lag_heatmap_figure
+from gradscope.reporting.figures.comparison import (
+    Curve,
+    comparison_chart,
+    comparison_figure,
+    entry_styles,
+)
+from gradscope.reporting.figures.decay import (
+    decay_chart,
+    decay_figure,
+    lag_heatmap_chart,
+    lag_heatmap_figure,
+)
 from gradscope.reporting.figures.gates import (
+    carry_chart,
     carry_figure,
     gate_distribution_figure,
     path_share_figure,
     repeated_factor_figure,
 )
 from gradscope.reporting.figures.lyapunov import (
+    lyapunov_convergence_chart,
     lyapunov_convergence_figure,
     lyapunov_spectrum_figure,
 )
 from gradscope.reporting.figures.mechanism import Mechanism, mechanism_figure
 from gradscope.reporting.figures.memory import decay_heatmap_figure, timescale_figure
 from gradscope.reporting.figures.multiples import small_multiples
+from gradscope.reporting.figures.render import figure_of, render_chart
 from gradscope.reporting.figures.spectra import (
     eigenvalue_figure,
     singular_value_figure,
+    spectral_time_chart,
     spectral_time_figure,
 )
 from gradscope.reporting.figures.theme import (
@@ -65,42 +84,55 @@ from gradscope.reporting.figures.theme import (
 )
 from gradscope.reporting.figures.training import (
     training_gates_figure,
+    training_heatmap_chart,
     training_heatmap_figure,
+    training_rate_chart,
     training_rate_figure,
 )
 
 __all__ = [
-    "carry_figure",
-    "gate_distribution_figure",
-    "path_share_figure",
-    "repeated_factor_figure",
     "FIGSIZE",
     "REGIME_COLOURS",
     "REGIME_MARKERS",
     "REGIME_SYMBOLS",
     "Curve",
     "Mechanism",
-    "mechanism_figure",
-    "small_multiples",
+    "carry_chart",
+    "carry_figure",
+    "comparison_chart",
     "comparison_figure",
+    "decay_chart",
     "decay_figure",
     "decay_heatmap_figure",
     "eigenvalue_figure",
+    "entry_styles",
+    "figure_of",
     "fmt_rate",
     "fmt_value",
+    "gate_distribution_figure",
+    "lag_heatmap_chart",
     "lag_heatmap_figure",
     "log10_ticks",
+    "lyapunov_convergence_chart",
     "lyapunov_convergence_figure",
     "lyapunov_spectrum_figure",
+    "mechanism_figure",
     "new_axes",
     "no_data",
     "palette",
+    "path_share_figure",
     "regime_label",
+    "render_chart",
+    "repeated_factor_figure",
     "singular_value_figure",
+    "small_multiples",
+    "spectral_time_chart",
     "spectral_time_figure",
     "style",
     "timescale_figure",
     "training_gates_figure",
+    "training_heatmap_chart",
     "training_heatmap_figure",
+    "training_rate_chart",
     "training_rate_figure",
 ]

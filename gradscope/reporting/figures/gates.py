@@ -1,18 +1,22 @@
 """Why gates keep gradients alive: gate distributions, carries, path shares, vanilla factors.
 
 Inputs are the arrays of :class:`gradscope.analysis.gates.GateView` (quantiles in the order
-5, 25, 50, 75, 95%; logs natural).
+5, 25, 50, 75, 95%; logs natural). The carry is a chart (:func:`carry_chart`, drawn by
+:func:`~gradscope.reporting.figures.render.render_chart`). The path share, the distributions
+and the repeated factor have no chart: they are pictures on screen and on paper alike, drawn
+by hand here (the share fills between its curve and 0 and 1; the others draw a 25–75% band
+with dotted 5–95% lines per gate). Making one interactive means writing its chart in place
+of its figure function, as for the carry.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from gradscope.reporting.figures.axes import set_log10_axis
+from gradscope.reporting.figures.chart import Chart, Column, Series
+from gradscope.reporting.figures.render import figure_of
 from gradscope.reporting.figures.theme import (
     NEUTRAL_GREY,
     REGIME_COLOURS,
@@ -22,7 +26,6 @@ from gradscope.reporting.figures.theme import (
     styled,
 )
 
-LN10 = math.log(10.0)
 GATE_NAMES = {
     "i": "input gate i",
     "f": "forget gate f",
@@ -64,51 +67,100 @@ def gate_distribution_figure(gates: dict[str, np.ndarray], *, ax: Axes | None = 
     return fig
 
 
-@styled
-def carry_figure(
+def _on(grid: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y`` (given at ``x``) placed on the sorted ``grid``; NaN where ``x`` has no value."""
+    out = np.full(grid.size, np.nan)
+    out[np.searchsorted(grid, x)] = y
+    return out
+
+
+def carry_chart(
     lags: np.ndarray,
     carry: np.ndarray,
     carry_max: np.ndarray,
     decay_lags: np.ndarray | None,
     decay_median: np.ndarray | None,
     gate: str,
-    *,
-    ax: Axes | None = None,
-) -> Figure:
+) -> Chart:
     """The carry ``∏ gate`` against lag beside the full ``‖∂s_T/∂s_{T−k}‖`` (log axis).
 
     Args:
         lags: ``(K,)`` lags.
-        carry: ``(K, 5)`` quantiles over units and sequences of the log carry.
+        carry: ``(K, 5)`` quantiles over units and sequences of the log carry (the 25th,
+            50th and 75th are plotted).
         carry_max: ``(K,)`` log carry of the best unit (median over sequences).
         decay_lags: Lags of the state decay curve, or None.
         decay_median: Its median log norm (natural log), or None.
         gate: ``"f"`` or ``"z"``.
-        ax: Axes to draw into.
+
+    Returns:
+        The chart (natural logs): ``lag``, ``ln_carry_p25``/``median``/``p75``,
+        ``ln_carry_best``, ``ln_norm_median``.
     """
-    fig, ax = new_axes(ax)
-    title = f"The gradient highway: carry ∏{gate} vs the full gradient"
-    c = np.asarray(carry, dtype=float) / LN10
-    if c.size == 0 or not np.isfinite(c).any():
-        no_data(ax, "no carry recorded", title)
-        return fig
-    lags = np.asarray(lags)
-    green = REGIME_COLOURS["neutral"]
-    ax.fill_between(lags, c[:, 1], c[:, 3], color=green, alpha=0.2, lw=0)
-    ax.plot(lags, c[:, 2], color=green, lw=1.8, label=f"∏{gate}, median unit (band 25–75%)")
-    best = np.asarray(carry_max, dtype=float) / LN10
-    ax.plot(lags, best, color=green, lw=1.2, ls="--", label=f"∏{gate}, best unit")
-    shown = [c[:, 1:4].ravel(), best]
-    if decay_median is not None and np.size(decay_median):
-        d = np.asarray(decay_median, dtype=float) / LN10
-        ax.plot(decay_lags, d, color=REGIME_COLOURS["vanishing"], lw=1.8, label="‖∂s_T/∂s_{T−k}‖₂")
-        shown.append(d)
-    set_log10_axis(ax, np.concatenate(shown))
-    ax.set_xlabel("lag k (steps back from the last step)")
-    ax.set_ylabel("factor after k steps (log scale)")
-    ax.set_title(title)
-    ax.legend(loc="lower left", fontsize="small")
-    return fig
+    lags = np.asarray(lags, dtype=float)
+    c = np.asarray(carry, dtype=float).reshape(lags.size, -1)
+    if c.shape[1] < 5:
+        c = np.full((lags.size, 5), np.nan)
+    grid = lags
+    full = np.full(lags.size, np.nan)
+    if decay_median is not None and decay_lags is not None and np.size(decay_median):
+        dl = np.asarray(decay_lags, dtype=float)
+        grid = np.unique(np.concatenate([lags, dl]))
+        full = _on(grid, dl, np.asarray(decay_median, dtype=float))
+    unit = f"ln ∏{gate}"
+    green, blue = REGIME_COLOURS["neutral"], REGIME_COLOURS["vanishing"]
+    return Chart(
+        title=f"The gradient highway: carry ∏{gate} vs the full gradient",
+        xlabel="lag k (steps back from the last step)",
+        ylabel="factor after k steps (log scale)",
+        yscale="ln",
+        columns=[
+            Column("lag", "steps", grid),
+            Column("ln_carry_p25", unit, _on(grid, lags, c[:, 1])),
+            Column("ln_carry_median", unit, _on(grid, lags, c[:, 2])),
+            Column("ln_carry_p75", unit, _on(grid, lags, c[:, 3])),
+            Column("ln_carry_best", unit, _on(grid, lags, np.asarray(carry_max, dtype=float))),
+            Column("ln_norm_median", "ln ‖∂s_T/∂s_{T−k}‖", full),
+        ],
+        series=[
+            Series(
+                "band",
+                "lag",
+                ("ln_carry_p25", "ln_carry_p75"),
+                "25–75%",
+                green,
+                legend=False,
+                tip=f"∏{gate} 25–75%",
+                opacity=0.2,
+            ),
+            Series(
+                "line",
+                "lag",
+                "ln_carry_median",
+                f"∏{gate}, median unit (band 25–75%)",
+                green,
+                tip=f"∏{gate} median unit",
+                width=1.8,
+            ),
+            Series(
+                "line",
+                "lag",
+                "ln_carry_best",
+                f"∏{gate}, best unit",
+                green,
+                dash=(6, 4),
+                tip=f"∏{gate} best unit",
+                width=1.2,
+            ),
+            Series("line", "lag", "ln_norm_median", "‖∂s_T/∂s_{T−k}‖₂", blue, width=1.8),
+        ],
+        legend="lower left",
+        empty="no carry recorded",
+    )
+
+
+#: The picture of :func:`carry_chart` (same arguments, plus ``ax=``).
+carry_figure = figure_of(carry_chart)
 
 
 @styled

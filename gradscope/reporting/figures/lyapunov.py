@@ -1,4 +1,9 @@
-"""Lyapunov exponents: the spectrum and the convergence of the QR iteration."""
+"""Lyapunov exponents: the spectrum and the convergence of the QR iteration.
+
+The convergence is a chart (:func:`lyapunov_convergence_chart`); the spectrum stays
+hand-drawn: its ±1.96 stderr error bars and the two marker kinds (growing, shrinking) by
+index are not a chart's lines, bands or points.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from gradscope.reporting.figures.chart import Chart, Column, Series
+from gradscope.reporting.figures.render import figure_of
 from gradscope.reporting.figures.theme import (
-    LINESTYLES,
+    DASHES,
     REGIME_COLOURS,
     REGIME_MARKERS,
     fmt_rate,
@@ -78,64 +85,80 @@ def lyapunov_spectrum_figure(
     return fig
 
 
-@styled
-def lyapunov_convergence_figure(
-    history_steps: np.ndarray,
-    history: np.ndarray,
-    *,
-    show: int = 4,
-    ax: Axes | None = None,
-) -> Figure:
+def lyapunov_convergence_chart(
+    history_steps: np.ndarray, history: np.ndarray, *, show: int = 4
+) -> Chart:
     """Running estimates of the leading Lyapunov exponents against steps used.
 
     Flat curves mean the estimate has converged; curves still drifting at the right edge
-    mean the sequence was too short for a stable estimate.
+    mean the sequence was too short for a stable estimate. Early estimates (a few steps)
+    swing wildly, so the first view is the later, converging part (and the title says so
+    when something is left out of it).
 
     Args:
         history_steps: ``(n,)`` numbers of steps used.
         history: ``(n, k)`` running estimates.
         show: How many leading exponents to draw (the smallest one is always added).
-        ax: Axes to draw into.
 
     Returns:
-        The figure drawn on.
+        The chart: ``steps_used`` and one ``lambda_i`` column per exponent shown.
     """
-    fig, ax = new_axes(ax)
-    title = "Lyapunov convergence"
     h = np.asarray(history, dtype=float)
-    s = np.asarray(history_steps, dtype=float)
-    if h.ndim != 2 or h.shape[0] == 0 or s.shape[0] != h.shape[0] or not np.isfinite(h).any():
-        no_data(ax, "no running estimate was recorded", title)
-        return fig
+    s = np.asarray(history_steps, dtype=float).ravel()
+    if h.ndim != 2 or h.shape[0] != s.size:
+        h = np.zeros((s.size, 0))
     k = h.shape[1]
     which = list(range(min(show, k)))
-    if k - 1 not in which:
+    if k and k - 1 not in which:
         which.append(k - 1)
     colours = palette(len(which))
-    for j, i in enumerate(which):
-        ax.plot(
-            s,
-            h[:, i],
-            color=colours[j],
-            lw=1.5,
-            ls=LINESTYLES[j % len(LINESTYLES)],
-            label=f"$\\lambda_{{{i + 1}}}$",
+    unit = "nats per timestep"
+    columns = [Column("steps_used", "steps", s)]
+    columns += [Column(f"lambda_{i + 1}", unit, h[:, i]) for i in which]
+    series = [
+        Series(
+            "line",
+            "steps_used",
+            f"lambda_{i + 1}",
+            f"λ{_sub(i + 1)}",
+            colours[j],
+            dash=DASHES[j % len(DASHES)],
+            width=1.5,
         )
-    ax.axhline(0.0, color="black", lw=0.9, ls=":")
-    # Early estimates (a few steps) swing wildly; scale the axis to the later, converging part
-    # so that the convergence itself is visible, and say so when something is cut off.
-    tail = h[h.shape[0] // 4 :, which]
+        for j, i in enumerate(which)
+    ]
+    yview = None
+    title = "Lyapunov convergence"
+    tail = h[h.shape[0] // 4 :, which] if k else np.empty(0)
     tail = tail[np.isfinite(tail)]
-    shown = h[:, which][np.isfinite(h[:, which])]
+    shown = h[:, which][np.isfinite(h[:, which])] if k else np.empty(0)
     if tail.size:
         lo, hi = float(min(tail.min(), 0.0)), float(max(tail.max(), 0.0))
         pad = 0.15 * max(hi - lo, 1e-3)
-        lo, hi = lo - pad, hi + pad
-        if shown.min() < lo or shown.max() > hi:
-            ax.set_ylim(lo, hi)
+        if shown.min() < lo - pad or shown.max() > hi + pad:
+            yview = (lo - pad, hi + pad)
             title += " (early steps off-scale)"
-    ax.set_xlabel("steps used")
-    ax.set_ylabel("running estimate (nats per timestep)")
-    ax.set_title(title)
-    ax.legend(loc="best", ncols=2 if len(which) > 3 else 1)
-    return fig
+    return Chart(
+        title=title,
+        xlabel="steps used",
+        ylabel="running estimate (nats per timestep)",
+        columns=columns,
+        series=series,
+        hlines=(0.0,),
+        yview=yview,
+        empty="no running estimate was recorded",
+    )
+
+
+def _sub(n: int) -> str:
+    return "".join("₀₁₂₃₄₅₆₇₈₉"[int(c)] for c in str(n))
+
+
+#: The picture of :func:`lyapunov_convergence_chart` (same arguments, plus ``ax=``).
+lyapunov_convergence_figure = figure_of(lyapunov_convergence_chart)
+
+__all__ = [
+    "lyapunov_convergence_chart",
+    "lyapunov_convergence_figure",
+    "lyapunov_spectrum_figure",
+]

@@ -24,6 +24,7 @@ def small_multiples(
     title: str,
     cols: int = 3,
     size: tuple[float, float] = (3.9, 2.6),
+    colours: Mapping[str, str] | None = None,
 ) -> Figure:
     """Call ``draw(**kwargs, ax=ax)`` for every entry, each into its own axes of one figure.
 
@@ -33,6 +34,8 @@ def small_multiples(
         title: The figure's title.
         cols: Axes per row (fewer when there are fewer entries).
         size: Size of one axes' cell, inches.
+        colours: ``{label: colour}`` of the axes' titles (each entry's colour in the
+            comparison figures), or None.
 
     Returns:
         The figure.
@@ -45,7 +48,8 @@ def small_multiples(
     for i, (label, kwargs) in enumerate(entries.items()):
         ax = axes[i // cols, i % cols]
         draw(**kwargs, ax=ax)
-        ax.set_title(plain(label, 44), fontsize=9.5)
+        colour = (colours or {}).get(label)
+        ax.set_title(plain(label, 44), fontsize=9.5, **({"color": colour} if colour else {}))
         if i and ax.get_legend() is not None:
             ax.get_legend().remove()
         if i // cols != rows - 1 and (i + cols) < n:

@@ -1,15 +1,22 @@
-"""One-step spectra: eigenvalues in the complex plane, singular values, and both over time."""
+"""One-step spectra: eigenvalues in the complex plane, singular values, and both over time.
+
+The spectral norm and radius over time are a chart (:func:`spectral_time_chart`, drawn by
+:func:`~gradscope.reporting.figures.render.render_chart`). The eigenvalue plane and the
+singular-value histograms stay hand-drawn: a chart has no complex plane with its unit circle
+and hexbin density (up to tens of thousands of points), and no histogram.
+"""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from gradscope.reporting.figures.axes import set_log10_axis
+from gradscope.reporting.figures.chart import Chart, Column, Series
+from gradscope.reporting.figures.render import figure_of
 from gradscope.reporting.figures.theme import (
+    DASHES,
     DENSITY_CMAP,
     HEXBIN_THRESHOLD,
     REGIME_COLOURS,
@@ -170,71 +177,101 @@ def _median_band(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return med, lo, hi
 
 
-@styled
-def spectral_time_figure(
+def _on(grid: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y`` (given at ``x``) placed on the sorted ``grid``; NaN where ``x`` has no value."""
+    out = np.full(grid.size, np.nan)
+    out[np.searchsorted(grid, x)] = y
+    return out
+
+
+def spectral_time_chart(
     radius_steps: np.ndarray | None,
     radius: np.ndarray | None,
     norm_steps: np.ndarray | None,
     norm: np.ndarray | None,
-    *,
-    ax: Axes | None = None,
-) -> Figure:
+) -> Chart:
     r"""Spectral radius :math:`\rho(J_k)` and spectral norm :math:`\lVert J_k\rVert_2` over time.
 
     Median and 10–90% band over sequences at each step, with the line at 1 (above it the
-    one-step map can stretch some direction, below it every direction shrinks).
+    one-step map can stretch some direction, below it every direction shrinks); on a log
+    axis when the values span more than a factor of 30.
 
     Args:
-        radius_steps: ``(T',)`` steps of ``radius`` (or None).
-        radius: ``(T', B')`` spectral radius per step and sequence (or None).
-        norm_steps: ``(T'',)`` steps of ``norm`` (or None).
-        norm: ``(T'', B'')`` spectral norm per step and sequence (or None).
-        ax: Axes to draw into.
+        radius_steps: ``(T',)`` steps of ``radius``, or None.
+        radius: ``(T', B')`` spectral radius per step and sequence, or None.
+        norm_steps: ``(T'',)`` steps of ``norm``, or None.
+        norm: ``(T'', B'')`` spectral norm per step and sequence, or None.
 
     Returns:
-        The figure drawn on.
+        The chart: ``step``, ``norm_median``/``_p10``/``_p90``, ``radius_median``/...
     """
-    fig, ax = new_axes(ax)
-    title = "One-step Jacobian over time"
-    series = []
+    parts = []
     if norm is not None and norm_steps is not None:
-        series.append(
-            (
-                r"spectral norm $\Vert J_k\Vert_2$",
-                norm_steps,
-                norm,
-                REGIME_COLOURS["exploding"],
-                "-",
-            )
+        parts.append(
+            ("norm", "spectral norm ‖J_k‖₂", norm_steps, norm, REGIME_COLOURS["exploding"])
         )
     if radius is not None and radius_steps is not None:
-        series.append((r"spectral radius $\rho(J_k)$", radius_steps, radius, palette(1)[0], "--"))
-    drawn = []
-    for label, steps, x, colour, ls in series:
-        med, lo, hi = _median_band(x)
-        if not np.isfinite(med).any():
-            continue
-        steps = np.asarray(steps, dtype=float)
-        ax.fill_between(steps, lo, hi, color=colour, alpha=0.18, lw=0)
-        ax.plot(steps, med, color=colour, lw=1.6, ls=ls, label=label)
-        drawn.extend([lo, hi, med])
-    if not drawn:
-        no_data(ax, "no valid Jacobian (all steps padded or non-finite)", title)
-        return fig
-    ax.axhline(1.0, color="black", lw=1.0, ls=":", label="1")
-    allv = np.concatenate([d[np.isfinite(d)] for d in drawn] + [np.array([1.0])])
-    pos = allv[allv > 0]
-    lo, hi = float(allv.min()), float(allv.max())
-    if pos.size and pos.max() / max(pos.min(), 1e-300) > 30:
-        ax.set_yscale("log")
-        lo, hi = float(pos.min()), float(pos.max())
-        span = math.log10(hi / lo)
-        ax.set_ylim(lo / 10 ** (0.05 * span), hi * 10 ** (0.35 * span))
-    else:
-        span = max(hi - lo, 0.05)
-        ax.set_ylim(lo - 0.05 * span, hi + 0.35 * span)  # headroom for the legend
-    ax.set_xlabel(r"timestep k (Jacobian $J_k = \partial s_{k+1}/\partial s_k$)")
-    ax.set_ylabel(r"$\rho(J_k)$ and $\Vert J_k\Vert_2$")
-    ax.set_title(title + " (median, band 10–90%)")
-    ax.legend(loc="upper center", ncols=3, fontsize=7.5)
-    return fig
+        parts.append(("radius", "spectral radius ρ(J_k)", radius_steps, radius, palette(1)[0]))
+    steps = np.unique(np.concatenate([np.asarray(p[2], dtype=float) for p in parts] or [[]]))
+    columns = [Column("step", "timestep k of J_k = ∂s_{k+1}/∂s_k", steps)]
+    series: list[Series] = []
+    shown = [np.array([1.0])]
+    for i, (name, label, at, values, colour) in enumerate(parts):
+        med, lo, hi = _median_band(values)
+        at = np.asarray(at, dtype=float)
+        columns += [
+            Column(f"{name}_median", label, _on(steps, at, med)),
+            Column(f"{name}_p10", label, _on(steps, at, lo)),
+            Column(f"{name}_p90", label, _on(steps, at, hi)),
+        ]
+        series.append(
+            Series(
+                "band",
+                "step",
+                (f"{name}_p10", f"{name}_p90"),
+                f"{label}, 10–90%",
+                colour,
+                legend=False,
+                tip=f"{name} 10–90%",
+                opacity=0.18,
+            )
+        )
+        series.append(
+            Series(
+                "line",
+                "step",
+                f"{name}_median",
+                label,
+                colour,
+                dash=DASHES[i],
+                tip=f"{name} median",
+                width=1.6,
+            )
+        )
+        shown += [med, lo, hi]
+    allv = np.concatenate(shown)
+    pos = allv[np.isfinite(allv) & (allv > 0)]
+    log = pos.size > 0 and pos.max() / max(pos.min(), 1e-300) > 30
+    return Chart(
+        title="One-step Jacobian over time (median, band 10–90%)",
+        xlabel="timestep k (Jacobian J_k = ∂s_{k+1}/∂s_k)",
+        ylabel="ρ(J_k) and ‖J_k‖₂" + (" (log scale)" if log else ""),
+        columns=columns,
+        series=series,
+        yscale="log" if log else "linear",
+        hlines=(1.0,),
+        hline_label="1",
+        legend="top",
+        empty="no valid Jacobian (all steps padded or non-finite)",
+    )
+
+
+#: The picture of :func:`spectral_time_chart` (same arguments, plus ``ax=``).
+spectral_time_figure = figure_of(spectral_time_chart)
+
+__all__ = [
+    "eigenvalue_figure",
+    "singular_value_figure",
+    "spectral_time_chart",
+    "spectral_time_figure",
+]

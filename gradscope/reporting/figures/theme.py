@@ -48,8 +48,14 @@ def palette(n: int) -> list[str]:
     return [base[i % len(base)] for i in range(n)]
 
 
-#: Line styles cycled with the colours, so curves of a comparison differ in more than hue.
-LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)))
+#: Dash patterns (pixels; empty: solid) cycled over curves, so they differ in more than hue.
+DASHES: tuple[tuple[float, ...], ...] = ((), (7, 4), (8, 3, 2, 3), (2, 3), (6, 2, 2, 2, 2, 2))
+
+
+def heat_colors(n: int = 64) -> tuple[str, ...]:
+    """``n`` colours of the heat maps' colour map (:data:`HEAT_CMAP`, low to high), ``#rrggbb``."""
+    cmap = mpl.colormaps[HEAT_CMAP]
+    return tuple(mpl.colors.to_hex(cmap(i / (n - 1))) for i in range(n))
 
 
 def _rc() -> dict[str, Any]:

@@ -1,22 +1,29 @@
-"""The Monitor's views over training: the gradient heatmap, the decay rate, the gates per step."""
+"""The Monitor's views over training: the gradient heatmap, the decay rate, the gates per step.
+
+The heat map and the decay rate are charts (drawn by
+:func:`~gradscope.reporting.figures.render.render_chart`); the gates over training stay
+hand-drawn: two y axes (the gate on 0–1, the carry on a log scale) are not one chart.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
 
-import matplotlib as mpl
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from gradscope.reporting.figures.axes import log10_ticks, set_log10_axis
+from gradscope.reporting.figures.axes import set_log10_axis
+from gradscope.reporting.figures.chart import Chart, Column, Grid, Series
+from gradscope.reporting.figures.render import figure_of
 from gradscope.reporting.figures.theme import (
-    HEAT_CMAP,
+    FIGSIZE,
     MISSING_GREY,
     NEUTRAL_GREY,
     REGIME_COLOURS,
     REGIME_MARKERS,
+    heat_colors,
     new_axes,
     no_data,
     palette,
@@ -25,76 +32,59 @@ from gradscope.reporting.figures.theme import (
 )
 
 
-@styled
-def training_heatmap_figure(
-    norms: np.ndarray,
-    steps: np.ndarray,
-    *,
-    ax: Axes | None = None,
-) -> Figure:
-    r"""Log loss-gradient norm over (training step × timestep), from a Monitor's history.
+def training_heatmap_chart(norms: np.ndarray, steps: np.ndarray) -> Chart:
+    r"""Loss-gradient norm over (training step × timestep), from a Monitor's history.
 
     Args:
         norms: ``(n_sampled, T+1)`` batch-mean :math:`\lVert\partial L/\partial s_t\rVert`
             (columns ``t = 0..T``; NaN where a sampled batch was shorter).
         steps: ``(n_sampled,)`` training-step numbers of the rows.
-        ax: Axes to draw into.
 
     Returns:
-        The figure drawn on.
+        A heat-map chart: rows are training steps (the first at the bottom), columns
+        timesteps, values the norms on a log colour scale (0 and NaN: no value).
     """
-    fig, ax = new_axes(ax)
-    title = "Loss gradient over training"
     data = np.asarray(norms, dtype=float)
-    steps = np.asarray(steps)
-    if data.ndim != 2 or data.size == 0:
-        empty = data.ndim == 2 and data.shape[0] > 0  # steps, but no timestep in them
-        why = "the sampled steps hold no timestep" if empty else "the history holds no sampled step"
-        no_data(ax, why, title)
-        return fig
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.where(data > 0, np.log10(np.where(data > 0, data, 1.0)), np.nan)
-    if not np.isfinite(logs).any():
-        no_data(ax, "every recorded gradient norm is zero or non-finite", title)
-        return fig
-    n, t1 = logs.shape
-    cmap = mpl.colormaps[HEAT_CMAP].with_extremes(bad=MISSING_GREY)
-    img = np.ma.masked_invalid(logs)
-    im = ax.imshow(
-        img,
-        aspect="auto",
-        interpolation="nearest",
-        cmap=cmap,
-        origin="lower",
-        extent=(-0.5, t1 - 0.5, -0.5, n - 0.5),
+    if data.ndim != 2:
+        data = np.zeros((0, 0))
+    n, t1 = data.shape
+    steps = np.asarray(steps, dtype=float).ravel()
+    if n and not t1:
+        empty = "the sampled steps hold no timestep"
+    elif not n:
+        empty = "the history holds no sampled step"
+    else:
+        empty = "every recorded gradient norm is zero or non-finite"
+    return Chart(
+        title="Loss gradient over training",
+        xlabel="timestep t (state s_t; t = 0 is the initial state)",
+        ylabel="‖∂L/∂s_t‖, batch mean",
+        grid=Grid(
+            x=Column("t", "timestep", np.arange(t1)),
+            y=Column("training_step", "step", steps if steps.size == n else np.arange(n)),
+            z=Column("norm", "‖∂L/∂s_t‖, batch mean", data),
+            scale="log",
+            colors=heat_colors(),
+            missing=MISSING_GREY,
+            y_up=True,
+        ),
+        empty=empty,
     )
-    cb = fig.colorbar(im, ax=ax, pad=0.02)
-    pos, labels = log10_ticks(float(img.min()), float(img.max()), max_ticks=6)
-    cb.set_ticks(pos, labels=labels)
-    cb.set_label(r"$\Vert\partial L/\partial s_t\Vert$, batch mean")
-    rows = np.arange(0, n, max(1, math.ceil(n / 8)))
-    ax.set_yticks(rows, [str(int(steps[r])) for r in rows] if steps.size == n else rows)
-    ax.set_xlabel(r"timestep t (state $s_t$; t = 0 is the initial state)")
-    ax.set_ylabel("training step")
-    ax.grid(False)
-    ax.set_title(title + ("  (grey: no data)" if np.isnan(logs).any() else ""))
-    return fig
 
 
-@styled
-def training_rate_figure(
+def training_rate_chart(
     steps: np.ndarray,
     rates: np.ndarray,
     regimes: Sequence[str] | None = None,
     *,
     rate_ci: np.ndarray | None = None,
     loss_rates: np.ndarray | None = None,
-    ax: Axes | None = None,
-) -> Figure:
+) -> Chart:
     """Fitted decay rates at each sampled training step.
 
     The state-gradient rate (markers by regime, with its 95% interval) where it was fitted,
-    and the real loss-gradient rate (a line) where the history holds it.
+    joined across the steps the Monitor did not analyse, and the real loss-gradient rate (a
+    dashed line) where the history holds it.
 
     Args:
         steps: ``(n,)`` training-step numbers.
@@ -102,60 +92,87 @@ def training_rate_figure(
         regimes: ``n`` regime names (markers and colours), or None.
         rate_ci: ``(n, 2)`` 95% intervals of ``rates``, or None.
         loss_rates: ``(n,)`` loss-gradient decay rates, or None.
-        ax: Axes to draw into.
 
     Returns:
-        The figure drawn on.
+        The chart: columns ``training_step``, ``state_rate``, ``state_rate_ci_low``/``high``,
+        ``regime``, ``loss_rate``.
     """
-    fig, ax = new_axes(ax)
-    title = "Decay rate over training"
-    steps = np.asarray(steps, dtype=float)
-    rates = np.asarray(rates, dtype=float)
-    loss = None if loss_rates is None else np.asarray(loss_rates, dtype=float)
-    has_loss = loss is not None and loss.shape == steps.shape and np.isfinite(loss).any()
-    if steps.size == 0 or not (np.isfinite(rates).any() or has_loss):
-        no_data(ax, "no sampled step has a finite decay rate", title)
-        return fig
-    ok = np.isfinite(rates)
-    if rate_ci is not None and np.shape(rate_ci) == (steps.size, 2):
-        ci = np.asarray(rate_ci, dtype=float)
-        cok = ok & np.isfinite(ci).all(axis=1)
-        ax.fill_between(
-            steps, ci[:, 0], ci[:, 1], where=cok, color="#999999", alpha=0.25, lw=0, label="95% CI"
+    steps = np.asarray(steps, dtype=float).ravel()
+    n = steps.size
+    rates = _fit(rates, n)
+    ci = np.asarray(rate_ci, dtype=float) if rate_ci is not None else None
+    if ci is None or ci.shape != (n, 2):
+        ci = np.full((n, 2), np.nan)
+    loss = _fit(loss_rates, n)
+    regs = [str(r) for r in regimes][:n] if regimes is not None else []
+    regs += [""] * (n - len(regs))
+    per = "nats per timestep"
+    styles = {
+        r: (REGIME_COLOURS[r], REGIME_MARKERS[r], f"state: {regime_label(r)}")
+        for r in REGIME_COLOURS
+    }
+    series = [
+        Series(
+            "band",
+            "training_step",
+            ("state_rate_ci_low", "state_rate_ci_high"),
+            "95% CI",
+            "#999999",
+            opacity=0.25,
+        ),
+        Series(
+            "line",
+            "training_step",
+            "state_rate",
+            "state rate",
+            "#555555",
+            marker="o",
+            by="regime",
+            styles=styles,
+            width=1.2,
+            join=True,
+        ),
+    ]
+    if np.isfinite(loss).any():
+        series.append(
+            Series(
+                "line",
+                "training_step",
+                "loss_rate",
+                "loss gradient ∂L/∂s_t",
+                palette(5)[4],
+                dash=(6, 4),
+                marker="s",
+                width=1.4,
+            )
         )
-    ax.plot(steps[ok], rates[ok], color="#555555", lw=1.2, zorder=2)
-    regimes = list(regimes) if regimes is not None else [""] * steps.size
-    for reg in dict.fromkeys(regimes):
-        sel = np.array([r == reg for r in regimes]) & ok
-        if not sel.any():
-            continue
-        ax.scatter(
-            steps[sel],
-            rates[sel],
-            marker=REGIME_MARKERS.get(reg, "o"),
-            color=REGIME_COLOURS.get(reg, NEUTRAL_GREY),
-            s=36,
-            zorder=3,
-            label=f"state: {regime_label(reg)}" if reg else "state rate",
-        )
-    if has_loss:
-        lok = np.isfinite(loss)
-        ax.plot(
-            steps[lok],
-            loss[lok],
-            color=palette(5)[4],
-            ls="--",
-            lw=1.4,
-            marker="s",
-            ms=3.5,
-            label="loss gradient ∂L/∂s_t",
-        )
-    ax.axhline(0.0, color="black", lw=0.8, ls=":")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("decay rate (nats per timestep)")
-    ax.set_title(title)
-    ax.legend(loc="best")
-    return fig
+    return Chart(
+        title="Decay rate over training",
+        xlabel="training step",
+        ylabel="decay rate (nats per timestep)",
+        columns=[
+            Column("training_step", "step", steps),
+            Column("state_rate", per, rates),
+            Column("state_rate_ci_low", per, ci[:, 0]),
+            Column("state_rate_ci_high", per, ci[:, 1]),
+            Column("regime", "regime at that step", np.array(regs, dtype=object)),
+            Column("loss_rate", per, loss),
+        ],
+        series=series,
+        hlines=(0.0,),
+        empty="no sampled step has a finite decay rate",
+    )
+
+
+def _fit(values: np.ndarray | None, n: int) -> np.ndarray:
+    """``values`` as ``n`` floats (NaN when absent or of another length)."""
+    v = np.full(n, np.nan) if values is None else np.asarray(values, dtype=float).ravel()
+    return v[:n] if v.size >= n else np.full(n, np.nan)
+
+
+#: The pictures of the two charts (same arguments, plus ``ax=``).
+training_heatmap_figure = figure_of(training_heatmap_chart)
+training_rate_figure = figure_of(training_rate_chart)
 
 
 #: What the gate of each family is called on the axes.
@@ -203,6 +220,10 @@ def training_gates_figure(
     Returns:
         The figure drawn on.
     """
+    own = ax is None
+    if own:  # constrained: it keeps room for a legend outside the axes
+        fig = Figure(figsize=(FIGSIZE[0], FIGSIZE[1] + 0.6), layout="constrained")
+        ax = fig.add_subplot()
     fig, ax = new_axes(ax)
     name = TRAINING_GATE_NAMES.get(gate, gate)
     title = f"{'The ' if gate in TRAINING_GATE_NAMES else ''}{name} over training"
@@ -260,10 +281,12 @@ def training_gates_figure(
         right.set_ylabel("one-step norm (dotted: 1)")
     handles = [h for a in (ax, right) for h in a.get_legend_handles_labels()[0]]
     # below the axes: "best" on the twin axes sees only its own lines, and put the box over
-    # the gate's median (near 1 for a trained LSTM); the top axes', so above both
-    right.legend(
-        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2,
-        fontsize="small", borderaxespad=0,
-    )  # fmt: skip
+    # the gate's median (near 1 for a trained LSTM). On a figure of its own the legend is the
+    # figure's, under everything, with room kept for it (it used to cover the x label)
+    if own:
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small")
+    else:
+        right.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2,
+                     fontsize="small", borderaxespad=0)  # fmt: skip
     ax.set_title(title)
     return fig

@@ -5,6 +5,7 @@
 (function () {
   "use strict";
   var LN10 = Math.LN10, PAD = {l: 66, r: 14, t: 8, b: 40}, H = 330;
+  var TIP_ALL = 4; /* up to this many curves the hover text lists them all; more: 3 nearest */
   var SUP = {"-": "\u207b", "0": "\u2070", "1": "\u00b9", "2": "\u00b2", "3": "\u00b3",
     "4": "\u2074", "5": "\u2075", "6": "\u2076", "7": "\u2077", "8": "\u2078", "9": "\u2079"};
 
@@ -122,6 +123,7 @@
       '</span></div><div class="gs-plot"><canvas role="img"></canvas><div class="gs-tip" hidden></div>' +
       '</div><div class="gs-legend"></div>');
     box.querySelector(".gs-title").textContent = d.title;
+    if (d.accent) box.querySelector(".gs-title").style.color = d.accent;
     this.cv = box.querySelector("canvas");
     this.cv.setAttribute("aria-label", d.title);
     this.tip = box.querySelector(".gs-tip");
@@ -171,7 +173,7 @@
         /* points coloured by a category: one entry per category shown */
         if (by) {
           shown.map(function (i) { return by[i]; }).filter(function (c, j, a) { return c && s.styles[c] && a.indexOf(c) === j; })
-            .forEach(function (c) { key(s.styles[c][0], s.label + ": " + c); });
+            .forEach(function (c) { key(s.styles[c][0], s.styles[c][2] || s.label + ": " + c); });
         }
       }
       return {s: s, x: x, ys: ys, rows: rows, by: by};
@@ -321,7 +323,7 @@
     var c = this.c, self = this, sc = this.d.yscale;
     this.series.forEach(function (q) {
       var s = q.s, col = s.color;
-      c.setLineDash(s.dash || []); c.lineWidth = s.kind === "line" ? 2 : 1.2;
+      c.setLineDash(s.dash || []); c.lineWidth = s.kind === "line" ? (s.width || 2) : 1.2;
       if (s.kind === "band") {
         var runs = [[]];
         q.rows.forEach(function (i) {
@@ -329,7 +331,7 @@
           if (a === null || b === null) { runs.push([]); return; }
           runs[runs.length - 1].push([self.px(q.x[i]), self.py(a), self.py(b)]);
         });
-        c.fillStyle = col; c.globalAlpha = 0.22;
+        c.fillStyle = col; c.globalAlpha = s.opacity || 0.22;
         runs.forEach(function (r) {
           if (r.length < 2) return;
           c.beginPath(); c.moveTo(r[0][0], r[0][1]);
@@ -345,7 +347,7 @@
         var on = false;
         q.rows.forEach(function (i) {
           var y = tr(q.ys[0][i], sc);
-          if (y === null || !fin(q.x[i])) { on = false; return; }
+          if (y === null || !fin(q.x[i])) { if (!s.join) on = false; return; }
           if (on) c.lineTo(self.px(q.x[i]), self.py(y)); else c.moveTo(self.px(q.x[i]), self.py(y));
           on = true;
         });
@@ -368,8 +370,8 @@
       var x = this.px(this.hover);
       c.strokeStyle = "rgba(0,0,0,.45)"; c.lineWidth = 1;
       c.beginPath(); c.moveTo(x, this.pad.t); c.lineTo(x, this.pad.t + this.h); c.stroke();
-      this.series.forEach(function (q) {
-        if (q.s.kind === "band") return;
+      this.series.forEach(function (q, n) {
+        if (q.s.kind === "band" || (self.ringed && !self.ringed[n])) return;
         q.rows.forEach(function (i) {
           var y = tr(q.ys[0][i], sc);
           if (q.x[i] === self.hover && y !== null) mark(c, "o", x, self.py(y), q.s.color, 4.5, true);
@@ -410,19 +412,17 @@
       if (best === null) return;
       this.hover = best;
       lines.push(column(d, this.series[0].s.x).name.replace(/_/g, " ") + " = " + num(best));
-      this.series.forEach(function (s) {
-        s.rows.forEach(function (i) {
-          if (s.x[i] !== best) return;
-          var txt = s.ys.length === 2 ? (fin(s.ys[0][i]) ? fmt(s.ys[0][i], sc) + " \u2013 " + fmt(s.ys[1][i], sc) : null)
-            : (fin(s.ys[0][i]) ? fmt(s.ys[0][i], sc) : null);
-          if (txt === null) return;
-          if (s.by && s.by[i]) txt += " (" + s.by[i] + ")";
-          lines.push((s.s.tip || s.s.label) + ": " + txt);
-        });
-      });
+      var near = this.nearest(best, q[1]);
+      this.ringed = near.ringed;
+      near.rows.forEach(function (r) { lines.push(r); });
     }
     this.tip.textContent = "";
-    lines.forEach(function (t, k) { var e = document.createElement(k ? "div" : "b"); e.textContent = t; this.tip.appendChild(e); }, this);
+    lines.forEach(function (t, k) {
+      var e = document.createElement(k ? "div" : "b");
+      if (t && t.near) e.className = "gs-near";
+      if (t && t.more) e.className = "gs-more";
+      e.textContent = t.text || t; this.tip.appendChild(e);
+    }, this);
     this.tip.hidden = false;
     /* beside the pointer, never over the point it describes: right of it if there is room,
        else left; below it in the upper half of the plot, above it in the lower half */
@@ -432,6 +432,39 @@
     this.tip.style.left = Math.max(0, left) + "px";
     this.tip.style.top = Math.max(0, top) + "px";
     this.draw();
+  };
+  /* The hover text at x = best: the series nearest the pointer (bold) and its neighbours
+     above and below, not all of them. A band is read with the line of the same curve (the
+     same "where"); the text names how many curves are left out. */
+  Fig.prototype.nearest = function (best, cy) {
+    var self = this, sc = this.d.yscale, groups = [], byKey = {};
+    this.series.forEach(function (s, n) {
+      s.rows.forEach(function (i) {
+        if (s.x[i] !== best) return;
+        var band = s.ys.length === 2, a = tr(s.ys[0][i], sc), b = band ? tr(s.ys[1][i], sc) : a;
+        if (a === null || b === null) return;
+        var txt = band ? fmt(s.ys[0][i], sc) + " \u2013 " + fmt(s.ys[1][i], sc) : fmt(s.ys[0][i], sc);
+        if (s.by && s.by[i]) txt += " (" + s.by[i] + ")";
+        var key = s.s.where ? "w" + JSON.stringify(s.s.where) : "s" + n, g = byKey[key];
+        if (!g) { g = byKey[key] = {rows: [], py: null, series: []}; groups.push(g); }
+        g.rows.push((s.s.tip || s.s.label) + ": " + txt);
+        g.series.push(n);
+        if (!band || g.py === null) g.py = self.py(band ? (a + b) / 2 : a);
+      });
+    });
+    groups.sort(function (g, h) { return g.py - h.py; });
+    var j = 0;
+    groups.forEach(function (g, k) { if (Math.abs(g.py - cy) < Math.abs(groups[j].py - cy)) j = k; });
+    var lo = 0, hi = groups.length;
+    if (groups.length > TIP_ALL) { lo = Math.max(0, Math.min(j - 1, groups.length - 3)); hi = lo + 3; }
+    var rows = [], ringed = {};
+    groups.slice(lo, hi).forEach(function (g, k) {
+      g.series.forEach(function (n) { ringed[n] = true; });
+      g.rows.forEach(function (r) { rows.push(lo + k === j && groups.length > 1 ? {text: r, near: true} : r); });
+    });
+    var left = groups.length - (hi - lo);
+    if (left > 0) rows.push({text: "+ " + left + " more curve" + (left > 1 ? "s" : "") + ": move up or down", more: true});
+    return {rows: rows, ringed: ringed};
   };
   Fig.prototype.band = function (a, b) {
     var c = this.c; c.strokeStyle = "#fff"; c.setLineDash([4, 3]); c.lineWidth = 1.5;

@@ -1,6 +1,6 @@
 """The detail of an HTML report: shared figures, runs and their layers, metadata.
 
-Figures go through :func:`gradscope.reporting.html._panel`, the one function that renders a
+Figures go through :func:`gradscope.reporting.writers.html._panel`, the one function that renders a
 figure for every part of the report.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from html import escape
 
-from gradscope.reporting import html_figures as H
-from gradscope.reporting.document import Document, Ids, LayerSection, RunSection
+from gradscope.reporting.content.document import Document, Ids, LayerSection, RunSection
+from gradscope.reporting.content.panels import slug
 from gradscope.reporting.figures import REGIME_SYMBOLS, regime_label
-from gradscope.reporting.panels import slug
+from gradscope.reporting.writers import figure_html as H
 
 
 def shared_section(doc: Document, media: str = "screen") -> str:
@@ -114,8 +114,12 @@ def run_section(run: RunSection, several: bool, media: str = "screen") -> str:
     return "\n".join(out)
 
 
-def meta_section(doc: Document, detail: bool = True) -> str:
-    """The metadata: every run's and the report's own (without ``detail``: one line)."""
+def meta_section(doc: Document, detail: bool = True, media: str = "screen") -> str:
+    """The metadata: every run's and the report's own (without ``detail``: one line).
+
+    On screen the tables are collapsed under one line that says how many rows they hold
+    (a ``<details>`` closed until opened); on paper they are open.
+    """
     if not detail:  # the short PDF: one line, not a page of tables
         versions = " · ".join(f"{k} {v}" for k, v in [("generated", doc.generated), *doc.meta])
         return (
@@ -124,7 +128,12 @@ def meta_section(doc: Document, detail: bool = True) -> str:
             "each run's metadata are in the HTML report, and in the PDF written with "
             "gs.report(..., pdf_detail=True) (command line: --pdf-detail).</p></section>"
         )
-    out = ['<section id="metadata" data-section="metadata"><h2>Run metadata</h2>']
+    n = len(doc.common_meta) + sum(len(r.meta) for r in doc.runs) + 1 + len(doc.meta)
+    out = [
+        '<section id="metadata" data-section="metadata"><h2>Run metadata</h2>',
+        f"<details class='meta'{' open' if media == 'print' else ''}><summary>Model, shapes, "
+        f"dtypes, settings and library versions ({n} rows)</summary>",
+    ]
     if doc.common_meta:
         out.append("<h3>Common to all runs</h3><table class='meta'><tbody>")
         for k, v in doc.common_meta:
@@ -143,7 +152,7 @@ def meta_section(doc: Document, detail: bool = True) -> str:
     out.append("<h3>This report</h3><table class='meta'><tbody>")
     for k, v in [("generated", doc.generated), *doc.meta]:
         out.append(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>")
-    out.append("</tbody></table></section>")
+    out.append("</tbody></table></details></section>")
     return "\n".join(out)
 
 

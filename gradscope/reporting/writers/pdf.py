@@ -1,7 +1,7 @@
 """The PDF report: the HTML report's print rendering, printed by headless Chromium.
 
 There is one layout, the HTML one. :func:`write` renders the document for print
-(:func:`gradscope.reporting.html.render` with ``media="print"``: static figures, every
+(:func:`gradscope.reporting.writers.html.render` with ``media="print"``: static figures, every
 collapsed block open, the print style sheet: A4 landscape, tables and figures never split
 across pages) and has headless Chromium print it, with a document outline (PDF bookmarks)
 made from the headings and tagged text, so the PDF is searchable and navigable.
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from gradscope.errors import PdfEngineError
-from gradscope.reporting.document import Document
-from gradscope.reporting.html import render
+from gradscope.reporting.content.document import Document
+from gradscope.reporting.writers.html import render
 
 #: Binaries tried in order (after ``$GRADSCOPE_CHROMIUM``).
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

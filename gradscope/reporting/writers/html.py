@@ -1,16 +1,16 @@
-"""Lay a report :class:`~gradscope.reporting.document.Document` out as one self-contained HTML file.
+"""Lay a report :class:`~..content.document.Document` out as one self-contained HTML file.
 
 Self-contained means: every figure is an inline ``data:image/png;base64`` image or an
-interactive figure drawn from data in the page (:mod:`gradscope.reporting.interactive`: hover
-values, zoom, CSV/JSON download; its script inlined once), the CSS is inline, and there is no
+interactive figure drawn from data in the page (:mod:`.interactive`: hover values,
+zoom, CSV/JSON download; its script inlined once), the CSS is inline, and there is no
 URL to anything outside the file (no fonts, no CDN), so the file opens the same offline, from
 an e-mail attachment or a CI artifact.
 
 One rendering, three media (:func:`render`): ``"screen"`` is the HTML report (interactive
 figures where a panel declares its data), ``"static"`` the same with PNG figures only, and
-``"print"`` is what the PDF is printed from (:mod:`gradscope.reporting.pdf`): static figures,
-every collapsed block open, the print style sheet
-(:data:`~gradscope.reporting.html_css.PRINT_CSS`) and, unless asked for the detail, only the
+``"print"`` is what the PDF is printed from (:mod:`.pdf`): static figures, every
+collapsed block open, the print style sheet
+(:data:`~gradscope.reporting.writers.css.PRINT_CSS`) and, unless asked for the detail, only the
 first screen. Every figure goes through one function, :func:`_panel`.
 
 Layout (every block carries ``id`` and ``data-section`` attributes, every figure
@@ -23,7 +23,7 @@ Layout (every block carries ``id`` and ``data-section`` attributes, every figure
    the gates' carry, per model); the verdict table (regime as coloured badge *and* text and
    symbol; for a comparison collapsed under "all numbers per layer");
 2. ``#shared``: the figures every entry has (decay curves, spectra, Lyapunov), each drawn
-   once for all entries (:mod:`gradscope.reporting.shared`);
+   once for all entries (:mod:`gradscope.reporting.content.shared`);
 3. per run ``#run-…``, per layer ``#run-…--layer``: verdict, advice, the numbers behind the
    verdict, then the figures specific to the layer, each with a two-line "how to read this"
    caption; a figure without data is a box that says what is missing and why;
@@ -41,15 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from gradscope.errors import ArgumentError
-from gradscope.reporting import interactive as I
-from gradscope.reporting.document import Document
+from gradscope.reporting.content.document import Document
 from gradscope.reporting.figures import REGIME_SYMBOLS
 from gradscope.reporting.figures.theme import visible_controls
-from gradscope.reporting.html_css import CSS, PRINT_CSS
-from gradscope.reporting.html_figures import DPI, figure_png
-from gradscope.reporting.html_figures import panel_html as _panel
-from gradscope.reporting.html_figures import regime_badge as _regime
-from gradscope.reporting.html_sections import meta_section, run_section, shared_section
+from gradscope.reporting.writers import interactive as I
+from gradscope.reporting.writers.css import CSS, PRINT_CSS
+from gradscope.reporting.writers.figure_html import DPI, figure_png
+from gradscope.reporting.writers.figure_html import panel_html as _panel
+from gradscope.reporting.writers.figure_html import regime_badge as _regime
+from gradscope.reporting.writers.sections import meta_section, run_section, shared_section
 
 #: The media :func:`render` lays a document out for.
 MEDIA = ("screen", "static", "print")
@@ -58,6 +58,25 @@ DECAY_HEADING = "How far back the gradient reaches"
 MECHANISM_HEADING = "The mechanism: the gradient highway"
 #: The element a first-screen fragment is wrapped in (its CSS applies only inside it).
 FRAGMENT_CLASS = "gradscope-report"
+#: What the headline's words mean (its tooltip).
+HEADLINE_HOW = (
+    "Keeps its gradient: the state gradient ‖∂s_T/∂s_{T−k}‖ is still above 0.1% of its "
+    "lag-0 value k = T steps back (or the regime is neutral). Loses it after h steps: it "
+    "falls below 0.1% at lag h, the memory horizon."
+)
+
+
+def swatch(color: str | None, dash: tuple[float, ...] | None) -> str:
+    """A short line in an entry's colour and dash, as its curves are drawn (or "")."""
+    if not color:
+        return ""
+    pattern = " ".join(f"{d:g}" for d in dash or ())
+    dashes = f' stroke-dasharray="{pattern}"' if pattern else ""
+    return (
+        '<svg class="swatch" width="24" height="8" aria-hidden="true">'
+        f'<line x1="0" y1="4" x2="24" y2="4" stroke="{escape(color)}" stroke-width="2.5"'
+        f"{dashes}/></svg>"
+    )
 
 
 # --------------------------------------------------------------------------- first screen
@@ -89,7 +108,11 @@ def _summary_table(doc: Document, media: str) -> str:
     out.extend(f"<th>{escape(h)}</th>" for h in head)
     out.append("</tr></thead><tbody>")
     for r in doc.summary:
-        cells = [f"<td class='name'>{escape(r.run or '')}</td>"] if several else []
+        cells = (
+            [f"<td class='name'>{swatch(r.color, r.dash)}{escape(r.run or '')}</td>"]
+            if several
+            else []
+        )
         cells += [f"<td class='name'><a href='#{r.anchor}'>{escape(r.layer)}</a></td>"]
         cells += [f"<td>{escape(r.kind)}</td>", f"<td>{_regime(r.regime)}</td>"]
         cells += [
@@ -111,7 +134,7 @@ def _summary_table(doc: Document, media: str) -> str:
 
 
 def _comparison(doc: Document, media: str) -> str:
-    if doc.comparison is None:
+    if not doc.comparison_table:
         return ""
     out = ['<section id="comparison" data-section="comparison"><h3>Side by side</h3>']
     out.append("<table class='cmp'><thead><tr>")
@@ -122,8 +145,9 @@ def _comparison(doc: Document, media: str) -> str:
         # the regime cell holds "▼ vanishing": show it as the same badge as everywhere else
         name = regime.split(" ")[-1] if regime else ""
         name = name if name in REGIME_SYMBOLS else None
+        link = f"<a href='#{r.anchor}'>{escape(who)}</a>"
         cells = [
-            f"<td class='name'><a href='#{r.anchor}'>{escape(who)}</a></td>",
+            f"<td class='name'>{swatch(r.color, r.dash)}{link}</td>",
             f"<td>{_regime(name)}</td>",
         ]
         cells += [f"<td class='num'>{escape(c)}</td>" for c in rest]
@@ -153,9 +177,19 @@ def _figures(doc: Document, media: str) -> str:
 
 
 def first_screen(doc: Document, media: str = "screen") -> str:
-    """The first screen as an HTML section: alerts, comparison, mechanism, the verdict table."""
+    """The first screen as an HTML section: headline, alerts, comparison, mechanism, numbers.
+
+    On screen the comparison table comes before the two figures; on paper the figures come
+    first, under the headline, so that they fill the first page (they cannot be split, and
+    after a comparison of several models they no longer fit on it) and the tables follow.
+    """
     several = len(doc.summary) > 1
     out = ['<section id="summary" data-section="summary"><h2>Does the gradient survive?</h2>']
+    if doc.headline:
+        out.append(
+            f"<p class='headline' data-headline title='{escape(HEADLINE_HOW)}'>"
+            f"{escape(doc.headline)}</p>"
+        )
     for alert in doc.alerts:
         out.append(
             f'<div class="alert" role="alert" data-alert="nonfinite">⚠ {escape(alert)}</div>'
@@ -167,8 +201,11 @@ def first_screen(doc: Document, media: str = "screen") -> str:
             else "see the sections below"
         )
         out.append(f"<p class='missing-line'>No layer was analysed: {why}.</p>")
-    out.append(_comparison(doc, media))
-    out.append(_figures(doc, media))
+    once = f"<p class='note' data-shown-once>{escape(doc.shown_once)}</p>" if doc.shown_once else ""
+    if media == "print":  # paper: the pictures fill page 1 under the headline, tables follow
+        out += [_figures(doc, media), _comparison(doc, media), once]
+    else:
+        out += [_comparison(doc, media), once, _figures(doc, media)]
     if doc.summary:
         table = _summary_table(doc, media)
         if several and media != "print":
@@ -245,7 +282,7 @@ def render(
         *body,
     ]
     parts += [
-        meta_section(doc, detail),
+        meta_section(doc, detail, media),
         "<footer>Gradient norms are spectral norms of exact products of per-step Jacobians, "
         "accumulated in log space. Rates are natural log per timestep.</footer>",
         "</main></body></html>",

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from gradscope.reporting import figures as F
-from gradscope.reporting.chart_dynamics import carry_chart
-from gradscope.reporting.document import Missing, PanelSpec
+from gradscope.reporting.content.document import Missing, PanelSpec
+from gradscope.reporting.figures.gates import carry_chart
 
 
 def _view(layer: Any) -> Any:
@@ -102,9 +102,8 @@ GATE_PANELS: list[PanelSpec] = [
         "the vanilla RNN lacks.",
         "an LSTM or GRU layer's gate view (gradscope.analysis.gates)",
         _carry_kwargs,
-        F.carry_figure,
-        _gated,
         chart=carry_chart,
+        applies=_gated,
     ),
     PanelSpec(
         "gate-share",
@@ -117,8 +116,8 @@ GATE_PANELS: list[PanelSpec] = [
         lambda layer: dict(
             lags=_view(layer).walk_lags, share=_share(layer), path=_view(layer).path
         ),
-        F.path_share_figure,
-        _gated,
+        draw=F.path_share_figure,
+        applies=_gated,
     ),
     PanelSpec(
         "gate-distributions",
@@ -128,8 +127,8 @@ GATE_PANELS: list[PanelSpec] = [
         "curve is tanh′, which falls towards 0 as units saturate.",
         "a gate view (gradscope.analysis.gates)",
         lambda layer: dict(gates=_finite(_view(layer).gates, "gate value")),
-        F.gate_distribution_figure,
-        lambda layer: _gated(layer) or _vanilla(layer),
+        draw=F.gate_distribution_figure,
+        applies=lambda layer: _gated(layer) or _vanilla(layer),
     ),
     PanelSpec(
         "repeated-factor",
@@ -143,8 +142,8 @@ GATE_PANELS: list[PanelSpec] = [
             factor=_finite(_view(layer).factor, "one-step factor"),
             weight_norm=float(_view(layer).weight_norm),
         ),
-        F.repeated_factor_figure,
-        _vanilla,
+        draw=F.repeated_factor_figure,
+        applies=_vanilla,
     ),
 ]
 
@@ -228,7 +227,7 @@ TRAINING_GATE_PANEL = PanelSpec(
     "and ‖W_hh‖₂; a rising carry means training is opening the gradient highway.",
     "gate summaries of a Monitor history (history.summaries(name): 'gate_*')",
     _training_gate_kwargs,
-    F.training_gates_figure,
+    draw=F.training_gates_figure,
 )
 
 __all__ = ["GATE_PANELS", "TRAINING_GATE_PANEL", "gate_note"]

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from gradscope.reporting import figures as F
-from gradscope.reporting.document import Missing, Number
-from gradscope.reporting.panels import decay, finite, fmt, r2
+from gradscope.reporting.content.document import Missing, Number
+from gradscope.reporting.content.panels import decay, finite, fmt, r2
 
 
 # --------------------------------------------------------------------------- numbers

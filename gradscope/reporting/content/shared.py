@@ -14,14 +14,15 @@ Entries are ``(label, layer)`` pairs (the label as in the comparison: the run's 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from gradscope.reporting import figures as F
-from gradscope.reporting.document import Missing, Panel, PanelSpec
-from gradscope.reporting.panels import LAYER_PANELS, decay, make_panel
+from gradscope.reporting.content.document import Missing, Panel, PanelSpec
+from gradscope.reporting.content.panels import LAYER_PANELS, decay, make_panel
+from gradscope.reporting.figures.comparison import comparison_chart
 
 #: Keys of the layer figures drawn once for all entries when a report has several layers.
 SHARED_KEYS = (
@@ -38,24 +39,43 @@ SHARED_KEYS = (
 _OVERLAID = {"decay-input": "input", "decay-loss": "loss"}
 
 Entries = Sequence[tuple[str, Any]]
+Looks = Mapping[str, tuple[str, tuple[float, ...]]]
 
 
-def _multiples(draw: Any, title: str) -> Any:
-    def draw_all(entries: dict[str, dict[str, Any]], ax: Any = None) -> Any:
-        return F.small_multiples(draw, entries, title=title)
+def _multiples(spec: PanelSpec, title: str) -> Any:
+    def draw_all(
+        entries: dict[str, dict[str, Any]], colours: dict[str, str] | None = None, ax: Any = None
+    ) -> Any:
+        def draw(ax: Any = None, **kw: Any) -> Any:
+            return spec.figure(kw, ax)
+
+        return F.small_multiples(draw, entries, title=title, colours=colours)
 
     return draw_all
 
 
 def _shared_spec(spec: PanelSpec) -> PanelSpec:
+    """The comparison version of ``spec``: decay curves overlaid, the rest small multiples.
+
+    Both stay pictures on screen (``live=False``), as each entry's own figure would be one
+    of several.
+    """
+    texts = (spec.key, spec.title)
     if spec.key in _OVERLAID:
         how = "Every model on one axes, median and band 10–90% over sequences. "
-        draw = F.comparison_figure
-    else:
-        how = "One axes per model, in the order of the table. "
-        draw = _multiples(spec.draw, spec.title + ", all models")
+        return PanelSpec(
+            *texts,
+            how + spec.caption,
+            spec.needs,
+            lambda rec: rec,
+            chart=comparison_chart,
+            applies=spec.applies,
+            live=False,
+        )
+    how = "One axes per model, in the order of the table. "
+    draw = _multiples(spec, spec.title + ", all models")
     return PanelSpec(
-        spec.key, spec.title, how + spec.caption, spec.needs, lambda rec: rec, draw, spec.applies
+        *texts, how + spec.caption, spec.needs, lambda rec: rec, draw=draw, applies=spec.applies
     )
 
 
@@ -65,12 +85,19 @@ def _missing_note(missing: dict[str, str]) -> str | None:
     return "Not shown for " + "; ".join(f"{k}: {v}" for k, v in missing.items())
 
 
-def shared_panels(entries: Entries) -> list[Panel]:
+def shared_panels(entries: Entries, looks: Looks | None = None) -> list[Panel]:
     """One comparison panel per shared figure kind (all but the state decay, see build).
 
     An entry without the data is listed in the panel's note with the reason; a kind that no
     entry has is a missing panel with the first reason.
+
+    Args:
+        entries: ``(label, layer)`` pairs in display order.
+        looks: ``{label: (colour, dash)}`` of the entries, as in the comparison
+            (:func:`~gradscope.reporting.figures.comparison.entry_styles`); the overlaid
+            curves are drawn in them and each small multiple's title in its colour.
     """
+    looks = looks or {}
     out = []
     for spec in LAYER_PANELS:
         if spec.key not in SHARED_KEYS or spec.key == "decay-state":
@@ -85,7 +112,8 @@ def shared_panels(entries: Entries) -> list[Panel]:
                 missing[label] = panel.missing or "not available"
             elif spec.key in _OVERLAID:
                 d = decay(layer, _OVERLAID[spec.key])
-                data[label] = F.Curve(d.lags, d.median, d.band, float(d.rate), d.regime)
+                look = looks.get(label, (None, None))
+                data[label] = F.Curve(d.lags, d.median, d.band, float(d.rate), d.regime, *look)
             else:
                 data[label] = panel.kwargs
         shared = _shared_spec(spec)
@@ -96,7 +124,7 @@ def shared_panels(entries: Entries) -> list[Panel]:
         if spec.key in _OVERLAID:
             kwargs: dict[str, Any] = dict(curves=data, of=_OVERLAID[spec.key])
         else:
-            kwargs = dict(entries=data)
+            kwargs = dict(entries=data, colours={k: looks[k][0] for k in data if k in looks})
         out.append(Panel(shared, kwargs, None, note=_missing_note(missing)))
     return out
 
@@ -139,7 +167,7 @@ MECHANISM_PANEL = PanelSpec(
     "grey is the gradient vanishing through the weights.",
     "a state decay and, for LSTM/GRU, a gate view (gradscope.analysis.gates)",
     lambda rec: rec,
-    lambda entries, ax=None: F.mechanism_figure(entries),
+    draw=lambda entries, ax=None: F.mechanism_figure(entries),
 )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gradscope.errors import GradscopeError
-from gradscope.reporting.document import Run
+from gradscope.reporting.inputs.run import Run
 
 
 def _shape(t: Any) -> str:

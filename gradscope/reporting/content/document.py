@@ -1,14 +1,15 @@
 """What a report contains, independent of how it is laid out (HTML or PDF).
 
-A report is built in two steps. :func:`~gradscope.reporting.build.build_document` turns the
-records (diagnoses and Monitor histories, already normalised to :class:`Run` objects) into a
+A report is built in two steps. :func:`~gradscope.reporting.content.build.build_document` turns the
+records (diagnoses and Monitor histories, already normalised to
+:class:`~gradscope.reporting.inputs.run.Run` objects) into a
 :class:`Document`: a summary table, an optional comparison, and per run and layer the verdict,
 the numbers behind it and a list of :class:`Panel` objects. The renderers
-(:mod:`gradscope.reporting.html`; the PDF is printed from its print rendering by
-:mod:`gradscope.reporting.pdf`) only lay the document out.
+(:mod:`gradscope.reporting.writers.html`; the PDF is printed from its print rendering by
+:mod:`gradscope.reporting.writers.pdf`) only lay the document out.
 
 Each figure a section can show is declared once, as a :class:`PanelSpec` in
-:mod:`gradscope.reporting.panels` (``LAYER_PANELS`` / ``TRAINING_PANELS``): its title, its
+:mod:`gradscope.reporting.content.panels` (``LAYER_PANELS`` / ``TRAINING_PANELS``): its title, its
 two-line "how to read this" caption, the data it needs (in words) and a function that pulls
 that data out of the record or raises :class:`Missing` with the reason. A panel whose data is
 absent is kept in the document with that reason and shown as missing, never dropped.
@@ -27,51 +28,33 @@ class Missing(Exception):
     """Raised by a panel's data extractor: the record lacks what the panel needs."""
 
 
-@dataclass
-class Run:
-    """One record to report on: a diagnosis and/or a training history.
-
-    Attributes:
-        label: Name in a comparison (None for a single-run report).
-        source: What it came from, in words (``"Profile"``, ``"trace file run.npz"``, ...).
-        diagnosis: A :class:`gradscope.analysis.diagnosis.Diagnosis`, or None (a history alone).
-        history: A Monitor history (see :mod:`gradscope.reporting` for the protocol) or None.
-        meta: Run metadata to show (model, shapes, dtype, versions, time, ...).
-        layer_meta: Per layer name, facts about the recording (input size, dtype, lengths).
-        problem: Why there is no diagnosis, when there is none.
-        environment: Facts about the machine the record came from (the absolute path of
-            a saved trace), added to ``meta`` only when a report is asked for them
-            (``gs.report(..., environment=True)``).
-    """
-
-    label: str | None
-    source: str
-    diagnosis: Any | None = None
-    history: Any | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    layer_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
-    problem: str | None = None
-    environment: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class PanelSpec:
-    """One kind of figure: its texts, the data it needs, and how to draw it.
+    """One kind of figure: its texts, the data it needs, and the figure itself.
+
+    The figure is either ``chart`` (a figure a person would hover over: its data as a
+    :class:`~gradscope.reporting.figures.chart.Chart`, drawn in the HTML page by the
+    interactive script and, for the PDF and the static HTML, by
+    :func:`~gradscope.reporting.figures.render.render_chart`) or ``draw`` (a picture drawn by
+    hand with matplotlib, where no chart expresses it); exactly one of the two.
 
     Attributes:
         key: Stable identifier (``data-figure`` attribute in HTML, e.g. ``"decay-state"``).
         title: Heading of the panel.
         caption: Two sentences: what is plotted, then how to read it.
         needs: The data the panel needs, in words (shown with the reason when missing).
-        extract: ``record -> kwargs`` for ``draw``; raises :class:`Missing` with the reason.
-        draw: A function of :mod:`gradscope.reporting.figures`.
+        extract: ``record -> kwargs`` of the figure; raises :class:`Missing` with the reason.
+        chart: ``**kwargs -> Chart`` (a function of :mod:`gradscope.reporting.figures`), or
+            None.
+        draw: ``**kwargs, ax=None -> Figure``, or None.
         applies: ``record -> bool``: whether the panel belongs to this record at all (e.g.
             memory timescales only for diagonal recurrences); a panel that does not apply is
             left out, unlike a missing one, which is shown with its reason.
-        chart: The figure's data as a :class:`~gradscope.reporting.chart.Chart`, from the
-            same keyword arguments as ``draw`` (:mod:`gradscope.reporting.chart_data`), or
-            None; a panel with one is interactive in the HTML report (hover values, zoom,
-            CSV/JSON download of exactly those numbers).
+        live: Whether a chart is drawn in the page (hover, zoom, downloads) on screen;
+            False keeps it a picture there too.
+
+    Raises:
+        ValueError: neither or both of ``chart`` and ``draw`` given (a programming error).
     """
 
     key: str
@@ -79,9 +62,20 @@ class PanelSpec:
     caption: str
     needs: str
     extract: Callable[[Any], dict[str, Any]]
-    draw: Callable[..., Any]
-    applies: Callable[[Any], bool] = lambda record: True
     chart: Callable[..., Any] | None = None
+    draw: Callable[..., Any] | None = None
+    applies: Callable[[Any], bool] = lambda record: True
+    live: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.chart is None) == (self.draw is None):
+            raise ValueError(f"panel {self.key!r}: give exactly one of chart= and draw=")
+
+    def figure(self, kwargs: dict[str, Any], ax: Any = None) -> Any:
+        """The picture of the panel's data ``kwargs`` (into ``ax`` if given)."""
+        if self.chart is not None:
+            return F.render_chart(self.chart(**kwargs), ax)
+        return self.draw(**kwargs, ax=ax)
 
 
 @dataclass
@@ -110,15 +104,15 @@ class Panel:
             with F.style():
                 F.no_data(ax, self.missing or "not available", self.spec.title)
             return fig
-        fig = self.spec.draw(**self.kwargs, ax=ax)
+        fig = self.spec.figure(self.kwargs, ax)
         if self.observer is not None:
             self.observer.update(1)
         return fig
 
     def chart(self) -> Any:
-        """The figure's data (a :class:`~gradscope.reporting.chart.Chart`), or None.
+        """The figure (a :class:`~gradscope.reporting.figures.chart.Chart`), or None.
 
-        None when the spec declares no chart or the panel is missing its data.
+        None when the spec's figure is hand-drawn or the panel is missing its data.
         """
         if self.kwargs is None or self.spec.chart is None:
             return None
@@ -204,6 +198,8 @@ class SummaryRow:
     verdict: str
     full_verdict: str = ""
     short: str = ""
+    color: str | None = None  # the entry's look in the comparison figures (None: no look)
+    dash: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -221,6 +217,8 @@ class Document:
     common_meta: list[tuple[str, str]] = field(default_factory=list)
     mechanism: Panel | None = None
     shared: list[Panel] = field(default_factory=list)
+    headline: str = ""  # how far back each compared entry's gradient reaches, one sentence
+    shown_once: str | None = None  # which entries the comparison leaves out, and why
 
     def figures(self) -> list[Panel]:
         """Every panel with data to draw (missing ones are a box of text), in document order."""

@@ -1,10 +1,12 @@
 """Interactive figures of the HTML report: hover values, drag to zoom, CSV/JSON downloads.
 
-A panel whose :class:`~gradscope.reporting.document.PanelSpec` declares a ``chart`` (its
-data as a :class:`~gradscope.reporting.chart.Chart`, see :mod:`.chart_data`) is shown on
-screen as a canvas drawn by a small script, :data:`SCRIPT`, instead of a PNG. The figure's
-data sits in the page as JSON next to it; the script draws it at the screen's pixel density,
-shows the values under the pointer, zooms to a dragged range (double-click resets) and offers
+A panel whose :class:`~gradscope.reporting.content.document.PanelSpec` is a ``chart`` (a
+:class:`~gradscope.reporting.figures.chart.Chart`, e.g.
+:func:`~gradscope.reporting.figures.decay.decay_chart`) is shown on screen as a canvas drawn
+by a small script, :func:`script`, instead of its PNG (the same chart drawn by
+:func:`~gradscope.reporting.figures.render.render_chart`). The figure's data sits in the page
+as JSON next to it; the script draws it at the screen's pixel density, shows the values of
+the series nearest the pointer, zooms to a dragged range (double-click resets) and offers
 the same numbers as CSV and JSON (built in the page from that JSON, so a download holds
 exactly what is plotted). The script is inlined once per page and loads nothing: the report
 stays one file that works offline. Printed output (the PDF) keeps the static figures.
@@ -27,8 +29,8 @@ from functools import cache
 from html import escape
 from importlib import resources
 
-from gradscope.reporting.chart import to_json
-from gradscope.reporting.document import Panel
+from gradscope.reporting.content.document import Panel
+from gradscope.reporting.figures.chart import to_json
 
 #: Marks a figure drawn by the script (the page includes the script only when one is present).
 MARK = 'class="gs-chart"'
@@ -47,6 +49,8 @@ CSS = """
 .gs-tip { position: absolute; pointer-events: none; background: rgba(255,255,255,.96);
   border: 1px solid #888; border-radius: 4px; padding: 4px 7px; font-size: 12px;
   line-height: 1.35; box-shadow: 0 1px 4px rgba(0,0,0,.18); white-space: nowrap; z-index: 2; }
+.gs-tip .gs-near { font-weight: 700; }
+.gs-tip .gs-more { color: var(--muted, #5f6368); font-style: italic; }
 .gs-legend { font-size: .8em; color: var(--muted, #5f6368); margin-top: 2px; }
 .gs-legend span { margin-right: 12px; display: inline-block; max-width: 100%;
   overflow-wrap: anywhere; }
@@ -102,10 +106,11 @@ def panel_html(panel: Panel, fid: str) -> str | None:
 
     Returns:
         A ``<figure>`` holding the chart's JSON, its caption and a hint, or None when the
-        panel declares no chart, has nothing finite to draw, or holds more than
-        :data:`MAX_VALUES` values (it is then drawn as a PNG, which says what is missing).
+        panel's figure is no chart or a picture on screen too (``spec.live`` False), has
+        nothing finite to draw, or holds more than :data:`MAX_VALUES` values (it is then
+        drawn as a PNG, which says what is missing).
     """
-    chart = panel.chart()
+    chart = panel.chart() if panel.spec.live else None
     if chart is None or chart.size > MAX_VALUES or not chart.drawable():
         return None
     # JSON inside <script>: a "<" (as in "</script" or "<!--") could end or upset the

@@ -2,8 +2,8 @@
 
 Every figure of the HTML report and of the print rendering the PDF comes from goes through
 :func:`panel_html` (``media`` says which rendering: interactive charts on screen, static PNGs
-otherwise). Shared by :mod:`gradscope.reporting.html` (the page and its first screen) and
-:mod:`gradscope.reporting.html_sections` (the detail sections).
+otherwise). Shared by :mod:`gradscope.reporting.writers.html` (the page and its first screen) and
+:mod:`gradscope.reporting.writers.sections` (the detail sections).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import io
 from html import escape
 from typing import Any
 
-from gradscope.reporting import interactive as I
-from gradscope.reporting.document import Panel
+from gradscope.reporting.content.document import Panel
 from gradscope.reporting.figures import REGIME_SYMBOLS, regime_label
+from gradscope.reporting.writers import interactive as I
 
 #: Resolution of the inline PNG figures (pixels per inch of figure size).
 DPI = 110

@@ -1,7 +1,7 @@
 """The figures a report can show, each declared once as a ``PanelSpec``.
 
 Every panel names the data it needs and pulls it out of a record (a layer diagnosis or a
-Monitor history) or raises :class:`~gradscope.reporting.document.Missing` with the reason;
+Monitor history) or raises :class:`~gradscope.reporting.content.document.Missing` with the reason;
 the panel is then shown as missing with that reason, never dropped.
 """
 
@@ -14,11 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from gradscope.reporting import chart_data as C
-from gradscope.reporting import chart_dynamics as CD
 from gradscope.reporting import figures as F
-from gradscope.reporting.document import Missing, Panel, PanelSpec
-from gradscope.reporting.gate_panels import TRAINING_GATE_PANEL
+from gradscope.reporting.content.document import Missing, Panel, PanelSpec
+from gradscope.reporting.content.gate_panels import TRAINING_GATE_PANEL
+from gradscope.reporting.figures.comparison import comparison_chart
+from gradscope.reporting.figures.decay import decay_chart, lag_heatmap_chart
+from gradscope.reporting.figures.lyapunov import lyapunov_convergence_chart
+from gradscope.reporting.figures.spectra import spectral_time_chart
+from gradscope.reporting.figures.training import training_heatmap_chart, training_rate_chart
 
 
 # --------------------------------------------------------------------------- helpers
@@ -26,7 +29,7 @@ def slug(text: str) -> str:
     """An HTML-id-safe version of ``text`` (letters, digits, single ``-``; never ``--``).
 
     Different names can share a slug (``x-y``, ``x y``, ``X_Y``):
-    :class:`~gradscope.reporting.document.Ids` makes the ids of one page unique.
+    :class:`~gradscope.reporting.content.document.Ids` makes the ids of one page unique.
     """
     s = re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-").lower()
     return s or "x"
@@ -172,8 +175,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "one is exploding, a flat one means the gradient survives.",
         "state-to-state decay (gs.decay(layer, of='state'))",
         lambda layer: _decay_kwargs(layer, "state"),
-        F.decay_figure,
-        chart=C.decay_chart,
+        chart=decay_chart,
     ),
     PanelSpec(
         "heatmap",
@@ -185,8 +187,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "an unusual input.",
         "per-sequence decay norms (gs.decay)",
         _heatmap_kwargs,
-        F.lag_heatmap_figure,
-        chart=C.lag_heatmap_chart,
+        chart=lag_heatmap_chart,
     ),
     PanelSpec(
         "decay-input",
@@ -196,8 +197,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "final state: the layer's effective memory ends there.",
         "input-to-state decay (gs.decay(layer, of='input'))",
         lambda layer: _decay_kwargs(layer, "input"),
-        F.decay_figure,
-        chart=C.decay_chart,
+        chart=decay_chart,
     ),
     PanelSpec(
         "decay-loss",
@@ -207,8 +207,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "gradients injected along the sequence.",
         "loss gradients ∂L/∂s_t (profile(..., loss_fn=...) or a Monitor)",
         lambda layer: _decay_kwargs(layer, "loss"),
-        F.decay_figure,
-        chart=C.decay_chart,
+        chart=decay_chart,
     ),
     PanelSpec(
         "spectral-time",
@@ -218,8 +217,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "guarantees vanishing (Pascanu et al. 2013); exploding needs it above 1.",
         "eigenvalue and singular-value spectra (gs.spectrum)",
         _spectral_time_kwargs,
-        F.spectral_time_figure,
-        chart=CD.spectral_time_chart,
+        chart=spectral_time_chart,
     ),
     PanelSpec(
         "eigenvalues",
@@ -230,7 +228,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "the long-run regime is decided by the Lyapunov exponents.",
         "eigenvalue spectrum (gs.spectrum(layer, which='eig'))",
         lambda layer: dict(values=_spectrum(layer, "eig").values, of=getattr(layer, "D", None)),
-        F.eigenvalue_figure,
+        draw=F.eigenvalue_figure,
     ),
     PanelSpec(
         "singular-values",
@@ -241,7 +239,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "step; a right tail beyond 1 can amplify it.",
         "singular-value spectrum (gs.spectrum(layer, which='svd'))",
         lambda layer: dict(values=_spectrum(layer, "svd").values, of=getattr(layer, "D", None)),
-        F.singular_value_figure,
+        draw=F.singular_value_figure,
     ),
     PanelSpec(
         "lyapunov-spectrum",
@@ -251,7 +249,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "e^(λ₁k); λ₁ > 0: some direction grows (chaotic or exploding dynamics).",
         "Lyapunov exponents (gs.lyapunov)",
         _lyap_kwargs,
-        F.lyapunov_spectrum_figure,
+        draw=F.lyapunov_spectrum_figure,
     ),
     PanelSpec(
         "lyapunov-convergence",
@@ -261,8 +259,7 @@ LAYER_PANELS: list[PanelSpec] = [
         "mean the sequences are too short for a stable estimate.",
         "the Lyapunov running estimate (gs.lyapunov(...).history)",
         _lyap_conv_kwargs,
-        F.lyapunov_convergence_figure,
-        chart=CD.lyapunov_convergence_chart,
+        chart=lyapunov_convergence_chart,
     ),
     PanelSpec(
         "memory-timescales",
@@ -273,8 +270,8 @@ LAYER_PANELS: list[PanelSpec] = [
         "start of the sequence: they are the layer's long memory.",
         "a diagonal transition (a sequence adapter with diagonal())",
         lambda layer: dict(tau=_memory(layer).tau, T=_memory(layer).T),
-        F.timescale_figure,
-        _is_diagonal,
+        draw=F.timescale_figure,
+        applies=_is_diagonal,
     ),
     PanelSpec(
         "memory-selectivity",
@@ -285,8 +282,8 @@ LAYER_PANELS: list[PanelSpec] = [
         "time-invariant recurrence.",
         "a diagonal transition (a sequence adapter with diagonal())",
         lambda layer: dict(heat=_memory(layer).heat),
-        F.decay_heatmap_figure,
-        _is_diagonal,
+        draw=F.decay_heatmap_figure,
+        applies=_is_diagonal,
     ),
 ]
 
@@ -357,8 +354,7 @@ TRAINING_PANELS: list[PanelSpec] = [
         "little gradient; watch whether training widens the bright region.",
         "a Monitor history (monitor.history.grad_norms(name))",
         _training_heatmap_kwargs,
-        F.training_heatmap_figure,
-        chart=C.training_heatmap_chart,
+        chart=training_heatmap_chart,
     ),
     PanelSpec(
         "training-rate",
@@ -369,8 +365,7 @@ TRAINING_PANELS: list[PanelSpec] = [
         "drift over training means the layer is learning to keep memory.",
         "per-step summaries of a Monitor history (history.summaries(name): 'rate', 'loss_rate')",
         _training_rate_kwargs,
-        F.training_rate_figure,
-        chart=C.training_rate_chart,
+        chart=training_rate_chart,
     ),
     TRAINING_GATE_PANEL,
 ]
@@ -384,8 +379,7 @@ COMPARISON_PANEL = PanelSpec(
     "each regime and rate per step.",
     "a state decay for at least one layer of two or more runs",
     lambda curves: dict(curves=curves),
-    F.comparison_figure,
-    chart=C.comparison_chart,
+    chart=comparison_chart,
 )
 
 

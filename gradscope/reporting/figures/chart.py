@@ -1,10 +1,11 @@
 """The data behind a figure, declared once: named columns with units, and how to draw them.
 
-A :class:`Chart` is what an interactive figure of the HTML report draws and what its CSV and
-JSON downloads carry, so the download holds exactly the plotted numbers. It is built by a
-panel's :attr:`~gradscope.reporting.document.PanelSpec.chart` function from the same keyword
-arguments as the matplotlib figure (:mod:`gradscope.reporting.chart_data`), so the picture in
-the PDF, the interactive one and the download come from one extraction of the record.
+A :class:`Chart` *is* the figure of a chartable panel: the HTML report's interactive figure
+draws it (``static/interactive.js``), its CSV and JSON downloads carry its columns, and the
+static picture of the PDF (and of the HTML without script) is drawn from it by
+:func:`~gradscope.reporting.figures.render.render_chart`. A panel declares one function that
+returns its chart (:attr:`~gradscope.reporting.content.document.PanelSpec.chart`); the
+picture, the interactive figure and the download then come from one extraction of the record.
 
 A chart is either an x–y plot (:attr:`Chart.series` over :attr:`Chart.columns`) or a heat map
 (:attr:`Chart.grid`). The y axis of an x–y plot is one of
@@ -34,6 +35,8 @@ DIGITS = 7
 
 _SCALES = ("linear", "ln", "log")
 _KINDS = ("line", "band", "points")
+#: Where a picture's legend may go (matplotlib's corner names, and three of our own).
+LEGENDS = ("best", "below", "top", "none", "upper left", "upper right", "lower left", "lower right")
 
 
 class ChartError(ValueError):
@@ -73,9 +76,14 @@ class Series:
         where: ``(column, value)``: draw only the rows where that column equals ``value``
             (several curves in one long table).
         by: A category column whose value picks each point's colour and marker ...
-        styles: ... from ``{category: (colour, marker)}``.
+        styles: ... from ``{category: (colour, marker, legend text)}`` (a point whose
+            category has no style is drawn like the series).
         legend: Whether the legend lists it (the hover text always does).
         tip: Its name in the hover text (default: ``label``).
+        width: Line width (points in the picture, pixels on screen).
+        opacity: Opacity of a band's fill.
+        join: Connect a line across rows without a finite value (steps where it was not
+            measured) instead of leaving a gap.
     """
 
     kind: str
@@ -87,9 +95,12 @@ class Series:
     marker: str | None = None
     where: tuple[str, str] | None = None
     by: str | None = None
-    styles: dict[str, tuple[str, str]] = field(default_factory=dict)
+    styles: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     legend: bool = True
     tip: str | None = None
+    width: float = 2.0
+    opacity: float = 0.22
+    join: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,13 @@ class Chart:
         grid: The heat map, or None.
         yview: The y range (data units) shown first, when not all of the data (e.g. early
             estimates that swing far off); zooming and resetting show the rest.
+        accent: Colour of the title (e.g. the regime's), or None.
+        legend: Where the picture's legend goes: ``"best"``, ``"below"`` (under the axes),
+            ``"top"`` (a row at the top, with headroom above the data), or a corner
+            (``"lower left"``, ``"upper right"``, ...); ``"none"``: no legend.
+        figsize: Size of the picture (inches), or None for the default.
+        empty: What the picture says when there is nothing finite to draw.
+        hline_label: Legend text of the reference lines, or None.
 
     Raises:
         ChartError: When a series names a column the chart lacks, or columns differ in length.
@@ -144,10 +162,17 @@ class Chart:
     hlines: tuple[float, ...] = ()
     grid: Grid | None = None
     yview: tuple[float, float] | None = None
+    accent: str | None = None
+    legend: str = "best"
+    figsize: tuple[float, float] | None = None
+    empty: str = "no finite value to draw"
+    hline_label: str | None = None
 
     def __post_init__(self) -> None:
         if self.yscale not in _SCALES:
             raise ChartError(f"yscale must be one of {_SCALES}, got {self.yscale!r}")
+        if self.legend not in LEGENDS:
+            raise ChartError(f"legend must be one of {LEGENDS}, got {self.legend!r}")
         names = {c.name for c in self.columns}
         lengths = {c.name: len(c) for c in self.columns}
         if len(set(lengths.values())) > 1:
@@ -238,6 +263,9 @@ def to_json(chart: Chart) -> str:
             "styles": {k: list(v) for k, v in s.styles.items()},
             "legend": s.legend,
             "tip": s.tip or s.label,
+            "width": s.width,
+            "opacity": s.opacity,
+            "join": s.join,
         }
         for s in chart.series
     ]
@@ -248,6 +276,7 @@ def to_json(chart: Chart) -> str:
         "yscale": chart.yscale,
         "hlines": [float(h) for h in chart.hlines],
         "yview": None if chart.yview is None else [float(v) for v in chart.yview],
+        "accent": chart.accent,
         "series": series,
     }
     parts = [json.dumps(head, ensure_ascii=False)[:-1]]
@@ -262,4 +291,4 @@ def to_json(chart: Chart) -> str:
     return "".join(parts) + "}"
 
 
-__all__ = ["DIGITS", "Chart", "ChartError", "Column", "Grid", "Series", "to_json"]
+__all__ = ["DIGITS", "LEGENDS", "Chart", "ChartError", "Column", "Grid", "Series", "to_json"]

@@ -69,7 +69,8 @@ section.run > details > summary h2 { display: inline-block; border: none; margin
 table.summary td.verdict-text details summary { color: var(--fg); }
 pre { white-space: pre-wrap; margin: 0; font-size: .95em; }
 /* a very long name wraps instead of widening the page (numbers and headers do not) */
-h1, h2, h3, nav.toc a, td.name, .sub, .alert, figcaption { overflow-wrap: anywhere; }
+h1, h2, h3, nav.toc a, td.name, .sub, .alert, figcaption, p.headline, p.note {
+  overflow-wrap: anywhere; }
 footer { margin-top: 30px; color: var(--muted); font-size: .85em;
   border-top: 1px solid var(--line); padding-top: 8px; }
 .cols { display: grid; grid-template-columns: minmax(0, 2fr) minmax(0, 3fr); gap: 18px;
@@ -78,6 +79,10 @@ table.cmp td.verdict-text { font-size: .9em; min-width: 220px; }
 details.all-numbers { margin: 14px 0; }
 .figs > figure.wide { grid-column: 1 / -1; }
 details.all-numbers > summary { font-weight: 600; }
+p.headline { font-size: 1.1em; font-weight: 600; margin: 4px 0 12px; padding: 8px 12px;
+  border-left: 5px solid var(--fg); background: var(--soft); }
+svg.swatch { vertical-align: middle; margin-right: 6px; }
+details.meta > summary { color: var(--muted); margin: 4px 0 8px; }
 """
 
 PRINT_CSS = """
@@ -102,6 +107,7 @@ PRINT_CSS = """
   section.run, section#shared, body.detail section#metadata { break-before: page; }
   figure { padding: 4px; }
   table.summary, table.cmp { font-size: .84em; }
+  table.summary td.name, table.cmp td.name { white-space: nowrap; }
   th, td { padding: 3px 6px; }
   footer { margin-top: 8px; padding-top: 4px; break-before: avoid; }
 }

@@ -1,0 +1,1 @@
+"""What goes into a report: any supported object (:mod:`.sources`) made a :class:`~.run.Run`."""
