@@ -26,6 +26,7 @@ from gradscope._version import __version__
 # plugs the reporting layer in, so no lower layer imports it.
 _views.register("report", "gradscope.reporting:report")
 _views.register("notebook_html", "gradscope.reporting.notebook:notebook_html")
+_views.register("layer_html", "gradscope.reporting.notebook:layer_html")
 
 #: Where each public name lives, grouped by concept.
 _HOMES: dict[str, str] = {

@@ -103,6 +103,7 @@ def test_a_layer_diagnosis_shows_its_verdict_and_numbers(prof) -> None:
 
     d = prof.diagnosis[1]
     html = layer_html(d)
+    assert d._repr_html_() == html
     assert html.startswith(f'<div class="{SCOPE}"><style>') and html.endswith("</div>")
     assert "<img" not in html and "<script" not in html
     text = unescape(re.sub(r"<[^>]+>", " ", html))
@@ -115,11 +116,9 @@ def test_a_layer_diagnosis_shows_its_verdict_and_numbers(prof) -> None:
 
 
 def test_a_layer_diagnosis_has_a_short_text_repr(prof) -> None:
-    from gradscope.analysis.layer_text import layer_repr
-
     for d in prof.diagnosis:
         st = d.decay["state"]
-        text = layer_repr(d)
+        text = repr(d)
         assert len(text) < 2000 and "\n" not in text
         assert text.startswith(f"LayerDiagnosis({d.name!r}, {d.kind}, T={d.T} B={d.B} D={d.D}")
         assert f": {d.regime}, rate {st.rate:+.4f}/step" in text

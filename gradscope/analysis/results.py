@@ -15,6 +15,7 @@ from gradscope._views import render
 from gradscope.analysis.decay import Decay
 from gradscope.analysis.formatting import fmt_num, fmt_steps
 from gradscope.analysis.gates import GateView
+from gradscope.analysis.layer_text import layer_repr
 from gradscope.analysis.lyapunov import Lyapunov
 from gradscope.analysis.spectra import Spectrum
 from gradscope.analysis.timescales import Timescales
@@ -90,6 +91,14 @@ class LayerDiagnosis:
         if self.lyapunov is None or not self.lyapunov.k:
             return float("nan")
         return float(self.lyapunov.exponents[0])
+
+    def __repr__(self) -> str:
+        """One line: name, kind, shape, regime, rate, λ₁ and the verdict's first sentence."""
+        return layer_repr(self)
+
+    def _repr_html_(self) -> str:
+        """The layer's verdict, advice and the numbers behind it, for a notebook."""
+        return render("layer_html", self)
 
     def to_dict(self, arrays: bool = True) -> dict[str, Any]:
         """JSON-serialisable form (NaN/inf as strings, see :func:`gradscope._json.jsonable`).
