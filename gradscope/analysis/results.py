@@ -15,6 +15,7 @@ from gradscope.analysis.decay import Decay
 from gradscope.analysis.formatting import fmt_num, fmt_steps
 from gradscope.analysis.gates import GateView
 from gradscope.analysis.lyapunov import Lyapunov
+from gradscope.analysis.severity import GRADES, fmt_factor, log10_factor, reference_length
 from gradscope.analysis.spectra import Spectrum
 from gradscope.analysis.timescales import Timescales
 from gradscope.errors import UnknownNameError
@@ -59,6 +60,11 @@ class LayerDiagnosis:
         gate_spec: What the family declares of its gates (``Gates.as_dict()``: ``shown``,
             ``carried``, ``word``, ``path``...), None for a family without gates: the record
             reports read, also where the view itself could not be computed.
+        severity: The grade of the regime over a whole sequence, from the factor
+            ``e^{rate·T}`` (:func:`gradscope.analysis.severity.grade`): ``"mild"``,
+            ``"strong"`` or ``"severe"`` for a vanishing or exploding gradient (vanishing:
+            ``F ≥ 1e-2``, ``1e-8 ≤ F < 1e-2``, ``F < 1e-8``; exploding by ``1/F``),
+            ``"none"`` when neutral, ``"unknown"`` when it could not be measured.
     """
 
     name: str
@@ -82,6 +88,7 @@ class LayerDiagnosis:
     reason: str = ""
     gates: GateView | None = None
     gate_spec: dict[str, Any] | None = None
+    severity: str = "unknown"
 
     @property
     def lambda1(self) -> float:
@@ -107,6 +114,7 @@ class LayerDiagnosis:
             "eig": jsonable(self.eig),
             "svd": jsonable(self.svd),
             "regime": self.regime,
+            "severity": self.severity,
             "verdict": self.verdict,
             "advice": list(self.advice),
             "nonfinite": jsonable(self.nonfinite),
@@ -145,6 +153,20 @@ class LayerDiagnosis:
                 for k, v in self.decay.items()
             }
         return out
+
+
+def _over(st: Decay | None) -> str:
+    """The factor ``e^{rate·T}`` over a whole sequence, for the table."""
+    if st is None or math.isnan(st.rate):
+        return "n/a"
+    return fmt_factor(log10_factor(st.rate, reference_length(st)))
+
+
+def _regime_cell(d: LayerDiagnosis) -> str:
+    """``vanishing (severe)``, ``neutral``; ``exploding (non-finite)``: beyond any grade."""
+    if d.nonfinite.get("count"):
+        return f"{d.regime} (non-finite)"
+    return d.regime + (f" ({d.severity})" if d.severity in GRADES else "")
 
 
 @dataclass
@@ -194,6 +216,7 @@ class Diagnosis:
             "rate/step ±95%",
             "half-life",
             "horizon",
+            "over T",
             "regime",
         ]
         rows = []
@@ -219,7 +242,8 @@ class Diagnosis:
                     rate,
                     "n/a" if st is None else fmt_steps(st.half_life),
                     "n/a" if st is None or math.isnan(st.rate) else fmt_steps(st.horizon),
-                    d.regime + (" (non-finite)" if d.nonfinite.get("count") else ""),
+                    _over(st),
+                    _regime_cell(d),
                 ]
             )
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]

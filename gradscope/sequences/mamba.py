@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import DIAGONAL, Params
 from gradscope.errors import UnsupportedModuleError
+from gradscope.sequences import advice
 from gradscope.sequences._hf_mixers import optional_biases
 from gradscope.sequences.base import Drive, SequenceAdapter
 
@@ -77,6 +78,8 @@ def mixer_weights(module: nn.Module) -> Params:
 class MambaAdapter(SequenceAdapter):
     """``transformers``' ``MambaMixer`` (Mamba-1): a diagonal selective scan."""
 
+    #: The config's names of the range the Δ bias is initialised in (``MambaConfig``).
+    step_range = ("time_step_min", "time_step_max")
     kind = "mamba"
     state_names = ("h",)
     structure = DIAGONAL
@@ -221,6 +224,10 @@ class MambaAdapter(SequenceAdapter):
         zeros_c = m.new_zeros((n, Ns, k))
         zeros_z = m.new_zeros((n, E, k))
         return torch.cat([gx, gdt, gb, zeros_c, zeros_z], dim=1)
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """Δ (``dt_proj.bias``) and ``A_log``, with this layer's values."""
+        return advice.mamba(params, facts, *self.step_range)
 
 
 ADAPTER = MambaAdapter()
