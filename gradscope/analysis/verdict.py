@@ -168,13 +168,12 @@ def _one_step(d: LayerDiagnosis) -> str | None:
     )
     if d.regime == "vanishing" and smax > 1:
         return (
-            f"{base}. A one-step norm above 1 does not contradict the vanishing: it bounds how "
-            "much one step can stretch a gradient, it does not set the rate. The long-run "
-            "rate is that of the products of the Jacobians, their leading Lyapunov exponent "
-            f"({decides}; the log of the products' spectral radius per step). One-step "
-            "norms above 1 with a vanishing gradient mean non-normal Jacobians: each "
-            "stretches some direction by up to σ_max, a transient that the following steps "
-            "do not keep up."
+            f"{base}. A one-step norm above 1 does not contradict the vanishing: it bounds "
+            "one step's stretch, not the rate. The rate is that of the products of the "
+            "Jacobians: their leading Lyapunov exponent, the log per step of the products' "
+            f"spectral radius ({decides}). One-step norms above 1 "
+            "with a vanishing gradient mean non-normal Jacobians, each stretching some "
+            "direction by up to σ_max in a transient that the following steps do not keep up."
         )
     if d.regime == "exploding" and radius < 1:
         return (

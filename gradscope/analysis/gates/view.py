@@ -157,9 +157,8 @@ class GateView:
                 lam = f", λ1 {self.lambda1:+.3f}" if math.isfinite(self.lambda1) else ""
                 out += (
                     f" That norm only bounds one step: the product of the factors falls at "
-                    f"{rate:+.3f}/step{lam} (×{math.exp(rate):.2f} per step, the spectral "
-                    "radius of the products), so the factors are non-normal: what one step "
-                    "stretches, the next ones do not keep stretching."
+                    f"{rate:+.3f}/step{lam} (×{math.exp(rate):.2f} per step), so the factors "
+                    "are non-normal."
                 )
             return out
         gate, g, what = self.word, self.gate, self.path_text
