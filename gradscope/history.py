@@ -103,6 +103,35 @@ class History:
         self._steps.append(int(step))
         self._rows.append(row)
 
+    def update(self, index: int, name: str, summaries: np.ndarray, rank: int = 0) -> None:
+        """Replace one rank's summaries of one layer at one sampled step (grad norms stay).
+
+        For a step analysed after its row was appended (the Monitor analyses its latest
+        sampled step when it is closed, reported or saved).
+
+        Args:
+            index: Which sampled step (row), e.g. -1 for the latest.
+            name: A layer present in that row.
+            summaries: ``(K,)`` the new values of :attr:`keys`.
+            rank: Whose row (0 without ``torch.distributed``).
+
+        Raises:
+            ShapeError: ``summaries`` is not ``(K,)``.
+            UnknownNameError: the layer is not in that row.
+        """
+        row = self._rows[index]
+        if name not in row:
+            raise UnknownNameError(f"History.update: no layer {name!r} at row {index}")
+        sc = np.asarray(summaries, dtype=np.float64)
+        if sc.shape != (len(self.keys),):
+            raise ShapeError(
+                f"History.update: {name}: need ({len(self.keys)},) summaries, got {sc.shape}"
+            )
+        gn, old = row[name]
+        new = old.copy()
+        new[rank] = sc
+        row[name] = (gn, new)
+
     def note(self, step: int, message: str) -> None:
         """Count a remark (e.g. an analysis that could not be done) once per message."""
         entry = self.notes.setdefault(message, {"first_step": int(step), "count": 0})

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from gradscope.analysis.formatting import fmt_num, fmt_steps
+from gradscope.analysis.severity import GRADES
+from gradscope.analysis.severity import grade as severity_grade
 
 # ``History`` is not imported, not even for type checking: history.py imports this module.
 History = Any
@@ -38,6 +40,34 @@ def _trend(regimes: list[str]) -> str:
         if r != path[-1]:
             path.append(r)
     return " → ".join(path) if len(path) <= 4 else f"{path[0]} → … → {path[-1]}"
+
+
+def latest_analysed(history: History, name: str, index: int = -1) -> int | None:
+    """The latest row up to ``index`` whose state regime was analysed, or None."""
+    stop = index % len(history) + 1
+    done = [i for i, r in enumerate(history.regime(name)[:stop]) if r]
+    return done[-1] if done else None
+
+
+def regime_cell(history: History, name: str, index: int = -1) -> str:
+    """The state regime at row ``index`` with its grade, else the latest analysed one's.
+
+    ``vanishing (severe)``; when row ``index`` was not analysed, ``vanishing (severe; step
+    255)``: the latest analysed regime and its training step; ``not analysed`` when none
+    was. The grade is :func:`gradscope.analysis.severity.grade` of that row's rate over its
+    ``T``.
+    """
+    at = latest_analysed(history, name, index)
+    if at is None:
+        return "not analysed"
+    e = history.entry(name, at)
+    notes = []
+    grade = severity_grade(e["regime"], e["rate"], e["T"])
+    if grade in GRADES:
+        notes.append(grade)
+    if at != index % len(history):
+        notes.append(f"step {e['step']}")
+    return e["regime"] + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def diverged(history: History, name: str) -> tuple[int, int] | None:
@@ -71,10 +101,12 @@ def history_summary(history: History, index: int = -1) -> dict[str, Any]:
 
     Returns:
         ``{"step", "sampled_steps", "first_step", "layers": [{"name", "regime",
-        "loss_regime", "rate", "rate_ci", "half_life", "loss_rate", "radius_median",
-        "norm_median", "lyapunov", "grad_t0", "grad_tT", "T", "B", "regimes_over_training",
-        "diverged_at_step"}]}`` (``diverged_at_step``: the first sampled step with NaN/inf
-        states, or None).
+        "latest_analysed_regime", "latest_analysed_step", "severity", "loss_regime", "rate",
+        "rate_ci", "half_life", "loss_rate", "radius_median", "norm_median", "lyapunov",
+        "grad_t0", "grad_tT", "T", "B", "regimes_over_training", "diverged_at_step"}]}``
+        (``diverged_at_step``: the first sampled step with NaN/inf states, or None;
+        ``regime`` is that of row ``index``, ``not analysed`` if it was not;
+        ``latest_analysed_*`` and ``severity`` are of the latest analysed row up to it).
     """
     from gradscope._json import jsonable
 
@@ -83,10 +115,17 @@ def history_summary(history: History, index: int = -1) -> dict[str, Any]:
     layers = []
     for name in history.names:
         e = history.entry(name, index)
+        at = latest_analysed(history, name, index)
+        a = history.entry(name, at) if at is not None else e
         layers.append(
             {
                 "name": name,
                 "regime": e["regime"] or "not analysed",
+                "latest_analysed_regime": a["regime"] or "not analysed",
+                "latest_analysed_step": None if at is None else a["step"],
+                "severity": severity_grade(a["regime"], a["rate"], a["T"])
+                if at is not None
+                else "unknown",
                 "loss_regime": e["loss_regime"] or "not analysed",
                 "rate": e["rate"],
                 "rate_ci": [e["rate_lo"], e["rate_hi"]],
@@ -144,7 +183,7 @@ def history_table(history: History, index: int = -1) -> str:
                 _rate(e),
                 fmt_steps(e["half_life"]) if math.isfinite(e["rate"]) else "n/a",
                 _rate(e, "loss_"),
-                e["regime"] or "not analysed",
+                regime_cell(history, name, index),
                 e["loss_regime"] or "not analysed",
             ]
         )
@@ -158,7 +197,15 @@ def history_table(history: History, index: int = -1) -> str:
     ]
     lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
     lines.append("")
+    here = index % len(history)
     for name in history.names:
+        at = latest_analysed(history, name, index)
+        if at is not None and at != here:
+            lines.append(
+                f"{name}: step {int(steps[index])} was not analysed; its radius, σmax, λ1, rate "
+                f"and half-life are n/a, and its regime is that of step {int(steps[at])}, the "
+                "latest analysed"
+            )
         lines.append(f"{name}: regime over training {_trend(history.regime(name))}")
         line = _diverged_line(history, name)
         if line:
@@ -166,4 +213,4 @@ def history_table(history: History, index: int = -1) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["diverged", "history_summary", "history_table"]
+__all__ = ["diverged", "history_summary", "history_table", "latest_analysed", "regime_cell"]

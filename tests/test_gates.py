@@ -346,3 +346,56 @@ def test_vanilla_without_recurrent_weights_has_no_path_at_all(seeded):
     view = gate_view(gs.trace(rnn, torch.randn(6, 2, 3))[0])
     assert view.weight_norm == 0.0
     assert "W_hh = 0" in view.sentence() and "no recurrent path" in view.short()
+
+
+def test_a_one_step_norm_above_1_with_a_vanishing_product_is_called_non_normal(float64, seeded):
+    # W = 0.75 G/√N, G Gaussian: spectral radius ≈ 0.75, spectral norm ≈ 1.5 (non-normal)
+    mod = nn.RNN(4, 32)
+    with torch.no_grad():
+        mod.weight_hh_l0.copy_(torch.randn(32, 32) * 0.75 / 32**0.5)
+    x = torch.randn(100, 4, 4)
+    layer = gs.trace(mod, x)["rnn.l0"]
+    d = gs.diagnose(layer, progress=False)[0]
+    # preconditions, from autograd Jacobians: one-step norms above 1, a falling product
+    J = torch.stack(
+        [
+            _jac(layer.cell_adapter(), layer.params, layer.inputs[t, 0], layer.states[t, 0])
+            for t in range(0, 100, 10)
+        ]
+    )
+    assert float(torch.linalg.matrix_norm(J, 2).median()) > 1
+    rate = gs.decay(layer).rate
+    assert d.regime == "vanishing" and rate < 0
+    text = d.gates.sentence()
+    assert "That norm only bounds one step" in text and f"falls at {rate:+.3f}/step" in text
+    assert "non-normal" in text and "non-normal" in d.gates.short()
+    assert "A one-step norm above 1 does not contradict the vanishing" in d.verdict
+    # on its own a vanilla view has no walk to fit a rate on: it claims nothing about it
+    alone = gate_view(layer)
+    assert math.isnan(alone.long_run_rate()) and "bounds one step" not in alone.sentence()
+
+
+def test_a_gated_view_on_its_own_fits_the_rate_of_its_walk(float64, seeded):
+    mod = nn.LSTM(3, 6)
+    layer = gs.trace(mod, torch.randn(120, 3, 3))["lstm.l0"]
+    ref = gs.decay(layer)  # the same ‖∂s_T/∂s_T−k‖₂, fitted by the decay module
+    assert gate_view(layer).long_run_rate() == pytest.approx(ref.rate, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "bias, words",
+    [(-8.0, "it travels through the recurrent weights"), (8.0, "the gate carries it")],
+)
+def test_which_path_carries_the_gradient_is_said(float64, seeded, bias, words):
+    # z = σ(bias + …): near 0 the diag(z) path is shut and the gradient can only go through
+    # W_hh; near 1 the state is copied forward along diag(z)
+    mod = nn.GRU(2, 6)
+    with torch.no_grad():
+        mod.weight_hh_l0.mul_(4.0)
+        mod.bias_ih_l0[6:12] = bias
+        mod.bias_hh_l0[6:12] = 0.0
+    view = gate_view(gs.trace(mod, torch.randn(30, 3, 2))["gru.l0"])
+    _, share = view.share_at(100)
+    assert (share < 0.1) if bias < 0 else (share > 0.9)
+    assert f"carries {100 * share:.0f}% of it: {words}" in view.sentence()
+    assert (": through the weights" in view.short()) == (bias < 0)

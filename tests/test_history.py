@@ -168,3 +168,45 @@ def test_history_paths_must_be_paths(given):
         History.load(given)
     with pytest.raises(ArgumentTypeError, match=r"History\.save: .* got"):
         History().save(given)
+
+
+def test_the_history_text_shows_the_latest_analysed_regime_with_its_step_and_grade():
+    from gradscope.history import REGIME_CODES
+    from gradscope.history_text import history_summary, history_table, regime_cell
+
+    hist = History()
+    for step, regime, rate in [(0, "vanishing", -0.1), (10, "vanishing", -0.5), (20, None, 0)]:
+        sc = np.full((1, K), np.nan)
+        sc[0, SUMMARY_KEYS.index("T")], sc[0, SUMMARY_KEYS.index("B")] = 100, 2
+        if regime:  # analysed: e^(rate·T) = e^-10 = 4.5e-5 (strong), e^-50 = 2e-22 (severe)
+            sc[0, SUMMARY_KEYS.index("regime")] = REGIME_CODES[regime]
+            sc[0, SUMMARY_KEYS.index("rate")] = rate
+        hist.append(step, {"a": (np.ones((1, 101)), sc)})
+    assert regime_cell(hist, "a", 0) == "vanishing (strong)"
+    assert regime_cell(hist, "a", 1) == "vanishing (severe)"
+    assert regime_cell(hist, "a") == "vanishing (severe; step 10)"
+    table = history_table(hist)
+    assert "vanishing (severe; step 10)" in table and "not analysed  " not in table
+    assert "a: step 20 was not analysed" in table and "that of step 10, the latest" in table
+    s = history_summary(hist)["layers"][0]
+    assert s["regime"] == "not analysed" and s["latest_analysed_regime"] == "vanishing"
+    assert s["latest_analysed_step"] == 10 and s["severity"] == "severe"
+    empty = History()
+    empty.append(0, {"a": (np.ones((1, 3)), np.full((1, K), np.nan))})
+    assert regime_cell(empty, "a") == "not analysed"
+
+
+def test_update_replaces_one_ranks_summaries_and_keeps_the_grad_norms():
+    from gradscope.errors import ShapeError, UnknownNameError
+
+    hist = History(world_size=2)
+    gn = np.array([[1.0, 2.0], [3.0, 4.0]])
+    hist.append(0, {"a": (gn, np.zeros((2, K)))})
+    hist.update(-1, "a", np.full(K, 7.0), rank=1)
+    assert hist.scalar("a", "rate", rank=0).tolist() == [0.0]
+    assert hist.scalar("a", "rate", rank=1).tolist() == [7.0]
+    np.testing.assert_array_equal(hist.grad_norms("a", rank=1), [[3.0, 4.0]])
+    with pytest.raises(ShapeError, match=f"need \\({K},\\)"):
+        hist.update(0, "a", np.zeros(K + 1))
+    with pytest.raises(UnknownNameError, match="no layer 'b'"):
+        hist.update(0, "b", np.zeros(K))

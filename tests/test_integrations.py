@@ -86,7 +86,7 @@ def test_tensorboard_writes_the_summaries(tmp_path):
 
     torch.manual_seed(0)
     model = Seq()
-    tb = TensorBoardCallback(tmp_path / "tb", figures_every=2)
+    tb = TensorBoardCallback(tmp_path / "tb", figures_every=2, scalars="all")
     with Monitor(model, every=2, callbacks=[tb], analyze=True) as mon:
         for _ in range(4):
             model(torch.randn(10, 4, 3)).pow(2).mean().backward()

@@ -101,7 +101,7 @@ def test_tensorboard_curves_with_default_analysis_and_current_images(tmp_path):
 
     torch.manual_seed(0)
     model = Seq()
-    tb = TensorBoardCallback(tmp_path / "tb", figures_every=2)
+    tb = TensorBoardCallback(tmp_path / "tb", figures_every=2, scalars="all")
     with Monitor(model, every=1, callbacks=[tb]) as mon:
         _train(model, mon, 4)
     tb.close()
@@ -201,11 +201,12 @@ def test_wandb_offline_run_holds_the_curves(tmp_path, monkeypatch):
     assert rates == np.flatnonzero(np.isfinite(mon.history.scalar("rnn.l0", "rate"))).tolist()
     assert len(rates) > 1
     images = [row for row in rows if "gradscope/rnn.l0/heatmap.path" in row]
-    assert [row["gradscope/step"] for row in images] == [0, 2]
+    # figures_every=2, and once more at the end (step 3, analysed when the Monitor closed)
+    assert [row["gradscope/step"] for row in images] == [0, 2, 3]
     assert (
         images[0]["gradscope/rnn.l0/heatmap.sha256"] != images[1]["gradscope/rnn.l0/heatmap.sha256"]
     )
-    assert sum("gradscope/verdict._type" in row for row in rows) == 4
+    assert sum("gradscope/verdict._type" in row for row in rows) == 5  # 4 steps, and the end
 
 
 # --------------------------------------------------------------------------- Lightning
@@ -261,7 +262,9 @@ def test_lightning_logs_to_the_trainers_default_logger(tmp_path):
     events = acc.Scalars("gradscope/rnn.l0/log10_grad_norm_t0")
     assert [e.step for e in events] == [0, 2, 4]  # trainer.global_step of each sampled step
     assert len(acc.Scalars("gradscope/rnn.l0/rate")) > 1
-    assert [im.step for im in acc.Images("gradscope/rnn.l0/heatmap")] == [0, 4]
+    # figures_every=2 sampled steps, and the end of training: the last sampled step, analysed
+    # then, at the step it was logged at
+    assert [im.step for im in acc.Images("gradscope/rnn.l0/heatmap")] == [0, 4, 4]
     assert "gradscope/verdict/text_summary" in acc.Tags()["tensors"]
 
 
@@ -292,39 +295,36 @@ def test_lightning_logger_false_logs_nothing(tmp_path):
 
 
 # --------------------------------------------------------------------------- Hugging Face
-def test_hugging_face_report_to_tensorboard(tmp_path, monkeypatch):
+class _HFModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(3, 5, batch_first=True)
+        self.head = nn.Linear(5, 1)
+
+    def forward(self, x, labels=None):
+        out, _ = self.rnn(x)
+        pred = self.head(out[:, -1])
+        return {"loss": ((pred - labels) ** 2).mean(), "logits": pred}
+
+
+class _HFData(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(n, 7, 3, generator=gen), torch.randn(n, 1, generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+def _hf_train(tmp_path, cb, steps=4):
     transformers = pytest.importorskip("transformers")
-    from gradscope.integrations.huggingface import GradscopeTrainerCallback
-
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn = nn.GRU(3, 5, batch_first=True)
-            self.head = nn.Linear(5, 1)
-
-        def forward(self, x, labels=None):
-            out, _ = self.rnn(x)
-            pred = self.head(out[:, -1])
-            return {"loss": ((pred - labels) ** 2).mean(), "logits": pred}
-
-    class Data(torch.utils.data.Dataset):
-        def __init__(self, n: int) -> None:
-            gen = torch.Generator().manual_seed(0)
-            self.x, self.y = torch.randn(n, 7, 3, generator=gen), torch.randn(n, 1, generator=gen)
-
-        def __len__(self) -> int:
-            return len(self.x)
-
-        def __getitem__(self, i):
-            return {"x": self.x[i], "labels": self.y[i]}
-
-    tb_dir = tmp_path / "tb"
-    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tb_dir))  # Trainer's own dir too
     torch.manual_seed(0)
-    cb = GradscopeTrainerCallback(every=1, figures_every=2)
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "out"),
-        max_steps=4,
+        max_steps=steps,
         per_device_train_batch_size=4,
         save_strategy="no",
         logging_steps=1,
@@ -333,15 +333,47 @@ def test_hugging_face_report_to_tensorboard(tmp_path, monkeypatch):
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    trainer = transformers.Trainer(model=Model(), args=args, train_dataset=Data(24), callbacks=[cb])
+    trainer = transformers.Trainer(
+        model=_HFModel(), args=args, train_dataset=_HFData(24), callbacks=[cb]
+    )
     trainer.train()
+    return trainer
+
+
+def test_hugging_face_report_to_tensorboard(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from gradscope.integrations.huggingface import GradscopeTrainerCallback
+
+    tb_dir = tmp_path / "tb"
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tb_dir))  # Trainer's own dir too
+    cb = GradscopeTrainerCallback(every=1, figures_every=2, analyze=Every(2))
+    _hf_train(tmp_path, cb)
     acc = _events(tb_dir)
     scalars = set(acc.Tags()["scalars"])
     assert "train/loss" in scalars  # Trainer's own TensorBoard callback, same directory
     events = acc.Scalars("gradscope/rnn.l0/log10_grad_norm_t0")
     assert [e.step for e in events] == [0, 1, 2, 3]  # state.global_step before each update
-    assert len(acc.Scalars("gradscope/rnn.l0/rate")) > 1
-    assert [im.step for im in acc.Images("gradscope/rnn.l0/rate")] == [0, 2]
+    rate = [e.step for e in acc.Scalars("gradscope/rnn.l0/rate")]
+    assert rate == [0, 2, 3]  # sampled steps 0 and 2 (Every(2)), and the last one at the end
+    # figures_every=2, and the end of training (at the step its row was logged at)
+    assert [im.step for im in acc.Images("gradscope/rnn.l0/rate")] == [0, 2, 3]
+
+
+def test_hugging_face_logs_into_the_trainers_own_run(tmp_path, monkeypatch):
+    """transformers >= 5 names its run by the time training starts: gradscope finds it."""
+    pytest.importorskip("transformers")
+    from gradscope.integrations.huggingface import GradscopeTrainerCallback
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    cb = GradscopeTrainerCallback(every=1, figures_every=None)
+    _hf_train(tmp_path, cb, steps=3)
+    runs = {}
+    for d in sorted((tmp_path / "out" / "runs").iterdir()):
+        runs[d.name] = set(_events(d).Tags()["scalars"])
+    (trainers,) = [name for name, tags in runs.items() if "train/loss" in tags]
+    assert "gradscope/rnn.l0/log10_grad_norm_t0" in runs[trainers]  # beside the loss curve
+    assert list(runs) == [trainers]  # no run of gradscope's own (runs/gradscope)
+    assert cb.logger is None  # closed at the end of training
 
 
 def test_missing_wandb_gives_a_helpful_error(monkeypatch):
@@ -424,7 +456,7 @@ def test_log_all_replays_a_saved_history(tmp_path):
     with Monitor(model, every=1, analyze=Every(2)) as mon:
         _train(model, mon, 3)
     saved = load_history(mon.save(tmp_path / "hist.npz"))
-    totals = log_all(saved, tmp_path / "tb", figures_every=None)
+    totals = log_all(saved, tmp_path / "tb", figures_every=None, scalars="all")
     acc = _events(tmp_path / "tb")
     assert [e.step for e in acc.Scalars("gradscope/rnn.l0/log10_grad_norm_tT")] == [0, 1, 2]
     assert [e.step for e in acc.Scalars("gradscope/rnn.l0/radius_max")] == [0, 2]
@@ -676,3 +708,103 @@ def test_wandb_keys_with_a_star_keep_gradscopes_step(tmp_path, monkeypatch):
     (row,) = [r["history"]["item"] for r in records if r["type"] == "history"]
     assert row["gradscope/a\u2217b/rate"] == -0.5 and row["gradscope/step"] == 7
     assert row["gradscope/c/rate"] == "NaN"  # a NaN is a NaN point, not a failure
+
+
+# --------------------------------------------------------------------------- to the end
+def test_a_300_step_run_is_analysed_and_logged_to_its_last_sampled_step():
+    from gradscope.history_text import history_table
+    from gradscope.integrations.logger import MonitorLogger
+
+    torch.manual_seed(0)
+    model = Seq()
+    rec = _Recorder()
+    log = MonitorLogger(rec, figures_every=None)
+    # analyze: every 16th sampled step (0, 80, 160, 240), so the last one (295) is not
+    mon = Monitor(model, every=5, analyze=Every(16), callbacks=[log])
+    _train(model, mon, 300)
+    hist = mon.history
+    assert hist.steps[-1] == 295 and hist.regime("rnn.l0")[-1] == ""
+    table = history_table(hist)  # before the end: says whose regime it shows
+    regime = hist.regime("rnn.l0")[48]  # row 48 = step 240, the latest analysed
+    assert f"{regime} (" in table and "step 240)" in table
+    assert "step 295 was not analysed" in table and "that of step 240" in table
+    mon.close()
+    # closed: the latest sampled step is analysed, and logged at its own step
+    analysed = [int(s) for s, r in zip(hist.steps, hist.regime("rnn.l0")) if r]
+    assert analysed == [0, 80, 160, 240, 295]
+    rate_steps = [step for step, vals in rec.scalars if "gradscope/rnn.l0/rate" in vals]
+    assert rate_steps == analysed
+    again = [vals for step, vals in rec.scalars if step == 295]
+    assert len(again) == 2 and "gradscope/rnn.l0/log10_grad_norm_t0" in again[0]
+    assert "gradscope/rnn.l0/log10_grad_norm_t0" not in again[1]  # only what it lacked
+    # a reference for the value logged: the decay fit of the very trace kept for that step
+    import gradscope as gs
+    from gradscope.analysis.sampling import evenly_spaced
+    from gradscope.monitor import select_batch
+
+    layer = mon.latest.trace["rnn.l0"]
+    ref = gs.decay(select_batch(layer, evenly_spaced(layer.B, 2)), of="state", progress=False)
+    assert again[1]["gradscope/rnn.l0/rate"] == pytest.approx(ref.rate, rel=1e-12)
+    table = history_table(hist)
+    assert "was not analysed" not in table and "step 240)" not in table
+    assert not mon.analyze_latest()  # nothing left to analyse
+
+
+def test_a_failed_run_analyses_nothing_more():
+    torch.manual_seed(0)
+    model = Seq()
+    with pytest.raises(RuntimeError, match="boom"), Monitor(model, analyze=Every(16)) as mon:
+        _train(model, mon, 51)  # sampled steps 0 (analysed) and 50 (not)
+        raise RuntimeError("boom")
+    assert mon.closed and mon.history.regime("rnn.l0")[1] == ""  # left as it was
+    mon = Monitor(model, every=1, analyze=False)  # analyze=False: not even at the end
+    _train(model, mon, 2)
+    mon.close()
+    assert mon.history.regime("rnn.l0") == ["", ""]
+
+
+def test_core_tags_by_default_every_field_on_request():
+    from gradscope.integrations.logger import CORE_KEYS, SCALARS, MonitorLogger
+
+    torch.manual_seed(0)
+    model = Seq()
+    core, every = _Recorder(), _Recorder()
+    loggers = [MonitorLogger(core, figures_every=None), MonitorLogger(every, scalars="all")]
+    with Monitor(model, every=1, analyze=True, callbacks=loggers) as mon:
+        _train(model, mon, 2)
+    tags = set(core.scalars[0][1])
+    want = {"rate", "regime_code", "half_life", "log10_grad_norm_t0", "log10_grad_norm_tT"}
+    want |= {"loss_rate", "gate_update_median"}  # a GRU: its carried gate is z
+    assert tags == {f"gradscope/rnn.l0/{t}" for t in want}
+    assert len(CORE_KEYS) == 10  # λ1 (lyapunov=True) and the other families' gates
+    entry = mon.history.entry("rnn.l0", 0)
+    finite = [k for k in mon.history.keys if np.isfinite(_as_number(entry[k]))]
+    assert set(every.scalars[0][1]) == {f"gradscope/rnn.l0/{SCALARS[k]}" for k in finite}
+    assert len(every.scalars[0][1]) > 3 * len(tags)
+    picked = _Recorder()
+    MonitorLogger(picked, scalars=["T", "radius_median"]).log(mon.history)
+    assert set(picked.scalars[0][1]) == {"gradscope/rnn.l0/T", "gradscope/rnn.l0/radius_median"}
+    with pytest.raises(ArgumentError, match="no History field \\['radius'\\]"):
+        MonitorLogger(picked, scalars=["radius"])
+    with pytest.raises(ArgumentError, match="'core', 'all'"):
+        MonitorLogger(picked, scalars="some")
+
+
+def _as_number(v):
+    from gradscope.history import REGIME_CODES
+
+    if isinstance(v, str):
+        return REGIME_CODES.get(v, math.nan)
+    return float(v) if np.ndim(v) == 0 else math.nan
+
+
+def test_image_titles_name_their_layer():
+    from gradscope.integrations.logger import layer_figures
+
+    torch.manual_seed(0)
+    model = Seq()
+    with Monitor(model, every=1, analyze=True) as mon:
+        _train(model, mon, 2)
+    figures = layer_figures(mon.history, "rnn.l0")
+    assert figures["heatmap"].axes[0].get_title().startswith("rnn.l0: Loss gradient over")
+    assert figures["rate"].axes[0].get_title() == "rnn.l0: Decay rate over training"

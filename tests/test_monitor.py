@@ -609,55 +609,66 @@ def test_history_save_load_round_trip(tmp_path):
     assert json.loads(json.dumps(back.to_dict()))["steps"] == [0, 1]
 
 
-def test_auto_analysis_keeps_within_the_time_budget(monkeypatch):
-    """analyze="auto": analyse while (spent + last cost) <= budget x training time, and at
-    least once per doubling of the sampled steps."""
+def _fake_run(monkeypatch, *, analysis_s, recording_s, budget, steps=31):
+    """A Monitor(every=1) over ``steps`` training steps of 1 s each on a fake clock, whose
+    analyses take ``analysis_s`` and whose recordings take ``recording_s``; the indices of
+    the sampled steps analysed during training, and those analysed at the end."""
     import gradscope.monitor.budget as budget_mod
     import gradscope.monitor.monitor as monitor_mod
+    import gradscope.monitor.summaries as summaries_mod
 
     clock = {"t": 0.0}
     fake = SimpleNamespace(perf_counter=lambda: clock["t"])
     monkeypatch.setattr(monitor_mod, "time", fake)
     monkeypatch.setattr(budget_mod, "time", fake)
-    real = monitor_mod.summarize
+    real = summaries_mod.summarize
 
-    def costly(layer, *, analyze, **kw):  # each analysis "takes" 1 s on the fake clock
-        clock["t"] += 1.0 if analyze else 0.0
+    def costly(layer, *, analyze, **kw):
+        clock["t"] += analysis_s if analyze else 0.0
         return real(layer, analyze=analyze, **kw)
 
-    monkeypatch.setattr(monitor_mod, "summarize", costly)
-    torch.manual_seed(12)
-    model = FusedNet(nn.GRU(2, 3))
-    with Monitor(model, every=1, budget=0.5) as mon:
-        for _ in range(31):
-            clock["t"] += 1.0  # each training step "takes" 1 s
-            out, _ = model(torch.randn(4, 2, 2))
-            out.sum().backward()
-            mon.step()
-    analysed = np.flatnonzero(np.isfinite(mon.history.scalar("rnn.l0", "radius_max")))
-    # step 0: 0 + 0 <= 0.5·1; then 5 + 5 <= 0.5·20 at step 19; 10 + 5 <= 0.5·30 at step 29
-    # step 0: the first; 1, 3, 7: the floor (n >= 2m + 1, m the latest analysed); then the
-    # budget, spent + 1 <= 0.5 · (n + 1) training seconds: 4 + 1 <= 5 at step 9, and every
-    # other step from there (so the floor is never needed again)
-    assert analysed.tolist() == [0, 1, 3, 7, *range(9, 31, 2)]
-    assert np.isfinite(mon.history.scalar("rnn.l0", "grad_t0")).all()  # every sampled step
-    # the first sampled step, and one per doubling of the sampled steps, are analysed even
-    # when recording alone exceeds the budget
+    monkeypatch.setattr(summaries_mod, "summarize", costly)
     disarm = Monitor._disarm
 
     def slow_recording(self, harvest=False):
-        clock["t"] += 0.1 if harvest else 0.0  # the replay "takes" 0.1 s > 0.01 x 1 s
+        clock["t"] += recording_s if harvest else 0.0
         return disarm(self, harvest)
 
     monkeypatch.setattr(Monitor, "_disarm", slow_recording)
-    with Monitor(model, every=1, budget=0.01) as mon:
-        for _ in range(31):
-            clock["t"] += 1.0
-            out, _ = model(torch.randn(4, 2, 2))
-            out.sum().backward()
-            mon.step()
-    analysed = np.flatnonzero(np.isfinite(mon.history.scalar("rnn.l0", "radius_max")))
-    assert analysed.tolist() == [0, 1, 3, 7, 15]
+    torch.manual_seed(12)
+    model = FusedNet(nn.GRU(2, 3))
+    mon = Monitor(model, every=1, budget=budget)
+    for _ in range(steps):
+        clock["t"] += 1.0  # each training step "takes" 1 s
+        out, _ = model(torch.randn(4, 2, 2))
+        out.sum().backward()
+        mon.step()
+    during = np.flatnonzero(np.isfinite(mon.history.scalar("rnn.l0", "radius_max")))
+    mon.close()  # analyses the latest sampled step if it was not
+    after = np.flatnonzero(np.isfinite(mon.history.scalar("rnn.l0", "radius_max")))
+    assert np.isfinite(mon.history.scalar("rnn.l0", "grad_t0")).all()  # every sampled step
+    return during.tolist(), after.tolist()
+
+
+def test_auto_analysis_keeps_the_analyses_within_the_time_budget(monkeypatch):
+    """analyze="auto": analyse while (analyses so far + the last one's cost) <= budget x
+    training time, and at least once per doubling of the sampled steps."""
+    during, after = _fake_run(monkeypatch, analysis_s=1.0, recording_s=0.0, budget=0.5)
+    # step 0: the first; 1, 3, 7: the floor (n >= 2m + 1, m the latest analysed); then the
+    # budget, (analyses so far + 1) s <= 0.5 · (n + 1) training seconds: 4 + 1 <= 5 at step
+    # 9, and every other step from there (so the floor is never needed again)
+    assert during == [0, 1, 3, 7, *range(9, 31, 2)]
+    assert after == [*during, 30]  # close(): the latest sampled step too
+
+
+def test_cheap_analyses_give_curves_whatever_the_recording_costs(monkeypatch):
+    # the recording (0.5 s) alone is 50x the budget of a 1 s step; the analysis (1 ms) is a
+    # tenth of it: every sampled step is analysed (the recording is the schedule's cost)
+    during, after = _fake_run(monkeypatch, analysis_s=0.001, recording_s=0.5, budget=0.01)
+    assert during == after == list(range(31))
+    # an analysis costing 10 training steps at a budget of 1%: the doubling floor only
+    during, after = _fake_run(monkeypatch, analysis_s=10.0, recording_s=0.0, budget=0.01)
+    assert during == [0, 1, 3, 7, 15] and after == [0, 1, 3, 7, 15, 30]
 
 
 def test_a_layer_without_loss_gradients_is_reported_not_fatal():

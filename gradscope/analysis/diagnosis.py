@@ -17,7 +17,9 @@ recurrent dynamics alone. The loss gradient is reported next to it but does not 
 so with a per-step loss it stays large at every lag even when the state-to-state product
 vanishes, and with a last-step loss it equals the state decay projected on one direction.
 
-The words of the verdict and the advice live in :mod:`gradscope.analysis.advice`;
+The words of the verdict live in :mod:`gradscope.analysis.verdict`, the advice in
+:mod:`gradscope.analysis.advice`, the grade in :mod:`gradscope.analysis.severity` and where
+the loss's credit enters a layer in :mod:`gradscope.analysis.credit`;
 :func:`gradscope.profile` (:mod:`gradscope.analysis.profiling`) records and diagnoses in
 one call.
 """
@@ -34,7 +36,8 @@ import numpy as np
 import torch
 
 from gradscope._progress import analysis, progress_bar
-from gradscope.analysis.advice import advice, verdict
+from gradscope.analysis.advice import advice
+from gradscope.analysis.credit import loss_injection
 from gradscope.analysis.decay import Decay, decay_curves, fit_decay, loss_log_norms
 from gradscope.analysis.finite import Prefix, finite_prefix, prefix_of, with_overflow
 from gradscope.analysis.gates import gate_view
@@ -42,8 +45,10 @@ from gradscope.analysis.gates.values import declared
 from gradscope.analysis.lyapunov import lyapunov
 from gradscope.analysis.results import Diagnosis, LayerDiagnosis
 from gradscope.analysis.sampling import evenly_spaced
+from gradscope.analysis.severity import grade
 from gradscope.analysis.spectra import spectrum
 from gradscope.analysis.timescales import timescales
+from gradscope.analysis.verdict import verdict
 from gradscope.errors import ArgumentTypeError, GradscopeError, ShapeError
 from gradscope.jacobians.operator import DENSE_UP_TO, operator_of
 from gradscope.traces import LayerTrace, Trace
@@ -243,13 +248,34 @@ def _diagnose_layer(
         d.gates = gate_view(layer, max_lag=max_lag, seed=seed)
     except (GradscopeError, np.linalg.LinAlgError, RuntimeError) as exc:
         notes.append(f"gate view not computed: {exc}")
-    d.verdict = verdict(d, layer)
+    _assemble(d, layer, notes)
+    return d
+
+
+def _assemble(d: LayerDiagnosis, layer: LayerTrace, notes: list[str]) -> None:
+    """The grade, where the loss's credit enters, the verdict and the advice of ``d``.
+
+    The gate view gets the rates that decide (the fitted state rate and λ1), so that its
+    sentence can say when a one-step norm and the long-run rate seem to disagree.
+    """
+    st = d.decay.get("state")
+    t_ref = float(np.median(layer.seq_lengths)) if layer.B else 0.0
+    rate = st.rate if st is not None else math.nan
+    d.severity = grade(d.regime, rate, t_ref)
+    where = None
+    if "loss" in d.decay:
+        try:
+            where = loss_injection(layer)
+        except (GradscopeError, RuntimeError) as exc:
+            notes.append(f"where the loss enters not computed: {exc}")
+    if d.gates is not None:
+        d.gates = replace(d.gates, rate=rate, lambda1=d.lambda1)
+    d.verdict = verdict(d, layer, where)
     if d.memory is not None:
         d.verdict = f"{d.verdict} {d.memory.sentence()}"
     if d.gates is not None:
         d.verdict = f"{d.verdict} {d.gates.sentence()}"
     d.advice = advice(d, layer)
-    return d
 
 
 def _layers_of(trace: Any) -> tuple[list[LayerTrace], dict[str, Any]]:

@@ -17,6 +17,7 @@ from gradscope.analysis.formatting import fmt_num, fmt_steps
 from gradscope.analysis.gates import GateView
 from gradscope.analysis.layer_text import layer_repr
 from gradscope.analysis.lyapunov import Lyapunov
+from gradscope.analysis.severity import GRADES, fmt_factor, log10_factor, reference_length
 from gradscope.analysis.spectra import Spectrum
 from gradscope.analysis.timescales import Timescales
 from gradscope.errors import UnknownNameError
@@ -61,6 +62,11 @@ class LayerDiagnosis:
         gate_spec: What the family declares of its gates (``Gates.as_dict()``: ``shown``,
             ``carried``, ``word``, ``path``...), None for a family without gates: the record
             reports read, also where the view itself could not be computed.
+        severity: The grade of the regime over a whole sequence, from the factor
+            ``e^{rate·T}`` (:func:`gradscope.analysis.severity.grade`): ``"mild"``,
+            ``"strong"`` or ``"severe"`` for a vanishing or exploding gradient (vanishing:
+            ``F ≥ 1e-2``, ``1e-8 ≤ F < 1e-2``, ``F < 1e-8``; exploding by ``1/F``),
+            ``"none"`` when neutral, ``"unknown"`` when it could not be measured.
     """
 
     name: str
@@ -84,6 +90,7 @@ class LayerDiagnosis:
     reason: str = ""
     gates: GateView | None = None
     gate_spec: dict[str, Any] | None = None
+    severity: str = "unknown"
 
     @property
     def lambda1(self) -> float:
@@ -117,6 +124,7 @@ class LayerDiagnosis:
             "eig": jsonable(self.eig),
             "svd": jsonable(self.svd),
             "regime": self.regime,
+            "severity": self.severity,
             "verdict": self.verdict,
             "advice": list(self.advice),
             "nonfinite": jsonable(self.nonfinite),
@@ -155,6 +163,20 @@ class LayerDiagnosis:
                 for k, v in self.decay.items()
             }
         return out
+
+
+def _over(st: Decay | None) -> str:
+    """The factor ``e^{rate·T}`` over a whole sequence, for the table."""
+    if st is None or math.isnan(st.rate):
+        return "n/a"
+    return fmt_factor(log10_factor(st.rate, reference_length(st)))
+
+
+def _regime_cell(d: LayerDiagnosis) -> str:
+    """``vanishing (severe)``, ``neutral``; ``exploding (non-finite)``: beyond any grade."""
+    if d.nonfinite.get("count"):
+        return f"{d.regime} (non-finite)"
+    return d.regime + (f" ({d.severity})" if d.severity in GRADES else "")
 
 
 @dataclass
@@ -204,6 +226,7 @@ class Diagnosis:
             "rate/step ±95%",
             "half-life",
             "horizon",
+            "over T",
             "regime",
         ]
         rows = []
@@ -229,7 +252,8 @@ class Diagnosis:
                     rate,
                     "n/a" if st is None else fmt_steps(st.half_life),
                     "n/a" if st is None or math.isnan(st.rate) else fmt_steps(st.horizon),
-                    d.regime + (" (non-finite)" if d.nonfinite.get("count") else ""),
+                    _over(st),
+                    _regime_cell(d),
                 ]
             )
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]

@@ -146,7 +146,13 @@ class CellAdapter(ABC):
         """What to try against vanishing gradients in this family, or None (general advice).
 
         ``facts``: this layer's numbers as text, ``horizon`` (the memory horizon in steps),
-        ``smax`` and ``radius`` (the one-step spectral norm and radius medians).
+        ``smax`` and ``radius`` (the one-step spectral norm and radius medians), ``T`` (the
+        median sequence length), ``rate`` and ``lambda1`` (per step), ``severity`` and
+        ``factor`` (the grade and ``e^{rate·T}``, :mod:`gradscope.analysis.severity`), and
+        for a diagonal recurrence ``tau`` and ``frac_long`` (median memory timescale, share
+        of coordinates reaching ``T``). The levers come cheapest first and the structural
+        one (another architecture) last: a mild grade shows only the first, a severe one
+        all of them; the analysis adds the memory horizon itself.
         """
         return None
 

@@ -183,13 +183,18 @@ class GRUAdapter(GatedCell):
         return self._factors(s, *self._gates(params, x, s))
 
     def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
-        """An update-gate bias towards keeping the state, orthogonal recurrent weights."""
+        """An update-gate bias towards keeping, orthogonal weights, then an LSTM."""
+        H = int(params["weight_hh"].shape[1])
+        rows = [params[k][H : 2 * H].double() for k in ("bias_ih", "bias_hh") if k in params]
+        now = f", now mean {float(sum(rows).mean()):+.2f}" if rows else ""
         return [
-            "Bias the update gate towards keeping the state (rows H:2H of bias_hh, the z "
-            "gate; h_t = (1 − z) n + z h_(t−1)) to 1–3, so z ≈ 0.73–0.95 at "
+            "Bias the update gate towards keeping the state (the z rows H:2H of bias_ih + "
+            f"bias_hh{now}; h_t = (1 − z) n + z h_(t−1)) to 1–3, so z ≈ 0.73–0.95 at "
             "initialisation; the chrono idea of Tallec & Ollivier (2018) applies to z.",
             "Initialise the recurrent weights orthogonally (torch.nn.init.orthogonal_).",
-            f"Dependencies longer than ~{facts['horizon']} steps are out of reach at present.",
+            "If z cannot stay near 1 because writing needs it low: a GRU ties keeping (z) "
+            "to writing (1 − z), an LSTM separates them (f keeps, i writes), so an LSTM "
+            "with a forget-gate bias of 1–3 can keep and write at once.",
         ]
 
     def gate_values(self, params: Params, x: Tensor, s: Tensor) -> tuple[dict, Tensor]:

@@ -310,7 +310,7 @@ class LSTMAdapter(GatedCell):
         return self._local(params, x, s)
 
     def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
-        """A higher forget-gate bias (with this layer's), chrono initialisation."""
+        """A higher forget-gate bias (with this layer's), chrono initialisation, structure."""
         fb = _forget_bias(params)
         fb_txt = "" if fb is None else f" (mean forget-gate bias now {fb:+.2f})"
         return [
@@ -319,7 +319,10 @@ class LSTMAdapter(GatedCell):
             "et al. 2015).",
             "Or use chrono initialisation (Tallec & Ollivier 2018): b_f ~ log U(1, T_max − "
             "1), b_i = −b_f, for dependencies up to T_max steps.",
-            f"Dependencies longer than ~{facts['horizon']} steps are out of reach at present.",
+            "If the forget gates are already near 1 and the gradient still vanishes, it is "
+            "lost where it leaves the cell path (the gate view says which path carries it): "
+            "a skip connection or attention over past states reaches the longest "
+            "dependencies.",
         ]
 
     def gate_values(self, params: Params, x: Tensor, s: Tensor) -> tuple[dict, Tensor]:

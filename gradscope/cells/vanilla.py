@@ -111,15 +111,14 @@ class VanillaAdapter(GatedCell):
         return GatedFactors(self._dphi(self._preactivation(params, x, s)).unsqueeze(1))
 
     def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
-        """Orthogonal / identity initialisation, a gated cell, truncated BPTT."""
+        """Orthogonal / identity initialisation, then a gated cell (the architecture)."""
         return [
             "Initialise weight_hh orthogonally (torch.nn.init.orthogonal_) or, with ReLU, "
-            "as the identity (IRNN, Le et al. 2015): its singular values then start at 1 "
-            f"(one-step σ_max median now {facts['smax']}).",
-            "Switch to a gated cell (nn.LSTM / nn.GRU): the additive cell-state path "
-            "carries gradients across long lags.",
-            f"Dependencies longer than ~{facts['horizon']} steps are out of reach; truncated "
-            "BPTT over that many steps loses nothing and is cheaper.",
+            "as the identity (IRNN, Le et al. 2015): its singular values then all start at 1, "
+            "so the products of the step Jacobians start near norm 1 (one-step spectral "
+            f"radius median now {facts['radius']}, σ_max {facts['smax']}).",
+            "Switch to a gated cell (nn.LSTM / nn.GRU): its additive state path carries "
+            "gradients across long lags whatever W_hh does.",
         ]
 
     def gate_values(self, params: Params, x: Tensor, s: Tensor) -> tuple[dict, None]:

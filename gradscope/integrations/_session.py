@@ -32,6 +32,8 @@ class MonitorSession:
             directory or ``SummaryWriter``, a W&B run, a Lightning logger, a Writer).
         figures_every: Log the heatmap and rate figures every this many sampled steps
             (None: never); see :class:`~gradscope.integrations.logger.MonitorLogger`.
+        scalars: Which History fields to log: ``"core"`` (default), ``"all"`` or a list
+            (see :class:`~gradscope.integrations.logger.MonitorLogger`).
         **monitor_kwargs: Passed to :class:`gradscope.Monitor`.
 
     Attributes:
@@ -51,6 +53,7 @@ class MonitorSession:
         save: str | os.PathLike | None = None,
         writers: Sequence[Any] = (),
         figures_every: int | None = 10,
+        scalars: Any = "core",
         **monitor_kwargs: Any,
     ) -> None:
         super().__init__()  # the framework's callback base class, next in the MRO
@@ -60,6 +63,11 @@ class MonitorSession:
         self.save_file = None if save is None else Path(save)
         self.writers = list(writers)
         self.figures_every = figures_every
+        from gradscope.history import SUMMARY_KEYS
+        from gradscope.integrations.logger import scalar_keys
+
+        scalar_keys(scalars, SUMMARY_KEYS)  # a wrong name fails here, not when training starts
+        self.scalars = scalars
         self.monitor_kwargs = monitor_kwargs
         self.monitor: Monitor | None = None
         self.logger: Any = None
@@ -91,7 +99,9 @@ class MonitorSession:
         callbacks = list(kwargs.pop("callbacks", ()))
         targets = [*destinations, *self.writers] if destinations is not None else []
         if targets:
-            self.logger = MonitorLogger(*targets, figures_every=self.figures_every, step=step)
+            self.logger = MonitorLogger(
+                *targets, figures_every=self.figures_every, step=step, scalars=self.scalars
+            )
             callbacks.append(self.logger)
         return Monitor(model, self.every, schedule=self.schedule, callbacks=callbacks, **kwargs)
 
@@ -114,16 +124,26 @@ class MonitorSession:
             pause.close()
 
     def close(self) -> None:
-        """Remove every hook and close the logger's destinations (idempotent)."""
+        """Remove every hook and close the logger's destinations (idempotent).
+
+        Nothing is analysed (a run that failed); :meth:`_finish` ends a run that did not.
+        """
         if self.monitor is not None:
-            self.monitor.close()  # first, so that leaving the pause re-attaches nothing
+            self.monitor.close(analyze=False)  # first: leaving the pause re-attaches nothing
         self._resume()
         logger, self.logger = self.logger, None
         if logger is not None:
             logger.close()
 
     def _finish(self, main_process: bool) -> None:
-        """Remove the hooks; in the main process write the history and report if asked."""
+        """End the run: the latest sampled step analysed and logged, hooks removed, files.
+
+        In the main process the Monitor analyses its latest sampled step if it was not
+        (:meth:`gradscope.Monitor.analyze_latest`; the logger then logs it, before its
+        destinations close), and writes the history and the report if asked.
+        """
+        if self.monitor is not None and main_process:
+            self.monitor.close()  # analyses the latest sampled step; callbacks log it
         self.close()
         if self.monitor is None or not main_process:
             return

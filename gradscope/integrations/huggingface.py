@@ -18,8 +18,10 @@ followed by ``on_substep_end``, except the last, which is followed by
   evaluation before training, ``eval_on_start``, is never recorded) and resumes it after an
   evaluation. In the main process the Monitor logs every sampled step where
   ``args.report_to`` says (or the callback's ``report_to``): ``"tensorboard"`` to event
-  files in ``args.logging_dir`` (transformers < 5), else ``$TENSORBOARD_LOGGING_DIR``
-  (where transformers >= 5 writes when it is set), else ``<output_dir>/runs/gradscope``;
+  files in the ``Trainer``'s own TensorBoard run, beside its loss curves (the directory of
+  its ``TensorBoardCallback``'s writer, :func:`trainers_tensorboard_dir`), else
+  ``args.logging_dir`` (transformers < 5), else ``$TENSORBOARD_LOGGING_DIR``, else
+  ``<output_dir>/runs/gradscope``;
   ``"wandb"`` to the active W&B run (``Trainer``'s W&B callback starts it), on its x-axis
   ``train/global_step``. Points are logged at ``state.global_step``, the optimizer steps
   completed before this backward pass. Other integrations are skipped with a warning. The
@@ -30,8 +32,9 @@ followed by ``on_substep_end``, except the last, which is followed by
 * ``on_step_end`` / ``on_epoch_end``: when ``Trainer`` is about to evaluate
   (``control.should_evaluate``), the Monitor is paused until the next training step, so
   evaluation forwards are never recorded;
-* ``on_train_end``: the hooks are removed; the main process writes the report and the
-  history if paths were given.
+* ``on_train_end``: the main process analyses the latest sampled step if it was not and
+  logs it (:meth:`gradscope.Monitor.analyze_latest`), the hooks are removed, and the main
+  process writes the report and the history if paths were given.
 
 Under ``torch.distributed`` each rank monitors its own batch and rank 0 gathers the
 summaries (see :class:`gradscope.Monitor`). ``transformers`` is imported when this module is
@@ -41,6 +44,7 @@ imported (``pip install "gradscope-rnn[huggingface]"``); ``import gradscope`` ne
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -53,14 +57,51 @@ from gradscope.monitor import Schedule
 _transformers = require(TRANSFORMERS, "gradscope.integrations.huggingface")
 
 
-def tensorboard_dir(args: Any) -> str:
+def trainers_tensorboard_dir(callback: Any, depth: int = 16) -> str | None:
+    """The log directory of the ``Trainer``'s own TensorBoard callback, or None.
+
+    ``Trainer`` hands its callbacks no reference to each other, so this looks up the call
+    stack for the ``CallbackHandler`` running ``callback`` (the caller whose ``callbacks``
+    list holds it) and takes, from the callback there that owns a TensorBoard writer
+    (``tb_writer``, as ``transformers``' ``TensorBoardCallback``), the writer's
+    ``log_dir``, else its ``logging_dir``. Called from an event after ``on_train_begin``
+    (the TensorBoard callback opens its writer then), so gradscope's event files go into
+    the very run of the ``Trainer``'s loss curves, whatever directory it chose (in
+    transformers >= 5 one named by the time training started).
+
+    Args:
+        callback: The gradscope callback being run.
+        depth: How many frames to look up.
+    """
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        callbacks = getattr(frame.f_locals.get("self"), "callbacks", None)
+        if isinstance(callbacks, list) and any(cb is callback for cb in callbacks):
+            for cb in callbacks:
+                if cb is callback or not hasattr(cb, "tb_writer"):
+                    continue
+                found = getattr(cb.tb_writer, "log_dir", None) or getattr(cb, "logging_dir", None)
+                if found:
+                    return str(found)
+            return None
+        frame = frame.f_back
+    return None
+
+
+def tensorboard_dir(args: Any, trainers: str | None = None) -> str:
     """Where gradscope's TensorBoard event files go in a ``Trainer`` run.
 
+    ``trainers``: the directory of the ``Trainer``'s own TensorBoard callback
+    (:func:`trainers_tensorboard_dir`), the same run as its loss curves; else
     ``args.logging_dir`` (transformers < 5, where ``Trainer`` writes its own), else
     ``$TENSORBOARD_LOGGING_DIR`` (transformers >= 5 writes there when it is set), else
-    ``<output_dir>/runs/gradscope`` (transformers >= 5 otherwise writes to a directory
-    named by the time it starts, which a callback cannot see).
+    ``<output_dir>/runs/gradscope`` (a run of its own: no ``Trainer`` TensorBoard callback
+    was found).
     """
+    if trainers:
+        return trainers
     logging_dir = getattr(args, "logging_dir", None)
     if logging_dir:
         return str(logging_dir)
@@ -84,6 +125,8 @@ class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
             ``[]``: nowhere).
         writers: More destinations (see :class:`gradscope.integrations.logger.MonitorLogger`).
         figures_every: Log the figures every this many sampled steps (None: never).
+        scalars: Which History fields to log: ``"core"`` (default), ``"all"`` or a list
+            (see :class:`~gradscope.integrations.logger.MonitorLogger`).
         **monitor_kwargs: Passed to :class:`gradscope.Monitor` (``cells``, ``lyapunov``,
             ``analyze``, ``callbacks``, ...).
 
@@ -108,6 +151,7 @@ class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
         report_to: str | Sequence[str] | None = None,
         writers: Sequence[Any] = (),
         figures_every: int | None = 10,
+        scalars: Any = "core",
         **monitor_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -117,13 +161,17 @@ class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
             save=save,
             writers=writers,
             figures_every=figures_every,
+            scalars=scalars,
             **monitor_kwargs,
         )
         self.report_to = report_to
         self._state: Any = None
 
-    def _destinations(self, args: Any) -> list[Any]:
-        """Writers for the integrations named in ``report_to`` (or ``args.report_to``)."""
+    def _destinations(self, args: Any, trainers_dir: str | None = None) -> list[Any]:
+        """Writers for the integrations named in ``report_to`` (or ``args.report_to``).
+
+        ``trainers_dir``: the ``Trainer``'s own TensorBoard directory, if found.
+        """
         from gradscope.integrations.writers import TensorBoardWriter
 
         names = self.report_to if self.report_to is not None else getattr(args, "report_to", [])
@@ -137,7 +185,7 @@ class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
         out: list[Any] = []
         for name in dict.fromkeys(names):
             if name == "tensorboard":
-                out.append(TensorBoardWriter(tensorboard_dir(args)))
+                out.append(TensorBoardWriter(tensorboard_dir(args, trainers_dir)))
             elif name == "wandb":
                 wandb = require(WANDB, "GradscopeTrainerCallback(report_to='wandb')")
                 if wandb.run is None:
@@ -179,9 +227,10 @@ class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
                     "each backward pass"
                 )
             main = getattr(state, "is_world_process_zero", True)
+            trainers_dir = trainers_tensorboard_dir(self) if main else None
             self.monitor = self._new_monitor(
                 model,
-                self._destinations(args) if main else None,
+                self._destinations(args, trainers_dir) if main else None,
                 step=lambda _: int(self._state.global_step),
                 **self.monitor_kwargs,
             )
@@ -209,4 +258,4 @@ class GradscopeTrainerCallback(MonitorSession, _transformers.TrainerCallback):
         self._finish(getattr(state, "is_world_process_zero", True))
 
 
-__all__ = ["GradscopeTrainerCallback", "tensorboard_dir"]
+__all__ = ["GradscopeTrainerCallback", "tensorboard_dir", "trainers_tensorboard_dir"]

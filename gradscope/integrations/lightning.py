@@ -30,8 +30,9 @@ What it does, hook by hook:
   is not part of any step and is left out (the Monitor keeps only what a backward reached);
 * ``on_validation_start`` / ``on_validation_end``: the Monitor is paused, so validation
   forwards are never recorded;
-* ``on_train_end``: the hooks are removed; rank 0 writes the report and the history if paths
-  were given;
+* ``on_train_end``: rank 0 analyses the latest sampled step if it was not and logs it
+  (:meth:`gradscope.Monitor.analyze_latest`), the hooks are removed, and rank 0 writes the
+  report and the history if paths were given;
 * ``on_exception`` and ``teardown``: the hooks are removed, nothing is analysed or written.
 
 Under DDP each rank monitors its own batch and the Monitor gathers the summaries with tensor
@@ -76,6 +77,8 @@ class GradscopeCallback(MonitorSession, _pl.Callback):
             TensorBoard's default directory (``runs/...``).
         writers: More destinations (see :class:`gradscope.integrations.logger.MonitorLogger`).
         figures_every: Log the figures every this many sampled steps (None: never).
+        scalars: Which History fields to log: ``"core"`` (default), ``"all"`` or a list
+            (see :class:`~gradscope.integrations.logger.MonitorLogger`).
         **monitor_kwargs: Passed to :class:`gradscope.Monitor` (``cells``, ``lyapunov``,
             ``analyze``, ``spectra_steps``, ...).
 
@@ -98,6 +101,7 @@ class GradscopeCallback(MonitorSession, _pl.Callback):
         tensorboard: Any = None,
         writers: Sequence[Any] = (),
         figures_every: int | None = 10,
+        scalars: Any = "core",
         **monitor_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -107,6 +111,7 @@ class GradscopeCallback(MonitorSession, _pl.Callback):
             save=save,
             writers=writers,
             figures_every=figures_every,
+            scalars=scalars,
             **monitor_kwargs,
         )
         self.use_loggers = logger
@@ -161,7 +166,7 @@ class GradscopeCallback(MonitorSession, _pl.Callback):
         self._resume()
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        """Remove the hooks; on rank 0 write the report and history if paths were given."""
+        """Analyse and log the latest sampled step, remove the hooks; write the files (rank 0)."""
         self._finish(trainer.is_global_zero)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:

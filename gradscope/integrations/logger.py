@@ -20,8 +20,16 @@ layer, at the step the writer is given (the Monitor's training step; the framewo
 callbacks use the framework's own step, see theirs). Tags are ``{prefix}/{layer}/{name}``
 (``prefix`` ``"gradscope"``; dots in layer names are kept). A value that is NaN or infinite
 at a step is not logged at that step, so a tag's points are exactly the steps that computed
-it. Every History field is logged under its own name unless renamed below, so fields
-added to :data:`gradscope.history.SUMMARY_KEYS` later are logged too.
+it.
+
+By default (``scalars="core"``) a layer gets its core tags only (:data:`CORE_KEYS`, at most
+7 of them for one cell family): ``rate``, ``regime_code``, ``half_life``,
+``log10_grad_norm_t0``, ``log10_grad_norm_tT``, ``loss_rate``, ``lyapunov`` (with
+``Monitor(lyapunov=True)``) and the carried gate's median (``gate_forget_median``,
+``gate_update_median`` or ``gate_dphi_median``). ``scalars="all"`` logs every History field
+under its own name unless renamed below (so fields added to
+:data:`gradscope.history.SUMMARY_KEYS` later are logged too), a list logs those fields.
+The fields, when logged:
 
 *Every sampled step* (cheap summaries, computed on every sampled step):
 
@@ -42,12 +50,15 @@ Jacobians) and ``sigma_max_{...}`` (their largest singular value, History ``norm
 ``lyapunov`` and ``lyapunov_stderr`` (only with ``Monitor(lyapunov=True)``). With the default
 ``analyze="auto"`` these are the sampled steps that the 2% time budget allows, and at least
 sampled steps 0, 1, 3, 7, 15, ... (one per doubling of the sampled steps), so every tag forms
-a curve; ``analyze=True`` analyses every sampled step.
+a curve; ``analyze=True`` analyses every sampled step. The latest sampled step is analysed
+when the Monitor is closed (or the framework's training ends), and logged again then: the
+analysed tags reach the end of training.
 
 *Every* ``figures_every`` *sampled steps* (0, ``figures_every``, ...; None: never), as images
 redrawn from the history up to that step: ``{prefix}/{layer}/heatmap`` (``log10 ‖∂L/∂s_t‖``
 over training step × timestep) and ``{prefix}/{layer}/rate`` (the state and loss-gradient
-decay rates over training), the figures of the training report.
+decay rates over training), the figures of the training report, each titled with its
+layer's name; and once more at the end of the run.
 
 The logging runs inside ``monitor.step()`` (a Monitor callback), so its time (mostly the
 figures) counts as the Monitor's in the time budget of ``analyze="auto"``.
@@ -96,6 +107,47 @@ def tag_of(key: str) -> str:
 #: The tag of every field of :data:`~gradscope.history.SUMMARY_KEYS`.
 SCALARS: dict[str, str] = {key: tag_of(key) for key in SUMMARY_KEYS}
 
+#: The History fields a :class:`MonitorLogger` logs by default (``scalars="core"``): the
+#: state-gradient decay (rate, regime, half-life), the loss gradient at both ends and its
+#: rate, λ1 and the carried gate's median (the family's own: forget, update or φ′; the
+#: others are NaN for it, so not logged). ``scalars="all"`` logs every field.
+CORE_KEYS: tuple[str, ...] = (
+    "rate",
+    "regime",
+    "half_life",
+    "grad_t0",
+    "grad_tT",
+    "loss_rate",
+    "lyapunov",
+    "gate_forget_median",
+    "gate_update_median",
+    "gate_dphi_median",
+)
+
+
+def scalar_keys(scalars: str | Any, keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The History fields to log: ``"core"`` (:data:`CORE_KEYS`), ``"all"`` or an iterable.
+
+    Raises:
+        ArgumentError: another string, or a field name the history does not keep.
+    """
+    if isinstance(scalars, str):
+        if scalars == "all":
+            return tuple(keys)
+        if scalars == "core":
+            return tuple(k for k in CORE_KEYS if k in keys)
+        raise ArgumentError(
+            f"scalars must be 'core', 'all' or a list of History fields, got {scalars!r}"
+        )
+    chosen = tuple(str(k) for k in scalars)
+    unknown = [k for k in chosen if k not in keys]
+    if unknown:
+        raise ArgumentError(
+            f"scalars: no History field {unknown}; the fields are {list(keys)} (tags: "
+            "gradscope.integrations.logger.SCALARS)"
+        )
+    return chosen
+
 
 def _number(key: str, value: Any) -> float:
     """A History value as the number logged (NaN: nothing to log)."""
@@ -109,18 +161,24 @@ def _number(key: str, value: Any) -> float:
     return value
 
 
-def history_scalars(history: Any, index: int = -1, prefix: str = "gradscope") -> dict[str, float]:
+def history_scalars(
+    history: Any,
+    index: int = -1,
+    prefix: str = "gradscope",
+    keys: tuple[str, ...] | None = None,
+) -> dict[str, float]:
     """The scalars of one sampled step: ``{"{prefix}/{layer}/{tag}": value}`` (finite only).
 
     Args:
         history: A :class:`gradscope.monitor.History`.
         index: Which sampled step (row), -1 for the latest.
         prefix: First part of every tag.
+        keys: The History fields to log (None: every field the history keeps).
     """
     out: dict[str, float] = {}
     for name in history.names:
         entry = history.entry(name, index)
-        for key in history.keys:
+        for key in history.keys if keys is None else keys:
             value = _number(key, entry.get(key, math.nan))
             if math.isfinite(value):
                 out[f"{prefix}/{name}/{tag_of(key)}"] = value
@@ -191,32 +249,47 @@ def verdict_text(history: Any, index: int = -1) -> str:
     return "\n".join(rows)
 
 
+def layer_figures(history: Any, name: str, index: int = -1) -> dict[str, Any]:
+    """One layer's training heatmap and rate figure from the rows up to ``index``.
+
+    Each title starts with the layer's name (``"rnn.l0: Decay rate over training"``): the
+    images of several layers sit side by side in TensorBoard and W&B.
+
+    Returns:
+        ``{"heatmap": Figure, "rate": Figure}`` (matplotlib figures, not yet drawn).
+    """
+    from gradscope.reporting.figures import training_heatmap_figure, training_rate_figure
+
+    stop = index % len(history) + 1
+    steps = history.steps[:stop]
+    summ = history.summaries(name)
+    figures = {
+        "heatmap": training_heatmap_figure(history.grad_norms(name)[:stop], steps),
+        "rate": training_rate_figure(
+            steps,
+            summ["rate"][:stop],
+            summ["regime"][:stop],
+            rate_ci=summ["rate_ci"][:stop],
+            loss_rates=summ["loss_rate"][:stop],
+        ),
+    }
+    for fig in figures.values():
+        ax = fig.axes[0]
+        ax.set_title(f"{name}: {ax.get_title()}" if ax.get_title() else name)
+    return figures
+
+
 def figure_images(history: Any, index: int = -1) -> dict[tuple[str, str], np.ndarray]:
-    """Each layer's training heatmap and rate figure, drawn from the rows up to ``index``.
+    """Each layer's :func:`layer_figures`, drawn from the rows up to ``index``.
 
     Returns:
         ``{(layer, "heatmap" | "rate"): (H, W, 3) uint8}``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from gradscope.reporting.figures import training_heatmap_figure, training_rate_figure
-
-    stop = index % len(history) + 1
-    steps = history.steps[:stop]
     out: dict[tuple[str, str], np.ndarray] = {}
     for name in history.names:
-        summ = history.summaries(name)
-        figures = {
-            "heatmap": training_heatmap_figure(history.grad_norms(name)[:stop], steps),
-            "rate": training_rate_figure(
-                steps,
-                summ["rate"][:stop],
-                summ["regime"][:stop],
-                rate_ci=summ["rate_ci"][:stop],
-                loss_rates=summ["loss_rate"][:stop],
-            ),
-        }
-        for what, fig in figures.items():
+        for what, fig in layer_figures(history, name, index).items():
             canvas = FigureCanvasAgg(fig)
             canvas.draw()
             out[name, what] = np.asarray(canvas.buffer_rgba())[..., :3].copy()
@@ -235,6 +308,9 @@ class MonitorLogger:
         text: Log the verdict text on every sampled step.
         step: Maps the Monitor's training step to the step logged (default: the same);
             the framework callbacks pass their trainer's step.
+        scalars: Which History fields to log: ``"core"`` (default, :data:`CORE_KEYS`: up
+            to 7 tags per layer), ``"all"`` (every field, :data:`SCALARS`) or a list of
+            History fields.
 
     Attributes:
         writers: The destinations, as one :class:`~gradscope.integrations.writers.Writers`
@@ -242,8 +318,13 @@ class MonitorLogger:
         failures: How many sampled steps could not be logged at all (their values or
             figures could not be made), each skipped with training going on.
 
+    When the Monitor analyses its latest sampled step at the end of the run
+    (:meth:`gradscope.Monitor.analyze_latest`) it calls the logger again for that step:
+    the scalars it did not have the first time are logged, then the verdict text and, if
+    ``figures_every`` is not None, the figures (the final view).
+
     Raises:
-        ArgumentError: no target, or ``figures_every`` < 1.
+        ArgumentError: no target, ``figures_every`` < 1, or ``scalars`` names no field.
     """
 
     def __init__(
@@ -253,7 +334,9 @@ class MonitorLogger:
         figures_every: int | None = 10,
         text: bool = True,
         step: Callable[[int], int] | None = None,
+        scalars: str | Any = "core",
     ) -> None:
+        self.keys = scalar_keys(scalars, SUMMARY_KEYS)
         if figures_every is not None and (int(figures_every) != figures_every or figures_every < 1):
             raise ArgumentError(
                 f"figures_every must be an integer >= 1 or None, got {figures_every!r}"
@@ -269,6 +352,8 @@ class MonitorLogger:
         self.text = bool(text)
         self.step = step
         self.failures = 0
+        # the latest row logged (rows, training step), its tags and the step logged at
+        self._logged: tuple[tuple[int, int], set[str], int] = ((-1, -1), set(), -1)
 
     def __call__(self, monitor: Any) -> None:
         """Log the monitor's latest sampled step (called by the Monitor).
@@ -279,7 +364,9 @@ class MonitorLogger:
         time (:attr:`failures` counts them all).
         """
         try:
-            self.log(monitor.history)
+            history = monitor.history
+            row = (len(history), int(history.steps[-1])) if len(history) else (0, -1)
+            self.log(history, again=row == self._logged[0])
         except Exception as exc:  # never out of monitor.step()
             self.failures += 1
             if self.failures == 1:
@@ -291,12 +378,14 @@ class MonitorLogger:
                     stacklevel=caller_level(),
                 )
 
-    def log(self, history: Any, index: int = -1) -> dict[str, int]:
+    def log(self, history: Any, index: int = -1, *, again: bool = False) -> dict[str, int]:
         """Log one sampled step of ``history`` (see the module docstring for what and when).
 
         Args:
             history: A :class:`gradscope.monitor.History`.
             index: Which sampled step (row), -1 for the latest.
+            again: The latest row was logged before and has been analysed since: log the
+                scalars it did not have, the text and the figures (the end of a run).
 
         Returns:
             ``{"scalars": n, "texts": n, "images": n}`` written to each destination.
@@ -305,15 +394,21 @@ class MonitorLogger:
             return {"scalars": 0, "texts": 0, "images": 0}
         index = index % len(history)
         at = int(history.steps[index])
+        _, logged, logged_at = self._logged
+        seen = logged if again else set()
         step = int(self.step(at)) if self.step is not None else at
-        scalars = history_scalars(history, index, self.prefix)
+        if again:  # at the step it was logged at, not the framework's step of now
+            step = logged_at
+        scalars = history_scalars(history, index, self.prefix, self.keys)
+        self._logged = ((len(history), at), seen | set(scalars), step)
+        scalars = {tag: v for tag, v in scalars.items() if tag not in seen}
         self.writers.log_scalars(scalars, step)
         texts = 0
         if self.text and history.names:
             self.writers.log_text(f"{self.prefix}/verdict", verdict_text(history, index), step)
             texts = 1
         images = 0
-        if self.figures_every is not None and index % self.figures_every == 0:
+        if self.figures_every is not None and (again or index % self.figures_every == 0):
             for (name, what), image in figure_images(history, index).items():
                 self.writers.log_image(f"{self.prefix}/{name}/{what}", image, step)
                 images += 1
@@ -351,12 +446,15 @@ def log_all(history: Any, *targets: Any, **kwargs: Any) -> Mapping[str, int]:
 
 
 __all__ = [
+    "CORE_KEYS",
     "LOG10_TAGS",
     "SCALARS",
     "MonitorLogger",
     "figure_images",
     "history_scalars",
+    "layer_figures",
     "log_all",
     "md_cell",
+    "scalar_keys",
     "tag_of",
 ]

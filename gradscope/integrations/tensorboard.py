@@ -16,7 +16,8 @@ each gets a point, are listed in :mod:`gradscope.integrations.logger`: gradient 
 ``log10`` (``gradscope/{layer}/log10_grad_norm_t0``), the loss-gradient fit on every
 sampled step, the analysed summaries (``rate``, ``regime_code``, ``radius_*``,
 ``sigma_max_*``, ...) on the analysed steps, the verdict as text, and the figures as images
-redrawn at their step.
+redrawn at their step. By default only each layer's core tags are written
+(:data:`~gradscope.integrations.logger.CORE_KEYS`); ``scalars="all"`` writes every field.
 
 Uses ``torch.utils.tensorboard`` (needs the ``tensorboard`` package: ``pip install
 "gradscope-rnn[tensorboard]"``); imported only when a writer for a log directory is made.
@@ -85,6 +86,8 @@ class TensorBoardCallback(MonitorLogger):
         prefix: First part of every tag.
         figures_every: Add the figures every this many sampled steps (None: never).
         text: Add the verdict text on every sampled step.
+        scalars: Which History fields to log: ``"core"`` (default), ``"all"`` or a list
+            (see :class:`~gradscope.integrations.logger.MonitorLogger`).
 
     Attributes:
         writer: The ``SummaryWriter`` written to.
@@ -102,9 +105,12 @@ class TensorBoardCallback(MonitorLogger):
         prefix: str = "gradscope",
         figures_every: int | None = None,
         text: bool = True,
+        scalars: str | Any = "core",
     ) -> None:
         tensorboard = TensorBoardWriter(writer if writer is not None else log_dir)
-        super().__init__(tensorboard, prefix=prefix, figures_every=figures_every, text=text)
+        super().__init__(
+            tensorboard, prefix=prefix, figures_every=figures_every, text=text, scalars=scalars
+        )
         self.writer = tensorboard.writer
 
 

@@ -43,10 +43,13 @@ all and the step costs nothing. On a sampled step, ``step()``
    weight rows; the path share or the vanilla factor norm on analysed steps). The analyses
    cost dense ``D × D`` linear algebra (``O(D³)`` per Jacobian), which for large states
    outweighs many training steps, so by default
-   (``analyze="auto"``) they run only as often as keeps the Monitor's total cost within
-   ``budget`` (2%) of the measured training time, and at least once per doubling of the
-   sampled steps (sampled steps 0, 1, 3, 7, 15, ... when the budget allows nothing more), so
-   that they form curves;
+   (``analyze="auto"``) they run only as often as keeps their own cost within ``budget``
+   (2%) of the measured training time (the recording of sampled steps, the schedule's cost,
+   does not count: cheap analyses run on every sampled step), and at least once per
+   doubling of the sampled steps (sampled steps 0, 1, 3, 7, 15, ... when the budget allows
+   nothing more), so that they form curves; and the latest sampled step is analysed when
+   the Monitor is closed, reported or saved (:meth:`Monitor.analyze_latest`), so that they
+   reach the end of training;
 3. under ``torch.distributed``, all-gathers those fixed-size float64 rows from every rank
    (tensor collectives only, no pickling) so the history holds every rank's batch;
 4. appends one row to :attr:`Monitor.history`, keeps this step's trace as
@@ -80,7 +83,8 @@ hooks with it: they hold it only weakly.
 Training is never changed: the hooks only read; the global RNG states (torch CPU and the
 current CUDA devices, NumPy's and Python's) are restored after every sampled step's analysis;
 unsampled steps run without hooks. ``close()`` (or leaving the ``with`` block, also through an
-exception) removes every hook; while an exception propagates nothing is analysed.
+exception) removes every hook; while an exception propagates nothing is analysed
+(``close(analyze=False)``).
 
 The grad norms
 --------------

@@ -6,18 +6,26 @@ import time
 
 
 class AnalysisBudget:
-    """Training time against the Monitor's own time, and which sampled steps get analysed.
+    r"""Training time against the analyses' time, and which sampled steps get analysed.
 
     Training time is what passes between two ``Monitor.step()`` calls, less paused blocks;
     the Monitor's time is what passes inside ``step()`` (recording, summaries, analyses,
-    callbacks). A sampled step is analysed when it is the first, when the sampled steps
-    have doubled since the latest analysis (sampled steps 0, 1, 3, 7, 15, ... when the
-    budget allows nothing more, so every analysed summary forms a curve), or when the
-    Monitor's time so far plus this step's recording plus the latest analysis's cost again
-    stays within ``fraction`` of the training time.
+    callbacks), of which the analyses' time is what :meth:`record` is told. A sampled step
+    is analysed when it is the first, when the sampled steps have doubled since the latest
+    analysis (sampled steps 0, 1, 3, 7, 15, ... when the budget allows nothing more, so
+    every analysed summary forms a curve), or when the analyses so far plus the latest
+    analysis's cost again stay within ``fraction`` of the training time:
+
+    .. math:: \sum_{\text{analyses}} c_i + c_{\text{last}} \le f \cdot T_{\text{train}}.
+
+    The recording of a sampled step is the schedule's cost (the user chose ``every``), not
+    the analyses', so it does not count here: an analysis that costs a fraction ``f`` of
+    one training step runs on every sampled step even with ``every=1``, and one that costs
+    ``m`` training steps on every ``m / (f · every)``-th sampled step. Cheap analyses give
+    curves, not dots.
 
     Args:
-        fraction: The target cost of the Monitor as a fraction of the training time.
+        fraction: The analyses' target cost as a fraction of the training time.
     """
 
     def __init__(self, fraction: float) -> None:
@@ -26,6 +34,7 @@ class AnalysisBudget:
         self.excluded = 0.0  # paused time since then
         self.train_s = 0.0  # training time between step() calls
         self.monitor_s = 0.0  # time spent inside step(): recording and analyses
+        self.analysis_s = 0.0  # time spent in analyses (inside step() or not)
         self.last_cost = 0.0  # cost of the latest analysis
         self.analysed = 0  # sampled steps analysed so far
         self.analysed_at = 0  # the index of the latest analysed sampled step
@@ -46,15 +55,15 @@ class AnalysisBudget:
         """A paused block took ``seconds``: not training time."""
         self.excluded += seconds
 
-    def should_analyze(self, n: int, entered: float) -> bool:
-        """Whether sampled step ``n`` (0, 1, ...), whose ``step()`` began at ``entered``, fits."""
+    def should_analyze(self, n: int) -> bool:
+        """Whether sampled step ``n`` (0, 1, ...) gets the analyses."""
         if not self.analysed or n >= 2 * self.analysed_at + 1:
             return True  # the first one (its cost is known from then on), or a doubling
-        spent = self.monitor_s + (time.perf_counter() - entered)  # this step's recording too
-        return spent + self.last_cost <= self.fraction * self.train_s
+        return self.analysis_s + self.last_cost <= self.fraction * self.train_s
 
     def record(self, n: int, cost: float) -> None:
         """Sampled step ``n`` was analysed at a cost of ``cost`` seconds."""
         self.last_cost = cost
+        self.analysis_s += cost
         self.analysed += 1
-        self.analysed_at = n
+        self.analysed_at = max(self.analysed_at, n)

@@ -10,12 +10,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
 from gradscope._rng import rng_preserved
-from gradscope.analysis.gates.values import declared
 from gradscope.cells import is_registered
 from gradscope.errors import (
     ArgumentError,
@@ -25,12 +22,12 @@ from gradscope.errors import (
     MissingDataError,
     NoRecurrentModuleError,
 )
-from gradscope.history import SUMMARY_KEYS, Entry, History
+from gradscope.history import Entry, History
 from gradscope.monitor.arguments import callback_list, positive_count
 from gradscope.monitor.budget import AnalysisBudget
 from gradscope.monitor.gather import Snapshot, all_gather, detect_distributed, world_size
 from gradscope.monitor.schedules import Every, Schedule, as_schedule
-from gradscope.monitor.summaries import summarize, trace_grad_norms
+from gradscope.monitor.summaries import trace_summaries
 from gradscope.recording.build import no_recurrent_error
 from gradscope.recording.recorder import Recorder
 from gradscope.traces import Trace
@@ -86,10 +83,12 @@ class Monitor:
             timestep.
         analyze: On which sampled steps to compute the analyses of :func:`summarize` (decay
             fits, spectra, Lyapunov: dense ``D × D`` linear algebra, whose cost does not
-            shrink with ``every``). ``"auto"``: whenever the Monitor's total time (the
-            recording of every sampled step plus the analyses so far, plus the last
-            analysis's cost again) stays within ``budget`` of the training time measured
-            between ``step()`` calls; paused blocks do not count. Whatever the budget, the
+            shrink with ``every``). ``"auto"``: whenever the analyses so far, plus the
+            last analysis's cost again, stay within ``budget`` of the training time
+            measured between ``step()`` calls (paused blocks do not count, nor does the
+            recording of sampled steps, the schedule's own cost), so an analysis that is
+            cheap next to the training steps runs on every sampled step. Whatever the
+            budget, the
             first sampled step is analysed and at least one in each doubling of the sampled
             steps: sampled step ``n`` is analysed when ``n >= 2 m + 1``, ``m`` the latest
             analysed one (so 0, 1, 3, 7, 15, ... when the budget allows nothing more), so
@@ -100,11 +99,13 @@ class Monitor:
             schedule
             ``n -> bool`` over the index ``n = 0, 1, ...`` of the sampled step (e.g.
             ``Every(10)``: every 10th sampled step), or True (all) / False (none). Grad
-            norms are recorded on every sampled step regardless.
-        budget: With ``analyze="auto"``, the Monitor's target cost as a fraction of the
-            training time (0.02: 2%). The recording of sampled steps is never skipped, so a
-            schedule whose recording alone costs more (e.g. ``every=1``) gets no analysis
-            after the first ones of the doubling rule.
+            norms are recorded on every sampled step regardless. Unless ``analyze`` is
+            False, the latest sampled step is analysed when the Monitor is closed,
+            reported or saved (:meth:`analyze_latest`), so the analysed curves reach the
+            end of training.
+        budget: With ``analyze="auto"``, the analyses' target cost as a fraction of the
+            training time (0.02: 2%; :class:`~gradscope.monitor.budget.AnalysisBudget`).
+            The recording of sampled steps is never skipped and is not part of it.
         spectra_steps: Jacobian steps (spread over the sequence) per spectral statistic.
         spectra_batch: Sequences per spectral statistic.
         decay_batch: Sequences used for the state-decay fit and Lyapunov (None: all).
@@ -160,6 +161,7 @@ class Monitor:
         self.schedule: Schedule = as_schedule(
             schedule if schedule is not None else Every(every), "schedule"
         )
+        self._never = analyze is False  # not even the latest step when closing
         if analyze == "auto":
             if not budget > 0:
                 raise ArgumentError(f"Monitor: budget must be > 0, got {budget!r}")
@@ -198,6 +200,7 @@ class Monitor:
         self.latest: Snapshot | None = None
         self.global_step = 0
         self._closed = False
+        self._pending = False  # the latest row holds a trace that was not analysed
         self._paused = 0
         self._recorder: Any = None
         self._budget = AnalysisBudget(self.budget)  # time accounting for analyze="auto"
@@ -208,11 +211,19 @@ class Monitor:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.close()
+        self.close(analyze=exc_type is None)  # while an exception propagates: nothing
 
-    def close(self) -> None:
-        """Remove every hook; the history and the latest snapshot stay readable."""
+    def close(self, *, analyze: bool = True) -> None:
+        """Remove every hook; the history and the latest snapshot stay readable.
+
+        Args:
+            analyze: First analyse the latest sampled step if it was not
+                (:meth:`analyze_latest`), so that the analysed summaries reach the end of
+                training. False: only remove the hooks (a run that failed).
+        """
         self._disarm()
+        if analyze and not self._closed:
+            self.analyze_latest()
         self._closed = True
 
     @property
@@ -315,7 +326,7 @@ class Monitor:
         step, sampled = self.global_step, self._recorder is not None
         try:
             if sampled:
-                self._harvest(step, entered)
+                self._harvest(step)
         finally:
             self._disarm()
             self.global_step += 1
@@ -323,11 +334,11 @@ class Monitor:
             self._budget.leave(entered)
         return sampled
 
-    def _should_analyze(self, entered: float) -> bool:
+    def _should_analyze(self) -> bool:
         """Whether this sampled step gets the loss-independent summaries."""
         if self.analyze is not None:
             return bool(self.analyze(len(self.history)))  # the n-th sampled step
-        return self._budget.should_analyze(len(self.history), entered)
+        return self._budget.should_analyze(len(self.history))
 
     def _collect(self) -> tuple[Trace | None, list[str], list[str]]:
         """This step's trace (None if nothing was reached), notes and unreached layers.
@@ -348,25 +359,23 @@ class Monitor:
             notes.append(UNSCALED)
         return trace, notes, unreached
 
-    def _harvest(self, step: int, entered: float) -> None:
+    def _summaries(self, trace: Trace, analyze: bool) -> tuple[dict[str, Entry], list[str]]:
+        """Grad norms and summaries of every layer of ``trace`` (this rank's), and notes."""
+        entries, notes, families = trace_summaries(trace, analyze=analyze, **self.options)
+        for name, (kind, gates) in families.items():
+            self.history.meta.setdefault("kinds", {})[name] = kind
+            self.history.meta.setdefault("gate_families", {})[name] = gates
+        return entries, notes
+
+    def _harvest(self, step: int) -> None:
         with rng_preserved():
             trace, notes, unreached = self._collect()
             entries: dict[str, Entry] = {}
-            analyze = trace is not None and self._should_analyze(entered)
+            analyze = trace is not None and self._should_analyze()
             start = time.perf_counter()
-            with torch.no_grad():
-                norms, more = trace_grad_norms(trace) if trace is not None else ({}, [])
+            if trace is not None:
+                entries, more = self._summaries(trace, analyze)
                 notes.extend(more)
-                for layer in trace.layers if trace is not None else ():
-                    self.history.meta.setdefault("kinds", {})[layer.name] = layer.kind
-                    found = declared(layer)  # what the family declares of its gates
-                    self.history.meta.setdefault("gate_families", {})[layer.name] = (
-                        None if found is None else found[1].as_dict()
-                    )
-                    gn = norms[layer.name]
-                    values, msgs = summarize(layer, analyze=analyze, norms=gn, **self.options)
-                    entries[layer.name] = (gn, np.array([values[k] for k in SUMMARY_KEYS]))
-                    notes.extend(msgs)
             if analyze:
                 self._budget.record(len(self.history), time.perf_counter() - start)
         if self._distributed:
@@ -378,6 +387,8 @@ class Monitor:
             self.history.note(step, msg)
         if trace is not None:
             self.latest = Snapshot(step, trace)
+        # the latest row can be analysed later (analyze_latest) only if it holds this trace
+        self._pending = trace is not None and not analyze
         if unreached and not self._warned_unreached:
             self._warned_unreached = True
             warnings.warn(
@@ -411,9 +422,44 @@ class Monitor:
                 stacklevel=4,
             )
 
+    def analyze_latest(self) -> bool:
+        """Analyse the latest sampled step if it was not, so the analyses reach the end.
+
+        Otherwise the state-decay curve, the spectra and every analysed tag end at the
+        latest *analysed* step. Its analyses are computed from :attr:`latest` (the trace
+        kept anyway) into its row of :attr:`history` (the grad norms stay), and the
+        ``callbacks`` run again for it, so a logger gets the analysed values at that step.
+        :meth:`close`, :meth:`report`, :meth:`save` and the framework callbacks' end of
+        training call it. A no-op on ranks other than 0 (rank 0 reports), with
+        ``analyze=False``, when the latest row is analysed or holds no trace, and once
+        closed.
+
+        Returns:
+            Whether it analysed.
+        """
+        if not self._pending or self._never or self._closed or self.latest is None:
+            return False
+        if self.rank != 0:
+            return False
+        self._pending = False
+        step, trace, index = self.latest.step, self.latest.trace, len(self.history) - 1
+        start = time.perf_counter()
+        with rng_preserved():
+            entries, notes = self._summaries(trace, analyze=True)
+            for name, (_, values) in entries.items():
+                self.history.update(index, name, values, rank=0)
+            for msg in notes:
+                self.history.note(step, msg)
+            self._budget.record(index, time.perf_counter() - start)
+            for callback in self.callbacks:
+                self._call(callback, step)
+        return True
+
     # ----------------------------------------------------------------- output
     def report(self, path: str | os.PathLike, *, environment: bool = False) -> Path | None:
         """Write the training report (HTML or PDF by suffix) on rank 0.
+
+        The latest sampled step is analysed first if it was not (:meth:`analyze_latest`).
 
         ``environment=True`` adds the platform string (see
         :func:`gradscope.reporting.report`); off by default.
@@ -425,13 +471,18 @@ class Monitor:
             return None
         from gradscope.reporting import report
 
+        self.analyze_latest()
         with rng_preserved():
             return report(self, path, environment=environment)
 
     def save(self, path: str | os.PathLike) -> Path | None:
-        """Save :attr:`history` (:meth:`History.save`) on rank 0; None on other ranks."""
+        """Save :attr:`history` (:meth:`History.save`) on rank 0; None on other ranks.
+
+        The latest sampled step is analysed first if it was not (:meth:`analyze_latest`).
+        """
         if self.rank != 0:
             return None
+        self.analyze_latest()
         return self.history.save(path)
 
     def __repr__(self) -> str:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
 
 from gradscope.analysis.sampling import evenly_spaced
 from gradscope.errors import GradscopeError, MissingDataError
-from gradscope.history import REGIME_CODES, STAT_KEYS, SUMMARY_KEYS
+from gradscope.history import REGIME_CODES, STAT_KEYS, SUMMARY_KEYS, Entry
 from gradscope.traces import LayerTrace, Trace
 
 
@@ -227,3 +228,34 @@ def summarize(
     if lyapunov:
         attempt("the leading Lyapunov exponent", lyap)
     return out, notes
+
+
+def trace_summaries(
+    trace: Trace, *, analyze: bool, **options: Any
+) -> tuple[dict[str, Entry], list[str], dict[str, tuple[str, dict[str, Any] | None]]]:
+    """:func:`trace_grad_norms` and :func:`summarize` of every layer of one sampled step.
+
+    Args:
+        trace: The step's recording (loss gradients in).
+        analyze: Compute the expensive summaries too (see :func:`summarize`).
+        **options: For :func:`summarize` (``lyapunov``, ``gates``, ``spectra_steps``, ...).
+
+    Returns:
+        ``({name: (grad norms (T+1,), summaries (K,))}, notes, {name: (kind, gates)})``
+        with ``gates`` what the family declares of its gates (``Gates.as_dict()``, None
+        without gates).
+    """
+    from gradscope.analysis.gates.values import declared
+
+    entries: dict[str, Entry] = {}
+    families: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    with torch.no_grad():
+        norms, notes = trace_grad_norms(trace)
+        for layer in trace.layers:
+            found = declared(layer)
+            families[layer.name] = (layer.kind, None if found is None else found[1].as_dict())
+            gn = norms[layer.name]
+            values, msgs = summarize(layer, analyze=analyze, norms=gn, **options)
+            entries[layer.name] = (gn, np.array([values[k] for k in SUMMARY_KEYS]))
+            notes.extend(msgs)
+    return entries, notes, families

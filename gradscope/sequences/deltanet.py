@@ -75,6 +75,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import BLOCK, Params
 from gradscope.errors import ArgumentError
+from gradscope.sequences import advice
 from gradscope.sequences._hf_mixers import (
     call_arguments,
     causal_conv_silu,
@@ -377,6 +378,10 @@ class DeltaNetAdapter(SequenceAdapter):
             ],
             dim=1,
         )
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """The gate (``A_log``, ``dt_bias``) and β, with this layer's values."""
+        return advice.deltanet(params, facts)
 
 
 ADAPTER = DeltaNetAdapter()

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import DIAGONAL, Params
 from gradscope.errors import ArgumentError
+from gradscope.sequences import advice
 from gradscope.sequences._hf_mixers import (
     call_arguments,
     causal_conv_silu,
@@ -104,6 +105,8 @@ class MambaAdapter(SequenceAdapter):
     say what their drive adds (a relative never changes :meth:`step` or the products).
     """
 
+    #: The config's names of the range the Δ bias is initialised in (``MambaConfig``).
+    step_range = ("time_step_min", "time_step_max")
     kind = "mamba"
     state_names = ("h",)
     structure = DIAGONAL
@@ -301,6 +304,10 @@ class MambaAdapter(SequenceAdapter):
         zeros_c = m.new_zeros((n, G * Ns, k))
         zeros_z = m.new_zeros((n, E, k))
         return torch.cat([gx, gdt, gb.reshape(n, G * Ns, k), zeros_c, zeros_z], dim=1)
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """Δ (``dt_proj.bias``) and ``A_log``, with this layer's values."""
+        return advice.mamba(params, facts, *self.step_range)
 
 
 ADAPTER = MambaAdapter()

@@ -74,6 +74,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import SCALAR_IDENTITY, Params
 from gradscope.errors import ArgumentError
+from gradscope.sequences import advice
 from gradscope.sequences._hf_mixers import (
     call_arguments,
     causal_conv_silu,
@@ -333,6 +334,10 @@ class Mamba2Adapter(SequenceAdapter):
         gb = gb.reshape(n, G, H // G, N, k).sum(dim=2)
         zeros = m.new_zeros((n, G * N + H * P, k))
         return torch.cat([gx.reshape(n, H * P, k), gd, gb.reshape(n, G * N, k), zeros], dim=1)
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """``dt_bias``, ``A_log`` and ``time_step_limit``, with this layer's values."""
+        return advice.mamba2(params, facts)
 
 
 ADAPTER = Mamba2Adapter()

@@ -88,6 +88,7 @@ class MambapyBlockAdapter(MambaAdapter):
     """
 
     kind = "mambapy"
+    step_range = ("dt_min", "dt_max")  # mambapy's MambaConfig
     rounds_update_inputs = False
     config = {"norm_eps?": "nonnegative"}  # noqa: RUF012 (present with inner_layernorms)
 

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import DIAGONAL, Params
 from gradscope.errors import ShapeError, UnsupportedModuleError
+from gradscope.sequences import advice
 from gradscope.sequences.base import Drive, SequenceAdapter
 
 #: ``F.softplus``'s default threshold: above it the function is ``x`` and its slope 1.
@@ -256,6 +257,10 @@ class MinGRUAdapter(ElementwiseAdapter):
         # ∂a/∂zᵖ = −softplus'(zᵖ) a,  ∂z/∂zᵖ = z (1 − z)
         dz = z * (1 - z) * cand - softplus_prime(zp) * a * s
         return Elementwise(a, (z * g_prime(hp), dz)), nxt
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """A gate bias towards keeping, with this layer's values."""
+        return advice.mingru(params, facts)
 
 
 ADAPTER = MinGRUAdapter()

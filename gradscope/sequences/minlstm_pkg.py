@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gradscope.cells.base import Params
+from gradscope.sequences import advice
 from gradscope.sequences.mingru_pkg import (
     Elementwise,
     ElementwiseAdapter,
@@ -85,6 +86,10 @@ class MinLSTMAdapter(ElementwiseAdapter):
         c = inn * softplus_prime(-delta) * cand - fn * softplus_prime(delta) * s
         coeffs = (inn * g_prime(hp), -softplus_prime(-fp) * c, softplus_prime(-ip) * c)
         return Elementwise(fn, coeffs), nxt
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """The forget half above the input half, with this layer's values."""
+        return advice.minlstm(params, facts)
 
 
 ADAPTER = MinLSTMAdapter()

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradscope.cells.base import DIAGONAL, Params
+from gradscope.sequences import advice
 from gradscope.sequences.base import Drive, SequenceAdapter, scalar
 
 #: The constant ``c`` of ``a = exp(−c softplus(Λ) r)`` (hard-coded in the module's forward).
@@ -214,6 +215,10 @@ class RglruAdapter(SequenceAdapter):
         if not rev:  # m = [δx; δr; δi; δkeep] (N, 3W + 1, k)
             return mi * m[:, :W] + gr * m[:, W : 2 * W] + mx * m[:, 2 * W : 3 * W]
         return torch.cat([mi * m, gr * m, mx * m, m.new_zeros((m.shape[0], 1, m.shape[-1]))], 1)
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """Λ (``recurrent_param``) and the recurrence gate, with this layer's values."""
+        return advice.rglru(params, facts)
 
 
 ADAPTER = RglruAdapter()

@@ -66,6 +66,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import DIAGONAL, Params
 from gradscope.errors import UnsupportedModuleError
+from gradscope.sequences import advice
 from gradscope.sequences.base import Drive, SequenceAdapter
 
 #: Margin (in e-folds) kept below the dtype's largest / above its smallest normal number.
@@ -268,6 +269,10 @@ class RwkvAdapter(SequenceAdapter):
             return torch.cat([ekv * dk + ek * dv, ek * dk], dim=1)
         un, ud = m[:, :A], m[:, A:]  # m = [ū_num; ū_den] (N, 2A, k)
         return torch.cat([ekv * un + ek * ud, ek * un, torch.zeros_like(un)], dim=1)
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """``time_decay``, with this layer's values."""
+        return advice.rwkv(params, facts)
 
 
 ADAPTER = RwkvAdapter()

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import BLOCK, Params
 from gradscope.errors import ArgumentError, UnsupportedModuleError
+from gradscope.sequences import advice
 from gradscope.sequences.base import Drive, SequenceAdapter, count, scalar
 
 _DISCRETE = {"discretize_zoh": 0.0, "discretize_bilinear": 1.0}
@@ -292,6 +293,10 @@ class S5Adapter(SequenceAdapter):
         g = (f.g.real[..., None] * m[:, :P] + f.g.imag[..., None] * m[:, P:]).sum(1, True)
         zeros = m.new_zeros((m.shape[0], x.shape[-1] - 2 * P - 1, m.shape[-1]))
         return torch.cat([back, g, zeros], dim=1)
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """``log_step`` and ``Λ``, with this layer's values."""
+        return advice.s5(params, facts)
 
 
 def _cmul(c: Tensor, m: Tensor, conj: bool) -> Tensor:

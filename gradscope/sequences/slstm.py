@@ -223,14 +223,18 @@ class SLSTMAdapter(GatedCell, SequenceAdapter):
 
     def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
         """A forget gate nearer 1 (its bias), and what the stabiliser does not change."""
+        H = int(params["weight_hh"].shape[1])
+        fb = float(params["bias"][H : 2 * H].double().mean())
         return [
-            "Raise the cell's forget-gate bias (the f rows of the sLSTM cell's bias; the "
-            "package's 'powerlaw_blockdependent' init spreads it over units) so that σ(f̃) "
+            "Raise the cell's forget-gate bias (the f rows H:2H of the sLSTM cell's _bias_, "
+            f"now mean {fb:+.2f}; the package's 'powerlaw_blockdependent' init spreads it over "
+            "units) so that σ(f̃) "
             "stays near 1: f_t = σ(f̃) e^(m_(t−1) − m_t) carries c and n, and the "
             "stabiliser m only rescales them.",
             "A large input gate resets the stabiliser (m_t = ĩ) and with it the carry: look "
             "at the input-gate distribution before raising the learning rate.",
-            f"Dependencies longer than ~{facts['horizon']} steps are out of reach at present.",
+            "For the longest dependencies xLSTM interleaves mLSTM blocks, whose memory path "
+            "carries no recurrent weight matrix (f_t · I only).",
         ]
 
 

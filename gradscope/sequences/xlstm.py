@@ -108,6 +108,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import SCALAR_IDENTITY, Params
 from gradscope.errors import ArgumentError, ShapeError, UnsupportedModuleError
+from gradscope.sequences import advice
 from gradscope.sequences._xlstm_backend import check_backend
 from gradscope.sequences.base import Drive, SequenceAdapter, count, scalar
 
@@ -460,6 +461,13 @@ class MLSTMAdapter(SequenceAdapter):
         return torch.cat(
             [zq, gK.reshape(N, h * dk, kk), gV.reshape(N, h * dv, kk), gi, gf, zo, zh, zh], dim=1
         )
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """The forget-gate bias, with this layer's values."""
+        if "ifgate_preact.weight" in params:  # fused: the f rows follow the H rows of ĩ
+            b, h = params.get("ifgate_preact.bias"), int(params["num_heads"])
+            return advice.mlstm(params, facts, "ifgate_preact.bias[H:]", b if b is None else b[h:])
+        return advice.mlstm(params, facts, "fgate_preact.bias", params.get("fgate_preact.bias"))
 
 
 ADAPTER = MLSTMAdapter()

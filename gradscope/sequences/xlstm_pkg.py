@@ -61,6 +61,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import Params
 from gradscope.errors import ArgumentError, ShapeError, UnsupportedModuleError
+from gradscope.sequences import advice
 from gradscope.sequences.base import Drive, count, scalar
 from gradscope.sequences.xlstm import MLSTMAdapter
 
@@ -271,6 +272,10 @@ class MLSTMBlockAdapter(MLSTMAdapter):
         out = super().product(params, x[:, :core], s, f, m, wrt, rev)
         zeros = m.new_zeros((m.shape[0], x.shape[-1] - core, m.shape[-1]))
         return torch.cat([out, zeros], dim=1)
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """The cell's forget-gate bias (``fgate.bias``), with this layer's values."""
+        return advice.mlstm(params, facts, "fgate.bias", params.get("fgate.bias"))
 
 
 ADAPTER = MLSTMBlockAdapter()

@@ -19,6 +19,9 @@ from gradscope.analysis.gates.values import QUANTILES
 
 #: Lag of the plain-language sentence (or the longest lag, if shorter).
 SENTENCE_LAG = 100
+#: An additive-path share below this (above 1 minus this): the gradient travels through the
+#: recurrent weights (through the gate).
+THROUGH_WEIGHTS = 0.1
 
 #: The sentence of a gate view with no finite gate value (diverged or empty layers).
 NOT_MEASURED = (
@@ -66,6 +69,10 @@ class GateView:
         word: The carried gate in a word (``"forget"``, ``"update"``, ``"dphi"``).
         path_text: The additive path in a sentence (``"cell path (diag f on c)"``).
         short_text: The additive path in a table cell (``"cell path"``).
+        rate: The fitted state-decay rate of the layer (:func:`gradscope.decay`), when the
+            diagnosis set it; else (NaN) the sentences take the slope of
+            :attr:`total_log` against :attr:`walk_lags`.
+        lambda1: The layer's leading Lyapunov exponent, when the diagnosis set it (NaN).
     """
 
     name: str
@@ -91,6 +98,34 @@ class GateView:
     word: str = ""
     path_text: str = ""
     short_text: str = ""
+    rate: float = math.nan
+    lambda1: float = math.nan
+
+    def long_run_rate(self) -> float:
+        """The rate that decides (natural log per step): :attr:`rate`, else the walk's slope.
+
+        The slope is the least-squares fit of :attr:`total_log` (``ln ‖∂s_T/∂s_{T−k}‖₂``,
+        median over sequences) against the lag, over the finite lags past the first tenth.
+        """
+        if math.isfinite(self.rate):
+            return self.rate
+        lags, logs = np.asarray(self.walk_lags, float), np.asarray(self.total_log, float)
+        if lags.size != logs.size:
+            return math.nan
+        ok = np.isfinite(logs) & (lags >= lags.max(initial=0) / 10)
+        if ok.sum() < 3 or np.ptp(lags[ok]) == 0:
+            return math.nan
+        return float(np.polyfit(lags[ok], logs[ok], 1)[0])
+
+    def _through(self, share: float) -> str:
+        """Which path the gradient takes, from the additive path's share (empty: both)."""
+        if not math.isfinite(share):
+            return ""
+        if share < THROUGH_WEIGHTS:
+            return "it travels through the recurrent weights, not the gate"
+        if share > 1 - THROUGH_WEIGHTS:
+            return "the gate carries it"
+        return ""
 
     def share_at(self, lag: int) -> tuple[int, float]:
         """``(lag actually used, share)``: the measured lag closest to ``lag``."""
@@ -112,21 +147,32 @@ class GateView:
                     "reaches back further than one step (the state forgets its past at once)."
                 )
             ratio = med / self.weight_norm
-            return (
+            out = (
                 f"No additive path: every step back multiplies by diag(φ′) W_hh, median norm "
                 f"{med:.2f} per step (‖W_hh‖₂ = {self.weight_norm:.2f}, φ′ median {d:.2f}, so "
                 f"saturation shrinks it ×{ratio:.2f})."
             )
+            rate = self.long_run_rate()
+            if med > 1 and rate < 0:
+                lam = f", λ1 {self.lambda1:+.3f}" if math.isfinite(self.lambda1) else ""
+                out += (
+                    f" That norm only bounds one step: the product of the factors falls at "
+                    f"{rate:+.3f}/step{lam} (×{math.exp(rate):.2f} per step), so the factors "
+                    "are non-normal."
+                )
+            return out
         gate, g, what = self.word, self.gate, self.path_text
         want = min(SENTENCE_LAG, int(self.lags[-1]) if self.lags.size else 0)
         lag, share = self.share_at(want)
         i = int(np.argmin(np.abs(self.walk_lags - lag))) if self.walk_lags.size else 0
         total = math.exp(self.total_log[i]) if self.total_log.size else math.nan
         best = math.exp(self.carry_max[lag]) if lag < len(self.carry_max) else math.nan
+        through = self._through(share)
         return (
             f"{lag} steps back ‖∂s_T/∂s_T−{lag}‖ = {total:.2g} and the {what} carries "
-            f"{100 * share:.0f}% of it (its best unit keeps ∏{g} = {best:.2g}); {gate} gates "
-            f"median {self.medians.get(g, math.nan):.2f}."
+            f"{100 * share:.0f}% of it{': ' + through if through else ''} (its best unit "
+            f"keeps ∏{g} = {best:.2g}); {gate} gates median "
+            f"{self.medians.get(g, math.nan):.2f}."
         )
 
     def short(self) -> str:
@@ -136,12 +182,19 @@ class GateView:
         if self.gate is None:
             if self.weight_norm == 0:
                 return "no recurrent path (W_hh = 0)"
-            return f"no gate path; ‖diag(φ′)W_hh‖₂ ≈ {_median(self.factor[:, 2]):.2f} per step"
+            med, rate = _median(self.factor[:, 2]), self.long_run_rate()
+            out = f"no gate path; ‖diag(φ′)W_hh‖₂ ≈ {med:.2f} per step"
+            if med > 1 and rate < 0:
+                out += f", yet the product falls at {rate:+.3f}/step (non-normal)"
+            return out
         g, what = self.gate, self.short_text
         want = min(SENTENCE_LAG, int(self.lags[-1]) if self.lags.size else 0)
         lag, share = self.share_at(want)
+        through = (
+            ": through the weights" if math.isfinite(share) and share < THROUGH_WEIGHTS else ""
+        )
         return (
-            f"{what} carries {100 * share:.0f}% at lag {lag}; {g} median "
+            f"{what} carries {100 * share:.0f}% at lag {lag}{through}; {g} median "
             f"{self.medians.get(g, math.nan):.2f}"
         )
 
@@ -177,4 +230,4 @@ class GateView:
         return jsonable(out)
 
 
-__all__ = ["NOT_MEASURED", "SENTENCE_LAG", "GateView"]
+__all__ = ["NOT_MEASURED", "SENTENCE_LAG", "THROUGH_WEIGHTS", "GateView"]
