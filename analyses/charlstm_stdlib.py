@@ -510,6 +510,7 @@ def answer(s: dict) -> list[str]:
     noise = max(max(v) - min(v) for v in each.values())
     n_seeds = min(len(v) for v in each.values())
     best = min(sweep, key=sweep.get)
+    close = [k for k in sorted(sweep) if sweep[k] - sweep[best] <= noise]
     spread = max(sweep.values()) - min(sweep.values())
     ratio = t["horizon"] / t["credit_horizon_1e-3"] if t["credit_horizon_1e-3"] else math.nan
     shortest, longest = min(sweep), max(sweep)
@@ -560,7 +561,8 @@ def answer(s: dict) -> list[str]:
         f"at k = {max(ctx)}) from k = {enough} on. Truncated BPTT at "
         + ", ".join(f"{k} characters: {v:.3f}" for k, v in sorted(sweep.items()))
         + f" held-out bpc (the same Adam steps and characters per step; {seeds}): the best "
-        f"is {best}, the spread {spread:.3f} bpc, and {helped}. At this size and budget a "
+        f"is {best}, the spread {spread:.3f} bpc, and {helped}. Within the seed spread of "
+        f"the best: {', '.join(map(str, close))}. At this size and budget a "
         f"truncation of {_lag(t['credit_k99'])} characters keeps 99% of one loss's credit "
         f"and {_lag(t['credit_k999'])} keeps 99.9%; the state-decay horizon would ask for "
         f"{_lag(t['horizon'])}.",
