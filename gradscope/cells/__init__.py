@@ -44,6 +44,8 @@ _LAZY: dict[str, str] = {
     "minGRU_pytorch.minLSTM.minLSTM": "gradscope.sequences.minlstm_pkg",
     "mambapy.mamba.MambaBlock": "gradscope.sequences.mambapy_block",
     "s5.s5_model.S5": "gradscope.sequences.s5",
+    "ncps.torch.cfc.CfC": "gradscope.sequences.ncps_cfc",
+    "ncps.torch.ltc.LTC": "gradscope.sequences.ncps_ltc",
 }
 
 
