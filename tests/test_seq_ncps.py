@@ -12,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sequence_cases import SequenceCase, check_products, relative_error, replay
+from sequence_cases import (
+    SequenceCase,
+    check_products,
+    monitored_training,
+    relative_error,
+    replay,
+)
 
 import gradscope as gs
 from gradscope.sequences.ncps_cfc import ADAPTER as CFC
@@ -221,6 +227,12 @@ def test_model_with_cfc_and_ltc_is_recorded_out_of_the_box(tmp_path):
         np.testing.assert_allclose(
             back[name].lyapunov.exponents, prof.diagnosis[name].lyapunov.exponents, rtol=1e-6
         )
+    model.train()
+    history = monitored_training(model, lambda i: (model(x + i) ** 2).mean(), lr=1e-2)
+    assert sorted(history.names) == ["cfc", "ltc"]
+    for name in ("cfc", "ltc"):
+        norms = history.grad_norms(name)
+        assert norms.shape[0] == 3 and np.isfinite(norms).all() and (norms > 0).all()
 
 
 def test_refused_calls_say_what_to_do():
