@@ -303,7 +303,7 @@ class NcpsAdapter(SequenceAdapter):
             dx, dt = (m[:, :I], m[:, I:]) if wrt == "input" else (None, None)
             dh, dc = (None, None) if wrt == "input" else (m[:, :H], m[:, H:])
             if f.lstm is not None:
-                dh, dc = lstm_jvp(params, f.lstm, dx, dh, dc if dc is not None else None)
+                dh, dc = lstm_jvp(params, f.lstm, dx, dh, dc)
             out = self.cell_jvp(params, f.cell, dx, dh, dt)
             return out if f.lstm is None else torch.cat([out, dc], dim=1)
         gx, gh, gt = self.cell_vjp(params, f.cell, m[:, :H])
