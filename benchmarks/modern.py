@@ -15,12 +15,18 @@ hidden 256, 8 layers, d_state 16, T = 256, batch 2 profiled in at most 20x its o
 On a CPU the model's own step runs ``transformers``' reference PyTorch path (its CUDA
 kernels are not installed), the step a CPU user trains with.
 
-Run: ``python benchmarks/modern.py [--family mamba ...] [--threads 2]``.
+The PyPI families (:data:`PYPI`: ``mambapy``, ``s5-pytorch``, ``minGRU-pytorch``, ``xlstm``,
+``ncps``) are stacks of the package's own layers at the same width (256), fed a random float
+signal ``(B, T, 256)``; their own step is the forward and backward of the mean square of
+the output. A package that is not installed is skipped with a line saying so.
+
+Run: ``python benchmarks/modern.py [--family mamba mambapy ...] [--threads 2]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import statistics
@@ -129,32 +135,129 @@ FAMILIES = {
 }
 
 
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _pypi(family: str):
+    """``(model, x, T, B)``: a stack of the package's layers at width 256, and its signal."""
+    import torch
+    from torch import nn
+
+    W, T, B = 256, 256, 2
+
+    class Stack(nn.Module):
+        """Layers in a row, each reading the first output of the one before."""
+
+        def __init__(self, layers):
+            super().__init__()
+            self.layers = nn.ModuleList(layers)
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = _first(layer(x))
+            return x
+
+    torch.manual_seed(0)
+    if family == "mambapy":
+        from mambapy.mamba import Mamba, MambaConfig
+
+        model = Mamba(MambaConfig(d_model=W, n_layers=4, d_state=16))
+    elif family == "s5":
+        from s5.s5_model import S5Block
+
+        model = Stack([S5Block(W, 64, bidir=False) for _ in range(4)])
+    elif family in ("mingru", "minlstm"):
+        from minGRU_pytorch.minGRU import minGRU
+        from minGRU_pytorch.minLSTM import minLSTM
+
+        model = Stack([(minGRU if family == "mingru" else minLSTM)(W) for _ in range(4)])
+    elif family == "mlstm":
+        import xlstm
+
+        layer = xlstm.mLSTMLayerConfig(conv1d_kernel_size=4, qkv_proj_blocksize=4, num_heads=4)
+        cfg = xlstm.xLSTMBlockStackConfig(
+            mlstm_block=xlstm.mLSTMBlockConfig(mlstm=layer),
+            context_length=T,
+            num_blocks=4,
+            embedding_dim=W,
+        )
+        model = xlstm.xLSTMBlockStack(cfg)
+    elif family == "slstm":
+        from xlstm.blocks.slstm.cell import sLSTMCell, sLSTMCellConfig
+
+        def cell():
+            cfg = sLSTMCellConfig(hidden_size=W, num_heads=4, backend="vanilla", output_shape="BSH")
+            return sLSTMCell(cfg)
+
+        model = Stack([m for _ in range(4) for m in (nn.Linear(W, 4 * W), cell())])
+    elif family == "cfc":
+        from ncps.torch import CfC
+
+        model = Stack([CfC(W, W, backbone_units=128) for _ in range(2)])
+    elif family == "ltc":
+        from ncps.torch import LTC
+
+        model = Stack([LTC(W, 64), LTC(64, 64)])
+    else:
+        raise KeyError(family)
+    x = torch.randn(B, T, W, generator=torch.Generator().manual_seed(1))
+    return model, x, T, B
+
+
+#: The families built from PyPI packages (see :func:`_pypi`), and the package each needs.
+PYPI = {
+    "mambapy": "mambapy",
+    "s5": "s5",
+    "mingru": "minGRU_pytorch",
+    "minlstm": "minGRU_pytorch",
+    "mlstm": "xlstm",
+    "slstm": "xlstm",
+    "cfc": "ncps",
+    "ltc": "ncps",
+}
+
+
 def child(family: str, threads: int) -> None:
     import torch
-    import transformers
 
     torch.set_num_threads(threads)
     import gradscope as gs
 
-    cfg_name, model_name, kw, T, B = FAMILIES[family]
-    torch.manual_seed(0)
-    cfg = getattr(transformers, cfg_name)(**kw)
-    if family == "gated_deltanet":
-        cfg._experts_implementation = "eager"
-    model = getattr(transformers, model_name)(cfg)
-    ids = torch.randint(0, cfg.vocab_size, (B, T))
+    if family in PYPI:
+        model, x, T, B = _pypi(family)
+        args, kwargs = (x,), {}
+
+        def own_step():
+            (_first(model(x)) ** 2).mean().backward()
+
+    else:
+        import transformers
+
+        cfg_name, model_name, kw, T, B = FAMILIES[family]
+        torch.manual_seed(0)
+        cfg = getattr(transformers, cfg_name)(**kw)
+        if family == "gated_deltanet":
+            cfg._experts_implementation = "eager"
+        model = getattr(transformers, model_name)(cfg)
+        ids = torch.randint(0, cfg.vocab_size, (B, T))
+        args, kwargs = (ids,), {"use_cache": False}
+
+        def own_step():
+            model(ids, labels=ids, use_cache=False).loss.backward()
+
     times = []
     for i in range(4):
         model.zero_grad()
         t0 = time.perf_counter()
-        model(ids, labels=ids, use_cache=False).loss.backward()
+        own_step()
         if i:
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model.eval()
     t0 = time.perf_counter()
-    trace = gs.trace(model, ids, use_cache=False)
+    trace = gs.trace(model, *args, **kwargs)
     t_trace = time.perf_counter() - t0
     t0 = time.perf_counter()
     diag = gs.diagnose(trace, progress=False)
@@ -165,6 +268,7 @@ def child(family: str, threads: int) -> None:
         json.dumps(
             dict(
                 family=family,
+                kind=layer.kind,
                 layers=len(trace.layers),
                 D=layer.D,
                 I=layer.I,
@@ -185,7 +289,7 @@ def child(family: str, threads: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", nargs="*", default=list(FAMILIES))
+    parser.add_argument("--family", nargs="*", default=[*FAMILIES, *PYPI])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -197,6 +301,9 @@ def main() -> None:
         f"{'diagnose':>9} {'ratio':>7} {'peak MB':>8} {'base MB':>8}"
     )
     for fam in args.family:
+        if fam in PYPI and importlib.util.find_spec(PYPI[fam]) is None:
+            print(f"{fam}: skipped, {PYPI[fam]} is not installed")
+            continue
         out = subprocess.run(
             [sys.executable, __file__, "--child", fam, "--threads", str(args.threads)],
             capture_output=True,

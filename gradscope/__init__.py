@@ -43,6 +43,7 @@ _HOMES: dict[str, str] = {
     "Drive": "gradscope.sequences",
     "SequenceAdapter": "gradscope.sequences",
     "register_sequence": "gradscope.sequences",
+    "register_step": "gradscope.sequences.step",
     # analysis
     "Decay": "gradscope.analysis.decay",
     "decay": "gradscope.analysis.decay",
@@ -114,6 +115,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradscope.recording import Recorder, record, trace
     from gradscope.reporting import report
     from gradscope.sequences import Drive, SequenceAdapter, register_sequence
+    from gradscope.sequences.step import register_step
     from gradscope.traces import LayerTrace, Trace, load
 
 __all__ = [
@@ -130,6 +132,7 @@ __all__ = [
     "Drive",
     "SequenceAdapter",
     "register_sequence",
+    "register_step",
     # analysis
     "Decay",
     "Diagnosis",

@@ -52,6 +52,8 @@ _LAZY: dict[str, str] = {
     "minGRU_pytorch.minLSTM.minLSTM": "gradscope.sequences.minlstm_pkg",
     "mambapy.mamba.MambaBlock": "gradscope.sequences.mambapy_block",
     "s5.s5_model.S5": "gradscope.sequences.s5",
+    "ncps.torch.cfc.CfC": "gradscope.sequences.ncps_cfc",
+    "ncps.torch.ltc.LTC": "gradscope.sequences.ncps_ltc",
 }
 #: Top-level packages whose classes are never served lazily (no adapter module is imported
 #: for them).
@@ -170,11 +172,15 @@ def adapter_for(module: nn.Module) -> CellAdapter:
     if registered is None:
         name = type(module).__name__
         raise UnsupportedModuleError(
-            f"gradscope has no cell adapter for {type(module).__module__}.{name}. "
-            f"Either name it in record(model, cells=[...]) (Jacobians via torch.func; its "
-            f"forward must be forward(x_t, state) -> state), or register closed forms with "
-            f"gradscope.register_cell({name}, MyAdapter()) where MyAdapter subclasses "
-            f"gradscope.CellAdapter."
+            f"gradscope has no adapter for {type(module).__module__}.{name}. A cell called "
+            f"once per step: name it in record(model, cells=[...]) (Jacobians via torch.func; "
+            f"its forward must be forward(x_t, state) -> state), or register closed forms "
+            f"with gradscope.register_cell({name}, MyAdapter()) where MyAdapter subclasses "
+            f"gradscope.CellAdapter. A module that runs whole sequences per call: give its "
+            f"own step function, gradscope.register_step({name}, step={name}.step, "
+            f"state=...) (examples/step.py), or its recurrence, "
+            f"gradscope.register_sequence({name}, MyAdapter()) (examples/mingru.py, "
+            f"examples/lru.py)."
         )
     adapter = _BY_TYPE[registered]
     return adapter.for_module(module)

@@ -34,6 +34,7 @@ matrix.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev
 
 from gradscope.cells.base import CellAdapter, Params
-from gradscope.errors import CellConventionError, GradscopeError
+from gradscope.errors import CellConventionError, GradscopeError, GradscopeWarning
 
 _CONVENTION = (
     "forward(x_t, state) -> state, with x_t a Tensor (B, I) and state a Tensor (B, D) or a "
@@ -58,6 +59,84 @@ def describe(obj: Any) -> str:
         inner = ", ".join(describe(o) for o in obj)
         return f"{type(obj).__name__}({inner})"
     return type(obj).__name__
+
+
+#: The way out for a module that runs whole sequences per call, named in cells=[...].
+WHOLE_SEQUENCE = (
+    "A module that runs a whole sequence per call is recorded through its own step function, "
+    "gs.register_step(Module, step=Module.step, state=...) (examples/step.py), or its "
+    "recurrence, gs.register_sequence(Module, MyAdapter()) (examples/mingru.py, "
+    "examples/lru.py), not by naming it in cells=[...]"
+)
+
+
+def seen(args: Sequence[Any]) -> str:
+    """The shapes a cell was called with, named as the convention names them.
+
+    ``"x_t (B, I) = (2, 8), state (B, D) = (2, 16)"``; a 3-D input reads
+    ``"x (B, T, I) = (2, 10, 8)"`` (a whole sequence), a tuple state
+    ``"state (B, D_k) = (2, 16), (2, 16)"``, anything else by :func:`describe`.
+    """
+    out = []
+    for k, a in enumerate(args):
+        if k == 0 and isinstance(a, Tensor) and a.ndim in (2, 3):
+            dims = "(B, I)" if a.ndim == 2 else "(B, T, I)"
+            out.append(f"{'x_t' if a.ndim == 2 else 'x'} {dims} = {tuple(a.shape)}")
+        elif k == 1 and isinstance(a, Tensor) and a.ndim == 2:
+            out.append(f"state (B, D) = {tuple(a.shape)}")
+        elif (
+            k == 1 and isinstance(a, (tuple, list)) and a and all(isinstance(p, Tensor) for p in a)
+        ):
+            out.append(f"state (B, D_k) = {', '.join(str(tuple(p.shape)) for p in a)}")
+        else:
+            what = "None" if a is None else describe(a)
+            out.append(("x_t " if k == 0 else "state " if k == 1 else "") + what)
+    return ", ".join(out)
+
+
+def held_elsewhere(module: nn.Module, limit: int = 4) -> list[str]:
+    """Where ``module`` keeps its own parameters outside the attributes ``functional_call`` swaps.
+
+    ``torch.func.functional_call`` replaces a module's parameters by their names in
+    ``named_parameters()``; a module that also keeps them in a plain ``dict``, ``list`` or
+    ``tuple`` attribute (``ncps``' ``LTCCell`` reads ``self._params["gleak"]``) computes with
+    its live parameters instead. Returns up to ``limit`` such places
+    (``"cell._params['gleak']"``), found by one walk over the submodules' ``__dict__``.
+    """
+    own = {id(p) for p in module.parameters()}
+    found: list[str] = []
+    for path, sub in module.named_modules():
+        for attr, value in vars(sub).items():
+            if attr in ("_parameters", "_buffers", "_modules"):
+                continue
+            items = (
+                value.items()
+                if isinstance(value, dict)
+                else enumerate(value)
+                if isinstance(value, (list, tuple))
+                else ()
+            )
+            for key, item in items:
+                if isinstance(item, nn.Parameter) and id(item) in own:
+                    found.append(f"{path + '.' if path else ''}{attr}[{key!r}]")
+                    if len(found) >= limit:
+                        return found
+    return found
+
+
+def warn_held_elsewhere(module: nn.Module, what: str) -> None:
+    """Warn that ``module``'s Jacobians will read its live weights (:func:`held_elsewhere`)."""
+    places = held_elsewhere(module)
+    if places:
+        warnings.warn(
+            f"{what} {_class_name(module)} keeps parameters outside its attributes "
+            f"(e.g. {', '.join(places)}), which torch.func.functional_call cannot replace: "
+            "its Jacobians are computed with the module's live weights, not the recorded "
+            "ones. Analyse the trace before the weights change (e.g. before optimizer.step()), "
+            "or register an adapter for it.",
+            GradscopeWarning,
+            stacklevel=3,
+        )
 
 
 def _class_name(module: nn.Module) -> str:
@@ -142,14 +221,20 @@ class GenericAdapter(CellAdapter):
         """
         name = _class_name(module)
 
-        def fail(problem: str) -> CellConventionError:
+        def fail(problem: str, way_out: str = "") -> CellConventionError:
             return CellConventionError(
-                f"custom cell {name}: {problem}. Called with x={describe(x)}, "
-                f"state={describe(state)}; returned {describe(output)}. gradscope records "
-                f"cells whose forward is {_CONVENTION}. Wrap the cell in a module with that "
-                "signature, or register closed forms with gradscope.register_cell."
+                f"custom cell {name}: {problem}. Called with {seen((x, state))}; returned "
+                f"{describe(output)}. gradscope records cells whose forward is {_CONVENTION}. "
+                + (
+                    way_out
+                    or "Wrap the cell in a module with that signature, or register closed "
+                    "forms with gradscope.register_cell"
+                )
+                + "."
             )
 
+        if isinstance(x, Tensor) and x.ndim == 3:
+            raise fail("the input x_t must be one step, a 2-D Tensor (B, I)", WHOLE_SEQUENCE)
         if not isinstance(x, Tensor) or x.ndim != 2:
             raise fail("the input x_t must be a 2-D Tensor (B, I)")
         if not x.is_floating_point():
@@ -180,6 +265,7 @@ class GenericAdapter(CellAdapter):
             input_size=x.shape[1],
         )
         adapter.pack_output(output, batch=batch, given=state)
+        warn_held_elsewhere(module, "custom cell")
         return adapter
 
     # ------------------------------------------------------------------ layout
@@ -276,12 +362,17 @@ class GenericAdapter(CellAdapter):
         return self.pack_output(out, batch=x.shape[0], given=native)
 
     def jacobian_state(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
-        """``∂s_t/∂s_{t-1}`` ``(N, D, D)`` from ``jacrev`` of the batch-summed step."""
+        """``∂s_t/∂s_{t-1}`` ``(N, D, D)`` from ``jacrev`` of the batch-summed step.
+
+        Always a plain tensor, detached: a cell that reads weights ``functional_call``
+        cannot replace (see :func:`unreplaced_parameters`) would otherwise hand back a
+        tensor attached to its live parameters' autograd graph.
+        """
         jac = jacrev(lambda s_: self.step(params, x, s_).sum(0))(s)  # (D, N, D)
-        return jac.permute(1, 0, 2).contiguous()
+        return jac.permute(1, 0, 2).detach().contiguous()
 
     def jacobian_input(self, params: Params, x: Tensor, s: Tensor) -> Tensor:
-        """``∂s_t/∂x_t`` ``(N, D, I)`` from ``jacrev`` of the batch-summed step.
+        """``∂s_t/∂x_t`` ``(N, D, I)`` from ``jacrev`` of the batch-summed step (detached).
 
         Raises:
             GradscopeError: The inputs are not floating point (e.g. token indices).
@@ -292,7 +383,7 @@ class GenericAdapter(CellAdapter):
                 "∂s_t/∂x_t needs floating-point inputs"
             )
         jac = jacrev(lambda x_: self.step(params, x_, s).sum(0))(x)  # (D, N, I)
-        return jac.permute(1, 0, 2).contiguous()
+        return jac.permute(1, 0, 2).detach().contiguous()
 
     def __repr__(self) -> str:
         return f"GenericAdapter(kind={self.kind!r}, state_sizes={self._sizes})"

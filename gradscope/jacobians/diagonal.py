@@ -71,6 +71,31 @@ def eigenvalues(layer: LayerTrace, steps: np.ndarray, batch: np.ndarray) -> np.n
     return out
 
 
+def phases(layer: LayerTrace) -> np.ndarray | None:
+    r"""``(T, B, D)`` float64 rotation angles :math:`\arg λ_t \in (−π, π]` of every step.
+
+    For a complex diagonal held as 2 × 2 scaled rotations (an LRU, S5, Mamba-3's
+    data-dependent rotation) coordinate ``d`` of a pair turns by ``arg λ_{t,d}`` per step,
+    its partner by the opposite angle. NaN at padded steps and where ``λ_t`` is not finite.
+    None when the adapter's eigenvalues are real (no rotation; a negative real ``λ`` is a
+    sign flip, read from :func:`eigenvalues`). Cost: one pass of the adapter's
+    :meth:`diagonal`, ``O(T · B · D)``.
+    """
+    if layer.T == 0 or layer.B == 0:
+        return None
+    adapter = layer.cell_adapter()
+    params = {k: v.to(layer.inputs.device) for k, v in layer.params.items()}
+    with torch.no_grad():
+        first = adapter.diagonal(params, torch.nan_to_num(layer.inputs[:1, 0]))
+    if first is None or not first.is_complex():
+        return None
+    lam = eigenvalues(layer, np.arange(layer.T), np.arange(layer.B))
+    with np.errstate(invalid="ignore"):
+        out = np.angle(lam)
+    out[~np.isfinite(lam)] = np.nan
+    return out
+
+
 def log_moduli(layer: LayerTrace) -> np.ndarray:
     """``(T, B, D)`` float64 ``ln|λ_t|`` of every step; NaN at padded steps.
 
@@ -230,6 +255,7 @@ __all__ = [
     "eigenvalues",
     "has_diagonal",
     "log_moduli",
+    "phases",
     "resets",
     "state_log_norms",
 ]

@@ -10,6 +10,7 @@ Layer names (``lstm.l1_reverse``, ``cell@1``) and the trace's metadata are made 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Container
 from datetime import datetime, timezone
 from typing import Any
@@ -19,7 +20,7 @@ from torch import nn
 
 from gradscope._version import __version__
 from gradscope.cells import is_registered
-from gradscope.errors import NoRecurrentModuleError
+from gradscope.errors import GradscopeWarning, NoRecurrentModuleError
 from gradscope.recording.chains import CellChain
 from gradscope.recording.check import (
     FusedCheck,
@@ -45,6 +46,7 @@ def build_trace(
     arguments: Any,
     grads: bool,
     check: bool,
+    unseen: str | None = None,
 ) -> Trace:
     """The trace of a recording (the Recorder's ``_build``).
 
@@ -56,13 +58,18 @@ def build_trace(
             arguments, for the metadata.
         grads: Loss gradients were requested.
         check: Check every replay.
+        unseen: Why named cells never ran while their parents did
+            (:func:`~gradscope.recording.calls.unseen_cells`), or None: the error's
+            message when nothing ran, a warning otherwise.
 
     Raises:
         NoRecurrentModuleError: No recorded module ran.
         ReplayMismatchError: ``check`` is on and a replay did not reproduce its module.
     """
     if not entries:
-        raise no_recurrent_error(model, cells)
+        raise no_recurrent_error(model, cells, unseen)
+    if unseen is not None:
+        warnings.warn(unseen, GradscopeWarning, stacklevel=4)
     warned: set[str] = set()
     layers: list[LayerTrace] = []
     for entry in entries:
@@ -225,8 +232,25 @@ def _build_chain(chain: CellChain, *, check: bool) -> LayerTrace:
     return chain.layer
 
 
-def no_recurrent_error(model: nn.Module, cells: Container[int]) -> NoRecurrentModuleError:
-    """The error for a recording in which no recurrent module ran (says what the model holds)."""
+#: What to do with a module gradscope does not know: every way in, and the examples.
+WAYS_IN = (
+    "If one of them is a recurrent cell called as forward(x_t, state) -> state, name it: "
+    "gs.record(model, cells=[model.my_cell]) (or register closed forms with "
+    "gs.register_cell(MyCell, MyAdapter())). If it runs whole sequences per call (a parallel "
+    "scan), give gradscope its package's own step function: gs.register_step(MyModule, "
+    "step=MyModule.step, state=...) (examples/step.py), or write its recurrence: "
+    "gs.register_sequence(MyModule, MyAdapter()) (examples/mingru.py, examples/lru.py)."
+)
+
+
+def no_recurrent_error(
+    model: nn.Module, cells: Container[int], unseen: str | None = None
+) -> NoRecurrentModuleError:
+    """The error for a recording in which no recurrent module ran (says what the model holds).
+
+    ``unseen``: why named cells did not run although their parents did (replaces the
+    generic advice).
+    """
     model_cls = type(model).__name__
     types = sorted({type(m).__name__ for m in model.modules()})
     present = [
@@ -236,16 +260,14 @@ def no_recurrent_error(model: nn.Module, cells: Container[int]) -> NoRecurrentMo
     ]
     if present:
         listed = ", ".join(f"{p} ({t})" for p, t in present[:8])
+        why = unseen or ("Run the forward inside the with-block (or pass the inputs to gs.trace).")
         return NoRecurrentModuleError(
             f"the forward of {model_cls} did not call any recorded recurrent module; it "
-            f"contains {listed}, but none of them ran. Run the forward inside the "
-            "with-block (or pass the inputs to gs.trace)."
+            f"contains {listed}, but none of them ran. {why}"
         )
     return NoRecurrentModuleError(
         f"{model_cls} contains no recurrent module gradscope knows (its module types: "
-        f"{', '.join(types)}). If one of them is a recurrent cell called as "
-        "forward(x_t, state) -> state, name it: gs.record(model, cells=[model.my_cell]); "
-        "or register closed forms with gs.register_cell(MyCell, MyAdapter())."
+        f"{', '.join(types)}). {WAYS_IN}"
     )
 
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from gradscope.cells import adapter_for, is_registered
 from gradscope.cells.base import CellAdapter, Params
-from gradscope.cells.generic import GenericAdapter, describe
+from gradscope.cells.generic import WHOLE_SEQUENCE, GenericAdapter, describe, seen
 from gradscope.errors import CellConventionError, ShapeError
 from gradscope.recording.arguments import autocast_dtype, bind, clone
 from gradscope.traces import LayerTrace
@@ -190,8 +190,10 @@ class CellCapture:
         )
         if len(bound) > 2 and any(b is not None for b in bound[2:]):
             raise CellConventionError(
-                f"{convention}, but it was called with {len(bound)} arguments "
-                f"{describe(tuple(bound))}. Wrap it in a module with that signature."
+                f"{convention}, but it was called with {len(bound)} arguments: "
+                f"{seen(bound)}. Wrap it in a module with that signature, e.g. "
+                "forward(self, x, h): return self.cell(x, h, <the other arguments>) (keeping "
+                "only the next state if it returns more)."
             )
         if not bound or not isinstance(bound[0], Tensor):
             raise CellConventionError(
@@ -206,8 +208,8 @@ class CellCapture:
             xb = x.unsqueeze(0) if unbatched else x
             if xb.ndim != 2:
                 raise CellConventionError(
-                    f"{convention}, but x_t has shape {tuple(x.shape)}; a cell step takes "
-                    "one timestep (B, I)"
+                    f"{convention}, but it was called with {seen(bound)}; a cell step takes "
+                    "one timestep (B, I)." + (f" {WHOLE_SEQUENCE}." if xb.ndim == 3 else "")
                 )
             batch = xb.shape[0]
             in_parts = _cell_state_parts(state)

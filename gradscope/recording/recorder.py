@@ -25,6 +25,7 @@ from gradscope.cells import adapter_for, is_fused, is_registered, is_sequence
 from gradscope.errors import ArgumentError, GradscopeError, MissingDataError
 from gradscope.recording.arguments import argument_summary, autocast_off, bind
 from gradscope.recording.build import build_trace, keep_reached
+from gradscope.recording.calls import ForwardSeen, ParentWatch, inside_whole, unseen_cells
 from gradscope.recording.chains import CellCapture, CellChain, internal_edges
 from gradscope.recording.dropout import draws_masks
 from gradscope.recording.fused import capture_fused
@@ -118,7 +119,11 @@ class Recorder:
         self.scale: Any = None
         self._paths = {id(m): p for p, m in model.named_modules()}
         self._cells = self._validate_cells(cells)
-        self._handles: list[RemovableHandle] = []
+        if (why := inside_whole(model, self._cells)) is not None:
+            raise GradscopeError(why)
+        self._handles: list[Any] = []  # hook handles and ForwardSeen / MethodGuard (remove())
+        self._watch = ParentWatch(model, self._cells)
+        self._ran: set[int] = set()
         self._tensor_handles: list[RemovableHandle] = []
         self._entries: list[FusedChain | CellChain | SequenceCall] = []
         self._starts: dict[int, list[Any]] = {}
@@ -183,6 +188,7 @@ class Recorder:
             self._handles.append(
                 self.model.register_forward_pre_hook(self._root_pre_hook(), with_kwargs=True)
             )
+            self._handles.extend(self._watch.hooks())
             for path, module in self.model.named_modules():
                 if id(module) in self._cells:
                     fused = is_registered(module) and is_fused(module)
@@ -191,6 +197,7 @@ class Recorder:
                 else:
                     continue
                 _refuse_meta(path, module)
+                self._handles.append(ForwardSeen(module))  # module.forward(...) is seen too
                 if is_sequence(module):
                     self._handles.append(
                         module.register_forward_pre_hook(
@@ -247,6 +254,7 @@ class Recorder:
         if failed:
             return
         try:
+            unseen = unseen_cells(self.model, self._cells, self._ran, self._watch)
             if self.reached_only:
                 self._keep_reached()
             with autocast_off():  # the replay runs in the weights' dtype
@@ -257,6 +265,7 @@ class Recorder:
                     arguments=self._arguments,
                     grads=self.grads,
                     check=self.check,
+                    unseen=unseen,
                 )
         except BaseException:
             self._state = "failed"
@@ -348,6 +357,7 @@ class Recorder:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             rec = ref()
             if rec is not None:
+                rec._ran.add(id(module))
                 getattr(rec, capture)(path, module, args, kwargs, output)
 
         return hook
@@ -454,7 +464,7 @@ class Recorder:
         self._grads_done = self._grad_version
 
 
-def _remove_handles(*lists: list[RemovableHandle]) -> None:
+def _remove_handles(*lists: list[Any]) -> None:
     """Remove hooks by their handles (also what a collected recorder's finalizer runs)."""
     for handles in lists:
         try:
