@@ -14,6 +14,7 @@ models record their mixers. Exponents: ``test_seq_hf_exponents.py``.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -64,6 +65,43 @@ def test_products_match_torch_func(spec):
         check_diagonal(layer.adapter, layer.params, layer.inputs[:2], layer.states[:3])
     else:
         assert layer.adapter.diagonal(layer.params, layer.inputs[0]) is None
+
+
+#: An identifier in the advice's text: snake_case, possibly dotted (``forget_gate.dt_bias``).
+_IDENT = re.compile(r"\b[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)+(?:\.[A-Za-z_0-9]+)*")
+#: A symbol with a one-letter index (``A_h``, ``A_log_h``, ``s_h``, ``A_n``): maths, not a name.
+_SYMBOL = re.compile(r".*_[a-z]$")
+_FACTS = {
+    "T": "50", "severity": "strong", "factor": "1e-5", "rate": "-0.2", "lambda1": "-0.2",
+    "horizon": "12.0", "smax": "0.9", "radius": "0.8", "tau": "5.0", "frac_long": "0%",
+}  # fmt: skip
+
+
+@CASE
+def test_the_advice_names_this_classs_own_parameters(spec):
+    """Every name the advice gives is one of this module's parameters, buffers, attributes or
+    config keys.
+
+    (Zamba's Δ bias is ``dt_proj_bias``, Qwen3.5's β projection ``in_proj_b``; the advice
+    written for Mamba or Qwen3-Next would name a parameter the user cannot find.)
+    """
+    (layer,) = record(spec, torch.float64).layers
+    mixer = build(spec, torch.float64)
+    levers = layer.adapter.vanishing_advice(layer.params, dict(_FACTS))
+    assert levers and len(levers) >= 2, f"{spec.name}: no advice of its own"
+    text = " ".join(levers)
+    assert "orthogonal" not in text and "W_hh" not in text, text
+    tensors = [n for n, _ in (*mixer.named_parameters(), *mixer.named_buffers())]
+    known = set(spec.config().to_dict()) | set(vars(mixer))  # its config, its attributes
+    for n in tensors:
+        parts = n.split(".")
+        known.update(parts)
+        known.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    said = {t.removeprefix("config.") for t in _IDENT.findall(text)}
+    unknown = sorted(t for t in said if t not in known and not _SYMBOL.match(t))
+    assert not unknown, f"{spec.name}: the advice names {unknown}, not in {sorted(tensors)}"
+    own = {n.removesuffix(".weight").removesuffix(".bias") for n in tensors}
+    assert own & said, f"{spec.name}: no parameter or buffer of {sorted(own)} named in {text!r}"
 
 
 @pytest.mark.parametrize(

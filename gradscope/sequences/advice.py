@@ -37,12 +37,20 @@ def _steps(x: float) -> str:
     return f"{x:.3g}"
 
 
-def mamba(params: Params, facts: dict[str, str], step_min: str, step_max: str) -> list[str]:
-    """Mamba-1 (``transformers``' ``MambaMixer``, ``mambapy``'s ``MambaBlock``).
+def mamba(
+    params: Params,
+    facts: dict[str, str],
+    step_min: str | None,
+    step_max: str | None,
+    bias_name: str = "dt_proj.bias",
+) -> list[str]:
+    """Mamba-1 (``transformers``' ``MambaMixer`` and its relatives, ``mambapy``'s ``MambaBlock``).
 
     Decay ``exp(Δ_t A)`` per channel and state, ``A = −exp(A_log)``, ``Δ_t =
-    softplus(dt_proj(δ_t) + dt_proj.bias)``; ``step_min``/``step_max``: the config's names
-    of the range the Δ bias is initialised in.
+    softplus(dt_proj(δ_t) + b_Δ)``; ``step_min``/``step_max``: the config's names of the
+    range the Δ bias is initialised in (None: the config has none, as Jamba's);
+    ``bias_name``: the module's name for ``b_Δ`` (``dt_proj.bias``; Zamba's ``dt_proj_bias``),
+    its values always under ``params["dt_proj.bias"]``.
     """
     bias = params.get("dt_proj.bias")
     delta = None if bias is None else F.softplus(bias.double())
@@ -52,15 +60,23 @@ def mamba(params: Params, facts: dict[str, str], step_min: str, step_max: str) -
         if delta is not None and float(delta.min() * A.min()) > 0
         else math.inf
     )
+    if step_min is None or step_max is None:
+        init = (
+            "with Δ₀ log-uniform in [0.001, 0.1] (Mamba's default; this config has no such "
+            "range, so set it after building the model), and lower the minimum"
+        )
+    else:
+        init = (
+            f"with Δ₀ log-uniform in [{step_min}, {step_max}] of the config, and lower {step_min}"
+        )
     return [
-        "Lower Δ in some channels: Δ_t = softplus(dt_proj(δ_t) + dt_proj.bias) sets each "
-        "channel's decay exp(−Δ_t |A|) per step (softplus(dt_proj.bias) now "
-        f"{spread(delta)}). Initialise dt_proj.bias = softplus⁻¹(Δ₀) with Δ₀ log-uniform in "
-        f"[{step_min}, {step_max}] of the config, and lower {step_min} until some channels "
-        f"have Δ|A| ≈ 1/T (T = {facts['T']}).",
+        f"Lower Δ in some channels: Δ_t = softplus(W_Δ δ_t + {bias_name}) sets each "
+        f"channel's decay exp(−Δ_t |A|) per step (softplus({bias_name}) now "
+        f"{spread(delta)}). Initialise {bias_name} = softplus⁻¹(Δ₀) {init} until some "
+        f"channels have Δ|A| ≈ 1/T (T = {facts['T']}).",
         "Or lower |A| = exp(A_log) for the slowest states: the S4D-real initialisation "
         "A_n = −(n + 1) makes state n forget n + 1 times as fast as state 0 (|A| now "
-        f"{spread(A)}); with Δ at softplus(dt_proj.bias) the slowest coordinate remembers "
+        f"{spread(A)}); with Δ at softplus({bias_name}) the slowest coordinate remembers "
         f"for ~{_steps(slow)} steps.",
         "Δ depends on the input: the model holds (Δ → 0) only where its input asks it to. "
         "If no channel holds across the dependencies the task needs (see the memory "
@@ -69,19 +85,35 @@ def mamba(params: Params, facts: dict[str, str], step_min: str, step_max: str) -
     ]
 
 
-def mamba2(params: Params, facts: dict[str, str]) -> list[str]:
-    """Mamba-2: a scalar decay per head ``exp(Δ_h A_h)``, ``Δ = clamp(softplus(dt + dt_bias))``."""
+def mamba2(params: Params, facts: dict[str, str], step_min: str | None) -> list[str]:
+    """Mamba-2: a scalar decay per head ``exp(Δ_h A_h)``, ``Δ = clamp(softplus(dt + dt_bias))``.
+
+    ``step_min``: the config's name of the lower end of the range ``dt_bias`` is initialised
+    in (``time_step_min``), or None where the model initialises ``dt_bias`` at 1 (Bamba,
+    FalconH1, GraniteMoeHybrid).
+    """
     delta = F.softplus(params["dt_bias"].double())
+    if step_min is None:
+        init = (
+            "this model initialises dt_bias at 1 (Δ ≈ 1.31 in every head): set it after "
+            "building the model to softplus⁻¹(Δ₀) with Δ₀ log-uniform in [0.001, 0.1], "
+            "Mamba-2's default,"
+        )
+    else:
+        init = (
+            "initialise dt_bias = softplus⁻¹(Δ₀) with Δ₀ log-uniform from a smaller "
+            f"{step_min} of the config"
+        )
     A = params["A"].double().abs()
     lo, hi = float(params["dt_min"]), float(params["dt_max"])
     return [
         "Lower Δ in some heads: Δ_h = softplus(dt + dt_bias_h) sets head h's decay "
-        f"exp(−Δ_h |A_h|) per step (softplus(dt_bias) now {spread(delta)}); initialise "
-        "dt_bias from a smaller time_step_min (Mamba2Config) so that some heads have "
-        f"Δ|A| ≈ 1/T (T = {facts['T']}).",
+        f"exp(−Δ_h |A_h|) per step (softplus(dt_bias) now {spread(delta)}); {init} so that "
+        f"some heads have Δ|A| ≈ 1/T (T = {facts['T']}).",
         "Or lower |A_h| = exp(A_log_h) for some heads (now "
-        f"{spread(A)}): a head with Δ|A| ≪ 1/T keeps its state across the sequence.",
-        f"time_step_limit clamps Δ to [{lo:g}, {hi:g}]: a floor above 1/(|A| T) stops "
+        f"{spread(A)}; these models initialise A_h = h, 1 to the number of heads): a head "
+        "with Δ|A| ≪ 1/T keeps its state across the sequence.",
+        f"The mixer's time_step_limit clamps Δ to [{lo:g}, {hi:g}]: a floor above 1/(|A| T) stops "
         "every head from holding across T. For exact recall beyond what the decay keeps, "
         "interleave attention layers (a hybrid model).",
     ]
@@ -152,22 +184,119 @@ def rglru(params: Params, facts: dict[str, str]) -> list[str]:
     ]
 
 
-def deltanet(params: Params, facts: dict[str, str]) -> list[str]:
-    """Gated DeltaNet: ``S_t = α (I − β k̂ k̂ᵀ) S_{t−1} + β k̂ vᵀ`` per value head."""
+def deltanet(
+    params: Params, facts: dict[str, str], beta_from: str = "the b rows of in_proj_ba"
+) -> list[str]:
+    """Gated DeltaNet: ``S_t = α (I − β k̂ k̂ᵀ) S_{t−1} + β k̂ vᵀ`` per value head.
+
+    ``beta_from``: the module's projection giving ``b`` (Qwen3-Next's ``in_proj_ba``, Qwen3.5's
+    ``in_proj_b``, OLMo hybrid's ``b_proj``).
+    """
     A = params["A"].double()
     alpha0 = torch.exp(-A * F.softplus(params["dt_bias"].double()))  # α at a = 0
+    if float(params.get("beta_scale", 1.0)) == 2.0:  # OLMo hybrid's negative eigenvalues
+        beta_text = (
+            f"β = 2σ(b) (b from {beta_from}) lies in (0, 2): (I − β k̂ k̂ᵀ) scales the state "
+            "along the written key by α(1 − β) ∈ (−α, α), which flips its sign for β > 1; "
+            "|1 − β| near 1 (β near 0 or 2) keeps that direction, β near 1 erases it. Move "
+            "b away from 0 for tokens that should not erase."
+        )
+    else:
+        beta_text = (
+            f"β = σ(b) (b from {beta_from}) erases what the written key held: "
+            "(I − β k̂ k̂ᵀ) removes a fraction β of the state along k̂ at every step, the "
+            "Jacobian's fastest direction α(1 − β). Writes with β near 1 overwrite; lower "
+            "b for tokens that should not erase."
+        )
     return [
         "Raise the gate α = exp(−A softplus(a + dt_bias)) towards 1 in some heads: lower "
         f"A = exp(A_log) (now {spread(A)}; the initialisation draws A uniform in [0.01, 16]) or "
         f"dt_bias (now {spread(params['dt_bias'])}); at a = 0 the heads keep α "
         f"{spread(alpha0, 4)} per step, and a head holds across T = {facts['T']} only if "
         "1 − α ≲ 1/T.",
-        "β = σ(b) (the b rows of in_proj_ba) erases what the written key held: "
-        "(I − β k̂ k̂ᵀ) removes a fraction β of the state along k̂ at every step, the "
-        "Jacobian's fastest direction α(1 − β). Writes with β near 1 overwrite; lower "
-        "the b rows' output for tokens that should not erase.",
-        "For exact recall beyond what the gate keeps, Qwen3-Next interleaves full "
-        "attention layers with its DeltaNet layers.",
+        beta_text,
+        "For exact recall beyond what the gate keeps, the models that ship this layer "
+        "(Qwen3-Next, Qwen3.5, OLMo hybrid) interleave full attention layers with it.",
+    ]
+
+
+def kda(params: Params, facts: dict[str, str], gate_input: str) -> list[str]:
+    """Kimi delta attention: ``S_t = (I − β k̂ k̂ᵀ) diag(α_t) S_{t−1} + β k̂ vᵀ`` per head.
+
+    ``α_t = exp(g_t)`` per key channel, ``g = −A softplus(x)`` or, with a lower bound ``ℓ``,
+    ``g = ℓ σ(A x)``, ``x = f(h_t) + dt_bias``, ``A = exp(A_log)`` per head; ``gate_input``: the
+    module's name for ``f`` (Kimi's and GLM-5 Next's ``forget_gate.f_b_proj ∘ f_a_proj``,
+    Bailing's ``forget_gate.f_proj``).
+    """
+    A = params["f_A"] if "f_A" in params else torch.exp(params["f_A_log"])
+    A = A.double()
+    dt = params["f_dt_bias"].double()
+    dk = int(params["head_k_dim"])
+    a_ch = A.repeat_interleave(dk)[: dt.numel()]
+    bound = params.get("gate_lower_bound")
+    if bound is None:
+        g0 = -a_ch * F.softplus(dt)
+        form = (
+            "α = exp(−A softplus(x)) per key channel, x = f(h) + forget_gate.dt_bias, "
+            f"A = exp(forget_gate.A_log) per head (now {spread(A)}; Kimi Linear draws A "
+            "uniform in [1, 16])"
+        )
+        how = "Lower forget_gate.dt_bias or forget_gate.A_log for some channels"
+        floor = ""
+    else:
+        lb = float(bound)
+        g0 = lb * torch.sigmoid(a_ch * dt)
+        form = (
+            f"α = exp(ℓ σ(A x)) per key channel (ℓ = {lb:g}), x = f(h) + forget_gate.dt_bias, "
+            f"A = exp(forget_gate.A_log) per head (now {spread(A)})"
+        )
+        how = (
+            "Lower forget_gate.dt_bias for some channels, so that σ(A x) → 0 (where x < 0, a "
+            "larger A, forget_gate.A_log, keeps more)"
+        )
+        floor = (
+            f" The lower bound caps the forgetting: α ≥ e^ℓ = {math.exp(lb):.3g} per step "
+            "whatever the input."
+        )
+    alpha0 = torch.exp(g0)
+    return [
+        f"Raise α towards 1 in some key channels: {form}; forget_gate.dt_bias now "
+        f"{spread(dt)} (Kimi Linear initialises it at softplus⁻¹ of Δ log-uniform in "
+        f"[1e-3, 0.1]). {how}: at f(h) = 0 the channels keep α {spread(alpha0, 4)} per "
+        f"step, and one holds across T = {facts['T']} only if 1 − α ≲ 1/T.{floor}",
+        f"The decay depends on the input through {gate_input}: a channel is held only "
+        "where its input drives x down. β = σ(b_proj h) erases the state along the written "
+        "key (the Jacobian's fastest direction is α(1 − β)); lower b for tokens that "
+        "should not overwrite.",
+        "For exact recall beyond what the decay keeps, the models that ship this layer "
+        "(Kimi Linear, GLM-5 Next, Bailing hybrid) interleave full attention layers with "
+        "it; more of them shortens the longest path through the delta layers.",
+    ]
+
+
+def lightning(params: Params, facts: dict[str, str]) -> list[str]:
+    """Lightning attention: a fixed decay ``λ_h = exp(−s_h)`` per head, nothing learned.
+
+    ``s_h = 2^{−8(h+1)/H} · (1 − ℓ/(L−1) + 10⁻⁵)`` (the ``slope_rate`` buffer) for layer ``ℓ``
+    of ``L``.
+    """
+    slope = params["slope"].double()
+    tau = 1.0 / slope.clamp_min(1e-300)
+    T = max(float(facts["T"]), 1.0)
+    held = int((slope * T < 1.0).sum())
+    return [
+        "No parameter sets this layer's memory: head h forgets at λ_h = exp(−s_h) per "
+        "step with the slope s_h = 2^(−8(h+1)/H)·(1 − ℓ/(L−1)) fixed by its place ℓ in a "
+        f"stack of L layers (the slope_rate buffer; now {spread(slope)}, memories "
+        f"1/s_h {spread(tau)} steps). {held} of {slope.numel()} heads hold across T = "
+        f"{facts['T']} (s_h < 1/T); training cannot change that.",
+        "What can: more heads (num_attention_heads) add heads with smaller slopes, and a "
+        "layer later in the stack has smaller slopes for every head (the last one ≈ 10⁻⁵: "
+        "nothing is forgotten there). A gradient that vanishes here vanishes by the "
+        "slopes of the early layers.",
+        "For exact recall beyond the slopes' reach, MiniMax interleaves softmax-attention "
+        "layers (config.layer_types) with the lightning layers; more of them, or placing "
+        "them early, is the structural fix.",
     ]
 
 
@@ -219,6 +348,8 @@ def s5(params: Params, facts: dict[str, str]) -> list[str]:
 
 __all__ = [
     "deltanet",
+    "kda",
+    "lightning",
     "mamba",
     "mamba2",
     "minlstm",

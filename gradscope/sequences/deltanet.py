@@ -381,7 +381,9 @@ class DeltaNetAdapter(SequenceAdapter):
 
     def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
         """The gate (``A_log``, ``dt_bias``) and β, with this layer's values."""
-        return advice.deltanet(params, facts)
+        names = {"in_proj_b.weight": "in_proj_b", "b_proj.weight": "b_proj"}  # Qwen3.5, OLMo
+        beta_from = next((v for k, v in names.items() if k in params), "the b rows of in_proj_ba")
+        return advice.deltanet(params, facts, beta_from)
 
 
 ADAPTER = DeltaNetAdapter()

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradscope.cells.base import BLOCK, Params
+from gradscope.sequences import advice
 from gradscope.sequences._hf_mixers import (
     call_arguments,
     causal_conv_silu,
@@ -300,6 +301,15 @@ class KdaAdapter(SequenceAdapter):
             ],
             dim=1,
         )
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """The forget gate (``forget_gate.A_log``, ``forget_gate.dt_bias``) and β (``b_proj``).
+
+        The forget gate's input map is named from the parameters (a loaded trace has no class).
+        """
+        one = "f_proj.weight" in params  # Bailing
+        f = "forget_gate.f_proj" if one else "forget_gate.f_b_proj ∘ forget_gate.f_a_proj"
+        return advice.kda(params, facts, f)
 
 
 class BailingKdaAdapter(KdaAdapter):

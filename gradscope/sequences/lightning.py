@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import SCALAR_IDENTITY, Params
 from gradscope.errors import UnsupportedModuleError
+from gradscope.sequences import advice
 from gradscope.sequences._hf_mixers import mask_padding
 from gradscope.sequences.base import Drive, SequenceAdapter, count, scalar
 
@@ -211,6 +212,10 @@ class LightningAdapter(SequenceAdapter):
         gv = torch.einsum("nhijk,nhi->nhjk", U, k)
         zeros = m.new_zeros((n, H * d, kk))
         return torch.cat([zeros, gk.reshape(n, H * d, kk), gv.reshape(n, H * d, kk), zeros], 1)
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """The fixed slopes (``slope_rate``): heads and layer position, not training, set them."""
+        return advice.lightning(params, facts)
 
 
 ADAPTER = LightningAdapter()

@@ -106,7 +106,7 @@ class MambaAdapter(SequenceAdapter):
     """
 
     #: The config's names of the range the Δ bias is initialised in (``MambaConfig``).
-    step_range = ("time_step_min", "time_step_max")
+    step_range: tuple[str, str] | None = ("time_step_min", "time_step_max")
     kind = "mamba"
     state_names = ("h",)
     structure = DIAGONAL
@@ -307,7 +307,10 @@ class MambaAdapter(SequenceAdapter):
 
     def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
         """Δ (``dt_proj.bias``) and ``A_log``, with this layer's values."""
-        return advice.mamba(params, facts, *self.step_range)
+        step_min, step_max = self.step_range or (None, None)
+        per_head = params["dt_proj.weight"].ndim == 3  # Zamba's (G, E/G, R): dt_proj_bias
+        name = "dt_proj_bias" if per_head else "dt_proj.bias"
+        return advice.mamba(params, facts, step_min, step_max, name)
 
 
 ADAPTER = MambaAdapter()

@@ -107,6 +107,8 @@ class Mamba2Adapter(SequenceAdapter):
     ``[x (H·P) | Δ (H) | B (G·N) | C (G·N) | z (H·P)]``. See :mod:`gradscope.sequences.mamba2`.
     """
 
+    #: The config's name of the lower end of ``dt_bias``'s initial range (None: set at 1).
+    step_min: str | None = "time_step_min"
     kind = "mamba2"
     state_names = ("ssm",)
     structure = SCALAR_IDENTITY
@@ -337,7 +339,7 @@ class Mamba2Adapter(SequenceAdapter):
 
     def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
         """``dt_bias``, ``A_log`` and ``time_step_limit``, with this layer's values."""
-        return advice.mamba2(params, facts)
+        return advice.mamba2(params, facts, self.step_min)
 
 
 ADAPTER = Mamba2Adapter()

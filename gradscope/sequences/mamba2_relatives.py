@@ -36,7 +36,16 @@ from gradscope.sequences.mamba2 import ADAPTER, Mamba2Adapter
 _MODELS = "transformers.models"
 
 
-class FalconH1Adapter(Mamba2Adapter):
+class OnesInitAdapter(Mamba2Adapter):
+    """Bamba's and GraniteMoeHybrid's mixers: Mamba-2 exactly, ``dt_bias`` initialised at 1.
+
+    Only the advice differs (their configs have no ``time_step_min``).
+    """
+
+    step_min = None
+
+
+class FalconH1Adapter(OnesInitAdapter):
     """``FalconH1Mixer``: Mamba-2 with µP multipliers and an optional norm (see the module)."""
 
     def module_params(self, module: nn.Module) -> Params:
@@ -83,14 +92,15 @@ class FalconH1Adapter(Mamba2Adapter):
 
 
 FALCON_H1 = FalconH1Adapter()
+ONES_INIT = OnesInitAdapter()
 
 #: The classes this module serves, by qualified name (``transformers`` is not imported here).
 SERVES = {
-    f"{_MODELS}.bamba.modeling_bamba.BambaMixer": ADAPTER,
+    f"{_MODELS}.bamba.modeling_bamba.BambaMixer": ONES_INIT,
     f"{_MODELS}.nemotron_h.modeling_nemotron_h.NemotronHMamba2Mixer": ADAPTER,
     f"{_MODELS}.zamba2.modeling_zamba2.Zamba2MambaMixer": ADAPTER,
-    f"{_MODELS}.granitemoehybrid.modeling_granitemoehybrid.GraniteMoeHybridMambaLayer": ADAPTER,
+    f"{_MODELS}.granitemoehybrid.modeling_granitemoehybrid.GraniteMoeHybridMambaLayer": ONES_INIT,
     f"{_MODELS}.falcon_h1.modeling_falcon_h1.FalconH1Mixer": FALCON_H1,
 }
 
-__all__ = ["ADAPTER", "FALCON_H1", "SERVES", "FalconH1Adapter"]
+__all__ = ["ADAPTER", "FALCON_H1", "ONES_INIT", "SERVES", "FalconH1Adapter", "OnesInitAdapter"]

@@ -65,6 +65,8 @@ class FalconMambaAdapter(MambaAdapter):
 class JambaMambaAdapter(MambaAdapter):
     """``JambaMambaMixer``: Mamba with weighted RMS norms on ``δ``, ``B``, ``C``."""
 
+    step_range = None  # JambaConfig has no time_step_min/max
+
     def module_params(self, module: nn.Module) -> Params:
         """Mamba's weights, the three norms' weights and their ``eps``."""
         _refuse_quantized(module, self.kind)
