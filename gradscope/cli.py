@@ -145,6 +145,12 @@ def _exit_code(args: argparse.Namespace, regimes: dict[str, str]) -> int:
     return FAIL_ON_EXIT
 
 
+#: The shadowing ``forward`` that routes direct ``module.forward(...)`` calls through the
+#: hooks (:class:`gradscope.recording.calls.ForwardSeen`): it only calls the module's own
+#: forward, so an error raised below it is the module's, not gradscope's.
+_PASS_THROUGH = (str(Path(_PACKAGE) / "recording" / "calls.py"), "forward")
+
+
 def _raised_in_model(exc: BaseException, model: Any) -> bool:
     """Whether ``exc`` came from the user's model, not from gradscope.
 
@@ -155,7 +161,10 @@ def _raised_in_model(exc: BaseException, model: Any) -> bool:
     for frame, _ in traceback.walk_tb(exc.__traceback__):
         if not entered:
             entered = frame.f_locals.get("self") is model
-        elif frame.f_code.co_filename.startswith(_PACKAGE):
+        elif (
+            frame.f_code.co_filename.startswith(_PACKAGE)
+            and (frame.f_code.co_filename, frame.f_code.co_name) != _PASS_THROUGH
+        ):
             return False
     return entered
 

@@ -52,6 +52,8 @@ class PanelSpec:
             left out, unlike a missing one, which is shown with its reason.
         live: Whether a chart is drawn in the page (hover, zoom, downloads) on screen;
             False keeps it a picture there too.
+        words: ``record -> str | None``: the caption in the record's own terms (a gate
+            panel names the family's carried gate and path), or None for ``caption``.
 
     Raises:
         ValueError: neither or both of ``chart`` and ``draw`` given (a programming error).
@@ -66,6 +68,7 @@ class PanelSpec:
     draw: Callable[..., Any] | None = None
     applies: Callable[[Any], bool] = lambda record: True
     live: bool = True
+    words: Callable[[Any], str | None] | None = None
 
     def __post_init__(self) -> None:
         if (self.chart is None) == (self.draw is None):
@@ -90,12 +93,18 @@ class Panel:
     kwargs: dict[str, Any] | None
     missing: str | None
     note: str | None = None  # e.g. which entries of a comparison figure lack its data
+    words: str | None = None  # the caption in the record's own terms (PanelSpec.words)
     observer: Any = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:
         """The spec's key."""
         return self.spec.key
+
+    @property
+    def caption(self) -> str:
+        """How to read this panel: in the record's own terms where the spec gives them."""
+        return self.words or self.spec.caption
 
     def render(self, ax: Any = None) -> Any:
         """Draw the figure (into ``ax`` if given); a missing panel draws its reason."""

@@ -1,4 +1,4 @@
-"""The gate views of a layer section (LSTM, GRU, vanilla RNN): why gradients survive or not.
+"""The gate views of a layer section (any family declaring its gates): why gradients survive.
 
 Each panel applies only to the cells it explains (:attr:`PanelSpec.applies`); a layer of any
 other cell gets one visible line (:func:`gate_note`) instead of the panels. The training
@@ -75,6 +75,55 @@ def _carry_kwargs(layer: Any) -> dict[str, Any]:
     )
 
 
+def _declared(layer: Any) -> tuple[str, str, str, list[str]] | None:
+    """``(carried gate, its word, the path in a sentence, shown gates)`` of a gated family."""
+    spec = _spec(layer)
+    if not isinstance(spec, Mapping) or not spec.get("carried"):
+        return None
+    g, word = str(spec["carried"]), str(spec.get("word") or spec["carried"])
+    path = str(spec.get("path_text") or "additive path")
+    return g, word, path, [str(s) for s in spec.get("shown") or [g]]
+
+
+def _carry_words(layer: Any) -> str | None:
+    found = _declared(layer)
+    if found is None:
+        return None
+    g, word, path, _ = found
+    return (
+        f"Green: the carry ∏{g} of the {word} gate on the {path} over the last k steps, which "
+        "a gradient on that path is scaled by, whatever the weights; blue: the full "
+        f"‖∂s_T/∂s_{{T−k}}‖. {word.capitalize()} gates near 1 keep the green line flat: that "
+        "is the highway a vanilla RNN lacks; blue above green means the gradient travels "
+        "through the recurrent weights instead."
+    )
+
+
+def _share_words(layer: Any) -> str | None:
+    found = _declared(layer)
+    if found is None:
+        return None
+    g, _, path, _ = found
+    return (
+        "The part of ‖∂s_T/∂s_{T−k}‖ made of paths that stay on the "
+        f"{path} at every one of the k steps (green), against paths through the recurrent "
+        "weights (blue). Share = ‖Π^A‖/(‖Π^A‖ + ‖rest‖): near 1 the gate "
+        f"{g} carries the gradient that far back, near 0 the weights do."
+    )
+
+
+def _distribution_words(layer: Any) -> str | None:
+    found = _declared(layer)
+    if found is None:
+        return None  # a vanilla cell: the static caption says tanh′
+    g, word, path, shown = found
+    return (
+        f"Each gate's distribution ({', '.join(shown)}) over units and sequences at every "
+        f"timestep. The {word} gate {g} near 1 holds the state on the {path} and its "
+        "gradient; near 0 it lets both go."
+    )
+
+
 def gate_note(layer: Any) -> str | None:
     """The line shown instead of the gate views for a cell they do not explain."""
     kind = str(getattr(layer, "kind", ""))
@@ -100,10 +149,11 @@ GATE_PANELS: list[PanelSpec] = [
         "which a gradient on the additive path is scaled by, whatever the weights; blue: the "
         "full ‖∂s_T/∂s_{T−k}‖. Gates near 1 keep the green line flat: that is the highway "
         "the vanilla RNN lacks.",
-        "an LSTM or GRU layer's gate view (gradscope.analysis.gates)",
+        "a gate view of a layer whose family declares a carried gate (gradscope.analysis.gates)",
         _carry_kwargs,
         chart=carry_chart,
         applies=_gated,
+        words=_carry_words,
     ),
     PanelSpec(
         "gate-share",
@@ -112,12 +162,13 @@ GATE_PANELS: list[PanelSpec] = [
         "one of the k steps (green), against paths through the recurrent weights (blue). "
         "Share = ‖Π^A‖/(‖Π^A‖ + ‖rest‖): near 1 the gates carry the gradient that far back, "
         "near 0 the weights do.",
-        "an LSTM or GRU layer's gate view (gradscope.analysis.gates)",
+        "a gate view of a layer whose family declares a carried gate (gradscope.analysis.gates)",
         lambda layer: dict(
             lags=_view(layer).walk_lags, share=_share(layer), path=_view(layer).path
         ),
         draw=F.path_share_figure,
         applies=_gated,
+        words=_share_words,
     ),
     PanelSpec(
         "gate-distributions",
@@ -129,6 +180,7 @@ GATE_PANELS: list[PanelSpec] = [
         lambda layer: dict(gates=_finite(_view(layer).gates, "gate value")),
         draw=F.gate_distribution_figure,
         applies=lambda layer: _gated(layer) or _vanilla(layer),
+        words=_distribution_words,
     ),
     PanelSpec(
         "repeated-factor",
@@ -217,6 +269,30 @@ def _training_gate_kwargs(rec: tuple[Any, str]) -> dict[str, Any]:
     )
 
 
+def _training_words(rec: tuple[Any, str]) -> str | None:
+    """The training gate panel's caption in the family's words (from the history's meta)."""
+    history, name = rec
+    declared = (getattr(history, "meta", None) or {}).get("gate_families")
+    spec = declared.get(name) if isinstance(declared, Mapping) else None
+    if not isinstance(spec, Mapping) or not spec.get("word"):
+        return None  # an older history: the static caption
+    if not spec.get("carried"):
+        g = (spec.get("shown") or ["φ′"])[0]
+        return (
+            f"Left: the median {g} at each sampled step (band 10–90%). Right: the repeated "
+            f"factor ‖diag({g}) W_hh‖₂ and ‖W_hh‖₂ on analysed steps; below 1 the gradient "
+            "must vanish, and the gap between them is what saturation takes away."
+        )
+    g, word = spec["carried"], spec["word"]
+    path = spec.get("short_text") or spec.get("path_text") or "additive path"
+    return (
+        f"Left: the median {word} gate {g} at each sampled step (band 10–90%), and the "
+        f"{path}'s share of ‖∂s_T/∂s_0‖ on analysed steps. Right: the median carry ∏{g} "
+        "over 10 and 100 steps; a rising carry means training is opening the gradient "
+        "highway."
+    )
+
+
 #: The training section's gate panel: the carried gate and its carry over training steps.
 TRAINING_GATE_PANEL = PanelSpec(
     "training-gates",
@@ -228,6 +304,7 @@ TRAINING_GATE_PANEL = PanelSpec(
     "gate summaries of a Monitor history (history.summaries(name): 'gate_*')",
     _training_gate_kwargs,
     draw=F.training_gates_figure,
+    words=_training_words,
 )
 
 __all__ = ["GATE_PANELS", "TRAINING_GATE_PANEL", "gate_note"]

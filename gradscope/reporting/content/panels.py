@@ -386,6 +386,7 @@ COMPARISON_PANEL = PanelSpec(
 def make_panel(spec: PanelSpec, record: Any) -> Panel:
     """Resolve ``spec`` against ``record``: data to draw, or the reason it is missing."""
     try:
-        return Panel(spec, spec.extract(record), None)
+        kwargs = spec.extract(record)
     except Missing as exc:
         return Panel(spec, None, str(exc))
+    return Panel(spec, kwargs, None, words=None if spec.words is None else spec.words(record))

@@ -155,20 +155,64 @@ def _mechanism(layer: Any) -> F.Mechanism:
     return F.Mechanism(lags, median, regime, factor=factor)
 
 
+_GREY = (
+    "A vanilla RNN has no such path: its grey line is the bound its one-step norm sets, the "
+    "median ‖diag(φ′)W_hh‖₂ to the power k; it bounds, it does not predict: blue falling "
+    "while grey rises (one-step norms above 1) means non-normal Jacobians, and the rate that "
+    "decides is blue's slope, the leading Lyapunov exponent."
+)
+_READING = (
+    "Green staying high is a highway the gradient can travel. Blue far below green: the "
+    "gradient leaves the gate path and vanishes through the weights. Blue above green: the "
+    "gate carries almost nothing (its share at lag k near 0%) and the gradient travels "
+    "through the recurrent weights instead."
+)
+
 #: The picture of the mechanism (first screen).
 MECHANISM_PANEL = PanelSpec(
     "mechanism",
     "The gradient highway",
     "For each model, the measured ‖∂s_T/∂s_{T−k}‖₂ (blue) beside what the gates alone let "
-    "through: the carry ∏f of an LSTM's cell state or ∏z of a GRU's update gate over the last "
-    "k steps (green, median unit, band 25–75%). A vanilla RNN has no such path: its grey line "
-    "is the bound its one-step norm sets, the median ‖diag(φ′)W_hh‖₂ to the power k. Green "
-    "staying high is the highway the gradient can travel; blue falling far below green or "
-    "grey is the gradient vanishing through the weights.",
-    "a state decay and, for LSTM/GRU, a gate view (gradscope.analysis.gates)",
+    "through: the carry of the gate on the family's additive path over the last k steps "
+    "(∏f of an LSTM's cell state, ∏z of a GRU's update gate; green, median unit, band "
+    f"25–75%). {_GREY} {_READING}",
+    "a state decay and, for a family declaring its gates, a gate view (gradscope.analysis.gates)",
     lambda rec: rec,
     draw=lambda entries, ax=None: F.mechanism_figure(entries),
 )
+
+
+def _mechanism_words(layers: Sequence[Any]) -> str:
+    """The mechanism caption naming the carried gates of the layers shown, and only those."""
+    carried: list[str] = []
+    vanilla = False
+    for layer in layers:
+        spec = getattr(layer, "gate_spec", None)
+        if not isinstance(spec, Mapping):
+            continue
+        if not spec.get("carried"):
+            vanilla = True
+            continue
+        g, word = spec["carried"], spec.get("word") or spec["carried"]
+        path = spec.get("path_text") or "additive path"
+        said = f"∏{g} of the {word} gate on the {path}"
+        if said not in carried:
+            carried.append(said)
+    head = "For each model, the measured ‖∂s_T/∂s_{T−k}‖₂ (blue)"
+    parts = []
+    if carried:
+        parts.append(
+            f"{head} beside what the gates alone let through over the last k steps: "
+            f"{'; '.join(carried)} (green, median unit, band 25–75%)."
+        )
+        parts.append(_GREY if vanilla else "")
+        parts.append(_READING)
+    elif vanilla:
+        parts.append(f"{head}. {_GREY}")
+        parts.append("A blue line far below grey is the gradient vanishing through the weights.")
+    else:
+        return MECHANISM_PANEL.caption
+    return " ".join(p for p in parts if p)
 
 
 def mechanism_panel(entries: Entries) -> Panel | None:
@@ -189,7 +233,14 @@ def mechanism_panel(entries: Entries) -> Panel | None:
         reasons = set(missing.values())
         why = reasons.pop() if len(reasons) == 1 else "no layer has a state decay or a gate view"
         return Panel(MECHANISM_PANEL, None, why)
-    return Panel(MECHANISM_PANEL, dict(entries=data), None, note=_missing_note(missing))
+    shown = [layer for label, layer in entries if label in data]
+    return Panel(
+        MECHANISM_PANEL,
+        dict(entries=data),
+        None,
+        note=_missing_note(missing),
+        words=_mechanism_words(shown),
+    )
 
 
 __all__ = ["MECHANISM_PANEL", "SHARED_KEYS", "mechanism_panel", "shared_panels"]

@@ -41,7 +41,8 @@ class Mechanism(NamedTuple):
         lags: ``(K,)`` lags of the measured decay (empty: none measured).
         median: ``(K,)`` median log ``‖∂s_T/∂s_{T−k}‖₂``.
         regime: The layer's regime (title colour and text).
-        gate: ``"f"`` (LSTM), ``"z"`` (GRU) or None (no gate view / no additive path).
+        gate: The carried gate's symbol (``"f"``: LSTM, sLSTM; ``"z"``: GRU) or None (no gate
+            view / no additive path).
         carry_lags: ``(C,)`` lags of the carry.
         carry: ``(C, 5)`` quantiles over units and sequences of the log carry.
         factor: Median log one-step factor of a vanilla RNN (NaN: none).
@@ -91,13 +92,16 @@ def _panel(ax, m: Mechanism, label: str) -> list[np.ndarray]:
     return shown
 
 
-def _legend(fig: Figure, kinds: set[str], cols: int) -> None:
+def _legend(fig: Figure, kinds: set[str], cols: int, gates: list[str]) -> None:
     """One legend for all axes, above them: only the lines some axes draw.
 
     In one row over three columns of axes; stacked over fewer, where one row of three
     entries is wider than the figure and would be cut at both sides.
     """
     handles = [Line2D([], [], color=_BLUE, lw=2, label="measured ‖∂s_T/∂s_{T−k}‖₂")]
+    carries = " or ".join(f"∏{g}" for g in gates)
+    # one axes is ~3.3 inches: over fewer than three the band's words go on a second line
+    band = " (median unit, 25–75%)" if cols >= 3 else "\n(median unit, 25–75%)"
     if "gate" in kinds:
         handles.append(
             Line2D(
@@ -105,7 +109,7 @@ def _legend(fig: Figure, kinds: set[str], cols: int) -> None:
                 [],
                 color=_GREEN,
                 lw=2,
-                label="gates alone: ∏f or ∏z (median unit, 25–75%)",
+                label=f"gates alone: {carries}{band}",
             )
         )
     if "factor" in kinds:
@@ -160,7 +164,8 @@ def mechanism_figure(entries: Mapping[str, Mechanism], *, cols: int = 3) -> Figu
         ax.set_xlabel("lag k (steps back)")
     for ax in axes[:, 0]:
         ax.set_ylabel("factor after k steps")
-    _legend(fig, kinds, cols)
+    gates = sorted({m.gate for m in entries.values() if m.gate is not None})
+    _legend(fig, kinds, cols, gates)
     return fig
 
 

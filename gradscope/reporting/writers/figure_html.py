@@ -88,7 +88,7 @@ def panel_html(panel: Panel, anchor: str, media: str = "screen", wide: bool = Fa
     return (
         f'<figure class="{cls.strip()}" id="{fid}" data-figure="{spec.key}">'
         f"{img(png, spec.title)}<figcaption><b>How to read this.</b> "
-        f"{escape(spec.caption)}{note}</figcaption></figure>"
+        f"{escape(panel.caption)}{note}</figcaption></figure>"
     )
 
 

@@ -123,7 +123,7 @@ def panel_html(panel: Panel, fid: str) -> str | None:
         f'<script type="application/json" class="gs-data">{data}</script>'
         f"<noscript>This figure is drawn by JavaScript; the PDF report has it as a picture."
         f"</noscript></div>"
-        f"<figcaption><b>How to read this.</b> {escape(spec.caption)} "
+        f"<figcaption><b>How to read this.</b> {escape(panel.caption)} "
         f"<span class='note'>{HINT}</span></figcaption></figure>"
     )
 
