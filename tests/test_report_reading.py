@@ -95,16 +95,16 @@ def _layer(regime: str, horizon: float, t: int = 50, rate: float = -0.1) -> Simp
 def test_headline_says_who_keeps_and_who_loses_the_gradient() -> None:
     entries = [
         ("LSTM", _layer("neutral", float("inf"))),
-        ("GRU", _layer("vanishing", 320.0)),  # vanishing, but still above 0.1% at T
+        ("GRU", _layer("vanishing", 320.0)),  # vanishing, but still above 0.1% at T: fades
         ("vanilla RNN", _layer("vanishing", 12.4)),
         ("RNN init", _layer("vanishing", 1.54)),
         ("wild", _layer("exploding", float("inf"), rate=0.25)),
         ("broken", SimpleNamespace(decay={}, T=50)),
     ]
     assert sentence(entries) == (
-        "LSTM and GRU keep their gradient over all 50 steps; vanilla RNN loses it after 12 "
-        "steps, RNN init after 1.5; wild's gradient grows going back (+0.25 per step); "
-        "broken: no verdict."
+        "LSTM keeps its gradient over all 50 steps; GRU reaches all 50, fading at −0.1 per "
+        "step; vanilla RNN loses it after 12 steps, RNN init after 1.5; wild's gradient grows "
+        "going back (+0.25 per step); broken: no verdict."
     )
     assert sentence(entries[2:3]) == "vanilla RNN loses its gradient after 12 steps."
     assert sentence([]) == ""

@@ -3,9 +3,10 @@
 Each compared entry (:mod:`.entries`) is put in one of four groups from its state decay
 (:class:`gradscope.Decay`) and its sequence length ``T``:
 
-* *keeps*: the regime is neutral, or the memory horizon (the lag where the median
-  ``‖∂s_T/∂s_{T−k}‖`` falls below ``horizon_factor``, 0.1% by default, of its value at lag 0)
-  is at least ``T``: the gradient still reaches the first step;
+* *keeps*: the regime is neutral;
+* *fades*: vanishing, but the memory horizon (the lag where the median ``‖∂s_T/∂s_{T−k}‖``
+  falls below ``horizon_factor``, 0.1% by default, of its value at lag 0) is at least ``T``:
+  the gradient still reaches the first step, shrinking at the rate given;
 * *loses it after h steps*: vanishing, with a horizon ``h < T``;
 * *grows*: exploding (the rate per step is given);
 * *no verdict*: no state decay, or no horizon, was measured.
@@ -31,8 +32,10 @@ def _group(layer: Any) -> tuple[str, Any]:
     if d.regime == "exploding":
         return "grows", d.rate
     horizon = float(d.horizon)
-    if d.regime == "neutral" or (t and horizon >= t):
+    if d.regime == "neutral":
         return "keeps", t
+    if t and horizon >= t:
+        return "fades", (t, d.rate)
     return ("loses", horizon) if math.isfinite(horizon) else ("unknown", None)
 
 
@@ -53,6 +56,7 @@ def sentence(entries: Sequence[tuple[str, Any]]) -> str:
     keeps: dict[Any, list[str]] = {}
     loses: list[tuple[str, float]] = []
     grows: list[tuple[str, float]] = []
+    fades: list[tuple[str, tuple[int, float]]] = []
     unknown: list[str] = []
     for label, layer in entries:
         group, value = _group(layer)
@@ -62,6 +66,8 @@ def sentence(entries: Sequence[tuple[str, Any]]) -> str:
             loses.append((label, value))
         elif group == "grows":
             grows.append((label, value))
+        elif group == "fades":
+            fades.append((label, value))
         else:
             unknown.append(label)
     parts = []
@@ -69,6 +75,8 @@ def sentence(entries: Sequence[tuple[str, Any]]) -> str:
         verb = "keeps its" if len(labels) == 1 else "keep their"
         over = f"over all {t} steps" if t else "over the whole sequence"
         parts.append(f"{_names(labels)} {verb} gradient {over}")
+    for label, (t, rate) in fades:
+        parts.append(f"{label} reaches all {t}, fading at {fmt_rate(rate)} per step")
     if loses:
         it = "it" if parts else "its gradient"
         (label, h), *rest = loses
