@@ -211,6 +211,9 @@ FAMILIES = [
     ("test_seq_mingru_pkg", -1),  # minLSTM
     ("test_seq_s5", 0),
     ("test_seq_slstm", 0),
+    ("test_seq_ncps", 0),  # CfC with a backbone
+    ("test_seq_ncps", 5),  # CfC on an NCP wiring
+    ("test_seq_ncps", 9),  # LTC
 ]
 
 

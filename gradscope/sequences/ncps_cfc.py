@@ -254,6 +254,41 @@ class CfCAdapter(NcpsAdapter):
             carry, gh[i], gt[i] = self._layer_vjp(params, i, f[i], gi, widths[i])
         return carry, torch.cat(gh, 1), torch.cat(gt, 1)
 
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """The weights on ``h`` (a CfC has no additive path), saturation, mixed memory.
+
+        Parameter names as the module has them: ``rnn_cell.backbone.0``/``rnn_cell.ff1`` of a
+        plain cell, ``rnn_cell.layer_<i>.ff1`` of a wired one.
+        """
+        layers = count(params, "layers")
+        wired = layers > 1
+        first = "rnn_cell.layer_0." if wired else "rnn_cell."
+        reads = (
+            f"{first}ff1"
+            if "l0.bb0.weight" not in params
+            else "the backbone rnn_cell.backbone.0 (then ff1, ff2)"
+        )
+        mixed = "lstm.input_map.weight" in params
+        return [
+            "A CfC carries its state only through its weights: h' = tanh(f₁)(1 − g) + "
+            "g tanh(f₂) (default mode), with f₁, f₂ and the time gate g all read from "
+            f"[x_t, h_(t−1)] by {reads}; no term copies h_(t−1) forward, so the gradient is "
+            "multiplied by the h columns of those weights at every step, as a vanilla RNN's "
+            f"(one-step spectral radius median now {facts['radius']}). Rescale those "
+            "columns (by about 1/radius) so that the radius sits near 1"
+            + (f"; each of the {layers} wired layers reads the one before it." if wired else "."),
+            "Saturation takes the rest: every step multiplies by the activations' slopes "
+            "(the backbone's φ′, 1 − tanh² of f₁ and f₂, g(1 − g)); units driven far into "
+            "saturation pass no gradient, so scale the inputs or lower the weights' gain where "
+            "they saturate. Longer timespans τ push g = σ(t_a τ + t_b) (rnn_cell.time_a, "
+            "rnn_cell.time_b) to 0 or 1 the same way.",
+            "The mixed memory (an LSTM cell before the CfC) already gives an additive path: "
+            "check its forget gates (lstm.input_map, lstm.recurrent_map)."
+            if mixed
+            else "For long dependencies, CfC(..., mixed_memory=True) puts an LSTM cell before "
+            "the CfC (ncps's own option): its cell state is the additive path a CfC lacks.",
+        ]
+
 
 ADAPTER = CfCAdapter()
 

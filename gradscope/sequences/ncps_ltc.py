@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from gradscope.cells.base import Params
 from gradscope.sequences._ncps import NcpsAdapter
+from gradscope.sequences.advice import spread
 from gradscope.sequences.base import count, scalar
 
 #: Pairs per block when the unfolds' ``N × N`` matrices are rebuilt (bounds memory).
@@ -214,6 +215,38 @@ class LTCAdapter(NcpsAdapter):
             ghs.append(gv)
             gts.append((-f.cm[b] / f.tau[b]).unsqueeze(-1) * gcm)
         return torch.cat(gxs), torch.cat(ghs), torch.cat(gts)
+
+    def vanishing_advice(self, params: Params, facts: dict[str, str]) -> list[str]:
+        """The membrane capacitance ``cm`` against the leak ``gleak`` and the synapses.
+
+        With no synaptic current a neuron keeps ``r_i = (c_i / (c_i + g_i))^U`` of its
+        voltage per step (``c_i = c^m_i U / τ``, ``τ = 1`` per step unless the call gives
+        timespans): a memory of ``−1/ln r_i`` steps, shortened by every open synapse, whose
+        conductance adds to the denominator.
+        """
+        U = count(params, "unfolds")
+        c = params["cm"].double() * U
+        g = params["gleak"].double()
+        keep = (c / (c + g)) ** U
+        tau = -1.0 / torch.log(keep.clamp(1e-300, 1 - 1e-16))
+        mixed = "lstm.input_map.weight" in params
+        return [
+            "Raise the membrane capacitance rnn_cell.cm or lower the leak rnn_cell.gleak in "
+            "some neurons: without synaptic current a neuron keeps (c/(c + g))^U of its "
+            f"voltage per step (c = cm·U/τ, U = {U} unfolds; now {spread(keep, 4)}, a memory "
+            f"of {spread(tau)} steps; ncps draws cm in [0.4, 0.6] and gleak in [0.001, 1]). "
+            f"A neuron holds across T = {facts['T']} only if g/c ≲ 1/(U T).",
+            "Every open synapse adds its conductance to the denominator and shortens the "
+            "memory: large rnn_cell.w or rnn_cell.sensory_w (ncps draws both in "
+            "[0.001, 1]) or inputs that keep the sensory synapses open (scale them through "
+            "rnn_cell.input_w) make neurons forget faster. Longer timespans τ do the same.",
+            "The mixed memory (an LSTM cell beside the neurons) already gives an additive "
+            "path: check its forget gates (lstm.input_map, lstm.recurrent_map)."
+            if mixed
+            else "For dependencies beyond the neurons' reach, LTC(..., mixed_memory=True) "
+            "adds an LSTM cell beside them (ncps's own option): an additive path the "
+            "ODE's leaky voltages lack.",
+        ]
 
 
 ADAPTER = LTCAdapter()
