@@ -23,6 +23,12 @@ TRACKED = (
     "tensorboard",
     "wandb",
     "hypothesis",
+    # the recurrences as they ship on PyPI (their adapters follow their source)
+    "mambapy",
+    "mingru-pytorch",
+    "s5-pytorch",
+    "xlstm",
+    "ncps",
 )
 
 
