@@ -77,6 +77,31 @@ def test_a_raising_callback_is_warned_about_once_and_training_goes_on():
     assert any("disk full" in note for note in monitor.history.notes)
 
 
+def test_a_recording_that_cannot_be_read_is_noted_and_training_goes_on(monkeypatch):
+    """Regression: lightning attention's loss gradients raised out of monitor.step().
+
+    Whatever fails while a sampled step's recording is read (here: the loss gradients),
+    the step gets no numbers, a note and one warning, and training is what it would be.
+    """
+    from gradscope.recording import recorder
+
+    calls = []
+
+    def broken(entries):
+        calls.append(len(entries))
+        raise RuntimeError("shape mismatch in a product")
+
+    want, _ = _train(4, None, None)
+    monkeypatch.setattr(recorder, "assign_grads", broken)
+    with pytest.warns(GradscopeWarning, match="could not be read .*RuntimeError") as caught:
+        got, monitor = _train(4, {"every": 1, "analyze": True}, None)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len(calls) == 4 and len(monitor.history) == 4  # every step tried, none stopped
+    assert len([w for w in caught if "could not be read" in str(w.message)]) == 1
+    assert any("shape mismatch in a product" in n for n in monitor.history.notes)
+
+
 @pytest.mark.parametrize(
     "kw",
     [{"spectra_steps": 0}, {"spectra_batch": 0}, {"decay_batch": 0}, {"decay_batch": -2}],

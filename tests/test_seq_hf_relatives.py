@@ -67,6 +67,43 @@ def test_products_match_torch_func(spec):
         assert layer.adapter.diagonal(layer.params, layer.inputs[0]) is None
 
 
+@CASE
+def test_loss_gradients_are_autograd_of_the_replayed_recurrence(spec):
+    """``layer.grads`` (closed-form sweep) against autograd of the adapter's own steps.
+
+    The reference steps the recurrence with the family's ``step`` from the recorded drive,
+    keeps every state in the graph and differentiates the same loss through ``readout``
+    (which the replay test holds to the module's own output): no product is involved.
+    Lightning attention's decay is one number per head, not per row: a sweep that slices
+    it with the rows fails from the second step on.
+    """
+    host = host_of(spec)
+    hidden, mask = inputs(spec, torch.float64)
+    weight = torch.randn(hidden.shape, dtype=torch.float64, generator=torch.Generator())
+    with gs.record(host, grads=True) as rec:
+        loss = (host(hidden, mask) * weight).sum()
+    loss.backward()
+    (layer,) = rec.trace.layers
+    ad, params, u = layer.adapter, layer.params, layer.inputs
+    s = layer.states[0].clone().requires_grad_(True)
+    states = [s]
+    for t in range(u.shape[0]):
+        s = ad.step(params, u[t], s)
+        s.retain_grad()
+        states.append(s)
+    out = ad.readout(params, u, torch.stack(states))  # the module's output, (B, T, hidden)
+    (out * weight).sum().backward()
+    want = torch.stack([st.grad for st in states])
+    scale = want.abs().max()
+    assert scale > 0
+    assert (layer.grads - want).abs().max() / scale < 1e-10, spec.name
+
+
+def host_of(spec):
+    """The hosted mixer in float64 (a fresh one: recording with grads needs its own graph)."""
+    return host(spec, torch.float64)
+
+
 #: An identifier in the advice's text: snake_case, possibly dotted (``forget_gate.dt_bias``).
 _IDENT = re.compile(r"\b[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)+(?:\.[A-Za-z_0-9]+)*")
 #: A symbol with a one-letter index (``A_h``, ``A_log_h``, ``s_h``, ``A_n``): maths, not a name.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,13 @@ from gradscope.errors import (
     ArgumentError,
     ArgumentTypeError,
     GradscopeError,
-    GradscopeWarning,
     MissingDataError,
     NoRecurrentModuleError,
 )
 from gradscope.history import Entry, History
 from gradscope.monitor.arguments import callback_list, positive_count
 from gradscope.monitor.budget import AnalysisBudget
+from gradscope.monitor.failures import Failures
 from gradscope.monitor.gather import Snapshot, all_gather, detect_distributed, world_size
 from gradscope.monitor.schedules import Every, Schedule, as_schedule
 from gradscope.monitor.summaries import trace_summaries
@@ -179,8 +178,7 @@ class Monitor:
         )
         self.check = bool(check)
         self.callbacks = callback_list(callbacks)
-        self._failed_callbacks: set[int] = set()  # warned about once each
-        self._warned_unreached = False
+        self._failures = Failures()  # what went wrong, warned about once
         self.process_group = process_group
         self._distributed = detect_distributed(distributed, process_group)
         world = world_size(process_group) if self._distributed else 1
@@ -353,6 +351,8 @@ class Monitor:
             return None, [NOTHING_RAN], []
         except MissingDataError:  # calls were recorded, and the loss reached none of them
             trace = None
+        except Exception as exc:  # a diagnostic never stops the training it watches
+            return None, [self._failures.recording(self.global_step, exc)], []
         unreached = list(recorder.unreached)
         notes = [NOT_REACHED.format(name=name) for name in unreached]
         if trace is not None and "loss_scale" in trace.meta:
@@ -389,17 +389,7 @@ class Monitor:
             self.latest = Snapshot(step, trace)
         # the latest row can be analysed later (analyze_latest) only if it holds this trace
         self._pending = trace is not None and not analyze
-        if unreached and not self._warned_unreached:
-            self._warned_unreached = True
-            warnings.warn(
-                f"Monitor.step() at training step {step}: the loss reached no recorded call of "
-                f"{', '.join(unreached)} since the previous step(), so nothing was recorded for "
-                "it (the history notes it each time). Call monitor.step() after "
-                "loss.backward(); if that layer is left out of some losses on purpose, ignore "
-                "this.",
-                GradscopeWarning,
-                stacklevel=3,
-            )
+        self._failures.unreached(step, unreached)
         if self.rank == 0 and self.callbacks:
             with rng_preserved():
                 for callback in self.callbacks:
@@ -410,17 +400,7 @@ class Monitor:
         try:
             callback(self)
         except Exception as exc:  # a diagnostic never stops the training it watches
-            if id(callback) in self._failed_callbacks:
-                return
-            self._failed_callbacks.add(id(callback))
-            self.history.note(step, f"callback {callback!r} raised {type(exc).__name__}: {exc}")
-            warnings.warn(
-                f"Monitor callback {callback!r} raised {type(exc).__name__}: {exc} (training "
-                f"step {step}); training goes on, and later failures of this callback are not "
-                "warned about again (the history notes this one)",
-                GradscopeWarning,
-                stacklevel=4,
-            )
+            self._failures.callback(self.history, callback, step, exc)
 
     def analyze_latest(self) -> bool:
         """Analyse the latest sampled step if it was not, so the analyses reach the end.

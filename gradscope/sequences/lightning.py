@@ -49,7 +49,7 @@ _NAMES = ("hidden_states", "position_embeddings", "attention_mask", "cache")
 
 
 class _Factors(NamedTuple):
-    lam: Tensor  # (H,) the decays
+    lam: Tensor  # (N, H) the decays, per row (a view: one number per head)
     k: Tensor  # (N, H, d)
     v: Tensor  # (N, H, d)
 
@@ -191,16 +191,16 @@ class LightningAdapter(SequenceAdapter):
         return (-params["slope"].to(u.dtype)).repeat_interleave(d * d).repeat(u.shape[0], 1)
 
     def linear_factors(self, params: Params, x: Tensor, s: Tensor) -> _Factors:
-        """``λ``, ``k``, ``v`` per pair."""
+        """``λ``, ``k``, ``v`` per pair (``λ`` expanded over the rows, so rows slice it)."""
         _, k, v, _ = self._split(params, x)
-        return _Factors(self._decay(params, s.dtype), k, v)
+        return _Factors(self._decay(params, s.dtype).expand(x.shape[0], -1), k, v)
 
     def product(self, params, x, s, factors, m, wrt, rev):  # noqa: D102 (see the module docstring)
         H, d = self._dims(params)
         n, kk = m.shape[0], m.shape[-1]
         lam, k, v = factors
         if wrt == "state":  # λ_h I = its transpose
-            return (lam[None, :, None, None] * m.reshape(n, H, d * d, kk)).reshape(n, -1, kk)
+            return (lam[:, :, None, None] * m.reshape(n, H, d * d, kk)).reshape(n, -1, kk)
         if not rev:
             _, dk, dv, _ = (p.reshape(n, H, d, kk) for p in torch.split(m, H * d, dim=1))
             out = (
