@@ -258,6 +258,9 @@ def test_profile_of_a_diverged_model_reports_it(cls, tmp_path):
     d = prof.diagnosis[0]
     assert d.regime == "unknown" and "NaN/inf" in d.reason
     assert "No gate numbers" in d.verdict and "nan%" not in d.verdict
+    # the advice names the weights, not the inputs, as the cause
+    said = " ".join(d.advice)
+    assert "weights weight_hh are NaN/inf" in said and "check the inputs" not in said
     assert prof.report(tmp_path / "r.html").stat().st_size > 0
 
 

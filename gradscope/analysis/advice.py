@@ -120,7 +120,7 @@ def advice(d: LayerDiagnosis, layer: LayerTrace) -> list[str]:
             f"The regime could not be measured ({d.reason}); nothing here says the gradient "
             "flow is healthy."
         )
-    if nf.get("count"):
+    if nf.get("count") and not nf.get("params"):  # NaN weights: said above, not the inputs
         out.append(
             f"Non-finite states start at step {nf['first_step']} (sequence "
             f"{nf['first_batch']}): check the inputs there, lower the learning rate, clip "
