@@ -41,7 +41,7 @@ def _gated(layer: Any) -> bool:
     return spec is not None and spec.get("carried") is not None
 
 
-def _vanilla(layer: Any) -> bool:
+def no_additive_path(layer: Any) -> bool:
     """The family declares gates but no additive path (a vanilla cell's φ′)."""
     spec = _spec(layer)
     return spec is not None and spec.get("carried") is None
@@ -75,7 +75,7 @@ def _carry_kwargs(layer: Any) -> dict[str, Any]:
     )
 
 
-def _declared(layer: Any) -> tuple[str, str, str, list[str]] | None:
+def declared_gate(layer: Any) -> tuple[str, str, str, list[str]] | None:
     """``(carried gate, its word, the path in a sentence, shown gates)`` of a gated family."""
     spec = _spec(layer)
     if not isinstance(spec, Mapping) or not spec.get("carried"):
@@ -86,7 +86,7 @@ def _declared(layer: Any) -> tuple[str, str, str, list[str]] | None:
 
 
 def _carry_words(layer: Any) -> str | None:
-    found = _declared(layer)
+    found = declared_gate(layer)
     if found is None:
         return None
     g, word, path, _ = found
@@ -100,7 +100,7 @@ def _carry_words(layer: Any) -> str | None:
 
 
 def _share_words(layer: Any) -> str | None:
-    found = _declared(layer)
+    found = declared_gate(layer)
     if found is None:
         return None
     g, _, path, _ = found
@@ -113,7 +113,7 @@ def _share_words(layer: Any) -> str | None:
 
 
 def _distribution_words(layer: Any) -> str | None:
-    found = _declared(layer)
+    found = declared_gate(layer)
     if found is None:
         return None  # a vanilla cell: the static caption says tanh′
     g, word, path, shown = found
@@ -179,7 +179,7 @@ GATE_PANELS: list[PanelSpec] = [
         "a gate view (gradscope.analysis.gates)",
         lambda layer: dict(gates=_finite(_view(layer).gates, "gate value")),
         draw=F.gate_distribution_figure,
-        applies=lambda layer: _gated(layer) or _vanilla(layer),
+        applies=lambda layer: _gated(layer) or no_additive_path(layer),
         words=_distribution_words,
     ),
     PanelSpec(
@@ -195,7 +195,7 @@ GATE_PANELS: list[PanelSpec] = [
             weight_norm=float(_view(layer).weight_norm),
         ),
         draw=F.repeated_factor_figure,
-        applies=_vanilla,
+        applies=no_additive_path,
     ),
 ]
 
@@ -307,4 +307,10 @@ TRAINING_GATE_PANEL = PanelSpec(
     words=_training_words,
 )
 
-__all__ = ["GATE_PANELS", "TRAINING_GATE_PANEL", "gate_note"]
+__all__ = [
+    "GATE_PANELS",
+    "TRAINING_GATE_PANEL",
+    "declared_gate",
+    "gate_note",
+    "no_additive_path",
+]

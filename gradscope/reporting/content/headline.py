@@ -1,6 +1,6 @@
 """The report's headline: how far back each entry's gradient reaches, in one sentence.
 
-Each compared entry (:mod:`.entries`) is put in one of four groups from its state decay
+Each compared entry (:mod:`.entries`) is put in one of five groups from its state decay
 (:class:`gradscope.Decay`) and its sequence length ``T``:
 
 * *keeps*: the regime is neutral;

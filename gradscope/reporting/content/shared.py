@@ -21,6 +21,7 @@ import numpy as np
 
 from gradscope.reporting import figures as F
 from gradscope.reporting.content.document import Missing, Panel, PanelSpec
+from gradscope.reporting.content.gate_panels import declared_gate, no_additive_path
 from gradscope.reporting.content.panels import LAYER_PANELS, decay, make_panel
 from gradscope.reporting.figures.comparison import comparison_chart
 
@@ -185,19 +186,14 @@ MECHANISM_PANEL = PanelSpec(
 def _mechanism_words(layers: Sequence[Any]) -> str:
     """The mechanism caption naming the carried gates of the layers shown, and only those."""
     carried: list[str] = []
-    vanilla = False
     for layer in layers:
-        spec = getattr(layer, "gate_spec", None)
-        if not isinstance(spec, Mapping):
-            continue
-        if not spec.get("carried"):
-            vanilla = True
-            continue
-        g, word = spec["carried"], spec.get("word") or spec["carried"]
-        path = spec.get("path_text") or "additive path"
-        said = f"∏{g} of the {word} gate on the {path}"
-        if said not in carried:
-            carried.append(said)
+        found = declared_gate(layer)
+        if found is not None:
+            g, word, path, _ = found
+            said = f"∏{g} of the {word} gate on the {path}"
+            if said not in carried:
+                carried.append(said)
+    vanilla = any(no_additive_path(layer) for layer in layers)
     head = "For each model, the measured ‖∂s_T/∂s_{T−k}‖₂ (blue)"
     parts = []
     if carried:
